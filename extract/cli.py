@@ -1,0 +1,103 @@
+"""Console scripts of the extract package: train-backbone, make-synthetic."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+from .augment import AugmentConfig
+from .backbones import UnknownBackboneError, WeightsError
+from .errors import DataError, WorkspaceError
+from .train import TrainConfig
+
+USER_ERRORS = (DataError, WorkspaceError, WeightsError, UnknownBackboneError, ValueError, FileNotFoundError)
+
+
+def run_cli(main) -> None:
+    """Run a CLI body; user errors print one clear line and exit 2 instead of a traceback."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        main()
+    except USER_ERRORS as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted; finished epochs are saved and a re-run resumes", file=sys.stderr)
+        sys.exit(130)
+
+
+def add_data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", default="data/synthetic", help="competition folder (train.csv, test.csv, train/, test/)")
+    p.add_argument("--workdir", default="data", help="workspace for folds, caches, checkpoints, features")
+    p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:1 …")
+    p.add_argument("--skip-bad", action="store_true", help="exclude corrupt images (listed) instead of failing")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def train_backbone_main(argv: list[str] | None = None) -> None:
+    d = TrainConfig("?")
+    a = AugmentConfig()
+    p = argparse.ArgumentParser(prog="train-backbone", description="Fine-tune a backbone on the shared K folds.")
+    p.add_argument("--backbone", required=True, help="cnn-small, cnn-deep, vgg16, resnet18/34/50, effnet-lite0, timm:NAME")
+    add_data_args(p)
+    p.add_argument("--folds", type=int, default=None, help="K for a new fold assignment (default 5; existing folds are reused)")
+    p.add_argument("--fold", type=int, default=None, help="train only this fold (0-based)")
+    p.add_argument("--fold-seed", type=int, default=None, help="seed of a new fold assignment (default 0)")
+    p.add_argument("--new-folds", action="store_true", help="replace existing folds of another K or seed")
+    p.add_argument("--img-size", type=int, default=d.img_size)
+    p.add_argument("--epochs", type=int, default=d.epochs)
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--optimizer", choices=("adamw", "sgd"), default=d.optimizer)
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    p.add_argument("--dropout", type=float, default=d.dropout)
+    p.add_argument("--patience", type=int, default=d.patience, help="early-stopping patience in epochs")
+    p.add_argument("--lr-patience", type=int, default=d.lr_patience, help="ReduceLROnPlateau patience")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--pretrained", action="store_true", help="hub weights (needs network)")
+    p.add_argument("--weights", default=None, help="local state dict; 'random' forces random initialisation")
+    p.add_argument("--brightness", type=float, default=a.brightness)
+    p.add_argument("--contrast", type=float, default=a.contrast)
+    p.add_argument("--grayscale", type=float, default=a.grayscale_p, help="probability of random grayscale")
+    p.add_argument("--rotation", type=float, default=a.rotation_deg, help="max rotation in degrees")
+    p.add_argument("--hflip", type=float, default=a.hflip_p)
+    p.add_argument("--vflip", type=float, default=a.vflip_p)
+    args = p.parse_args(argv)
+
+    def body():
+        from .finetune import train_backbone
+
+        cfg = TrainConfig(
+            args.backbone, img_size=args.img_size, epochs=args.epochs, batch_size=args.batch_size,
+            optimizer=args.optimizer, lr=args.lr, weight_decay=args.weight_decay, dropout=args.dropout,
+            patience=args.patience, lr_patience=args.lr_patience, seed=args.seed, pretrained=args.pretrained,
+            weights=args.weights,
+            augment=AugmentConfig(args.brightness, args.contrast, args.grayscale, args.rotation, args.hflip, args.vflip))
+        summary = train_backbone(args.data, cfg, args.workdir, k=args.folds, fold=args.fold, fold_seed=args.fold_seed,
+                                 new_folds=args.new_folds, skip_bad=args.skip_bad, device=args.device,
+                                 progress=not args.no_progress)
+        for f, r in sorted(summary["folds"].items()):
+            print(f"fold {f}: out-of-fold accuracy {r['oof_accuracy']:.4f} on {r['n_holdout']} rows, "
+                  f"best epoch {r['best_epoch']}/{r['epochs_run']}, {r['seconds_per_epoch']} s/epoch")
+        if "oof_accuracy" in summary:
+            print(f"{args.backbone}: {summary['k']}-fold out-of-fold accuracy {summary['oof_accuracy']:.4f}")
+        print(json.dumps({"skipped_images": summary["skipped_images"]}) if summary["skipped_images"] else "", end="")
+
+    run_cli(body)
+
+
+def make_synthetic_main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="make-synthetic", description="Write a small synthetic (not faces) competition folder.")
+    p.add_argument("out", nargs="?", default="data/synthetic")
+    p.add_argument("--n-train", type=int, default=400)
+    p.add_argument("--n-test", type=int, default=100)
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+
+    def body():
+        from .synthetic import make_synthetic
+
+        print(make_synthetic(args.out, args.n_train, args.n_test, seed=args.seed))
+
+    run_cli(body)

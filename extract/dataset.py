@@ -1,0 +1,139 @@
+"""Competition folder: reading and validating train.csv, test.csv, train_meta.csv and the images."""
+from __future__ import annotations
+
+import csv
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import DataError
+
+MAX_LISTED = 5
+
+
+def _first(values, n: int = MAX_LISTED) -> str:
+    values = list(values)
+    shown = ", ".join(str(v) for v in values[:n])
+    return shown + (f" … ({len(values)} in all)" if len(values) > n else "")
+
+
+def read_csv(path: Path, required: tuple[str, ...]) -> list[dict[str, str]]:
+    """Read a CSV file, checking that the required columns are present."""
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    with open(path, newline="", encoding="utf-8-sig") as fh:
+        reader = csv.DictReader(fh)
+        columns = [c.strip() for c in (reader.fieldnames or [])]
+        missing = [c for c in required if c not in columns]
+        if missing:
+            raise DataError(f"{path}: missing column(s) {missing}; found {columns}, expected {list(required)}")
+        rows = [{k.strip(): (v or "").strip() for k, v in row.items() if k is not None} for row in reader]
+    if not rows:
+        raise DataError(f"{path}: no rows")
+    return rows
+
+
+def _check_unique(path: Path, ids: list[str]) -> None:
+    seen: set[str] = set()
+    dups = []
+    for i in ids:
+        if i in seen:
+            dups.append(i)
+        seen.add(i)
+    if dups:
+        raise DataError(f"{path}: duplicate id(s) {_first(dups)}")
+    empty = [n + 2 for n, i in enumerate(ids) if not i]
+    if empty:
+        raise DataError(f"{path}: empty id on line(s) {_first(empty)}")
+
+
+def _parse_labels(path: Path, rows: list[dict[str, str]]) -> np.ndarray:
+    bad = [(r["id"], r["label"]) for r in rows if r["label"] not in ("0", "1")]
+    if bad:
+        raise DataError(f"{path}: labels must be 0 (male) or 1 (female); bad (id, label): {_first(bad)}")
+    return np.array([int(r["label"]) for r in rows], dtype=np.int64)
+
+
+@dataclass
+class Split:
+    """One split of the competition: ids, image paths and (for train) labels."""
+
+    name: str
+    ids: list[str]
+    paths: list[Path]
+    labels: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+@dataclass
+class CompetitionData:
+    """A validated competition folder."""
+
+    root: Path
+    train: Split
+    test: Split
+    meta: dict[str, dict[str, str]] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, root: str | os.PathLike, check_images: bool = True) -> "CompetitionData":
+        """Read and validate a competition folder before any work starts."""
+        root = Path(root)
+        if not root.is_dir():
+            raise DataError(f"{root}: data folder not found")
+        train_csv, test_csv = root / "train.csv", root / "test.csv"
+        train_rows = read_csv(train_csv, ("id", "label"))
+        train_ids = [r["id"] for r in train_rows]
+        _check_unique(train_csv, train_ids)
+        labels = _parse_labels(train_csv, train_rows)
+        if test_csv.exists():
+            test_ids = [r["id"] for r in read_csv(test_csv, ("id",))]
+            _check_unique(test_csv, test_ids)
+        else:
+            test_ids = []
+        both = set(train_ids) & set(test_ids)
+        if both:
+            raise DataError(f"{test_csv}: id(s) also in {train_csv}: {_first(sorted(both))}")
+        train = Split("train", train_ids, [root / "train" / f"{i}.jpg" for i in train_ids], labels)
+        test = Split("test", test_ids, [root / "test" / f"{i}.jpg" for i in test_ids])
+        if check_images:
+            for split in (train, test):
+                missing = [str(p) for p in split.paths if not p.is_file()]
+                if missing:
+                    raise DataError(f"{len(missing)} image(s) listed in {split.name}.csv are missing: {_first(missing)}")
+        meta = {}
+        meta_csv = root / "train_meta.csv"
+        if meta_csv.exists():
+            meta_rows = read_csv(meta_csv, ("id", "age", "race"))
+            _check_unique(meta_csv, [r["id"] for r in meta_rows])
+            bad_age = [(r["id"], r["age"]) for r in meta_rows if not r["age"].isdigit()]
+            if bad_age:
+                raise DataError(f"{meta_csv}: age must be a non-negative integer; bad (id, age): {_first(bad_age)}")
+            meta = {r["id"]: r for r in meta_rows}
+        return cls(root, train, test, meta)
+
+    def ages(self) -> np.ndarray | None:
+        """Ages of the training rows (-1 where unknown), or None without train_meta.csv."""
+        if not self.meta:
+            return None
+        return np.array([int(self.meta[i]["age"]) if i in self.meta else -1 for i in self.train.ids])
+
+    def races(self) -> np.ndarray | None:
+        if not self.meta:
+            return None
+        return np.array([self.meta[i]["race"] if i in self.meta else "" for i in self.train.ids])
+
+    def fingerprint(self) -> str:
+        """sha256 over ids, labels and image file sizes: changes when the dataset does."""
+        h = hashlib.sha256()
+        for split in (self.train, self.test):
+            h.update(split.name.encode())
+            labels = split.labels if split.labels is not None else [""] * len(split)
+            for i, p, y in zip(split.ids, split.paths, labels):
+                size = p.stat().st_size if p.exists() else -1
+                h.update(f"{i},{y},{size}\n".encode())
+        return h.hexdigest()[:16]

@@ -1,0 +1,18 @@
+"""Exceptions raised by the extract package; each message names the file, row or value at fault."""
+
+
+class DataError(ValueError):
+    """Invalid competition data: CSV columns, labels, ids or images."""
+
+
+class BadImageError(DataError):
+    """An image that cannot be decoded."""
+
+    def __init__(self, path, reason: str):
+        self.path = path
+        self.reason = reason
+        super().__init__(f"{path}: cannot decode image ({reason})")
+
+
+class WorkspaceError(RuntimeError):
+    """A workspace, fold assignment or cache that does not match the request."""

@@ -1,0 +1,89 @@
+"""Batched inference of a Backbone on uint8 images: logits and pooled last-conv features."""
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from .augment import normalize, to_float
+from .backbones import Backbone
+
+POOLS = ("flatten", "avg", "max", "avgmax")
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """'auto' picks CUDA when present, else CPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def autocast(device: torch.device):
+    """bfloat16 autocast on CUDA, nothing on CPU."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def pool_features(fmap: torch.Tensor, pool: str) -> torch.Tensor:
+    """Reduce a [B, C, H, W] map to [B, D]."""
+    if pool == "flatten":
+        return fmap.flatten(1)
+    if pool == "avg":
+        return fmap.mean(dim=(2, 3))
+    if pool == "max":
+        return fmap.amax(dim=(2, 3))
+    if pool == "avgmax":
+        return torch.cat([fmap.mean(dim=(2, 3)), fmap.amax(dim=(2, 3))], dim=1)
+    raise ValueError(f"unknown pooling {pool!r}; choose one of {POOLS}")
+
+
+def feature_dim(model: Backbone, pool: str) -> int:
+    h, w = model.feature_hw
+    return {"flatten": model.num_features * h * w, "avgmax": 2 * model.num_features}.get(pool, model.num_features)
+
+
+def prepare(batch_u8: np.ndarray | torch.Tensor, model: Backbone, device: torch.device) -> torch.Tensor:
+    """uint8 [B, H, W, 3] -> normalised float [B, 3, H, W] on device."""
+    t = torch.as_tensor(np.ascontiguousarray(batch_u8)).to(device, non_blocking=True)
+    x = normalize(to_float(t), model.preprocess.mean, model.preprocess.std)
+    if device.type == "cuda":
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x
+
+
+def iter_batches(images: np.ndarray, indices: np.ndarray, batch_size: int) -> Iterator[np.ndarray]:
+    for start in range(0, len(indices), batch_size):
+        yield images[indices[start:start + batch_size]]
+
+
+@torch.inference_mode()
+def infer(model: Backbone, images: np.ndarray, indices: np.ndarray, batch_size: int = 256,
+          device: torch.device | str = "cpu", pool: str | None = None, progress: bool = False,
+          desc: str = "infer") -> tuple[np.ndarray, np.ndarray | None]:
+    """Logits [N] and, when pool is given, features [N, D] for images[indices]."""
+    from tqdm.auto import tqdm
+
+    device = torch.device(device) if isinstance(device, str) else device
+    model.eval().to(device)
+    logits = np.empty(len(indices), dtype=np.float32)
+    feats = None
+    bar = tqdm(total=len(indices), desc=desc, unit="img", disable=not progress)
+    pos = 0
+    for batch in iter_batches(images, indices, batch_size):
+        with autocast(device):
+            fmap = model.forward_features(prepare(batch, model, device))
+            out = model.forward_head(fmap)
+        n = len(batch)
+        logits[pos:pos + n] = out.float().cpu().numpy()
+        if pool is not None:
+            f = pool_features(fmap.float(), pool).cpu().numpy()
+            if feats is None:
+                feats = np.empty((len(indices), f.shape[1]), dtype=np.float32)
+            feats[pos:pos + n] = f
+        pos += n
+        bar.update(n)
+    bar.close()
+    return logits, feats

@@ -1,0 +1,223 @@
+"""Fine-tuning one backbone on one fold: early stopping, LR on plateau, resume, out-of-fold logits."""
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .atomic import atomic_path, read_json, write_json, write_text
+from .augment import AugmentConfig, augment, normalize, to_float
+from .backbones import Backbone, create
+from .inference import autocast, infer, resolve_device
+from .weights import sha256_file
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a fine-tuning run; saved next to each checkpoint."""
+
+    backbone: str
+    img_size: int = 64
+    epochs: int = 10
+    batch_size: int = 64
+    optimizer: str = "adamw"  # or "sgd"
+    lr: float = 1e-3
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    dropout: float = 0.5
+    lr_factor: float = 0.3
+    lr_patience: int = 1
+    patience: int = 3  # early stopping, epochs without a better validation loss
+    val_fraction: float = 0.1  # inner validation split carved from the training folds
+    seed: int = 0
+    pretrained: bool = False
+    weights: str | None = None
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    def identity(self) -> dict:
+        """The fields that change the trained model (not epochs: more epochs extend a run)."""
+        d = self.as_dict()
+        d.pop("epochs")
+        return d
+
+
+@dataclass
+class FoldPaths:
+    root: Path
+    k: int
+
+    def __getattr__(self, kind: str) -> Path:
+        suffix = {"best": ".pt", "last": ".last.pt", "config": ".config.json", "history": ".history.csv",
+                  "curve": ".curve.png", "oof": ".oof.csv", "done": ".json"}
+        if kind not in suffix:
+            raise AttributeError(kind)
+        return self.root / f"fold{self.k}{suffix[kind]}"
+
+
+def inner_split(idx: np.ndarray, labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Stratified split of idx into (train, validation)."""
+    rng = np.random.default_rng(seed)
+    val = []
+    for c in (0, 1):
+        members = idx[labels[idx] == c]
+        members = members[rng.permutation(len(members))]
+        val.append(members[: max(1, int(round(len(members) * fraction)))])
+    val_idx = np.sort(np.concatenate(val))
+    return np.setdiff1d(idx, val_idx), val_idx
+
+
+def _optimizer(model: Backbone, cfg: TrainConfig) -> torch.optim.Optimizer:
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    raise ValueError(f"unknown optimizer {cfg.optimizer!r}; choose sgd or adamw")
+
+
+def _save(obj, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+
+
+def _write_history(paths: FoldPaths, history: list[dict]) -> None:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(history[0]))
+    w.writeheader()
+    w.writerows(history)
+    write_text(paths.history, buf.getvalue())
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ep = [h["epoch"] for h in history]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.5))
+    a.plot(ep, [h["train_loss"] for h in history], label="train")
+    a.plot(ep, [h["val_loss"] for h in history], label="validation")
+    a.set_xlabel("epoch"), a.set_ylabel("BCE loss"), a.legend()
+    b.plot(ep, [h["train_acc"] for h in history], label="train")
+    b.plot(ep, [h["val_acc"] for h in history], label="validation")
+    b.set_xlabel("epoch"), b.set_ylabel("accuracy"), b.legend()
+    fig.suptitle(f"{paths.root.name} fold {paths.k}")
+    fig.tight_layout()
+    with atomic_path(paths.curve) as tmp:
+        fig.savefig(tmp, format="png", dpi=80)
+    plt.close(fig)
+
+
+def train_fold(model_dir: Path, images: np.ndarray, labels: np.ndarray, ids: list[str], folds: np.ndarray,
+               k: int, cfg: TrainConfig, provenance: dict, device: str = "auto", progress: bool = True) -> dict:
+    """Train fold k (rows with folds == k are held out) and return its summary.
+
+    Resumes from fold<k>.last.pt when the config matches; a finished fold is returned as is.
+    """
+    paths = FoldPaths(Path(model_dir), k)
+    identity = {"config": cfg.identity(), **provenance}
+    if paths.done.exists():
+        done = read_json(paths.done)
+        if done["identity"] == identity and done["epochs_requested"] >= cfg.epochs and paths.best.exists():
+            log.info("fold %d of %s is already trained (%s)", k, cfg.backbone, paths.done)
+            return done
+    dev = resolve_device(device)
+    torch.manual_seed(cfg.seed * 1000 + k)
+    model = create(cfg.backbone, cfg.img_size, pretrained=cfg.pretrained, weights=cfg.weights, dropout=cfg.dropout)
+    model.to(dev)
+    if dev.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    opt = _optimizer(model, cfg)
+    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="min", factor=cfg.lr_factor, patience=cfg.lr_patience)
+    fit_idx, val_idx = inner_split(np.flatnonzero(folds != k), labels, cfg.val_fraction, cfg.seed + k)
+    state = {"epoch": 0, "history": [], "best_val_loss": float("inf"), "bad_epochs": 0}
+    if paths.last.exists():
+        last = torch.load(paths.last, map_location="cpu", weights_only=False)
+        if last["identity"] == identity:
+            model.load_state_dict(last["model"])
+            opt.load_state_dict(last["optimizer"])
+            sched.load_state_dict(last["scheduler"])
+            state = last["state"]
+            log.info("resuming fold %d of %s after epoch %d", k, cfg.backbone, state["epoch"])
+        else:
+            log.warning("%s belongs to another config; starting fold %d afresh", paths.last, k)
+    write_json(paths.config, {"config": cfg.as_dict(), **provenance, "fold": k, "device": str(dev),
+                              "n_fit": len(fit_idx), "n_val": len(val_idx), "n_holdout": int((folds == k).sum())})
+    y_all = torch.as_tensor(labels, dtype=torch.float32)
+    from tqdm.auto import tqdm
+
+    while state["epoch"] < cfg.epochs and state["bad_epochs"] < cfg.patience:
+        epoch = state["epoch"] + 1
+        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + k * 1009 + epoch)
+        order = fit_idx[torch.randperm(len(fit_idx), generator=gen).numpy()]
+        model.train()
+        t0, tot_loss, tot_ok, seen = time.time(), 0.0, 0, 0
+        bar = tqdm(total=len(order), desc=f"{cfg.backbone} fold {k} epoch {epoch}/{cfg.epochs}", unit="img",
+                   disable=not progress)
+        for start in range(0, len(order), cfg.batch_size):
+            idx = order[start:start + cfg.batch_size]
+            if len(idx) < 2:
+                continue  # BatchNorm needs two samples
+            idx = np.sort(idx)  # sorted reads are faster on a memory-mapped cache
+            x = to_float(torch.from_numpy(np.ascontiguousarray(images[idx])).to(dev))
+            y = y_all[idx].to(dev)
+            x = normalize(augment(x, cfg.augment, gen), model.preprocess.mean, model.preprocess.std)
+            if dev.type == "cuda":
+                x = x.contiguous(memory_format=torch.channels_last)
+            with autocast(dev):
+                logit = model(x)
+            loss = F.binary_cross_entropy_with_logits(logit.float(), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            tot_loss += loss.item() * len(idx)
+            tot_ok += int(((logit.detach() > 0).float() == y).sum())
+            seen += len(idx)
+            bar.update(len(idx))
+            bar.set_postfix(loss=f"{tot_loss / seen:.4f}", acc=f"{tot_ok / seen:.3f}")
+        bar.close()
+        val_logit, _ = infer(model, images, val_idx, batch_size=256, device=dev)
+        val_y = labels[val_idx]
+        val_loss = float(F.binary_cross_entropy_with_logits(torch.from_numpy(val_logit), torch.from_numpy(val_y).float()))
+        val_acc = float(((val_logit > 0) == val_y).mean())
+        sched.step(val_loss)
+        row = {"epoch": epoch, "train_loss": round(tot_loss / seen, 5), "train_acc": round(tot_ok / seen, 5),
+               "val_loss": round(val_loss, 5), "val_acc": round(val_acc, 5), "lr": opt.param_groups[0]["lr"],
+               "seconds": round(time.time() - t0, 1)}
+        state["history"].append(row)
+        if val_loss < state["best_val_loss"]:
+            state["best_val_loss"], state["bad_epochs"] = val_loss, 0
+            _save({"state_dict": model.state_dict(), "identity": identity, "fold": k, "epoch": epoch,
+                   "preprocess": model.preprocess.as_dict()}, paths.best)
+        else:
+            state["bad_epochs"] += 1
+        state["epoch"] = epoch
+        _save({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+               "state": state, "identity": identity}, paths.last)
+        _write_history(paths, state["history"])
+        log.info("%s fold %d epoch %d: %s", cfg.backbone, k, epoch, row)
+    best = torch.load(paths.best, map_location="cpu", weights_only=False)
+    model.load_state_dict(best["state_dict"])
+    hold = np.flatnonzero(folds == k)
+    oof_logit, _ = infer(model, images, hold, batch_size=256, device=dev, progress=progress, desc=f"oof fold {k}")
+    oof_acc = float(((oof_logit > 0) == labels[hold]).mean())
+    buf = io.StringIO()
+    buf.write("id,label,fold,logit\n")
+    buf.writelines(f"{ids[i]},{labels[i]},{k},{v:.6f}\n" for i, v in zip(hold, oof_logit))
+    write_text(paths.oof, buf.getvalue())
+    done = {"identity": identity, "fold": k, "epochs_requested": cfg.epochs, "epochs_run": state["epoch"],
+            "best_epoch": best["epoch"], "oof_accuracy": oof_acc, "n_holdout": len(hold),
+            "checkpoint": paths.best.name, "sha256": sha256_file(paths.best),
+            "seconds_per_epoch": round(float(np.mean([h["seconds"] for h in state["history"]])), 1)
+            if state["history"] else None}
+    write_json(paths.done, done)
+    return done
