@@ -147,6 +147,7 @@ def train_fold(model_dir: Path, images: np.ndarray, labels: np.ndarray, ids: lis
             opt.load_state_dict(last["optimizer"])
             sched.load_state_dict(last["scheduler"])
             state = last["state"]
+            torch.set_rng_state(last["torch_rng"])  # dropout draws continue as if never interrupted
             log.info("resuming fold %d of %s after epoch %d", k, cfg.backbone, state["epoch"])
         else:
             log.warning("%s belongs to another config; starting fold %d afresh", paths.last, k)
@@ -202,7 +203,7 @@ def train_fold(model_dir: Path, images: np.ndarray, labels: np.ndarray, ids: lis
             state["bad_epochs"] += 1
         state["epoch"] = epoch
         _save({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-               "state": state, "identity": identity}, paths.last)
+               "state": state, "identity": identity, "torch_rng": torch.get_rng_state()}, paths.last)
         _write_history(paths, state["history"])
         log.info("%s fold %d epoch %d: %s", cfg.backbone, k, epoch, row)
     best = torch.load(paths.best, map_location="cpu", weights_only=False)

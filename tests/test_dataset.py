@@ -1,0 +1,80 @@
+import numpy as np
+import pytest
+from PIL import Image
+
+from extract.dataset import CompetitionData
+from extract.errors import BadImageError, DataError
+from extract.images import decode_many, load_rgb
+
+
+def test_loads_valid_folder(synth):
+    d = CompetitionData.load(synth)
+    assert len(d.train) == 60 and len(d.test) == 12
+    assert set(np.unique(d.train.labels)) <= {0, 1}
+    assert d.ages() is not None and (d.ages() >= 0).all()
+
+
+def test_missing_column_names_file_and_columns(synth):
+    (synth / "train.csv").write_text("id,gender\n100000,1\n")
+    with pytest.raises(DataError, match=r"train.csv: missing column\(s\) \['label'\]"):
+        CompetitionData.load(synth)
+
+
+def test_unknown_label_names_the_row(synth):
+    text = (synth / "train.csv").read_text().replace("100003,", "100003,x", 1)
+    (synth / "train.csv").write_text(text)
+    with pytest.raises(DataError, match=r"100003"):
+        CompetitionData.load(synth)
+
+
+def test_duplicate_ids(synth):
+    lines = (synth / "train.csv").read_text().splitlines()
+    (synth / "train.csv").write_text("\n".join(lines + [lines[5]]) + "\n")
+    with pytest.raises(DataError, match=r"duplicate id\(s\) " + lines[5].split(",")[0]):
+        CompetitionData.load(synth)
+
+
+def test_missing_image_is_named(synth):
+    (synth / "test" / "200004.jpg").unlink()
+    with pytest.raises(DataError, match=r"200004.jpg"):
+        CompetitionData.load(synth)
+
+
+def test_id_in_train_and_test(synth):
+    (synth / "test.csv").write_text("id\n100001\n")
+    with pytest.raises(DataError, match="also in"):
+        CompetitionData.load(synth)
+
+
+def test_fingerprint_changes_with_labels(synth):
+    fp = CompetitionData.load(synth).fingerprint()
+    text = (synth / "train.csv").read_text().splitlines()
+    i, y = text[1].split(",")
+    text[1] = f"{i},{1 - int(y)}"
+    (synth / "train.csv").write_text("\n".join(text) + "\n")
+    assert CompetitionData.load(synth).fingerprint() != fp
+
+
+@pytest.mark.parametrize("mode", ["L", "LA", "P", "RGBA", "CMYK", "I;16", "I", "F", "1"])
+def test_any_mode_decodes_to_rgb(tmp_path, mode):
+    rgb = Image.fromarray(np.random.default_rng(0).integers(0, 255, (20, 24, 3), dtype=np.uint8))
+    if mode in ("I;16", "I", "F"):
+        im = Image.fromarray((np.arange(480).reshape(20, 24) * 100).astype(np.uint16)).convert(mode)
+    else:
+        im = rgb.convert(mode)
+    path = tmp_path / ("x.tiff" if mode in ("I;16", "I", "F", "CMYK", "LA", "RGBA", "1") else "x.png")
+    im.save(path)
+    arr = load_rgb(path, size=16)
+    assert arr.shape == (16, 16, 3) and arr.dtype == np.uint8
+    if mode in ("I;16", "I", "F"):
+        assert arr.max() > 200 and arr.min() < 10  # rescaled, not clipped to white
+
+
+def test_corrupt_image_is_named_or_skipped(synth):
+    bad = synth / "train" / "100007.jpg"
+    bad.write_bytes(bad.read_bytes()[:200])  # truncated JPEG
+    paths = [synth / "train" / f"{100000 + i}.jpg" for i in range(10)]
+    with pytest.raises(BadImageError, match=r"100007.jpg.*--skip-bad"):
+        decode_many(paths, 16, progress=False, workers=1)
+    arr, badidx = decode_many(paths, 16, skip_bad=True, progress=False, workers=1)
+    assert badidx == [7] and arr.shape == (10, 16, 16, 3) and arr[7].max() == 0 and arr[6].max() > 0

@@ -1,0 +1,84 @@
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from extract import train as train_mod
+from extract.finetune import train_backbone
+from extract.train import AugmentConfig, TrainConfig
+
+CFG = dict(img_size=32, epochs=3, batch_size=16, patience=5, seed=0)
+
+
+def _cfg(**kw):
+    return TrainConfig("cnn-small", **{**CFG, **kw})
+
+
+def test_trains_every_fold_and_writes_outputs(synth, tmp_path):
+    ws = tmp_path / "ws"
+    s = train_backbone(synth, _cfg(), ws, k=2, progress=False)
+    assert set(s["folds"]) == {0, 1} and 0 <= s["oof_accuracy"] <= 1
+    d = ws / "models" / "cnn-small"
+    for f in (0, 1):
+        done = json.loads((d / f"fold{f}.json").read_text())
+        assert len(done["sha256"]) == 64 and done["epochs_run"] == 3
+        assert json.loads((d / f"fold{f}.config.json").read_text())["config"]["img_size"] == 32
+        assert (d / f"fold{f}.curve.png").stat().st_size > 1000
+        hist = list(csv.DictReader(open(d / f"fold{f}.history.csv")))
+        assert [int(h["epoch"]) for h in hist] == [1, 2, 3]
+        oof = list(csv.DictReader(open(d / f"fold{f}.oof.csv")))
+        folds = dict(line.strip().split(",") for line in open(ws / "folds.csv") if line[0].isdigit())
+        assert oof and all(folds[r["id"]] == str(f) for r in oof)  # only held-out rows
+    # a finished run is not repeated
+    assert train_backbone(synth, _cfg(), ws, progress=False)["folds"][0]["sha256"] == done_sha(d)
+
+
+def done_sha(d):
+    return json.loads((d / "fold0.json").read_text())["sha256"]
+
+
+def test_interrupted_run_resumes_to_the_same_model(synth, tmp_path, monkeypatch):
+    train_backbone(synth, _cfg(), tmp_path / "a", k=2, fold=0, progress=False)
+    calls = {"n": 0}
+    real_augment = train_mod.augment
+
+    def dying_augment(*args, **kw):
+        calls["n"] += 1
+        if calls["n"] == 5:  # in epoch 3 (2 batches an epoch)
+            raise KeyboardInterrupt
+        return real_augment(*args, **kw)
+
+    monkeypatch.setattr(train_mod, "augment", dying_augment)
+    with pytest.raises(KeyboardInterrupt):
+        train_backbone(synth, _cfg(), tmp_path / "b", k=2, fold=0, progress=False)
+    last = torch.load(tmp_path / "b/models/cnn-small/fold0.last.pt", weights_only=False)
+    assert last["state"]["epoch"] == 2  # epoch 3 was lost, earlier ones kept
+    monkeypatch.setattr(train_mod, "augment", real_augment)
+    train_backbone(synth, _cfg(), tmp_path / "b", k=2, fold=0, progress=False)
+    a = torch.load(tmp_path / "a/models/cnn-small/fold0.pt", weights_only=False)["state_dict"]
+    b = torch.load(tmp_path / "b/models/cnn-small/fold0.pt", weights_only=False)["state_dict"]
+    assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-5) for k in a)
+
+
+def test_more_epochs_extend_a_finished_run(synth, tmp_path):
+    train_backbone(synth, _cfg(epochs=1), tmp_path, k=2, fold=1, progress=False)
+    s = train_backbone(synth, _cfg(epochs=2), tmp_path, k=2, fold=1, progress=False)
+    assert s["folds"][1]["epochs_run"] == 2
+
+
+def test_augment_is_reproducible_and_respects_switches():
+    x = torch.rand(4, 3, 16, 16)
+    a = train_mod.augment(x, AugmentConfig(), torch.Generator().manual_seed(1))
+    b = train_mod.augment(x, AugmentConfig(), torch.Generator().manual_seed(1))
+    assert torch.equal(a, b) and not torch.equal(a, x)
+    off = AugmentConfig(0, 0, 0, 0, 0, 0)
+    assert torch.equal(train_mod.augment(x, off, torch.Generator()), x)
+    flip = AugmentConfig(0, 0, 0, 0, 0, vflip_p=1.0)
+    assert torch.equal(train_mod.augment(x, flip, torch.Generator()), x.flip(2))
+
+
+def test_unknown_optimizer(synth, tmp_path):
+    with pytest.raises(ValueError, match="unknown optimizer"):
+        train_backbone(synth, _cfg(optimizer="rmsprop"), tmp_path, k=2, fold=0, progress=False)
