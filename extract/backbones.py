@@ -46,6 +46,7 @@ class Backbone(nn.Module):
         self.num_features = num_features
         self.feature_hw = feature_hw
         self.preprocess = preprocess
+        self.weights_sha256: str | None = None  # of the local weights file it was created with
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Last conv feature map, [B, C, H, W]."""
@@ -218,5 +219,5 @@ def create(name: str, img_size: int = 64, pretrained: bool = False, weights: str
     if weights is not None and weights != "random":
         from .weights import load_weights
 
-        load_weights(model, weights)
+        model.weights_sha256 = load_weights(model, weights)
     return model

@@ -11,7 +11,7 @@ from .backbones import UnknownBackboneError, WeightsError
 from .errors import DataError, WorkspaceError
 from .train import TrainConfig
 
-USER_ERRORS = (DataError, WorkspaceError, WeightsError, UnknownBackboneError, ValueError, FileNotFoundError)
+USER_ERRORS = (DataError, WorkspaceError, WeightsError, UnknownBackboneError, ValueError, OSError)
 
 
 def run_cli(main) -> None:
@@ -99,5 +99,41 @@ def make_synthetic_main(argv: list[str] | None = None) -> None:
         from .synthetic import make_synthetic
 
         print(make_synthetic(args.out, args.n_train, args.n_test, seed=args.seed))
+
+    run_cli(body)
+
+
+def extract_main(argv: list[str] | None = None) -> None:
+    from .inference import POOLS
+
+    p = argparse.ArgumentParser(prog="extract", description="Write a backbone's last-conv features to an HDF5 cache.")
+    p.add_argument("--backbone", required=True, help="a fine-tuned backbone (from train-backbone), or any with --frozen")
+    add_data_args(p)
+    p.add_argument("--frozen", action="store_true", help="pretrained features, no fine-tuning: one feature space")
+    p.add_argument("--weights", default=None, help="local weights for --frozen")
+    p.add_argument("--pretrained", action="store_true", help="hub weights for --frozen (needs network)")
+    p.add_argument("--img-size", type=int, default=None, help="input size for --frozen (default 224)")
+    p.add_argument("--pool", choices=POOLS, default="flatten", help="how the last conv map becomes a vector")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--dtype", choices=("float16", "float32"), default="float16")
+    p.add_argument("--force", action="store_true", help="recompute everything")
+    p.add_argument("--shard", default=None, metavar="I/N", help="extract slice I of N into its own file")
+    p.add_argument("--merge", action="store_true", help="join the shard files into one cache")
+    args = p.parse_args(argv)
+
+    def body():
+        from .featurize import extract_features, merge_features
+
+        if args.merge:
+            print(f"merged into {merge_features(args.workdir, args.backbone, args.frozen)}")
+            return
+        out = extract_features(args.data, args.backbone, args.workdir, frozen=args.frozen, pool=args.pool,
+                               img_size=args.img_size, weights=args.weights, pretrained=args.pretrained,
+                               batch_size=args.batch_size, device=args.device, dtype=args.dtype, force=args.force,
+                               shard=args.shard, skip_bad=args.skip_bad, progress=not args.no_progress)
+        rate = f", {out.images_per_s:.1f} img/s" if out.images_per_s else ""
+        size = out.path.stat().st_size / 2**20
+        print(f"{out.path}: {out.status} ({out.reason}); {out.computed_rows} row(s) computed in "
+              f"{out.seconds:.1f} s{rate}; {size:.1f} MiB")
 
     run_cli(body)

@@ -127,10 +127,10 @@ class CompetitionData:
             return None
         return np.array([self.meta[i]["race"] if i in self.meta else "" for i in self.train.ids])
 
-    def fingerprint(self) -> str:
-        """sha256 over ids, labels and image file sizes: changes when the dataset does."""
+    def fingerprint(self, splits: tuple[str, ...] = ("train", "test")) -> str:
+        """sha256 over ids, labels and image file sizes of the given splits: changes when they do."""
         h = hashlib.sha256()
-        for split in (self.train, self.test):
+        for split in (getattr(self, s) for s in splits):
             h.update(split.name.encode())
             labels = split.labels if split.labels is not None else [""] * len(split)
             for i, p, y in zip(split.ids, split.paths, labels):

@@ -20,8 +20,11 @@ class Workspace:
         return self.root / "workspace.json"
 
     def bind(self, data: CompetitionData) -> str:
-        """Record the dataset's fingerprint, or refuse if the workspace holds another dataset."""
-        fp = data.fingerprint()
+        """Record the training set's fingerprint, or refuse if the workspace holds another dataset.
+
+        A workspace belongs to one training set (ids, labels, image sizes); test ids may be added.
+        """
+        fp = data.fingerprint(("train",))
         if self.info_path.exists():
             info = read_json(self.info_path)
             if info.get("dataset_fingerprint") != fp:

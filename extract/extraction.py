@@ -1,0 +1,272 @@
+"""Filling a feature cache from a source: cache hits, incremental appends, resumable partial files, shards."""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import feature_cache as fc
+from .sources import FeatureSource, library_versions
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Rows:
+    """The rows a cache file must hold, in dataset order."""
+
+    train_ids: list[str]
+    train_labels: np.ndarray
+    train_fold: np.ndarray
+    train_size: np.ndarray  # image file sizes: a changed image is recomputed
+    test_ids: list[str]
+    test_size: np.ndarray
+    train_index: np.ndarray = field(default=None)  # positions in the dataset split (for shards)
+    test_index: np.ndarray = field(default=None)
+
+    def __post_init__(self):
+        if self.train_index is None:
+            self.train_index = np.arange(len(self.train_ids))
+        if self.test_index is None:
+            self.test_index = np.arange(len(self.test_ids))
+
+    def shard(self, i: int, n: int) -> "Rows":
+        """Slice i of n (contiguous) of both splits."""
+        tr = np.array_split(np.arange(len(self.train_ids)), n)[i]
+        te = np.array_split(np.arange(len(self.test_ids)), n)[i]
+        return Rows([self.train_ids[j] for j in tr], self.train_labels[tr], self.train_fold[tr], self.train_size[tr],
+                    [self.test_ids[j] for j in te], self.test_size[te], self.train_index[tr], self.test_index[te])
+
+    def digest(self) -> str:
+        h = hashlib.sha256()
+        for x in (self.train_ids, self.train_labels, self.train_size, self.test_ids, self.test_size):
+            h.update(json.dumps([str(v) for v in x]).encode())
+        return h.hexdigest()[:16]
+
+
+@dataclass
+class Outcome:
+    path: Path
+    status: str  # "hit", "appended", "computed"
+    reason: str
+    computed_rows: int
+    seconds: float
+    images_per_s: float | None
+
+
+def _recipe_diff(old: dict, new: dict) -> str:
+    keys = sorted(set(old) | set(new))
+    return ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys if old.get(k) != new.get(k))
+
+
+def _reusable(path: Path, recipe: dict, dtype: str, force: bool) -> tuple[fc.FeatureSet | None, str]:
+    """The existing cache if its recipe matches, else None and why it is recomputed."""
+    if force:
+        return None, "--force"
+    if not path.exists():
+        return None, "no cache yet"
+    try:
+        old = fc.load(path, with_features=False)
+    except fc.CacheError as exc:
+        log.warning("%s", exc)
+        return None, str(exc)
+    if old.attrs["recipe"] != recipe:
+        return None, f"recipe changed ({_recipe_diff(old.attrs['recipe'], recipe)})"
+    if old.attrs.get("dtype") != dtype:
+        return None, f"dtype changed ({old.attrs.get('dtype')} -> {dtype})"
+    return old, "same recipe"
+
+
+def _keep_map(old_ids, old_key, new_ids, new_key) -> np.ndarray:
+    """For each new row, the index of the identical old row (same id and key), or -1."""
+    pos = {i: n for n, i in enumerate(old_ids)}
+    out = np.full(len(new_ids), -1, dtype=np.int64)
+    for n, (i, k) in enumerate(zip(new_ids, new_key)):
+        j = pos.get(i, -1)
+        if j >= 0 and old_key[j] == k:
+            out[n] = j
+    return out
+
+
+def extract_to_cache(source: FeatureSource, rows: Rows, path: Path, dtype: str = "float16", force: bool = False,
+                     progress: bool = True, shard: str | None = None, notes: dict | None = None) -> Outcome:
+    """Bring `path` up to date for `rows`: reuse, append only new rows, or recompute, saying why."""
+    import h5py
+
+    t0 = time.time()
+    recipe = source.recipe()
+    old, reason = _reusable(path, recipe, dtype, force)
+    s, d = source.n_spaces, source.feature_dim()
+    if old is not None:
+        with h5py.File(path, "r") as f:
+            old_train_key = list(zip(f["train/labels"][()].tolist(), f["train/filesize"][()].tolist()))
+            old_test_key = f["test/filesize"][()].tolist()
+        keep_tr = _keep_map(old.train.ids, old_train_key, rows.train_ids,
+                            list(zip(rows.train_labels.tolist(), rows.train_size.tolist())))
+        keep_te = _keep_map(old.test.ids, old_test_key, rows.test_ids, rows.test_size.tolist())
+        same_rows = (len(old.train.ids) == len(rows.train_ids) and len(old.test.ids) == len(rows.test_ids)
+                     and (keep_tr == np.arange(len(keep_tr))).all() and (keep_te == np.arange(len(keep_te))).all())
+        if same_rows and (source.kind == "finetuned" or (old.train.fold == rows.train_fold).all()):
+            return Outcome(path, "hit", "same recipe and rows", 0, time.time() - t0, None)
+        new_n = int((keep_tr < 0).sum() + (keep_te < 0).sum())
+        reason = f"{new_n} new or changed row(s)" if new_n else "rows removed or folds renumbered"
+    else:
+        keep_tr = np.full(len(rows.train_ids), -1)
+        keep_te = np.full(len(rows.test_ids), -1)
+    log.info("%s: extracting (%s)", path, reason)
+
+    partial = path.with_name(path.name + ".partial")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    plan = hashlib.sha256(json.dumps([recipe, dtype, rows.digest(), keep_tr.tolist(), keep_te.tolist()],
+                                     sort_keys=True).encode()).hexdigest()[:16]
+    done_parts: list[str] = []
+    if partial.exists():
+        try:
+            with h5py.File(partial, "r") as f:
+                if f.attrs.get("plan") == plan:
+                    done_parts = json.loads(f.attrs["done_parts"])
+        except OSError:
+            pass
+        if done_parts:
+            log.info("resuming %s: parts already done %s", partial, done_parts)
+        else:
+            partial.unlink()
+    mode = "r+" if done_parts else "w"
+    computed = 0
+    t_compute = 0.0
+    try:
+        with h5py.File(partial, mode) as f:
+            if not done_parts:
+                _create(f, source, rows, s, d, dtype, recipe, plan, shard)
+                if old is not None:
+                    _copy_kept(path, f, keep_tr, keep_te, source.has_logits)
+            f.attrs["notes"] = json.dumps(notes or {})
+            for space in range(s):
+                for split, keep in (("train", keep_tr), ("test", keep_te)):
+                    part = f"{split}:{space}"
+                    if part in done_parts:
+                        continue
+                    todo = np.flatnonzero(keep < 0)
+                    if split == "train" and source.kind == "finetuned":
+                        todo = todo[rows.train_fold[todo] == space]
+                    if len(todo):
+                        index = (rows.train_index if split == "train" else rows.test_index)[todo]
+                        t1 = time.time()
+                        feats, logits = source.compute(space, split, index, progress)
+                        t_compute += time.time() - t1
+                        computed += len(todo)
+                        if split == "train":
+                            f["train/features"][todo] = feats.astype(dtype)
+                            if logits is not None:
+                                f["train/logits"][todo] = logits
+                        else:
+                            f["test/features"][space, todo] = feats.astype(dtype)
+                            if logits is not None:
+                                f["test/logits"][space, todo] = logits
+                    done_parts.append(part)
+                    f.attrs["done_parts"] = json.dumps(done_parts)
+                    f.flush()
+            f.attrs["complete"] = True
+        os.replace(partial, path)
+    except OSError as exc:
+        raise OSError(f"cannot write feature cache {partial} ({exc}); the previous cache {path} is untouched; "
+                      f"a rerun resumes from the parts already written") from exc
+    status = "computed" if old is None else "appended"
+    rate = computed / t_compute if t_compute > 0 else None
+    return Outcome(path, status, reason, computed, time.time() - t0, rate)
+
+
+def _create(f, source: FeatureSource, rows: Rows, s: int, d: int, dtype: str, recipe: dict, plan: str,
+            shard: str | None) -> None:
+    str_dt = __import__("h5py").string_dtype("utf-8")
+    n, m = len(rows.train_ids), len(rows.test_ids)
+    chunk_rows = max(1, min(1024, (1 << 20) // max(1, d * np.dtype(dtype).itemsize)))
+    comp = {"compression": "gzip", "compression_opts": 1, "shuffle": True}
+    f.create_dataset("train/ids", data=np.array(rows.train_ids, dtype=object), dtype=str_dt)
+    f.create_dataset("train/labels", data=rows.train_labels.astype(np.int8))
+    f.create_dataset("train/fold", data=rows.train_fold.astype(np.int8))
+    f.create_dataset("train/filesize", data=rows.train_size.astype(np.int64))
+    f.create_dataset("train/features", shape=(n, d), dtype=dtype, chunks=(max(1, min(n, chunk_rows)), d), **comp)
+    f.create_dataset("test/ids", data=np.array(rows.test_ids, dtype=object), dtype=str_dt)
+    f.create_dataset("test/filesize", data=rows.test_size.astype(np.int64))
+    f.create_dataset("test/features", shape=(s, m, d), dtype=dtype, chunks=(1, max(1, min(m, chunk_rows)), d), **comp)
+    if source.has_logits:
+        f.create_dataset("train/logits", shape=(n,), dtype="float32", fillvalue=np.nan)
+        f.create_dataset("test/logits", shape=(s, m), dtype="float32", fillvalue=np.nan)
+    a = source.attrs()
+    for k, v in a.items():
+        f.attrs[k] = json.dumps(v) if isinstance(v, (list, dict)) else ("" if v is None else v)
+    f.attrs.update({"format_version": fc.FORMAT_VERSION, "n_spaces": s, "feature_dim": d, "dtype": dtype,
+                    "has_logits": source.has_logits, "complete": False, "recipe": json.dumps(recipe),
+                    "plan": plan, "done_parts": "[]", "versions": json.dumps(library_versions()),
+                    "shard": shard or ""})
+
+
+def _copy_kept(old_path: Path, f, keep_tr: np.ndarray, keep_te: np.ndarray, has_logits: bool) -> None:
+    import h5py
+
+    with h5py.File(old_path, "r") as old:
+        for split, keep in (("train", keep_tr), ("test", keep_te)):
+            dst = np.flatnonzero(keep >= 0)
+            if not len(dst):
+                continue
+            src = keep[dst]
+            feats = old[f"{split}/features"][()]
+            if split == "train":
+                f["train/features"][dst] = feats[src]
+            else:
+                f["test/features"][:, dst] = feats[:, src]
+            if has_logits:
+                lg = old[f"{split}/logits"][()]
+                f[f"{split}/logits"][..., dst] = lg[..., src]
+
+
+def merge_shards(shards: list[Path], path: Path) -> Path:
+    """Join shard files (same recipe, consecutive slices) into one cache, atomically."""
+    import h5py
+
+    sets = [fc.load(p) for p in shards]
+    recipes = {json.dumps(x.attrs["recipe"], sort_keys=True) for x in sets}
+    if len(recipes) != 1:
+        raise fc.CacheError(f"shards {', '.join(map(str, shards))} come from different recipes; re-extract them")
+    names = sorted(x.attrs["shard"] for x in sets)
+    n = int(names[0].split("/")[1])
+    if sorted(int(x.split("/")[0]) for x in names) != list(range(n)):
+        raise fc.CacheError(f"need all {n} shards to merge, found {names}")
+    sets.sort(key=lambda x: int(x.attrs["shard"].split("/")[0]))
+    a = sets[0].attrs
+    from .atomic import atomic_path
+
+    with atomic_path(path) as tmp:
+        with h5py.File(tmp, "w") as f:
+            with h5py.File(sets[0].path, "r") as first:
+                for k, v in first.attrs.items():
+                    f.attrs[k] = v
+            f.attrs["shard"] = ""
+            str_dt = h5py.string_dtype("utf-8")
+            cat = np.concatenate
+            f.create_dataset("train/ids", data=cat([x.train.ids for x in sets]).astype(object), dtype=str_dt)
+            f.create_dataset("test/ids", data=cat([x.test.ids for x in sets]).astype(object), dtype=str_dt)
+            f.create_dataset("train/labels", data=cat([x.train.labels for x in sets]).astype(np.int8))
+            f.create_dataset("train/fold", data=cat([x.train.fold for x in sets]).astype(np.int8))
+            comp = {"compression": "gzip", "compression_opts": 1, "shuffle": True}
+            f.create_dataset("train/features", data=cat([x.train.features for x in sets]), **comp)
+            f.create_dataset("test/features", data=cat([x.test.features for x in sets], axis=1), **comp)
+            sizes = {}
+            for x in sets:
+                with h5py.File(x.path, "r") as g:
+                    for name in ("train/filesize", "test/filesize"):
+                        sizes.setdefault(name, []).append(g[name][()])
+            for name, parts in sizes.items():
+                f.create_dataset(name, data=cat(parts))
+            if a["has_logits"]:
+                f.create_dataset("train/logits", data=cat([x.train.logits for x in sets]))
+                f.create_dataset("test/logits", data=cat([x.test.logits for x in sets], axis=1))
+    fc.load(path, with_features=False)
+    return path

@@ -1,0 +1,136 @@
+"""The HDF5 embeddings cache: one file per source, readable with plain h5py.
+
+Layout of ``features/<source>.h5``::
+
+    attrs: source, kind ('finetuned' | 'frozen'), n_spaces, feature_dim, has_logits, complete,
+           recipe (JSON: everything that produced the features), backbone, layer, pooling,
+           img_size, mean, std, checkpoint_sha256 (JSON list, one per space), folds_fingerprint,
+           dataset_fingerprint, versions (JSON)
+    train/ids [N] utf-8, labels [N], fold [N], filesize [N],
+          features [N, D]   (row i from the fold model that held row i out; frozen: the one model)
+          logits [N]        (when has_logits)
+    test/ids [M], filesize [M], features [S, M, D], logits [S, M]   (S = n_spaces: K or 1)
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import WorkspaceError
+
+FORMAT_VERSION = 1
+
+
+class CacheError(WorkspaceError):
+    """A cache file that is truncated, incomplete or self-contradictory."""
+
+
+@dataclass
+class SplitFeatures:
+    ids: np.ndarray  # str
+    features: np.ndarray  # train: [N, D]; test: [S, N, D]
+    logits: np.ndarray | None
+    labels: np.ndarray | None = None
+    fold: np.ndarray | None = None
+
+
+@dataclass
+class FeatureSet:
+    """A validated, complete feature cache loaded into memory."""
+
+    path: Path
+    attrs: dict
+    train: SplitFeatures
+    test: SplitFeatures
+
+    @property
+    def source(self) -> str:
+        return self.attrs["source"]
+
+    @property
+    def kind(self) -> str:
+        return self.attrs["kind"]
+
+
+def _decode_ids(ds) -> np.ndarray:
+    return np.array([v.decode() if isinstance(v, bytes) else str(v) for v in ds[()]], dtype=object)
+
+
+def read_attrs(path: str | os.PathLike) -> dict:
+    """Attributes of a cache file, JSON fields decoded; CacheError if it cannot be opened."""
+    import h5py
+
+    path = Path(path)
+    try:
+        with h5py.File(path, "r") as f:
+            return _attrs(f)
+    except OSError as exc:
+        raise CacheError(f"{path}: not a readable HDF5 cache (truncated or corrupt: {exc})") from exc
+
+
+def _attrs(f) -> dict:
+    out = {}
+    for k, v in f.attrs.items():
+        v = v.decode() if isinstance(v, bytes) else v
+        if k in ("recipe", "checkpoint_sha256", "versions", "done_parts", "mean", "std", "extra", "notes"):
+            v = json.loads(v)
+        elif isinstance(v, np.generic):
+            v = v.item()
+        out[k] = v
+    return out
+
+
+def validate(path: Path, f) -> dict:
+    """Check that a cache file is complete and that its attributes agree with its datasets."""
+    a = _attrs(f)
+    problems = []
+    if a.get("format_version") != FORMAT_VERSION:
+        problems.append(f"format_version {a.get('format_version')} != {FORMAT_VERSION}")
+    if not a.get("complete"):
+        problems.append("not marked complete (an interrupted extraction?)")
+    try:
+        n, m = len(f["train/ids"]), len(f["test/ids"])
+        s, d = a["n_spaces"], a["feature_dim"]
+        shapes = {"train/features": (n, d), "train/labels": (n,), "train/fold": (n,), "test/features": (s, m, d)}
+        if a["has_logits"]:
+            shapes.update({"train/logits": (n,), "test/logits": (s, m)})
+        for name, shape in shapes.items():
+            if f[name].shape != shape:
+                problems.append(f"{name} has shape {f[name].shape}, attributes imply {shape}")
+        if len(a["checkpoint_sha256"]) != s:
+            problems.append(f"{len(a['checkpoint_sha256'])} checkpoint sha256 for n_spaces={s}")
+        if a["kind"] not in ("finetuned", "frozen") or (a["kind"] == "frozen" and s != 1):
+            problems.append(f"kind {a['kind']!r} with n_spaces={s}")
+    except KeyError as exc:
+        problems.append(f"missing {exc}")
+    if problems:
+        raise CacheError(f"{path}: invalid feature cache: " + "; ".join(problems))
+    return a
+
+
+def load(path: str | os.PathLike, with_features: bool = True) -> FeatureSet:
+    """Open, validate and read a feature cache."""
+    import h5py
+
+    path = Path(path)
+    if not path.exists():
+        raise CacheError(f"{path}: no feature cache; run `extract --backbone …` first")
+    try:
+        f = h5py.File(path, "r")
+    except OSError as exc:
+        raise CacheError(f"{path}: not a readable HDF5 cache (truncated or corrupt: {exc})") from exc
+    with f:
+        a = validate(path, f)
+
+        def read(name):
+            return f[name][()] if with_features else None
+
+        logit = (lambda n: f[n][()].astype(np.float32)) if a["has_logits"] else (lambda n: None)
+        train = SplitFeatures(_decode_ids(f["train/ids"]), read("train/features"), logit("train/logits"),
+                              f["train/labels"][()].astype(np.int64), f["train/fold"][()].astype(np.int64))
+        test = SplitFeatures(_decode_ids(f["test/ids"]), read("test/features"), logit("test/logits"))
+    return FeatureSet(path, a, train, test)
