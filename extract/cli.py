@@ -11,7 +11,7 @@ from .backbones import UnknownBackboneError, WeightsError
 from .errors import DataError, WorkspaceError
 from .train import TrainConfig
 
-USER_ERRORS = (DataError, WorkspaceError, WeightsError, UnknownBackboneError, ValueError, OSError)
+USER_ERRORS = (ImportError, DataError, WorkspaceError, WeightsError, UnknownBackboneError, ValueError, OSError)
 
 
 def run_cli(main) -> None:
@@ -119,18 +119,23 @@ def extract_main(argv: list[str] | None = None) -> None:
     p.add_argument("--force", action="store_true", help="recompute everything")
     p.add_argument("--shard", default=None, metavar="I/N", help="extract slice I of N into its own file")
     p.add_argument("--merge", action="store_true", help="join the shard files into one cache")
+    p.add_argument("--align", choices=("landmarks", "resize"), default="landmarks",
+                   help="face sources: align with 5-point landmarks, or plainly resize")
+    p.add_argument("--layer", default="layer_3_relu", help="gender-cnn layer: layer_3_relu, layer_4_flatten, logits")
     args = p.parse_args(argv)
 
     def body():
         from .featurize import extract_features, merge_features
 
         if args.merge:
-            print(f"merged into {merge_features(args.workdir, args.backbone, args.frozen)}")
+            merged = merge_features(args.workdir, args.backbone, args.frozen, args.align == "landmarks", args.layer)
+            print(f"merged into {merged}")
             return
         out = extract_features(args.data, args.backbone, args.workdir, frozen=args.frozen, pool=args.pool,
                                img_size=args.img_size, weights=args.weights, pretrained=args.pretrained,
                                batch_size=args.batch_size, device=args.device, dtype=args.dtype, force=args.force,
-                               shard=args.shard, skip_bad=args.skip_bad, progress=not args.no_progress)
+                               shard=args.shard, skip_bad=args.skip_bad, progress=not args.no_progress,
+                               align=args.align == "landmarks", layer=args.layer)
         rate = f", {out.images_per_s:.1f} img/s" if out.images_per_s else ""
         size = out.path.stat().st_size / 2**20
         print(f"{out.path}: {out.status} ({out.reason}); {out.computed_rows} row(s) computed in "

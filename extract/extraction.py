@@ -172,6 +172,7 @@ def extract_to_cache(source: FeatureSource, rows: Rows, path: Path, dtype: str =
                     done_parts.append(part)
                     f.attrs["done_parts"] = json.dumps(done_parts)
                     f.flush()
+            f.attrs["notes"] = json.dumps({**(notes or {}), **source.notes()})
             f.attrs["complete"] = True
         os.replace(partial, path)
     except OSError as exc:

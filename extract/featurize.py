@@ -10,6 +10,7 @@ from .dataset import CompetitionData
 from .extraction import Outcome, Rows, extract_to_cache, merge_shards
 from .folds import ensure_folds
 from .image_cache import cached_images
+from .face_sources import FACE_NETS, FaceNetSource, face_source_name
 from .sources import FeatureSource, finetuned_source, frozen_source, source_name
 from .workspace import Workspace
 
@@ -26,8 +27,11 @@ def dataset_rows(data: CompetitionData, fold: np.ndarray) -> Rows:
 
 def make_source(name: str, ws: Workspace, data: CompetitionData, k: int, folds_fp: str, frozen: bool, pool: str,
                 img_size: int | None, weights: str | None, pretrained: bool, batch_size: int, device: str,
-                skip_bad: bool, progress: bool) -> FeatureSource:
-    """A fine-tuned source from the workspace's fold checkpoints, or a frozen one."""
+                skip_bad: bool, progress: bool, align: bool = True, layer: str = "layer_3_relu") -> FeatureSource:
+    """A face network, a fine-tuned source from the workspace's fold checkpoints, or a frozen backbone."""
+    if name in FACE_NETS:
+        return FaceNetSource(name, {"train": data.train.paths, "test": data.test.paths}, align=align, layer=layer)
+
     def images(split: str, size: int) -> np.ndarray:
         return cached_images(ws, data, split, size, skip_bad=skip_bad, progress=progress)[0]
 
@@ -41,14 +45,14 @@ def extract_features(data_dir: str | Path, backbone: str, workdir: str | Path = 
                      pool: str = "flatten", img_size: int | None = None, weights: str | None = None,
                      pretrained: bool = False, batch_size: int = 256, device: str = "auto", dtype: str = "float16",
                      force: bool = False, shard: str | None = None, skip_bad: bool = False,
-                     progress: bool = True) -> Outcome:
+                     progress: bool = True, align: bool = True, layer: str = "layer_3_relu") -> Outcome:
     """Write (or reuse) `workdir/features/<source>.h5` for every train and test image."""
     data = CompetitionData.load(data_dir)
     ws = Workspace(workdir)
     ws.bind(data)
     folds = ensure_folds(ws, data)
     source = make_source(backbone, ws, data, folds.k, folds.fingerprint, frozen, pool, img_size, weights, pretrained,
-                         batch_size, device, skip_bad, progress)
+                         batch_size, device, skip_bad, progress, align, layer)
     rows = dataset_rows(data, folds.for_ids(data.train.ids).copy())
     skipped: list[str] = []
     if skip_bad:
@@ -69,9 +73,11 @@ def extract_features(data_dir: str | Path, backbone: str, workdir: str | Path = 
                             notes={"skipped_ids": skipped})
 
 
-def merge_features(workdir: str | Path, backbone: str, frozen: bool = False) -> Path:
+def merge_features(workdir: str | Path, backbone: str, frozen: bool = False, align: bool = True,
+                   layer: str = "layer_3_relu") -> Path:
     """Join `features/<source>.shard*of*.h5` into `features/<source>.h5`."""
-    path = Workspace(workdir).features_path(source_name(backbone, frozen))
+    name = face_source_name(backbone, align, layer) if backbone in FACE_NETS else source_name(backbone, frozen)
+    path = Workspace(workdir).features_path(name)
     shards = sorted(path.parent.glob(f"{path.stem}.shard*of*.h5"))
     if not shards:
         raise FileNotFoundError(f"no shards {path.stem}.shard*of*.h5 in {path.parent}")

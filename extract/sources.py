@@ -51,6 +51,10 @@ class FeatureSource(ABC):
     def compute(self, space: int, split: str, rows: np.ndarray, progress: bool) -> tuple[np.ndarray, np.ndarray | None]:
         """Features [len(rows), D] and logits [len(rows)] (or None) of the given split rows in one space."""
 
+    def notes(self) -> dict:
+        """Counts gathered while computing (e.g. alignment fallbacks), stored in the cache's `notes`."""
+        return {}
+
     def recipe(self) -> dict:
         """Everything that determines the features; a cache with another recipe is stale."""
         a = self.attrs()
