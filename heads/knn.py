@@ -1,0 +1,99 @@
+"""kNN head on faiss: L2-normalised features, inner-product search; k and weighting chosen by leave-one-out."""
+from __future__ import annotations
+
+import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.utils.validation import check_is_fitted
+
+from ._checks import BinaryMixin, fit_input, predict_input
+from .blocks import BlockScaler
+
+
+def _normalise(Z: np.ndarray) -> np.ndarray:
+    Z = np.ascontiguousarray(Z, dtype=np.float32)
+    return Z / np.maximum(np.linalg.norm(Z, axis=1, keepdims=True), 1e-12)
+
+
+class KNNHead(BinaryMixin, ClassifierMixin, BaseEstimator):
+    """ks / weightings: candidates, chosen by leave-one-out accuracy on the training rows.
+
+    An exact index (IndexFlatIP) by default; an IVF index when rows exceed ivf_threshold.
+    """
+
+    def __init__(self, ks=(5, 15, 31, 63), weightings=("uniform", "similarity"), ivf_threshold: int = 50_000,
+                 nprobe: int = 16, blocks=None, pca=None, balance: bool = True, random_state: int = 0):
+        self.ks = ks
+        self.weightings = weightings
+        self.ivf_threshold = ivf_threshold
+        self.nprobe = nprobe
+        self.blocks = blocks
+        self.pca = pca
+        self.balance = balance
+        self.random_state = random_state
+
+    def _index(self, Z: np.ndarray):
+        import faiss
+
+        d = Z.shape[1]
+        if len(Z) > self.ivf_threshold:
+            nlist = int(np.sqrt(len(Z)))
+            index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
+            index.cp.seed = self.random_state
+            index.train(Z)
+            index.nprobe = self.nprobe
+        else:
+            index = faiss.IndexFlatIP(d)
+        index.add(Z)
+        return index
+
+    @staticmethod
+    def _vote(sims: np.ndarray, labels: np.ndarray, k: int, weighting: str) -> np.ndarray:
+        s, lab = sims[:, :k], labels[:, :k]
+        w = np.maximum(s + 1.0, 1e-6) if weighting == "similarity" else np.ones_like(s)
+        valid = lab >= 0
+        return (w * (lab == 1) * valid).sum(1) / np.maximum((w * valid).sum(1), 1e-12)
+
+    def fit(self, X, y):
+        X, y = fit_input(self, X, y)
+        self.scaler_ = BlockScaler(self.blocks, self.pca, self.balance, self.random_state).fit(X)
+        Z = _normalise(self.scaler_.transform(X))
+        self.index_ = self._index(Z)
+        self.y_ = y
+        ks = [k for k in self.ks if k < len(y)] or [max(1, len(y) - 1)]
+        sims, nn = self.index_.search(Z, max(ks) + 1)
+        self_hit = nn == np.arange(len(y))[:, None]  # leave each row out of its own vote
+        keep = ~self_hit
+        keep[:, -1] &= self_hit.any(1)  # drop the extra column when the row itself was not found
+        sims = sims[keep].reshape(len(y), -1)
+        labels = np.where(nn >= 0, y[np.maximum(nn, 0)], -1)[keep].reshape(len(y), -1)
+        best, self.cv_scores_ = -1.0, {}
+        for k in ks:
+            for weighting in self.weightings:
+                acc = float(((self._vote(sims, labels, k, weighting) >= 0.5) == y).mean())
+                self.cv_scores_[(k, weighting)] = acc
+                if acc > best:
+                    best, self.k_, self.weighting_ = acc, k, weighting
+        return self
+
+    def predict_proba(self, X):
+        check_is_fitted(self)
+        Z = _normalise(self.scaler_.transform(predict_input(self, X)))
+        sims, nn = self.index_.search(Z, self.k_)
+        labels = np.where(nn >= 0, self.y_[np.maximum(nn, 0)], -1)
+        p = self._vote(sims, labels, self.k_, self.weighting_)
+        return np.column_stack([1 - p, p])
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        if "index_" in state:
+            import faiss
+
+            state["index_"] = faiss.serialize_index(state["index_"])
+        return state
+
+    def __setstate__(self, state):
+        if "index_" in state and isinstance(state["index_"], np.ndarray):
+            import faiss
+
+            state["index_"] = faiss.deserialize_index(state["index_"])
+        self.__dict__.update(state)

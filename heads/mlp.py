@@ -1,0 +1,89 @@
+"""MLP head (torch): per-source scaling, one hidden layer with dropout, weight decay, early stopping."""
+from __future__ import annotations
+
+import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.model_selection import train_test_split
+from sklearn.utils.validation import check_is_fitted
+
+from ._checks import BinaryMixin, fit_input, predict_input
+from .blocks import BlockScaler
+
+
+class MLPHead(BinaryMixin, ClassifierMixin, BaseEstimator):
+    """Early stopping watches the loss on an inner validation split (val_fraction of the training rows)."""
+
+    def __init__(self, hidden: int = 256, dropout: float = 0.3, weight_decay: float = 1e-3, lr: float = 1e-3,
+                 max_epochs: int = 100, patience: int = 8, batch_size: int = 256, val_fraction: float = 0.15,
+                 blocks=None, pca=None, balance: bool = True, random_state: int = 0):
+        self.hidden = hidden
+        self.dropout = dropout
+        self.weight_decay = weight_decay
+        self.lr = lr
+        self.max_epochs = max_epochs
+        self.patience = patience
+        self.batch_size = batch_size
+        self.val_fraction = val_fraction
+        self.blocks = blocks
+        self.pca = pca
+        self.balance = balance
+        self.random_state = random_state
+
+    def _net(self, d: int):
+        from torch import nn
+
+        return nn.Sequential(nn.Dropout(self.dropout / 2), nn.Linear(d, self.hidden), nn.ReLU(),
+                             nn.Dropout(self.dropout), nn.Linear(self.hidden, 1))
+
+    def fit(self, X, y):
+        import torch
+        import torch.nn.functional as F
+
+        X, y = fit_input(self, X, y)
+        self.scaler_ = BlockScaler(self.blocks, self.pca, self.balance, self.random_state).fit(X)
+        Z = self.scaler_.transform(X).astype(np.float32)
+        strat = y if np.bincount(y).min() >= 2 else None
+        tr, va = train_test_split(np.arange(len(y)), test_size=self.val_fraction, stratify=strat,
+                                  random_state=self.random_state)
+        gen = torch.Generator().manual_seed(self.random_state)
+        torch.manual_seed(self.random_state)
+        net = self._net(Z.shape[1])
+        opt = torch.optim.AdamW(net.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        Zt, yt = torch.from_numpy(Z), torch.from_numpy(y.astype(np.float32))
+        best, best_state, bad, self.history_ = np.inf, None, 0, []
+        for epoch in range(self.max_epochs):
+            net.train()
+            order = torch.from_numpy(tr)[torch.randperm(len(tr), generator=gen)]
+            for start in range(0, len(order), self.batch_size):
+                idx = order[start:start + self.batch_size]
+                loss = F.binary_cross_entropy_with_logits(net(Zt[idx]).squeeze(1), yt[idx])
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+            net.eval()
+            with torch.no_grad():
+                val = float(F.binary_cross_entropy_with_logits(net(Zt[va]).squeeze(1), yt[va]))
+            self.history_.append(val)
+            if val < best - 1e-4:
+                best, bad = val, 0
+                best_state = {k: v.clone() for k, v in net.state_dict().items()}
+            else:
+                bad += 1
+                if bad >= self.patience:
+                    break
+        net.load_state_dict(best_state)
+        self.net_ = net.eval()
+        self.n_epochs_ = len(self.history_)
+        return self
+
+    def decision_function(self, X):
+        import torch
+
+        check_is_fitted(self)
+        Z = self.scaler_.transform(predict_input(self, X)).astype(np.float32)
+        with torch.no_grad():
+            return self.net_(torch.from_numpy(Z)).squeeze(1).numpy().astype(np.float64)
+
+    def predict_proba(self, X):
+        p = 1.0 / (1.0 + np.exp(-self.decision_function(X)))
+        return np.column_stack([1 - p, p])
