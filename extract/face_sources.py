@@ -140,13 +140,15 @@ def _gender_graph(path: str, layer: str) -> bytes:
     return model.SerializeToString()
 
 
-def _run_chunk(paths: list[str]) -> tuple[np.ndarray, np.ndarray | None, int]:
+def _run_chunk(items: list) -> tuple[np.ndarray, np.ndarray | None, int]:
+    """Chips and network outputs for image paths or HWC uint8 RGB arrays."""
     from .images import load_rgb
 
     kind, cfg = _W["kind"], _W["cfg"]
     chips, fallbacks = [], 0
-    for p in paths:
-        chip, fell = face_chip(load_rgb(p), _W.get("predictor"), cfg["chip"], cfg["padding"], cfg["align"])
+    for item in items:
+        img = load_rgb(item) if isinstance(item, (str, Path)) else np.ascontiguousarray(item)
+        chip, fell = face_chip(img, _W.get("predictor"), cfg["chip"], cfg["padding"], cfg["align"])
         chips.append(np.ascontiguousarray(chip))
         fallbacks += fell
     if kind == "dlib-face":
@@ -154,7 +156,7 @@ def _run_chunk(paths: list[str]) -> tuple[np.ndarray, np.ndarray | None, int]:
         return np.array([np.array(d) for d in desc], dtype=np.float32), None, fallbacks
     x = (np.stack(chips).astype(np.float32) - np.array(GENDER_MEANS, dtype=np.float32)) / 256.0
     outs = _W["net"].run([cfg["layer"], "logits"], {"images": x.transpose(0, 3, 1, 2).copy()})
-    feats, logits = outs[0].reshape(len(paths), -1), outs[1]
+    feats, logits = outs[0].reshape(len(items), -1), outs[1]
     return feats.astype(np.float32), (logits[:, 0] - logits[:, 1]).astype(np.float32), fallbacks  # female - male
 
 
@@ -175,12 +177,13 @@ class FaceNetSource(FeatureSource):
     kind = "frozen"
     n_spaces = 1
 
-    def __init__(self, net: str, paths: dict[str, list[Path]], align: bool = True, layer: str = "layer_3_relu",
+    def __init__(self, net: str, items: dict[str, list], align: bool = True, layer: str = "layer_3_relu",
                  workers: int | None = None, chunk: int = 32):
+        """items[split]: image paths, or HWC uint8 RGB arrays, of each split."""
         if net not in FACE_NETS:
             raise ValueError(f"unknown face source {net!r}")
         self.name = face_source_name(net, align, layer)
-        self.paths, self.align, self.chunk = paths, align, chunk
+        self.items, self.align, self.chunk = items, align, chunk
         self.workers = workers or len(os.sched_getaffinity(0))
         self.fallbacks = 0
         self.rows_done = 0
@@ -210,7 +213,7 @@ class FaceNetSource(FeatureSource):
                 "checkpoint_sha256": [self._sha["model"]],
                 "extra": {"alignment": "dlib 5-point landmarks" if self.align else "none (plain resize)",
                           "chip_padding": self.cfg["padding"], "fallback": "plain resize when landmarks implausible",
-                          "shape_predictor_sha256": self._sha["shape_predictor"]}}
+                          "shape_predictor_sha256": self._sha["shape_predictor"], "spec": self.spec}}
 
     def feature_dim(self) -> int:
         return self.dim
@@ -221,11 +224,12 @@ class FaceNetSource(FeatureSource):
     def compute(self, space, split, rows, progress):
         from tqdm.auto import tqdm
 
-        paths = [str(self.paths[split][i]) for i in rows]
-        chunks = [paths[i:i + self.chunk] for i in range(0, len(paths), self.chunk)]
-        feats = np.empty((len(paths), self.dim), dtype=np.float32)
-        logits = np.empty(len(paths), dtype=np.float32) if self.has_logits else None
-        bar = tqdm(total=len(paths), desc=f"{self.name} {split}", unit="img", disable=not progress)
+        items = [self.items[split][i] for i in rows]
+        items = [str(x) if isinstance(x, Path) else x for x in items]
+        chunks = [items[i:i + self.chunk] for i in range(0, len(items), self.chunk)]
+        feats = np.empty((len(items), self.dim), dtype=np.float32)
+        logits = np.empty(len(items), dtype=np.float32) if self.has_logits else None
+        bar = tqdm(total=len(items), desc=f"{self.name} {split}", unit="img", disable=not progress)
         pos = 0
         with ProcessPoolExecutor(self.workers, initializer=_init_worker, initargs=(self.cfg["net"], self.cfg)) as pool:
             for f, lg, fb in pool.map(_run_chunk, chunks):
@@ -236,5 +240,5 @@ class FaceNetSource(FeatureSource):
                 self.fallbacks += fb
                 bar.update(len(f))
         bar.close()
-        self.rows_done += len(paths)
+        self.rows_done += len(items)
         return feats, logits

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -25,20 +26,36 @@ def dataset_rows(data: CompetitionData, fold: np.ndarray) -> Rows:
                 list(data.test.ids), sizes(data.test.paths))
 
 
-def make_source(name: str, ws: Workspace, data: CompetitionData, k: int, folds_fp: str, frozen: bool, pool: str,
-                img_size: int | None, weights: str | None, pretrained: bool, batch_size: int, device: str,
-                skip_bad: bool, progress: bool, align: bool = True, layer: str = "layer_3_relu") -> FeatureSource:
-    """A face network, a fine-tuned source from the workspace's fold checkpoints, or a frozen backbone."""
-    if name in FACE_NETS:
-        return FaceNetSource(name, {"train": data.train.paths, "test": data.test.paths}, align=align, layer=layer)
-
-    def images(split: str, size: int) -> np.ndarray:
-        return cached_images(ws, data, split, size, skip_bad=skip_bad, progress=progress)[0]
-
+def source_spec(backbone: str, frozen: bool = False, pool: str = "flatten", img_size: int | None = None,
+                weights: str | None = None, pretrained: bool = False, align: bool = True,
+                layer: str = "layer_3_relu") -> dict:
+    """Everything needed to rebuild a source later (recorded in its cache and in fusion artifacts)."""
+    if backbone in FACE_NETS:
+        return {"type": "face", "net": backbone, "align": align, "layer": layer}
     if frozen:
-        return frozen_source(name, img_size or 224, pool, images, weights=weights, pretrained=pretrained,
-                             batch_size=batch_size, device=device)
-    return finetuned_source(ws.model_dir(name), name, k, folds_fp, pool, images, batch_size, device)
+        return {"type": "frozen", "backbone": backbone, "img_size": img_size or 224, "pool": pool,
+                "weights": str(Path(weights).resolve()) if weights and weights != "random" else weights,
+                "pretrained": pretrained}
+    return {"type": "finetuned", "backbone": backbone, "pool": pool}
+
+
+def build_source(spec: dict, ws: Workspace, k: int, folds_fp: str | None, images: Callable[[str, int], np.ndarray],
+                 items: dict[str, list], batch_size: int = 256, device: str = "auto") -> FeatureSource:
+    """A face network, a frozen backbone, or the K fold checkpoints of a fine-tuned one.
+
+    images(split, size) gives resized uint8 images for torch sources; items[split] gives the paths or
+    full-resolution arrays that face networks align themselves.
+    """
+    if spec["type"] == "face":
+        source: FeatureSource = FaceNetSource(spec["net"], items, align=spec["align"], layer=spec["layer"])
+    elif spec["type"] == "frozen":
+        source = frozen_source(spec["backbone"], spec["img_size"], spec["pool"], images, weights=spec["weights"],
+                               pretrained=spec["pretrained"], batch_size=batch_size, device=device)
+    else:
+        source = finetuned_source(ws.model_dir(spec["backbone"]), spec["backbone"], k, folds_fp, spec["pool"],
+                                  images, batch_size, device)
+    source.spec = spec
+    return source
 
 
 def extract_features(data_dir: str | Path, backbone: str, workdir: str | Path = "data", frozen: bool = False,
@@ -51,8 +68,13 @@ def extract_features(data_dir: str | Path, backbone: str, workdir: str | Path = 
     ws = Workspace(workdir)
     ws.bind(data)
     folds = ensure_folds(ws, data)
-    source = make_source(backbone, ws, data, folds.k, folds.fingerprint, frozen, pool, img_size, weights, pretrained,
-                         batch_size, device, skip_bad, progress, align, layer)
+    spec = source_spec(backbone, frozen, pool, img_size, weights, pretrained, align, layer)
+
+    def images(split: str, size: int) -> np.ndarray:
+        return cached_images(ws, data, split, size, skip_bad=skip_bad, progress=progress)[0]
+
+    source = build_source(spec, ws, folds.k, folds.fingerprint, images,
+                          {"train": data.train.paths, "test": data.test.paths}, batch_size, device)
     rows = dataset_rows(data, folds.for_ids(data.train.ids).copy())
     skipped: list[str] = []
     if skip_bad:

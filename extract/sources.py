@@ -15,6 +15,7 @@ from .atomic import read_json
 from .backbones import Backbone, create
 from .errors import WorkspaceError
 from .inference import feature_dim, infer, resolve_device
+from .weights import sha256_file
 
 
 def library_versions() -> dict:
@@ -39,6 +40,7 @@ class FeatureSource(ABC):
     kind: str  # "finetuned" or "frozen"
     n_spaces: int
     has_logits: bool
+    spec: dict = {}  # how to rebuild it (set by extract.featurize.build_source)
 
     @abstractmethod
     def attrs(self) -> dict:
@@ -79,7 +81,7 @@ class TorchSource(FeatureSource):
         p = self._probe.preprocess
         a = {"source": self.name, "kind": self.kind, "backbone": self._probe.name, "layer": "forward_features",
              "pooling": self.pool, "img_size": p.img_size, "mean": list(p.mean), "std": list(p.std),
-             "checkpoint_sha256": self._sha256}
+             "checkpoint_sha256": self._sha256, "extra": {"spec": self.spec}}
         if self.kind == "finetuned":
             a["folds_fingerprint"] = self._folds_fp
         return a
@@ -113,6 +115,10 @@ def finetuned_source(model_dir: Path, backbone: str, k: int, folds_fingerprint: 
                 f"{backbone} has no finished checkpoint for fold {f} in {model_dir}; run "
                 f"`train-backbone --backbone {backbone} --folds {k}` first (or `--frozen` for pretrained features)")
         meta = read_json(meta_path)
+        actual = sha256_file(model_dir / f"fold{f}.pt")
+        if actual != meta["sha256"]:
+            raise WorkspaceError(f"{model_dir}/fold{f}.pt changed after training (sha256 {actual}, "
+                                 f"recorded {meta['sha256']}); retrain with train-backbone")
         theirs = meta["identity"]["folds_fingerprint"]
         if theirs != folds_fingerprint:
             raise WorkspaceError(

@@ -1,0 +1,113 @@
+"""Loading several feature caches as one aligned, validated set of sources."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from extract import feature_cache as fc
+from extract.workspace import Workspace
+
+
+class FeatureMismatchError(ValueError):
+    """Caches that do not describe the same rows, labels or folds."""
+
+
+@dataclass
+class Source:
+    """One source's features and logits, aligned to the shared row order."""
+
+    name: str
+    kind: str  # "finetuned" | "frozen"
+    attrs: dict
+    train: np.ndarray  # [N, D]
+    test: np.ndarray  # [S, M, D]
+    train_logit: np.ndarray | None  # [N]
+    test_logit: np.ndarray | None  # [S, M]
+
+    @property
+    def width(self) -> int:
+        return self.train.shape[1]
+
+    @property
+    def n_spaces(self) -> int:
+        return self.test.shape[0]
+
+
+@dataclass
+class FusionData:
+    ids: np.ndarray
+    y: np.ndarray
+    fold: np.ndarray
+    test_ids: np.ndarray
+    sources: list[Source]
+
+    @property
+    def k(self) -> int:
+        return int(self.fold.max()) + 1
+
+    def source(self, name: str) -> Source:
+        return next(s for s in self.sources if s.name == name)
+
+
+def _check_finite(name: str, ids: np.ndarray, arr: np.ndarray | None, what: str, row_axis: int) -> None:
+    if arr is None:
+        return
+    bad = ~np.isfinite(arr.astype(np.float32))
+    if bad.any():
+        row = np.argwhere(bad)[0][row_axis]
+        raise ValueError(f"source {name}: non-finite value (NaN or Inf) in {what} at row id {ids[row]}")
+
+
+def _align(ref_ids: np.ndarray, ids: np.ndarray, name: str, ref_name: str, split: str) -> np.ndarray:
+    """Positions in `ids` of each reference id; a missing or extra id is an error naming the first."""
+    pos = {i: n for n, i in enumerate(ids)}
+    missing = [i for i in ref_ids if i not in pos]
+    if missing or len(ids) != len(ref_ids):
+        extra = sorted(set(ids) - set(ref_ids))
+        first = f"id {missing[0]} is in {ref_name} but not in {name}" if missing else \
+            f"id {extra[0]} is in {name} but not in {ref_name}"
+        raise FeatureMismatchError(f"{split} rows differ between sources: {first}")
+    return np.array([pos[i] for i in ref_ids])
+
+
+def load_sources(workdir: str | Path, names: list[str]) -> FusionData:
+    """Read the caches of `names`, aligned by id; ids, labels and folds must agree across them."""
+    if not names:
+        raise ValueError("no sources given; pass --features a,b,c")
+    if len(set(names)) != len(names):
+        raise ValueError(f"a source is listed twice: {names}")
+    ws = Workspace(workdir)
+    sets = [fc.load(ws.features_path(n)) for n in names]
+    ref = sets[0]
+    keep = ref.train.fold >= 0  # fold -1: corrupt images skipped at extraction
+    ids, y, fold = ref.train.ids[keep], ref.train.labels[keep], ref.train.fold[keep]
+    sources = []
+    for name, fs in zip(names, sets):
+        tr = _align(ids, fs.train.ids, name, names[0], "train")
+        te = _align(ref.test.ids, fs.test.ids, name, names[0], "test")
+        for what, mine in (("label", fs.train.labels[tr]), ("fold", fs.train.fold[tr])):
+            theirs = y if what == "label" else fold
+            if not np.array_equal(mine, theirs):
+                j = int(np.flatnonzero(mine != theirs)[0])
+                raise FeatureMismatchError(
+                    f"{what}s disagree between {names[0]} and {name} at id {ids[j]}: {theirs[j]} vs {mine[j]}; "
+                    "were they extracted from the same workspace and folds?")
+        src = Source(name, fs.kind, fs.attrs, fs.train.features[tr], fs.test.features[:, te],
+                     None if fs.train.logits is None else fs.train.logits[tr],
+                     None if fs.test.logits is None else fs.test.logits[:, te])
+        _check_finite(name, ids, src.train, "train features", 0)
+        _check_finite(name, ref.test.ids, src.test, "test features", 1)
+        _check_finite(name, ids, src.train_logit, "train logits", 0)
+        _check_finite(name, ref.test.ids, src.test_logit, "test logits", 1)
+        sources.append(src)
+    spaces = {s.n_spaces for s in sources if s.kind == "finetuned"}
+    if len(spaces) > 1:
+        raise FeatureMismatchError(f"fine-tuned sources have different numbers of fold models: {spaces}")
+    if spaces and spaces.pop() != int(fold.max()) + 1:
+        raise FeatureMismatchError("fine-tuned sources' fold models do not match the folds of the rows")
+    for f in range(int(fold.max()) + 1):
+        if len(np.unique(y[fold == f])) < 2:
+            raise ValueError(f"fold {f} holds only one class; a head cannot be trained there")
+    return FusionData(ids, y, fold, ref.test.ids, sources)

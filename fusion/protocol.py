@@ -1,0 +1,130 @@
+"""Leakage-free stacking protocols: held-out probabilities for every training row.
+
+- per-fold: head k lives in fold k's feature space. It sees only fold k's rows (whose fine-tuned features come
+  from the fold-k model, which never trained on them); its accuracy comes from inner CV within the fold.
+- global: frozen features plus the fine-tuned sources' out-of-fold logits, which mean the same in every fold;
+  ordinary CV over the shared folds.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+from sklearn.model_selection import StratifiedKFold
+
+from .features import FusionData, Source
+
+HeadFactory = Callable[[list[int]], object]  # block widths -> unfitted estimator
+
+
+def per_fold_matrix(sources: list[Source], rows: np.ndarray) -> np.ndarray:
+    """Concatenated train features of `rows`, all of them in fold model `space`'s feature space."""
+    return np.hstack([s.train[rows].astype(np.float32) for s in sources])
+
+
+def per_fold_test_matrix(sources: list[Source], space: int) -> np.ndarray:
+    return np.hstack([s.test[space if s.kind == "finetuned" else 0].astype(np.float32) for s in sources])
+
+
+def global_blocks(sources: list[Source]) -> list[int]:
+    return [s.width if s.kind == "frozen" else 1 for s in sources]
+
+
+def global_matrix(sources: list[Source]) -> np.ndarray:
+    """Frozen features and the fine-tuned sources' out-of-fold logits."""
+    return np.hstack([s.train.astype(np.float32) if s.kind == "frozen" else s.train_logit[:, None]
+                      for s in sources])
+
+
+def global_test_matrix(sources: list[Source]) -> np.ndarray:
+    """Frozen test features and the fine-tuned sources' test logits averaged over the fold models."""
+    return np.hstack([s.test[0].astype(np.float32) if s.kind == "frozen" else s.test_logit.mean(0)[:, None]
+                      for s in sources])
+
+
+def cv_per_fold(data: FusionData, make_head: HeadFactory, inner_splits: int = 3, seed: int = 0) -> np.ndarray:
+    """Held-out P(y=1) for every row: inner CV inside each fold, in that fold's feature space."""
+    probs = np.empty(len(data.y))
+    blocks = [s.width for s in data.sources]
+    for k in range(data.k):
+        rows = np.flatnonzero(data.fold == k)
+        X, y = per_fold_matrix(data.sources, rows), data.y[rows]
+        inner = StratifiedKFold(inner_splits, shuffle=True, random_state=seed + k)
+        for tr, va in inner.split(X, y):
+            probs[rows[va]] = make_head(blocks).fit(X[tr], y[tr]).predict_proba(X[va])[:, 1]
+    return probs
+
+
+def cv_global(data: FusionData, make_head: HeadFactory, X: np.ndarray | None = None,
+              blocks: list[int] | None = None) -> np.ndarray:
+    """Held-out P(y=1) for every row by CV over the shared folds."""
+    X = global_matrix(data.sources) if X is None else X
+    blocks = global_blocks(data.sources) if blocks is None else blocks
+    probs = np.empty(len(data.y))
+    for k in range(data.k):
+        tr, va = data.fold != k, data.fold == k
+        probs[va] = make_head(blocks).fit(X[tr], data.y[tr]).predict_proba(X[va])[:, 1]
+    return probs
+
+
+def logit_sources(data: FusionData) -> list[Source]:
+    return [s for s in data.sources if s.train_logit is not None]
+
+
+def logit_matrix(data: FusionData) -> np.ndarray:
+    return np.column_stack([s.train_logit for s in logit_sources(data)])
+
+
+@dataclass
+class Result:
+    method: str
+    protocol: str
+    probs: np.ndarray = field(repr=False)
+    seconds: float
+
+    def accuracy(self, y: np.ndarray, mask: np.ndarray | None = None) -> float:
+        m = np.ones(len(y), bool) if mask is None else mask
+        return float(((self.probs[m] >= 0.5) == y[m]).mean()) if m.any() else float("nan")
+
+
+def _timed(method: str, protocol: str, fn: Callable[[], np.ndarray]) -> Result:
+    t = time.time()
+    probs = fn()
+    return Result(method, protocol, probs, time.time() - t)
+
+
+def evaluate(data: FusionData, heads: dict[str, HeadFactory], protocols: tuple[str, ...] = ("per-fold", "global"),
+             probe: HeadFactory | None = None, log: Callable[[str], None] = print) -> list[Result]:
+    """Every source alone, both votes and every head under each protocol, on the same folds."""
+    from heads import MajorityVote, WeightedVote
+
+    results: list[Result] = []
+
+    def add(r: Result):
+        results.append(r)
+        log(f"  {r.method:<28} {r.protocol:<10} acc {r.accuracy(data.y):.4f}  ({r.seconds:.1f} s)")
+
+    for s in data.sources:
+        if s.train_logit is not None:
+            label = "out-of-fold logit" if s.kind == "finetuned" else "own classifier"
+            add(Result(s.name, label, 1 / (1 + np.exp(-s.train_logit.astype(np.float64))), 0.0))
+        if probe is not None:
+            one = FusionData(data.ids, data.y, data.fold, data.test_ids, [s])
+            if s.kind == "finetuned":
+                add(_timed(f"{s.name} (probe)", "per-fold", lambda: cv_per_fold(one, probe)))
+            else:
+                add(_timed(f"{s.name} (probe)", "global", lambda: cv_global(one, probe)))
+    if len(logit_sources(data)) >= 2:
+        L = logit_matrix(data)
+        add(_timed("vote", "global", lambda: cv_global(data, lambda b: MajorityVote(), L, None)))
+        add(_timed("weighted-vote", "global", lambda: cv_global(data, lambda b: WeightedVote(), L, None)))
+    has_finetuned = any(s.kind == "finetuned" for s in data.sources)
+    for name, factory in heads.items():
+        for protocol in protocols:
+            if protocol == "per-fold" and has_finetuned:
+                add(_timed(name, "per-fold", lambda: cv_per_fold(data, factory)))
+            elif protocol == "global":
+                add(_timed(name, "global", lambda: cv_global(data, factory)))
+    return results
