@@ -14,7 +14,7 @@ class MLPHead(BinaryMixin, ClassifierMixin, BaseEstimator):
     """Early stopping watches the loss on an inner validation split (val_fraction of the training rows)."""
 
     def __init__(self, hidden: int = 256, dropout: float = 0.3, weight_decay: float = 1e-3, lr: float = 1e-3,
-                 max_epochs: int = 100, patience: int = 8, batch_size: int = 256, val_fraction: float = 0.15,
+                 max_epochs: int = 60, patience: int = 5, batch_size: int = 256, val_fraction: float = 0.15,
                  blocks=None, pca=None, balance: bool = True, random_state: int = 0):
         self.hidden = hidden
         self.dropout = dropout

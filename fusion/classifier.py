@@ -1,0 +1,145 @@
+"""FusionClassifier: fusion heads over cached features, saved as one artifact, predicting from images."""
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from extract.atomic import atomic_path
+from extract.errors import WorkspaceError
+from heads import HEADS
+
+from .features import FusionData, Source, load_sources
+from .images import decode_inputs, resize_all
+from .protocol import global_blocks, global_matrix, global_test_matrix, per_fold_matrix, per_fold_test_matrix
+
+FORMAT = "facefusion-fusion-v1"
+
+
+def head_factory(head: str, params: dict | None = None):
+    """block widths -> an unfitted head of the given kind."""
+    if head not in HEADS:
+        raise ValueError(f"unknown head {head!r}; choose one of {sorted(HEADS)}")
+    return lambda blocks: HEADS[head](blocks=blocks, **(params or {}))
+
+
+def _refuse_changed(name: str, now: dict, then: dict) -> None:
+    if now != then:
+        raise WorkspaceError(
+            f"source {name} changed since this fusion model was trained: checkpoint sha256 now "
+            f"{now.get('checkpoint_sha256')}, at training {then.get('checkpoint_sha256')}"
+            + ("" if now.get("checkpoint_sha256") != then.get("checkpoint_sha256") else
+               f" (other changes: {sorted(k for k in set(now) | set(then) if now.get(k) != then.get(k))})")
+            + "; retrain the head with train-head")
+
+
+class FusionClassifier:
+    """Stacked fusion of several feature sources.
+
+    protocol "per-fold": one head per fold, each in its fold model's feature space; a prediction averages them.
+    protocol "global": one head on frozen features plus the fine-tuned sources' logits.
+    """
+
+    def __init__(self, sources: Sequence[str] = (), head: str = "logistic", protocol: str = "per-fold",
+                 head_params: dict | None = None, threshold: float = 0.5, workdir: str | os.PathLike = "data"):
+        self.sources = sources
+        self.head = head
+        self.protocol = protocol
+        self.head_params = head_params
+        self.threshold = threshold
+        self.workdir = workdir
+
+    # ---- fitting on cached features ----------------------------------------------------------------------
+    def fit(self, data: FusionData | None = None) -> "FusionClassifier":
+        """Fit on the caches of `sources` in `workdir` (or on already loaded FusionData)."""
+        if self.protocol not in ("per-fold", "global"):
+            raise ValueError(f"protocol must be 'per-fold' or 'global', got {self.protocol!r}")
+        data = data if data is not None else load_sources(self.workdir, list(self.sources))
+        make = head_factory(self.head, self.head_params)
+        self.per_fold_ = self.protocol == "per-fold" and any(s.kind == "finetuned" for s in data.sources)
+        if self.per_fold_:
+            blocks = [s.width for s in data.sources]
+            self.heads_ = [make(blocks).fit(per_fold_matrix(data.sources, np.flatnonzero(data.fold == k)),
+                                            data.y[data.fold == k]) for k in range(data.k)]
+        else:
+            self.heads_ = [make(global_blocks(data.sources)).fit(global_matrix(data.sources), data.y)]
+        self.source_attrs_ = [dict(s.attrs) for s in data.sources]
+        self.source_names_ = [s.name for s in data.sources]
+        self.workdir_ = str(Path(self.workdir).resolve())
+        self.k_ = data.k
+        return self
+
+    def _proba_from_sources(self, sources: list[Source]) -> np.ndarray:
+        if self.per_fold_:
+            p = np.mean([h.predict_proba(per_fold_test_matrix(sources, k))[:, 1] for k, h in enumerate(self.heads_)],
+                        axis=0)
+        else:
+            p = self.heads_[0].predict_proba(global_test_matrix(sources))[:, 1]
+        return np.column_stack([1 - p, p])
+
+    def check_sources(self, sources: list[Source]) -> None:
+        """Refuse sources whose recipe (checkpoints' sha256, preprocessing) differs from training time."""
+        for s, attrs in zip(sources, self.source_attrs_):
+            _refuse_changed(s.name, s.attrs["recipe"], attrs["recipe"])
+
+    def predict_proba_cached(self, workdir: str | os.PathLike | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(test ids, P) for the test rows of the feature caches, after checking that they are unchanged."""
+        data = load_sources(workdir or self.workdir_, self.source_names_)
+        self.check_sources(data.sources)
+        return data.test_ids, self._proba_from_sources(data.sources)
+
+    # ---- predicting from images --------------------------------------------------------------------------
+    def predict_proba(self, images, batch_size: int = 256, device: str = "auto", progress: bool = False) -> np.ndarray:
+        """P(male), P(female) for images: paths, PIL images, HWC uint8 arrays, tensors, or a list mixing them."""
+        from extract.featurize import build_source
+        from extract.workspace import Workspace
+
+        arrays = decode_inputs(images)  # all or nothing: a bad image raises before any work
+        resized: dict[int, np.ndarray] = {}
+
+        def provider(split: str, size: int) -> np.ndarray:
+            if size not in resized:
+                resized[size] = resize_all(arrays, size)
+            return resized[size]
+
+        ws = Workspace(self.workdir_)
+        rows = np.arange(len(arrays))
+        sources = []
+        for attrs in self.source_attrs_:
+            spec = attrs["extra"]["spec"]
+            src = build_source(spec, ws, len(attrs["checkpoint_sha256"]), attrs.get("folds_fingerprint"), provider,
+                               {"predict": arrays}, batch_size, device)
+            _refuse_changed(src.name, src.recipe(), attrs["recipe"])
+            feats, logits = zip(*(src.compute(space, "predict", rows, progress) for space in range(src.n_spaces)))
+            sources.append(Source(src.name, src.kind, attrs, np.empty((0, feats[0].shape[1])), np.stack(feats),
+                                  None, None if logits[0] is None else np.stack(logits)))
+        return self._proba_from_sources(sources)
+
+    def predict(self, images, **kw) -> np.ndarray:
+        """0 = male, 1 = female."""
+        return (self.predict_proba(images, **kw)[:, 1] >= self.threshold).astype(np.int64)
+
+    # ---- artifact ----------------------------------------------------------------------------------------
+    def save(self, path: str | os.PathLike) -> Path:
+        """One file: heads, source recipes (checkpoint/weights sha256, preprocessing), threshold."""
+        path = Path(path)
+        with atomic_path(path) as tmp:
+            with open(tmp, "wb") as fh:
+                pickle.dump({"format": FORMAT, "model": self}, fh)
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "FusionClassifier":
+        path = Path(path)
+        if path.is_dir():
+            path = path / "model.pkl"
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: no fusion model; train one with `train-head`")
+        with open(path, "rb") as fh:
+            obj = pickle.load(fh)
+        if not isinstance(obj, dict) or obj.get("format") != FORMAT:
+            raise ValueError(f"{path}: not a {FORMAT} artifact")
+        return obj["model"]

@@ -1,0 +1,64 @@
+"""Turning the inputs of FusionClassifier.predict into RGB uint8 arrays."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from extract.errors import BadImageError
+from extract.images import load_rgb, to_rgb
+
+
+def _one(item, index: int) -> np.ndarray:
+    if isinstance(item, (str, os.PathLike)):
+        if not Path(item).is_file():
+            raise FileNotFoundError(f"image {index}: {item} not found")
+        return load_rgb(item)
+    if isinstance(item, Image.Image):
+        return np.asarray(to_rgb(item), dtype=np.uint8).copy()
+    if type(item).__module__.startswith("torch"):
+        t = item.detach().cpu()
+        if t.ndim == 3 and t.shape[0] in (1, 3) and t.shape[-1] not in (1, 3):
+            t = t.permute(1, 2, 0)  # CHW -> HWC
+        item = t.numpy()
+        if item.dtype != np.uint8:  # float tensors in [0, 1]
+            item = np.clip(item * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    if isinstance(item, np.ndarray):
+        if item.dtype != np.uint8 or item.ndim not in (2, 3) or (item.ndim == 3 and item.shape[2] not in (1, 3, 4)):
+            raise ValueError(f"image {index}: expected an HWC uint8 array, got dtype {item.dtype} shape {item.shape}")
+        if item.ndim == 2 or item.shape[2] == 1:
+            item = np.repeat(item.reshape(item.shape[0], item.shape[1], 1), 3, axis=2)
+        return np.ascontiguousarray(item[..., :3])
+    raise TypeError(f"image {index}: unsupported type {type(item).__name__}; "
+                    "give a path, PIL image, HWC uint8 array or tensor")
+
+
+def decode_inputs(images) -> list[np.ndarray]:
+    """A path, PIL image, array or tensor (2-D/3-D: one image; 4-D: a batch), or a list mixing them ->
+    list of HWC uint8 RGB arrays.
+
+    All inputs are decoded before any is used: one bad input raises an error naming its index or path.
+    """
+    single = isinstance(images, (str, os.PathLike, Image.Image)) or getattr(images, "ndim", None) in (2, 3)
+    items = [images] if single else list(images)
+    out = []
+    for i, item in enumerate(items):
+        try:
+            out.append(_one(item, i))
+        except BadImageError as exc:
+            raise BadImageError(exc.path, f"image {i}: {exc.reason}") from exc
+    if not out:
+        raise ValueError("no images given")
+    return out
+
+
+def resize_all(arrays: list[np.ndarray], size: int) -> np.ndarray:
+    """Resize each image to size×size exactly as the training image cache does."""
+    out = np.empty((len(arrays), size, size, 3), dtype=np.uint8)
+    for i, a in enumerate(arrays):
+        im = Image.fromarray(a)
+        out[i] = np.asarray(im if im.size == (size, size) else im.resize((size, size), Image.BILINEAR,
+                                                                           reducing_gap=None))
+    return out

@@ -1,0 +1,91 @@
+"""`train-head` as a library call: evaluate sources, votes and heads on the shared folds, save the best head."""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from extract.atomic import read_json, write_json
+from extract.dataset import CompetitionData
+from extract.workspace import Workspace
+
+from .classifier import FusionClassifier, head_factory
+from .features import FusionData, load_sources
+from .protocol import Result, evaluate
+from .report import write_report
+
+PROTOCOLS = ("per-fold", "global")
+
+
+def _fingerprint(data: FusionData, heads: list[str], protocols: tuple[str, ...], band) -> str:
+    h = hashlib.sha256()
+    for s in data.sources:
+        h.update(json.dumps([s.name, s.attrs["recipe"], s.attrs.get("plan")], sort_keys=True).encode())
+    h.update(json.dumps([heads, list(protocols), list(band), 1]).encode())
+    return h.hexdigest()[:16]
+
+
+def train_meta(workdir: Path, ids: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """Ages and races of the given training ids from the workspace's data folder (None without train_meta.csv)."""
+    info = Workspace(workdir).info_path
+    if not info.exists():
+        return None, None
+    try:
+        data = CompetitionData.load(read_json(info)["data"], check_images=False)
+    except Exception:
+        return None, None
+    if not data.meta:
+        return None, None
+    ages = np.array([int(data.meta[i]["age"]) if i in data.meta else -1 for i in ids])
+    races = np.array([data.meta[i]["race"] if i in data.meta else "" for i in ids])
+    return ages, races
+
+
+def train_head(workdir: str | Path, features: list[str], heads: list[str], protocols: tuple[str, ...] = PROTOCOLS,
+               name: str = "fusion", band: tuple[float, float] = (0.45, 0.55), refit: bool = False,
+               log: Callable[[str], None] = print) -> dict:
+    """Evaluate every source alone, both votes and each head, then fit and save the best head by CV."""
+    t0 = time.time()
+    workdir = Path(workdir)
+    for p in protocols:
+        if p not in PROTOCOLS:
+            raise ValueError(f"unknown protocol {p!r}; choose from {PROTOCOLS}")
+    for h in heads:
+        head_factory(h)  # unknown heads fail before any work
+    data = load_sources(workdir, features)
+    out_dir = Workspace(workdir).root / "heads" / name
+    fp = _fingerprint(data, heads, protocols, band)
+    if not refit and (out_dir / "results.json").exists() and (out_dir / "model.pkl").exists():
+        cached = read_json(out_dir / "results.json")
+        if cached.get("fingerprint") == fp:
+            log(f"cached results for these caches and heads ({out_dir}); --refit recomputes")
+            report = read_json(out_dir / "report.json")
+            report["seconds_total"] = round(time.time() - t0, 2)
+            report["cached"] = True
+            return report
+    log(f"{len(data.y)} training rows, {data.k} folds, sources: "
+        + ", ".join(f"{s.name} ({s.kind}, {s.width}-d)" for s in data.sources))
+    results = evaluate(data, {h: head_factory(h) for h in heads}, protocols, probe=head_factory("logistic"), log=log)
+    head_results = [r for r in results if r.method in heads]
+    best = max(head_results, key=lambda r: r.accuracy(data.y))
+    clf = FusionClassifier(features, best.method, best.protocol, workdir=workdir).fit(data)
+    clf.save(out_dir / "model.pkl")
+    ages, races = train_meta(workdir, data.ids)
+    wv = next((r for r in results if r.method == "weighted-vote"), None)
+    extra = {"features": features, "heads": heads, "best_method": f"{best.method} [{best.protocol}]",
+             "best_cv_accuracy": best.accuracy(data.y),
+             "weighted_vote_cv_accuracy": wv.accuracy(data.y) if wv else None,
+             "gain_over_weighted_vote": best.accuracy(data.y) - wv.accuracy(data.y) if wv else None,
+             "fingerprint": fp}
+    report = write_report(out_dir, results, best, data.y, ages, races, band,
+                          title=f"Fusion of {', '.join(features)}", extra=extra)
+    np.savez_compressed(out_dir / "cv_probs.npz", ids=data.ids.astype(str), y=data.y,
+                        **{f"{r.method} [{r.protocol}]": r.probs for r in results})
+    report["seconds_total"] = round(time.time() - t0, 2)
+    report["cached"] = False
+    write_json(out_dir / "results.json", {"fingerprint": fp, "seconds_total": report["seconds_total"]})
+    return report
