@@ -144,7 +144,11 @@ def frozen_source(backbone: str, img_size: int, pool: str, images: Callable[[str
                   weights: str | None = None, pretrained: bool = False, batch_size: int = 256,
                   device: str = "auto") -> TorchSource:
     """A backbone with given (pretrained) weights, never trained here: one feature space."""
-    model = create(backbone, img_size, pretrained=pretrained, weights=weights).eval()
-    sha = model.weights_sha256 or ("hub" if pretrained else "random-init")
+    import torch
+
+    with torch.random.fork_rng():
+        torch.manual_seed(0)  # a randomly initialised frozen model must be the same model every time
+        model = create(backbone, img_size, pretrained=pretrained, weights=weights).eval()
+    sha = model.weights_sha256 or ("hub" if pretrained else "random-init-seed0")
     return TorchSource(source_name(backbone, frozen=True), [lambda: model], [sha], pool, images, model, "frozen", None, batch_size, device,
                        has_logits=False)

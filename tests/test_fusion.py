@@ -1,0 +1,148 @@
+import shutil
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from extract.featurize import extract_features
+from extract.finetune import train_backbone
+from extract.train import TrainConfig
+from fusion.classifier import FusionClassifier
+from fusion.features import FeatureMismatchError, load_sources
+from fusion.predict import predict_submission
+from fusion.protocol import cv_global, cv_per_fold
+from fusion.train_head import train_head
+from heads import LogisticHead
+
+FROZEN = "timm:mobilenetv3_small_050"
+
+
+@pytest.fixture(scope="module")
+def built(synth_master, tmp_path_factory):
+    """Synthetic data with a 2-fold cnn-small and a frozen timm source extracted."""
+    ws = tmp_path_factory.mktemp("fusion") / "ws"
+    train_backbone(synth_master, TrainConfig("cnn-small", img_size=32, epochs=2, batch_size=16), ws, k=2,
+                   progress=False)
+    extract_features(synth_master, "cnn-small", ws, dtype="float32", progress=False)
+    extract_features(synth_master, FROZEN, ws, frozen=True, img_size=32, pool="avg", dtype="float32",
+                     progress=False)
+    return synth_master, ws
+
+
+@pytest.fixture
+def work(built, tmp_path):
+    data, ws = built
+    return data, shutil.copytree(ws, tmp_path / "ws")
+
+
+SOURCES = ["cnn-small", f"{FROZEN}-frozen".replace(":", "_")]
+
+
+def test_per_fold_protocol_never_trains_on_the_row_it_predicts(work, monkeypatch):
+    _, ws = work
+    data = load_sources(ws, ["cnn-small"])
+    seen = []
+
+    class Spy(LogisticHead):
+        def fit(self, X, y):
+            seen.append({tuple(r) for r in X.round(4)})
+            return super().fit(X, y)
+
+        def predict_proba(self, X):
+            rows = {tuple(r) for r in X.round(4)}
+            assert not rows & seen[-1], "a head predicted rows it was trained on"
+            return super().predict_proba(X)
+
+    probs = cv_per_fold(data, lambda b: Spy(blocks=b))
+    assert probs.shape == data.y.shape and len(seen) == data.k * 3
+    g = cv_global(data, lambda b: Spy(blocks=b))
+    assert ((g >= 0.5) == data.y).mean() > 0.4
+
+
+def test_train_head_table_model_and_cached_rerun(work):
+    _, ws = work
+    report = train_head(ws, SOURCES, ["logistic", "knn"], log=lambda s: None)
+    methods = {(r["method"], r["protocol"]) for r in report["rows"]}
+    assert {("cnn-small", "out-of-fold logit"), ("logistic", "per-fold"), ("logistic", "global"),
+            ("knn", "per-fold"), ("knn", "global")} <= methods
+    assert (ws / "heads/fusion/model.pkl").exists() and (ws / "heads/fusion/report.md").exists()
+    for png in ("accuracy.png", "confusion.png", "histogram.png", "groups.png"):
+        assert (ws / "heads/fusion" / png).stat().st_size > 1000
+    assert sum(map(sum, report["confusion"])) == 60
+    assert "age 0-2" in report["rows"][0]["groups"]
+    again = train_head(ws, SOURCES, ["logistic", "knn"], log=lambda s: None)
+    assert again["cached"] and again["rows"] == report["rows"]
+
+
+def test_classifier_predicts_images_like_the_cache(work, built):
+    data_dir, ws = work
+    clf = FusionClassifier(SOURCES, "logistic", "per-fold", workdir=ws).fit()
+    path = clf.save(ws / "m.pkl")
+    clf = FusionClassifier.load(path)
+    ids, cached = clf.predict_proba_cached()
+    paths = [data_dir / "test" / f"{i}.jpg" for i in ids[:4]]
+    pil = Image.open(paths[1])
+    arr = np.asarray(Image.open(paths[2]).convert("RGB"))
+    tensor = torch.from_numpy(np.asarray(Image.open(paths[3]).convert("RGB")).copy()).permute(2, 0, 1)
+    p = clf.predict_proba([str(paths[0]), pil, arr, tensor])
+    assert p.shape == (4, 2) and np.allclose(p[:, 1], cached[:4, 1], atol=1e-4)
+    assert clf.predict(paths[:2]).tolist() == (cached[:2, 1] >= 0.5).astype(int).tolist()
+    with pytest.raises(Exception, match=r"image 1: .*nope.jpg|nope.jpg"):
+        clf.predict_proba([paths[0], ws / "nope.jpg"])
+    bad = ws / "bad.jpg"
+    bad.write_bytes(b"not an image")
+    with pytest.raises(Exception, match=r"bad.jpg: cannot decode image \(image 1"):
+        clf.predict_proba([paths[0], bad])
+
+
+def test_predict_writes_complete_submission_and_refuses_changed_checkpoints(work, tmp_path):
+    data_dir, ws = work
+    train_head(ws, SOURCES, ["logistic"], protocols=("global",), log=lambda s: None)
+    out = predict_submission("fusion", data_dir, tmp_path / "sub.csv", ws)
+    lines = (tmp_path / "sub.csv").read_text().splitlines()
+    test_ids = (data_dir / "test.csv").read_text().split()[1:]
+    assert lines[0] == "id,label" and [line.split(",")[0] for line in lines[1:]] == test_ids
+    assert {line.split(",")[1] for line in lines[1:]} <= {"0", "1"} and out["rows"] == 12
+    assert (tmp_path / "sub_details.csv").read_text().startswith("id,label,p_female,doubtful")
+    # a retrained backbone: its cache changes, and the saved head refuses it
+    shutil.rmtree(ws / "models/cnn-small")
+    train_backbone(data_dir, TrainConfig("cnn-small", img_size=32, epochs=1, batch_size=16, seed=3), ws,
+                   progress=False)
+    extract_features(data_dir, "cnn-small", ws, dtype="float32", progress=False)
+    with pytest.raises(Exception, match="changed since this fusion model was trained: checkpoint sha256"):
+        predict_submission("fusion", data_dir, tmp_path / "sub2.csv", ws)
+    assert not (tmp_path / "sub2.csv").exists()
+
+
+def test_mismatched_or_broken_caches_are_refused(work):
+    _, ws = work
+    path = ws / "features" / f"{SOURCES[1]}.h5"
+    with h5py.File(path, "r+") as f:
+        ids = f["train/ids"][()]
+        ids[0] = b"999999"
+        del f["train/ids"]
+        f.create_dataset("train/ids", data=ids, dtype=h5py.string_dtype("utf-8"))
+    with pytest.raises(FeatureMismatchError, match="train rows differ between sources: id 100000 is in cnn-small"):
+        load_sources(ws, SOURCES)
+    with h5py.File(path, "r+") as f:
+        ids[0] = b"100000"
+        del f["train/ids"]
+        f.create_dataset("train/ids", data=ids, dtype=h5py.string_dtype("utf-8"))
+        f["train/features"][5, 0] = np.nan
+    first_ids = [i.decode() for i in ids]
+    with pytest.raises(ValueError, match=f"source {SOURCES[1]}: non-finite .* row id {first_ids[5]}"):
+        load_sources(ws, SOURCES)
+
+
+def test_rows_in_another_order_are_aligned(work):
+    _, ws = work
+    path = ws / "features" / f"{SOURCES[1]}.h5"
+    before = load_sources(ws, SOURCES).source(SOURCES[1]).train.copy()
+    with h5py.File(path, "r+") as f:
+        for name in ("ids", "labels", "fold", "features", "filesize"):
+            arr = f[f"train/{name}"][()]
+            f[f"train/{name}"][...] = arr[::-1]
+    after = load_sources(ws, SOURCES).source(SOURCES[1]).train
+    assert np.array_equal(before, after)
