@@ -20,7 +20,7 @@ def group_masks(ages: np.ndarray | None, races: np.ndarray | None) -> dict[str, 
         for name, (lo, hi) in AGE_GROUPS.items():
             masks[f"age {name}"] = (ages >= lo) & (ages <= hi)
     if races is not None:
-        for code in sorted(set(races.tolist()) - {""}):
+        for code in sorted(set(races.tolist()) - {"", "-1"}):  # unknown race codes are not a group
             masks[f"race {RACES.get(code, code)}"] = races == code
     return masks
 
