@@ -16,6 +16,8 @@ from .sources import FeatureSource, library_versions
 
 log = logging.getLogger(__name__)
 
+PART_ROWS = 4096  # rows computed between two checkpoints of a partial file
+
 
 @dataclass
 class Rows:
@@ -149,29 +151,23 @@ def extract_to_cache(source: FeatureSource, rows: Rows, path: Path, dtype: str =
             f.attrs["notes"] = json.dumps(notes or {})
             for space in range(s):
                 for split, keep in (("train", keep_tr), ("test", keep_te)):
-                    part = f"{split}:{space}"
-                    if part in done_parts:
-                        continue
                     todo = np.flatnonzero(keep < 0)
                     if split == "train" and source.kind == "finetuned":
                         todo = todo[rows.train_fold[todo] == space]
-                    if len(todo):
-                        index = (rows.train_index if split == "train" else rows.test_index)[todo]
+                    for c, start in enumerate(range(0, max(len(todo), 1), PART_ROWS)):
+                        part = f"{split}:{space}:{c}"
+                        chunk = todo[start:start + PART_ROWS]
+                        if part in done_parts or not len(chunk):
+                            continue
+                        index = (rows.train_index if split == "train" else rows.test_index)[chunk]
                         t1 = time.time()
                         feats, logits = source.compute(space, split, index, progress)
                         t_compute += time.time() - t1
-                        computed += len(todo)
-                        if split == "train":
-                            f["train/features"][todo] = feats.astype(dtype)
-                            if logits is not None:
-                                f["train/logits"][todo] = logits
-                        else:
-                            f["test/features"][space, todo] = feats.astype(dtype)
-                            if logits is not None:
-                                f["test/logits"][space, todo] = logits
-                    done_parts.append(part)
-                    f.attrs["done_parts"] = json.dumps(done_parts)
-                    f.flush()
+                        computed += len(chunk)
+                        _write_rows(f, split, space, chunk, feats.astype(dtype), logits)
+                        done_parts.append(part)
+                        f.attrs["done_parts"] = json.dumps(done_parts)
+                        f.flush()
             f.attrs["notes"] = json.dumps({**(notes or {}), **source.notes()})
             f.attrs["complete"] = True
         os.replace(partial, path)
@@ -181,6 +177,17 @@ def extract_to_cache(source: FeatureSource, rows: Rows, path: Path, dtype: str =
     status = "computed" if old is None else "appended"
     rate = computed / t_compute if t_compute > 0 else None
     return Outcome(path, status, reason, computed, time.time() - t0, rate)
+
+
+def _write_rows(f, split: str, space: int, rows: np.ndarray, feats: np.ndarray, logits: np.ndarray | None) -> None:
+    if split == "train":
+        f["train/features"][rows] = feats
+        if logits is not None:
+            f["train/logits"][rows] = logits
+    else:
+        f["test/features"][space, rows] = feats
+        if logits is not None:
+            f["test/logits"][space, rows] = logits
 
 
 def _create(f, source: FeatureSource, rows: Rows, s: int, d: int, dtype: str, recipe: dict, plan: str,

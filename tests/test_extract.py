@@ -145,24 +145,29 @@ def test_killed_run_leaves_old_cache_and_resumes(work, monkeypatch):
     from extract.sources import TorchSource
 
     real = TorchSource.compute
-    calls = []
+    calls, die = [], [True]
 
     def dying(self, space, split, rows, progress):
         calls.append((space, split))
-        if len(calls) == 3:
-            raise KeyboardInterrupt  # killed in the middle of fold space 1
+        if len(calls) == 3 and die[0]:
+            raise KeyboardInterrupt  # killed in the third chunk of fold space 0
         return real(self, space, split, rows, progress)
 
     monkeypatch.setattr(TorchSource, "compute", dying)
+    import extract.extraction as ex
+
+    monkeypatch.setattr(ex, "PART_ROWS", 8)  # checkpoint every 8 rows: 30 rows a fold -> 4 parts
     with pytest.raises(KeyboardInterrupt):
         extract_features(data, "cnn-small", ws, pool="max", dtype="float32", progress=False)
     assert fc.load(good.path).attrs["pooling"] == "flatten"  # the old valid cache is untouched
     partial = good.path.with_name(good.path.name + ".partial")
     with h5py.File(partial, "r") as f:
-        assert not f.attrs["complete"] and json.loads(f.attrs["done_parts"]) == ["train:0", "test:0"]
+        assert not f.attrs["complete"] and json.loads(f.attrs["done_parts"]) == ["train:0:0", "train:0:1"]
     calls.clear()
+    die[0] = False
     out = extract_features(data, "cnn-small", ws, pool="max", dtype="float32", progress=False)
-    assert calls == [(1, "train"), (1, "test")] and not partial.exists()
+    assert calls == [(0, "train")] * 2 + [(0, "test")] * 2 + [(1, "train")] * 4 + [(1, "test")] * 2
+    assert not partial.exists()
     resumed = fc.load(out.path)
     assert np.allclose(resumed.train.features, reference.train.features)
     assert np.allclose(resumed.test.features, reference.test.features)
