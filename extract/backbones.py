@@ -8,18 +8,11 @@ from typing import Callable
 import torch
 from torch import nn
 
+from .errors import UnknownBackboneError, WeightsError  # noqa: F401  (re-exported)
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 HALF = (0.5, 0.5, 0.5)
-
-
-class UnknownBackboneError(KeyError):
-    def __str__(self) -> str:
-        return str(self.args[0])
-
-
-class WeightsError(RuntimeError):
-    """Weights that cannot be fetched or do not fit the model."""
 
 
 @dataclass(frozen=True)

@@ -6,10 +6,7 @@ import json
 import logging
 import sys
 
-from .augment import AugmentConfig
-from .backbones import UnknownBackboneError, WeightsError
-from .errors import DataError, WorkspaceError
-from .train import TrainConfig
+from .errors import DataError, UnknownBackboneError, WeightsError, WorkspaceError
 
 USER_ERRORS = (ImportError, DataError, WorkspaceError, WeightsError, UnknownBackboneError, ValueError, OSError)
 
@@ -36,6 +33,9 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
 
 
 def train_backbone_main(argv: list[str] | None = None) -> None:
+    from .augment import AugmentConfig
+    from .train import TrainConfig
+
     d = TrainConfig("?")
     a = AugmentConfig()
     p = argparse.ArgumentParser(prog="train-backbone", description="Fine-tune a backbone on the shared K folds.")

@@ -16,3 +16,14 @@ class BadImageError(DataError):
 
 class WorkspaceError(RuntimeError):
     """A workspace, fold assignment or cache that does not match the request."""
+
+
+class UnknownBackboneError(KeyError):
+    """A backbone name that is not registered; the message lists the known ones."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class WeightsError(RuntimeError):
+    """Weights that cannot be fetched or do not fit the model."""

@@ -218,6 +218,9 @@ class FaceNetSource(FeatureSource):
     def feature_dim(self) -> int:
         return self.dim
 
+    def use_images(self, images, items) -> None:
+        self.items = items
+
     def notes(self) -> dict:
         return {"alignment_fallbacks": self.fallbacks, "rows_computed": self.rows_done}
 

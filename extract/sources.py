@@ -53,6 +53,10 @@ class FeatureSource(ABC):
     def compute(self, space: int, split: str, rows: np.ndarray, progress: bool) -> tuple[np.ndarray, np.ndarray | None]:
         """Features [len(rows), D] and logits [len(rows)] (or None) of the given split rows in one space."""
 
+    @abstractmethod
+    def use_images(self, images: Callable[[str, int], np.ndarray], items: dict[str, list]) -> None:
+        """Point the source at other images: images(split, size) for torch sources, items[split] for face nets."""
+
     def notes(self) -> dict:
         """Counts gathered while computing (e.g. alignment fallbacks), stored in the cache's `notes`."""
         return {}
@@ -75,7 +79,7 @@ class TorchSource(FeatureSource):
         self._probe, self._folds_fp = probe, folds_fingerprint
         self.n_spaces, self.has_logits = len(models), has_logits
         self.batch_size, self.device = batch_size, resolve_device(device)
-        self._loaded: tuple[int, Backbone] | None = None
+        self._loaded: dict[int, Backbone] = {}
 
     def attrs(self) -> dict:
         p = self._probe.preprocess
@@ -89,10 +93,14 @@ class TorchSource(FeatureSource):
     def feature_dim(self) -> int:
         return feature_dim(self._probe, self.pool)
 
+    def use_images(self, images, items) -> None:
+        self._images = images
+
     def model(self, space: int) -> Backbone:
-        if self._loaded is None or self._loaded[0] != space:
-            self._loaded = (space, self._models[space]())
-        return self._loaded[1]
+        """The model of one feature space, loaded once."""
+        if space not in self._loaded:
+            self._loaded[space] = self._models[space]()
+        return self._loaded[space]
 
     def compute(self, space, split, rows, progress):
         images = self._images(split, self._probe.preprocess.img_size)

@@ -105,14 +105,18 @@ class FusionClassifier:
                 resized[size] = resize_all(arrays, size)
             return resized[size]
 
-        ws = Workspace(self.workdir_)
+        if getattr(self, "_built", None) is None:  # sources are built (and verified) once, then reused
+            ws = Workspace(self.workdir_)
+            self._built = []
+            for attrs in self.source_attrs_:
+                src = build_source(attrs["extra"]["spec"], ws, len(attrs["checkpoint_sha256"]),
+                                   attrs.get("folds_fingerprint"), None, {}, batch_size, device)
+                _refuse_changed(src.name, src.recipe(), attrs["recipe"])
+                self._built.append(src)
         rows = np.arange(len(arrays))
         sources = []
-        for attrs in self.source_attrs_:
-            spec = attrs["extra"]["spec"]
-            src = build_source(spec, ws, len(attrs["checkpoint_sha256"]), attrs.get("folds_fingerprint"), provider,
-                               {"predict": arrays}, batch_size, device)
-            _refuse_changed(src.name, src.recipe(), attrs["recipe"])
+        for src, attrs in zip(self._built, self.source_attrs_):
+            src.use_images(provider, {"predict": arrays})
             feats, logits = zip(*(src.compute(space, "predict", rows, progress) for space in range(src.n_spaces)))
             sources.append(Source(src.name, src.kind, attrs, np.empty((0, feats[0].shape[1])), np.stack(feats),
                                   None, None if logits[0] is None else np.stack(logits)))
@@ -121,6 +125,11 @@ class FusionClassifier:
     def predict(self, images, **kw) -> np.ndarray:
         """0 = male, 1 = female."""
         return (self.predict_proba(images, **kw)[:, 1] >= self.threshold).astype(np.int64)
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state.pop("_built", None)  # loaded models are rebuilt (and re-verified) after loading
+        return state
 
     # ---- artifact ----------------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> Path:

@@ -25,6 +25,12 @@ def group_masks(ages: np.ndarray | None, races: np.ndarray | None) -> dict[str, 
     return masks
 
 
+def ordered_groups(names) -> list[str]:
+    """Age groups in age order, then races by name (JSON round trips sort keys alphabetically)."""
+    ages = list(f"age {a}" for a in AGE_GROUPS)
+    return [g for g in ages if g in names] + sorted(g for g in names if g not in ages)
+
+
 def result_rows(results: list[Result], y: np.ndarray, masks: dict[str, np.ndarray]) -> list[dict]:
     rows = []
     for r in results:
@@ -42,7 +48,7 @@ def confusion(y: np.ndarray, probs: np.ndarray, threshold: float = 0.5) -> list[
 
 def markdown(rows: list[dict], chosen: dict, cm: list[list[int]], band: tuple[float, float], doubtful: float,
              group_sizes: dict[str, int], title: str) -> str:
-    groups = list(rows[0]["groups"]) if rows else []
+    groups = ordered_groups(rows[0]["groups"]) if rows else []
     lines = [f"# {title}", "", "Every accuracy is on training rows that neither the backbone nor the head trained on "
              "(out-of-fold backbones; heads by inner or outer CV on the shared folds).", "",
              "| method | protocol | CV accuracy | " + " | ".join(groups) + " | seconds |",
@@ -106,7 +112,7 @@ def plots(out_dir: Path, rows: list[dict], y: np.ndarray, probs: np.ndarray, ban
     ax.legend()
     save(fig, "histogram.png")
 
-    groups = list(rows[0]["groups"])
+    groups = ordered_groups(rows[0]["groups"])
     if groups:
         fig, ax = plt.subplots(figsize=(max(6, len(groups) * 0.9), 3.5))
         show = [r for r in rows if r["protocol"] != "out-of-fold logit" or r is rows[0]]

