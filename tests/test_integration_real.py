@@ -34,10 +34,24 @@ def real_subset(tmp_path_factory):
 
 
 def test_pipeline_on_real_faces(real_subset, tmp_path):
+    """train-backbone -> extract (fine-tuned and frozen) -> train-head -> predict, on 240 real faces."""
+    pytest.importorskip("onnxruntime")
+    from extract.featurize import extract_features
     from extract.finetune import train_backbone
     from extract.train import TrainConfig
+    from fusion.predict import predict_submission
+    from fusion.train_head import train_head
 
     ws = tmp_path / "ws"
     s = train_backbone(real_subset, TrainConfig("cnn-small", img_size=32, epochs=2, batch_size=32), ws, k=2,
                        progress=False)
     assert 0.4 <= s["oof_accuracy"] <= 1.0 and sum(r["n_holdout"] for r in s["folds"].values()) == 200
+    assert extract_features(real_subset, "cnn-small", ws, progress=False).computed_rows == 200 + 2 * 40
+    assert extract_features(real_subset, "gender-cnn", ws, align=False, progress=False).computed_rows == 240
+    report = train_head(ws, ["cnn-small", "gender-cnn-noalign"], ["logistic"], log=lambda m: None)
+    acc = {(r["method"], r["protocol"]): r["accuracy"] for r in report["rows"]}
+    # the pretrained gender network is far better than chance on real faces, and stacking keeps most of it
+    assert acc[("gender-cnn-noalign", "own classifier")] > 0.8
+    assert report["best_cv_accuracy"] > 0.75
+    out = predict_submission("fusion", real_subset, tmp_path / "sub.csv", ws)
+    assert out["rows"] == 40 and len((tmp_path / "sub.csv").read_text().splitlines()) == 41
