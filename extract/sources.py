@@ -19,13 +19,16 @@ from .weights import sha256_file
 
 
 def library_versions() -> dict:
-    import h5py
-    import torch
+    """Versions of the libraries that shaped a cache, read from package metadata (importing timm costs seconds)."""
+    from importlib.metadata import PackageNotFoundError, version
 
-    import timm
-
-    return {"python": platform.python_version(), "torch": torch.__version__, "timm": timm.__version__,
-            "h5py": h5py.__version__, "numpy": np.__version__}
+    out = {"python": platform.python_version()}
+    for pkg in ("torch", "torchvision", "timm", "h5py", "numpy", "onnxruntime", "dlib-bin"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            pass
+    return out
 
 
 def source_name(backbone: str, frozen: bool) -> str:
