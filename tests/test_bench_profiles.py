@@ -1,0 +1,35 @@
+"""The benchmark profiles are readable and produce commands the CLIs accept (dry run: nothing is executed)."""
+import importlib.util
+import shlex
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+spec = importlib.util.spec_from_file_location("bench_run", ROOT / "bench" / "run.py")
+bench_run = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(bench_run)
+
+
+@pytest.mark.parametrize("profile", ["cpu", "gpu", "demo"])
+def test_profile_dry_run_commands_parse(profile, tmp_path, monkeypatch, capsys):
+    from extract import cli as ecli
+    from fusion import cli as fcli
+
+    data = tmp_path / "faces"
+    (data).mkdir()
+    out = bench_run.main(["--profile", profile, "--data", str(data), "--workdir", str(tmp_path / "ws"),
+                          "--dry-run"])
+    parsers = {"train-backbone": ecli.train_backbone_main, "extract": ecli.extract_main,
+               "train-head": fcli.train_head_main, "predict": fcli.predict_main}
+    seen = set()
+    for stage in out["stages"]:
+        argv = shlex.split(stage["command"])
+        if argv[0] in parsers:
+            seen.add(argv[0])
+            # parse the arguments (an unknown option exits with an error), but run nothing
+            monkeypatch.setattr(ecli, "run_cli", lambda body: None)
+            monkeypatch.setattr(fcli, "run_cli", lambda body: None)
+            parsers[argv[0]](argv[1:])
+    assert seen == set(parsers)
+    assert not (tmp_path / "ws").exists()  # a dry run writes nothing
