@@ -25,7 +25,7 @@ def run_cli(main) -> None:
 
 
 def add_data_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", default="data/synthetic", help="competition folder (train.csv, test.csv, train/, test/)")
+    p.add_argument("--data", required=True, help="competition folder (train.csv, test.csv, train/, test/)")
     p.add_argument("--workdir", default="data", help="workspace for folds, caches, checkpoints, features")
     p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:1 …")
     p.add_argument("--skip-bad", action="store_true", help="exclude corrupt images (listed) instead of failing")

@@ -43,7 +43,7 @@ def train_head_main(argv: list[str] | None = None) -> None:
 def predict_main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="predict", description="Write a submission CSV with a trained fusion model.")
     p.add_argument("--model", default="fusion", help="a name under <workdir>/heads/, or a model.pkl path")
-    p.add_argument("--data", default="data/synthetic", help="competition folder (its test.csv sets the rows)")
+    p.add_argument("--data", required=True, help="competition folder (its test.csv sets the rows)")
     p.add_argument("--workdir", default="data")
     p.add_argument("--out", default="submission.csv")
     p.add_argument("--band", type=_band, default=(0.45, 0.55), help="doubtful band LO,HI of P(female)")
