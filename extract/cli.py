@@ -24,8 +24,8 @@ def run_cli(main) -> None:
         sys.exit(130)
 
 
-def add_data_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", required=True, help="competition folder (train.csv, test.csv, train/, test/)")
+def add_data_args(p: argparse.ArgumentParser, data_required: bool = True) -> None:
+    p.add_argument("--data", required=data_required, help="competition folder (train.csv, test.csv, train/, test/)")
     p.add_argument("--workdir", default="data", help="workspace for folds, caches, checkpoints, features")
     p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:1 …")
     p.add_argument("--skip-bad", action="store_true", help="exclude corrupt images (listed) instead of failing")
@@ -108,7 +108,7 @@ def extract_main(argv: list[str] | None = None) -> None:
 
     p = argparse.ArgumentParser(prog="extract", description="Write a backbone's last-conv features to an HDF5 cache.")
     p.add_argument("--backbone", required=True, help="a fine-tuned backbone (from train-backbone), or any with --frozen")
-    add_data_args(p)
+    add_data_args(p, data_required=False)
     p.add_argument("--frozen", action="store_true", help="pretrained features, no fine-tuning: one feature space")
     p.add_argument("--weights", default=None, help="local weights for --frozen")
     p.add_argument("--pretrained", action="store_true", help="hub weights for --frozen (needs network)")
@@ -123,6 +123,8 @@ def extract_main(argv: list[str] | None = None) -> None:
                    help="face sources: align with 5-point landmarks, or plainly resize")
     p.add_argument("--layer", default="layer_3_relu", help="gender-cnn layer: layer_3_relu, layer_4_flatten, logits")
     args = p.parse_args(argv)
+    if not args.merge and not args.data:
+        p.error("--data is required (except with --merge)")
 
     def body():
         from .featurize import extract_features, merge_features
