@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import os
 import sys
 import tempfile
@@ -22,6 +21,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench._report import emit  # noqa: E402
 
 from extract.augment import normalize, to_float  # noqa: E402
 from extract.featurize import extract_features  # noqa: E402
@@ -92,10 +93,7 @@ def main(argv=None) -> dict:
               "raw_forward_img_per_s": round(float(np.median(raw_rates)), 1),
               "extract_img_per_s": round(float(np.median(ext_rates)), 1)}
     result["extract_vs_raw_forward"] = round(result["extract_img_per_s"] / result["raw_forward_img_per_s"], 3)
-    print(json.dumps(result, indent=2))
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
-    return result
+    return emit(result, args.json)
 
 
 if __name__ == "__main__":

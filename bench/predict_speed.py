@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench._report import emit  # noqa: E402
 
 from fusion.classifier import FusionClassifier  # noqa: E402
 
@@ -35,10 +36,7 @@ def main(argv=None) -> dict:
     assert (first == again).all()
     out = {"model": args.model, "images": len(paths), "sources": clf.source_names_,
            "first_call_img_per_s": round(cold, 1), "warm_img_per_s": round(warm, 1)}
-    print(json.dumps(out, indent=2))
-    if args.json:
-        Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
-    return out
+    return emit(out, args.json)
 
 
 if __name__ == "__main__":

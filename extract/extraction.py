@@ -192,7 +192,9 @@ def _write_rows(f, split: str, space: int, rows: np.ndarray, feats: np.ndarray, 
 
 def _create(f, source: FeatureSource, rows: Rows, s: int, d: int, dtype: str, recipe: dict, plan: str,
             shard: str | None) -> None:
-    str_dt = __import__("h5py").string_dtype("utf-8")
+    import h5py
+
+    str_dt = h5py.string_dtype("utf-8")
     n, m = len(rows.train_ids), len(rows.test_ids)
     chunk_rows = max(1, min(1024, (1 << 20) // max(1, d * np.dtype(dtype).itemsize)))
     comp = {"compression": "gzip", "compression_opts": 1, "shuffle": True}

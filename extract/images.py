@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import os
 from concurrent.futures import ProcessPoolExecutor
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np

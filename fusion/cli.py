@@ -6,8 +6,6 @@ import json
 
 from extract.cli import run_cli
 
-from .features import FeatureMismatchError  # noqa: F401  (a ValueError: reported as a user error)
-
 
 def _band(text: str) -> tuple[float, float]:
     lo, hi = (float(v) for v in text.split(","))

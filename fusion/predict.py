@@ -4,7 +4,6 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
-import numpy as np
 
 from extract.atomic import write_text
 from extract.dataset import CompetitionData

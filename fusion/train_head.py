@@ -16,7 +16,7 @@ from extract.workspace import Workspace
 
 from .classifier import FusionClassifier, head_factory
 from .features import load_sources
-from .protocol import Result, evaluate
+from .protocol import evaluate
 from .report import write_report
 
 PROTOCOLS = ("per-fold", "global")
