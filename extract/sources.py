@@ -15,7 +15,7 @@ from .atomic import read_json
 from .backbones import Backbone, create
 from .errors import WorkspaceError
 from .inference import feature_dim, infer, resolve_device
-from .weights import sha256_file
+from .atomic import sha256_file
 
 
 def library_versions() -> dict:

@@ -12,11 +12,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .atomic import atomic_path, read_json, write_json, write_text
+from .atomic import atomic_path, read_json, sha256_file, write_json, write_text
 from .augment import AugmentConfig, augment, normalize, to_float
 from .backbones import Backbone, create
 from .inference import autocast, infer, resolve_device
-from .weights import sha256_file
 
 log = logging.getLogger(__name__)
 

@@ -1,25 +1,17 @@
 """Loading local weight files into a Backbone, with key mapping and a strict report of mismatches."""
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from .atomic import sha256_file
 from .backbones import Backbone, WeightsError
 
 # Keys of a source model's own classifier, never part of a Backbone body.
 _CLASSIFIER_PREFIXES = ("classifier.", "fc.", "head.fc.", "last_linear.")
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
