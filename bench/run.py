@@ -25,8 +25,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from extract.atomic import read_json, write_json, write_text  # noqa: E402
-from extract.face_sources import FACE_NETS, face_source_name  # noqa: E402
-from extract.sources import source_name  # noqa: E402
+from extract.face_sources import FACE_NETS  # noqa: E402
+from extract.featurize import cache_name  # noqa: E402
 
 
 def load_profile(name_or_path: str) -> dict:
@@ -42,14 +42,14 @@ def load_profile(name_or_path: str) -> dict:
 def extract_args(e: dict) -> tuple[list[str], str]:
     """CLI arguments of one extract entry and the name of the cache it writes."""
     args = ["--backbone", e["backbone"]]
+    align, layer = e.get("align", "landmarks"), e.get("layer", "layer_3_relu")
     if e["backbone"] in FACE_NETS:
-        align = e.get("align", "landmarks")
-        args += ["--align", align, "--layer", e.get("layer", "layer_3_relu")]
-        return args, face_source_name(e["backbone"], align == "landmarks", e.get("layer", "layer_3_relu"))
-    if e.get("frozen"):
-        args += ["--frozen", "--img-size", str(e.get("img_size", 224))]
-    args += ["--pool", e.get("pool", "flatten")]
-    return args, source_name(e["backbone"], bool(e.get("frozen")))
+        args += ["--align", align, "--layer", layer]
+    else:
+        if e.get("frozen"):
+            args += ["--frozen", "--img-size", str(e.get("img_size", 224))]
+        args += ["--pool", e.get("pool", "flatten")]
+    return args, cache_name(e["backbone"], bool(e.get("frozen")), align == "landmarks", layer)
 
 
 def train_args(t: dict) -> list[str]:
@@ -143,6 +143,9 @@ def main(argv=None) -> dict:
         extra, src = extract_args(e)
         runner.run(f"extract {src}", ["extract", *extra, *common])
         sources.append(src)
+    if prof["extract"]:
+        extra, src = extract_args(prof["extract"][0])
+        runner.run("extract (cached re-run)", ["extract", *extra, *common])
     head_cmd = ["train-head", "--features", ",".join(sources), "--head", ",".join(prof["heads"]),
                 "--workdir", str(ws), "--out", "best"]
     runner.run("heads", head_cmd + ["--refit"])
@@ -190,6 +193,7 @@ def main(argv=None) -> dict:
               "extract_speed": read_json(speed_json),
               "extract_vs_raw_forward": read_json(speed_json)["extract_vs_raw_forward"],
               "cached_train_head_s": stage_s["heads (cached re-run)"],
+              "cached_extract_s": stage_s.get("extract (cached re-run)"),
               "predict_img_per_s": round(predict_rate, 1), "predict_images": len(paths)}
     best_probs = cv[best_key]
     age09 = (ages >= 0) & (ages <= 9) if ages is not None else None
@@ -236,6 +240,7 @@ def results_markdown(result: dict, report: dict, command: str) -> str:
               + ", ".join(f"{k} {v}" for k, v in result["stage_seconds"].items()) + ".", "",
               f"Extraction {result['extract_speed']['extract_img_per_s']} img/s vs raw forward "
               f"{result['extract_speed']['raw_forward_img_per_s']} img/s (ratio {result['extract_vs_raw_forward']}); "
+              f"cached extract re-run {result['cached_extract_s']} s; "
               f"cached train-head re-run {result['cached_train_head_s']} s; FusionClassifier.predict "
               f"{result['predict_img_per_s']} img/s on {result['predict_images']} image paths"
               + (f"; peer {result['peer_img_per_s']} img/s." if "peer_img_per_s" in result else ".")]

@@ -104,7 +104,7 @@ def make_synthetic_main(argv: list[str] | None = None) -> None:
 
 
 def extract_main(argv: list[str] | None = None) -> None:
-    from .inference import POOLS
+    from .source_base import POOLS
 
     p = argparse.ArgumentParser(prog="extract", description="Write a backbone's last-conv features to an HDF5 cache.")
     p.add_argument("--backbone", required=True, help="a fine-tuned backbone (from train-backbone), or any with --frozen")

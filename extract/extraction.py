@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from . import feature_cache as fc
-from .sources import FeatureSource, library_versions
+from .source_base import FeatureSource, library_versions
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +96,45 @@ def _keep_map(old_ids, old_key, new_ids, new_key) -> np.ndarray:
     return out
 
 
+def _match_rows(old: fc.FeatureSet, rows: Rows) -> tuple[np.ndarray, np.ndarray, bool]:
+    """For each wanted row, the index of the identical cached row or -1; and whether the cache holds exactly them."""
+    import h5py
+
+    with h5py.File(old.path, "r") as f:
+        old_train_key = list(zip(f["train/labels"][()].tolist(), f["train/filesize"][()].tolist()))
+        old_test_key = f["test/filesize"][()].tolist()
+    keep_tr = _keep_map(old.train.ids, old_train_key, rows.train_ids,
+                        list(zip(rows.train_labels.tolist(), rows.train_size.tolist())))
+    keep_te = _keep_map(old.test.ids, old_test_key, rows.test_ids, rows.test_size.tolist())
+    same_rows = (len(old.train.ids) == len(rows.train_ids) and len(old.test.ids) == len(rows.test_ids)
+                 and (keep_tr == np.arange(len(keep_tr))).all() and (keep_te == np.arange(len(keep_te))).all())
+    # a frozen source's features do not depend on folds, but the file records them for the heads
+    same_folds = old.kind == "finetuned" or (old.train.fold == rows.train_fold).all()
+    return keep_tr, keep_te, bool(same_rows and same_folds)
+
+
+def quick_hit(path: Path, known: dict, rows: Rows, dtype: str = "float16") -> Outcome | None:
+    """A cache hit decided from the recorded recipe, without building the source (no torch, no model).
+
+    known: recipe entries computable without the model (spec, checkpoint sha256s, folds fingerprint …),
+    compared with the recipe and its `extra`. None when anything differs: then the full check decides
+    and says why it recomputes.
+    """
+    t0 = time.time()
+    if not path.exists():
+        return None
+    try:
+        old = fc.load(path, with_features=False)
+    except fc.CacheError:
+        return None
+    recorded = {**old.attrs["recipe"], **old.attrs["recipe"].get("extra", {})}
+    if old.attrs.get("dtype") != dtype or any(recorded.get(k) != v for k, v in known.items()):
+        return None
+    if not _match_rows(old, rows)[2]:
+        return None
+    return Outcome(path, "hit", "same recipe and rows", 0, time.time() - t0, None)
+
+
 def extract_to_cache(source: FeatureSource, rows: Rows, path: Path, dtype: str = "float16", force: bool = False,
                      progress: bool = True, shard: str | None = None, notes: dict | None = None) -> Outcome:
     """Bring `path` up to date for `rows`: reuse, append only new rows, or recompute, saying why."""
@@ -106,15 +145,8 @@ def extract_to_cache(source: FeatureSource, rows: Rows, path: Path, dtype: str =
     old, reason = _reusable(path, recipe, dtype, force)
     s, d = source.n_spaces, source.feature_dim()
     if old is not None:
-        with h5py.File(path, "r") as f:
-            old_train_key = list(zip(f["train/labels"][()].tolist(), f["train/filesize"][()].tolist()))
-            old_test_key = f["test/filesize"][()].tolist()
-        keep_tr = _keep_map(old.train.ids, old_train_key, rows.train_ids,
-                            list(zip(rows.train_labels.tolist(), rows.train_size.tolist())))
-        keep_te = _keep_map(old.test.ids, old_test_key, rows.test_ids, rows.test_size.tolist())
-        same_rows = (len(old.train.ids) == len(rows.train_ids) and len(old.test.ids) == len(rows.test_ids)
-                     and (keep_tr == np.arange(len(keep_tr))).all() and (keep_te == np.arange(len(keep_te))).all())
-        if same_rows and (source.kind == "finetuned" or (old.train.fold == rows.train_fold).all()):
+        keep_tr, keep_te, hit = _match_rows(old, rows)
+        if hit:
             return Outcome(path, "hit", "same recipe and rows", 0, time.time() - t0, None)
         new_n = int((keep_tr < 0).sum() + (keep_te < 0).sum())
         reason = f"{new_n} new or changed row(s)" if new_n else "rows removed or folds renumbered"

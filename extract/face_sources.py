@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from .atomic import sha256_file
-from .sources import FeatureSource
+from .source_base import FeatureSource
 
 INSTALL = 'pip install -e ".[faces]"'
 GENDER_LAYERS = {"layer_3_relu": 16, "layer_4_flatten": 4096, "logits": 2}
@@ -69,6 +69,18 @@ def gender_model_path() -> tuple[Path, str]:
     manifest = json.loads((root / "manifest.json").read_text())
     art = manifest["models"]["gender"]["artifact"]
     return root / art["filename"], art["sha256"]
+
+
+def face_model_files(net: str) -> dict[str, tuple[Path, str]]:
+    """The net's model file and the landmark model: role -> (path, sha256 checked against the published one)."""
+    models = dlib_model_paths()
+    sp = models["shape_predictor_5_face_landmarks.dat"]
+    if net == "dlib-face":
+        model = models["dlib_face_recognition_resnet_model_v1.dat"]
+        expected = DLIB_FILES[model.name]
+    else:
+        model, expected = gender_model_path()
+    return {"shape_predictor": (sp, checked_file(sp, DLIB_FILES[sp.name])), "model": (model, checked_file(model, expected))}
 
 
 # ---- alignment -------------------------------------------------------------------------------------------
@@ -179,12 +191,9 @@ class FaceNetSource(FeatureSource):
         self.workers = workers or len(os.sched_getaffinity(0))
         self.fallbacks = 0
         self.rows_done = 0
-        models = dlib_model_paths()
-        sp = models["shape_predictor_5_face_landmarks.dat"]
-        self._sha = {"shape_predictor": checked_file(sp, DLIB_FILES[sp.name])}
+        files = face_model_files(net)
+        self._sha = {role: sha for role, (_, sha) in files.items()}
         if net == "dlib-face":
-            model = models["dlib_face_recognition_resnet_model_v1.dat"]
-            self._sha["model"] = checked_file(model, DLIB_FILES[model.name])
             self.has_logits, self.layer, self.dim = False, "face_descriptor", 128
             self.cfg = {"chip": 150, "padding": 0.25}
         else:
@@ -192,11 +201,9 @@ class FaceNetSource(FeatureSource):
             _require("onnx", "onnx")
             if layer not in GENDER_LAYERS:
                 raise ValueError(f"gender-cnn layer {layer!r}; choose one of {sorted(GENDER_LAYERS)}")
-            model, expected = gender_model_path()
-            self._sha["model"] = checked_file(model, expected)
             self.has_logits, self.layer, self.dim = True, layer, GENDER_LAYERS[layer]
             self.cfg = {"chip": 32, "padding": 0.2}
-        self.cfg.update(model=str(model), shape_predictor=str(sp), align=align, layer=self.layer, net=net)
+        self.cfg.update(model=str(files["model"][0]), shape_predictor=str(files["shape_predictor"][0]), align=align, layer=self.layer, net=net)
 
     def attrs(self) -> dict:
         mean, std = (list(GENDER_MEANS), [256.0] * 3) if self.cfg["net"] == "gender-cnn" else ([0.0] * 3, [1.0] * 3)

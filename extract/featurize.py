@@ -7,12 +7,14 @@ from typing import Callable
 
 import numpy as np
 
+from .atomic import sha256_file
+from .checkpoints import fold_checkpoints
 from .dataset import CompetitionData
-from .extraction import Outcome, Rows, extract_to_cache, merge_shards
+from .extraction import Outcome, Rows, extract_to_cache, merge_shards, quick_hit
+from .face_sources import FACE_NETS, FaceNetSource, face_model_files, face_source_name
 from .folds import ensure_folds
 from .image_cache import cached_images
-from .face_sources import FACE_NETS, FaceNetSource, face_source_name
-from .sources import FeatureSource, finetuned_source, frozen_source, source_name
+from .source_base import FeatureSource, source_name
 from .workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -46,6 +48,8 @@ def build_source(spec: dict, ws: Workspace, k: int, folds_fp: str | None, images
     images(split, size) gives resized uint8 images for torch sources; items[split] gives the paths or
     full-resolution arrays that face networks align themselves.
     """
+    from .sources import finetuned_source, frozen_source  # torch: only when a source is built
+
     if spec["type"] == "face":
         source: FeatureSource = FaceNetSource(spec["net"], items, align=spec["align"], layer=spec["layer"])
     elif spec["type"] == "frozen":
@@ -56,6 +60,31 @@ def build_source(spec: dict, ws: Workspace, k: int, folds_fp: str | None, images
                                   images, batch_size, device)
     source.spec = spec
     return source
+
+
+def cache_name(backbone: str, frozen: bool = False, align: bool = True, layer: str = "layer_3_relu") -> str:
+    """The name of a source's feature cache (features/<name>.h5)."""
+    return face_source_name(backbone, align, layer) if backbone in FACE_NETS else source_name(backbone, frozen)
+
+
+def known_recipe(spec: dict, ws: Workspace, k: int, folds_fp: str | None) -> dict | None:
+    """The recipe entries of a source that can be computed without torch, or None when only the model can tell."""
+    if spec["type"] == "face":
+        files = face_model_files(spec["net"])
+        return {"spec": spec, "checkpoint_sha256": [files["model"][1]],
+                "shape_predictor_sha256": files["shape_predictor"][1]}
+    if spec["type"] == "finetuned":
+        metas = fold_checkpoints(ws.model_dir(spec["backbone"]), spec["backbone"], k, folds_fp)
+        return {"spec": spec, "checkpoint_sha256": [m["sha256"] for m in metas], "folds_fingerprint": folds_fp}
+    if spec["pretrained"]:
+        sha = "hub"
+    elif spec["weights"] == "random":
+        sha = "random-init-seed0"
+    elif spec["weights"] and Path(spec["weights"]).is_file():
+        sha = sha256_file(spec["weights"])
+    else:
+        return None  # a backbone's built-in default weights are known only to its registry entry
+    return {"spec": spec, "checkpoint_sha256": [sha]}
 
 
 def extract_features(data_dir: str | Path, backbone: str, workdir: str | Path = "data", frozen: bool = False,
@@ -70,12 +99,18 @@ def extract_features(data_dir: str | Path, backbone: str, workdir: str | Path = 
     folds = ensure_folds(ws, data)
     spec = source_spec(backbone, frozen, pool, img_size, weights, pretrained, align, layer)
 
+    rows = dataset_rows(data, folds.for_ids(data.train.ids).copy())
+    if not (force or shard or skip_bad):
+        known = known_recipe(spec, ws, folds.k, folds.fingerprint)
+        hit = quick_hit(ws.features_path(cache_name(backbone, frozen, align, layer)), known, rows, dtype) if known else None
+        if hit:
+            return hit
+
     def images(split: str, size: int) -> np.ndarray:
         return cached_images(ws, data, split, size, skip_bad=skip_bad, progress=progress)[0]
 
     source = build_source(spec, ws, folds.k, folds.fingerprint, images,
                           {"train": data.train.paths, "test": data.test.paths}, batch_size, device)
-    rows = dataset_rows(data, folds.for_ids(data.train.ids).copy())
     skipped: list[str] = []
     if skip_bad:
         size = source.attrs()["img_size"]
@@ -98,8 +133,7 @@ def extract_features(data_dir: str | Path, backbone: str, workdir: str | Path = 
 def merge_features(workdir: str | Path, backbone: str, frozen: bool = False, align: bool = True,
                    layer: str = "layer_3_relu") -> Path:
     """Join `features/<source>.shard*of*.h5` into `features/<source>.h5`."""
-    name = face_source_name(backbone, align, layer) if backbone in FACE_NETS else source_name(backbone, frozen)
-    path = Workspace(workdir).features_path(name)
+    path = Workspace(workdir).features_path(cache_name(backbone, frozen, align, layer))
     shards = sorted(path.parent.glob(f"{path.stem}.shard*of*.h5"))
     if not shards:
         raise FileNotFoundError(f"no shards {path.stem}.shard*of*.h5 in {path.parent}")

@@ -9,8 +9,8 @@ import torch
 
 from .augment import normalize, to_float
 from .backbones import Backbone
+from .source_base import POOLS
 
-POOLS = ("flatten", "avg", "max", "avgmax")
 
 
 def resolve_device(device: str = "auto") -> torch.device:

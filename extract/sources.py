@@ -1,74 +1,18 @@
-"""Feature sources: what turns the images of one split into feature vectors (and logits) per feature space.
+"""Torch feature sources: K fine-tuned fold checkpoints, or one frozen backbone.
 
 A fine-tuned source has K feature spaces (one per fold model); a frozen source has one.
 """
 from __future__ import annotations
 
-import platform
-from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
-from .atomic import read_json
 from .backbones import Backbone, create
-from .errors import WorkspaceError
+from .checkpoints import fold_checkpoints
 from .inference import feature_dim, infer, resolve_device
-from .atomic import sha256_file
-
-
-def library_versions() -> dict:
-    """Versions of the libraries that shaped a cache, read from package metadata (importing timm costs seconds)."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {"python": platform.python_version()}
-    for pkg in ("torch", "torchvision", "timm", "h5py", "numpy", "onnxruntime", "dlib-bin"):
-        try:
-            out[pkg] = version(pkg)
-        except PackageNotFoundError:
-            pass
-    return out
-
-
-def source_name(backbone: str, frozen: bool) -> str:
-    """Cache name of a backbone's features: the backbone itself, or '<backbone>-frozen'."""
-    return f"{backbone}-frozen" if frozen else backbone
-
-
-class FeatureSource(ABC):
-    """One named source of features; `compute` runs one feature space over rows of one split."""
-
-    name: str
-    kind: str  # "finetuned" or "frozen"
-    n_spaces: int
-    has_logits: bool
-    spec: dict = {}  # how to rebuild it (set by extract.featurize.build_source)
-
-    @abstractmethod
-    def attrs(self) -> dict:
-        """Provenance recorded in the cache: backbone, layer, pooling, img_size, mean, std, checkpoint_sha256 …"""
-
-    @abstractmethod
-    def feature_dim(self) -> int: ...
-
-    @abstractmethod
-    def compute(self, space: int, split: str, rows: np.ndarray, progress: bool) -> tuple[np.ndarray, np.ndarray | None]:
-        """Features [len(rows), D] and logits [len(rows)] (or None) of the given split rows in one space."""
-
-    @abstractmethod
-    def use_images(self, images: Callable[[str, int], np.ndarray], items: dict[str, list]) -> None:
-        """Point the source at other images: images(split, size) for torch sources, items[split] for face nets."""
-
-    def notes(self) -> dict:
-        """Counts gathered while computing (e.g. alignment fallbacks), stored in the cache's `notes`."""
-        return {}
-
-    def recipe(self) -> dict:
-        """Everything that determines the features; a cache with another recipe is stale."""
-        a = self.attrs()
-        return {k: a[k] for k in ("source", "kind", "backbone", "layer", "pooling", "img_size", "mean", "std",
-                                  "checkpoint_sha256", "folds_fingerprint", "extra") if k in a}
+from .source_base import FeatureSource, source_name
 
 
 class TorchSource(FeatureSource):
@@ -118,24 +62,7 @@ def finetuned_source(model_dir: Path, backbone: str, k: int, folds_fingerprint: 
     """The K fold checkpoints written by train-backbone, checked against the workspace's folds."""
     import torch
 
-    done = []
-    for f in range(k):
-        meta_path = model_dir / f"fold{f}.json"
-        if not meta_path.exists() or not (model_dir / f"fold{f}.pt").exists():
-            raise WorkspaceError(
-                f"{backbone} has no finished checkpoint for fold {f} in {model_dir}; run "
-                f"`train-backbone --backbone {backbone} --folds {k}` first (or `--frozen` for pretrained features)")
-        meta = read_json(meta_path)
-        actual = sha256_file(model_dir / f"fold{f}.pt")
-        if actual != meta["sha256"]:
-            raise WorkspaceError(f"{model_dir}/fold{f}.pt changed after training (sha256 {actual}, "
-                                 f"recorded {meta['sha256']}); retrain with train-backbone")
-        theirs = meta["identity"]["folds_fingerprint"]
-        if theirs != folds_fingerprint:
-            raise WorkspaceError(
-                f"{model_dir}/fold{f}.pt was trained on another fold assignment (folds fingerprint {theirs}); "
-                f"the workspace's folds have fingerprint {folds_fingerprint}. Retrain with train-backbone.")
-        done.append(meta)
+    done = fold_checkpoints(model_dir, backbone, k, folds_fingerprint)
     cfg = done[0]["identity"]["config"]
 
     def loader(f: int) -> Callable[[], Backbone]:
