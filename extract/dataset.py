@@ -5,6 +5,7 @@ import csv
 import hashlib
 import os
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -57,17 +58,33 @@ def _parse_labels(path: Path, rows: list[dict[str, str]]) -> np.ndarray:
     return np.array([int(r["label"]) for r in rows], dtype=np.int64)
 
 
+def image_sizes(folder: Path, ids: list[str]) -> np.ndarray:
+    """Byte size of folder/<id>.jpg per id, -1 where missing: one directory scan instead of a lookup per id."""
+    found: dict[str, int] = {}
+    if folder.is_dir():
+        with os.scandir(folder) as entries:
+            for e in entries:
+                if e.name.endswith(".jpg") and e.is_file():
+                    found[e.name[:-4]] = e.stat().st_size
+    return np.array([found.get(i, -1) for i in ids], dtype=np.int64)
+
+
 @dataclass
 class Split:
-    """One split of the competition: ids, image paths and (for train) labels."""
+    """One split of the competition: ids, image folder, image sizes (-1: missing) and (for train) labels."""
 
     name: str
     ids: list[str]
-    paths: list[Path]
+    folder: Path
+    sizes: np.ndarray
     labels: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    @cached_property
+    def paths(self) -> list[Path]:
+        return [self.folder / f"{i}.jpg" for i in self.ids]
 
 
 @dataclass
@@ -98,11 +115,11 @@ class CompetitionData:
         both = set(train_ids) & set(test_ids)
         if both:
             raise DataError(f"{test_csv}: id(s) also in {train_csv}: {_first(sorted(both))}")
-        train = Split("train", train_ids, [root / "train" / f"{i}.jpg" for i in train_ids], labels)
-        test = Split("test", test_ids, [root / "test" / f"{i}.jpg" for i in test_ids])
+        train = Split("train", train_ids, root / "train", image_sizes(root / "train", train_ids), labels)
+        test = Split("test", test_ids, root / "test", image_sizes(root / "test", test_ids))
         if check_images:
             for split in (train, test):
-                missing = [str(p) for p in split.paths if not p.is_file()]
+                missing = [str(split.folder / f"{i}.jpg") for i, n in zip(split.ids, split.sizes) if n < 0]
                 if missing:
                     raise DataError(f"{len(missing)} image(s) listed in {split.name}.csv are missing: {_first(missing)}")
         meta = {}
@@ -133,7 +150,6 @@ class CompetitionData:
         for split in (getattr(self, s) for s in splits):
             h.update(split.name.encode())
             labels = split.labels if split.labels is not None else [""] * len(split)
-            for i, p, y in zip(split.ids, split.paths, labels):
-                size = p.stat().st_size if p.exists() else -1
+            for i, size, y in zip(split.ids, split.sizes.tolist(), labels):
                 h.update(f"{i},{y},{size}\n".encode())
         return h.hexdigest()[:16]

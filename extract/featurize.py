@@ -21,11 +21,7 @@ log = logging.getLogger(__name__)
 
 
 def dataset_rows(data: CompetitionData, fold: np.ndarray) -> Rows:
-    def sizes(paths):
-        return np.array([p.stat().st_size for p in paths], dtype=np.int64)
-
-    return Rows(list(data.train.ids), data.train.labels, fold, sizes(data.train.paths),
-                list(data.test.ids), sizes(data.test.paths))
+    return Rows(list(data.train.ids), data.train.labels, fold, data.train.sizes, list(data.test.ids), data.test.sizes)
 
 
 def source_spec(backbone: str, frozen: bool = False, pool: str = "flatten", img_size: int | None = None,

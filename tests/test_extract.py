@@ -1,5 +1,7 @@
 import json
 import shutil
+import subprocess
+import sys
 
 import h5py
 import numpy as np
@@ -75,6 +77,17 @@ def test_cache_hit_decodes_nothing(work, monkeypatch):
     (ws / "cache" / "images" / "train_32.npy").unlink()  # even without the image cache
     out = extract_features(data, "cnn-small", ws, progress=False)
     assert out.status == "hit" and out.computed_rows == 0
+
+
+def test_cache_hit_imports_no_torch(work):
+    """A hit is decided from the recorded recipe and checkpoint hashes, in a process that never imports torch."""
+    data, ws = work
+    extract_features(data, "cnn-small", ws, progress=False)
+    code = ("import sys; from extract.featurize import extract_features; "
+            f"out = extract_features({str(data)!r}, 'cnn-small', {str(ws)!r}, progress=False); "
+            "print(out.status, 'torch' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["hit", "False"]
 
 
 def test_invalidation_rules(work):
@@ -196,6 +209,11 @@ def test_frozen_source_has_one_space(work):
     assert out.path.name == "timm:mobilenetv3_small_050-frozen.h5".replace(":", "_")
     assert fs.kind == "frozen" and fs.test.features.shape[0] == 1 and fs.train.logits is None
     assert fs.attrs["checkpoint_sha256"] == ["random-init-seed0"]
+    again = extract_features(data, "timm:mobilenetv3_small_050", ws, frozen=True, img_size=32, pool="avg",
+                             weights="random", progress=False)
+    assert again.status == "computed" and "spec" in again.reason  # weights='random' is another recipe
+    assert extract_features(data, "timm:mobilenetv3_small_050", ws, frozen=True, img_size=32, pool="avg",
+                            weights="random", progress=False).status == "hit"
 
 
 def test_skip_bad_records_the_image(work):
