@@ -80,7 +80,8 @@ def face_model_files(net: str) -> dict[str, tuple[Path, str]]:
         expected = DLIB_FILES[model.name]
     else:
         model, expected = gender_model_path()
-    return {"shape_predictor": (sp, checked_file(sp, DLIB_FILES[sp.name])), "model": (model, checked_file(model, expected))}
+    return {"shape_predictor": (sp, checked_file(sp, DLIB_FILES[sp.name])),
+            "model": (model, checked_file(model, expected))}
 
 
 # ---- alignment -------------------------------------------------------------------------------------------
@@ -203,7 +204,8 @@ class FaceNetSource(FeatureSource):
                 raise ValueError(f"gender-cnn layer {layer!r}; choose one of {sorted(GENDER_LAYERS)}")
             self.has_logits, self.layer, self.dim = True, layer, GENDER_LAYERS[layer]
             self.cfg = {"chip": 32, "padding": 0.2}
-        self.cfg.update(model=str(files["model"][0]), shape_predictor=str(files["shape_predictor"][0]), align=align, layer=self.layer, net=net)
+        self.cfg.update(model=str(files["model"][0]), shape_predictor=str(files["shape_predictor"][0]),
+                        align=align, layer=self.layer, net=net)
 
     def attrs(self) -> dict:
         mean, std = (list(GENDER_MEANS), [256.0] * 3) if self.cfg["net"] == "gender-cnn" else ([0.0] * 3, [1.0] * 3)

@@ -98,7 +98,8 @@ def extract_features(data_dir: str | Path, backbone: str, workdir: str | Path = 
     rows = dataset_rows(data, folds.for_ids(data.train.ids).copy())
     if not (force or shard or skip_bad):
         known = known_recipe(spec, ws, folds.k, folds.fingerprint)
-        hit = quick_hit(ws.features_path(cache_name(backbone, frozen, align, layer)), known, rows, dtype) if known else None
+        path = ws.features_path(cache_name(backbone, frozen, align, layer))
+        hit = quick_hit(path, known, rows, dtype) if known else None
         if hit:
             return hit
 
