@@ -14,7 +14,7 @@ from .extraction import Outcome, Rows, extract_to_cache, merge_shards, quick_hit
 from .face_sources import FACE_NETS, FaceNetSource, face_model_files, face_source_name
 from .folds import ensure_folds
 from .image_cache import cached_images
-from .source_base import FeatureSource, source_name
+from .source_base import HUB_WEIGHTS, RANDOM_INIT, FeatureSource, source_name
 from .workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -73,9 +73,9 @@ def known_recipe(spec: dict, ws: Workspace, k: int, folds_fp: str | None) -> dic
         metas = fold_checkpoints(ws.model_dir(spec["backbone"]), spec["backbone"], k, folds_fp)
         return {"spec": spec, "checkpoint_sha256": [m["sha256"] for m in metas], "folds_fingerprint": folds_fp}
     if spec["pretrained"]:
-        sha = "hub"
+        sha = HUB_WEIGHTS
     elif spec["weights"] == "random":
-        sha = "random-init-seed0"
+        sha = RANDOM_INIT
     elif spec["weights"] and Path(spec["weights"]).is_file():
         sha = sha256_file(spec["weights"])
     else:

@@ -8,6 +8,7 @@ from typing import Callable
 import numpy as np
 
 POOLS = ("flatten", "avg", "max", "avgmax")
+HUB_WEIGHTS, RANDOM_INIT = "hub", "random-init-seed0"  # checkpoint_sha256 of frozen models without a weights file
 
 
 def library_versions() -> dict:

@@ -12,7 +12,7 @@ import numpy as np
 from .backbones import Backbone, create
 from .checkpoints import fold_checkpoints
 from .inference import feature_dim, infer, resolve_device
-from .source_base import FeatureSource, source_name
+from .source_base import HUB_WEIGHTS, RANDOM_INIT, FeatureSource, source_name
 
 
 class TorchSource(FeatureSource):
@@ -87,6 +87,6 @@ def frozen_source(backbone: str, img_size: int, pool: str, images: Callable[[str
     with torch.random.fork_rng():
         torch.manual_seed(0)  # a randomly initialised frozen model must be the same model every time
         model = create(backbone, img_size, pretrained=pretrained, weights=weights).eval()
-    sha = model.weights_sha256 or ("hub" if pretrained else "random-init-seed0")
-    return TorchSource(source_name(backbone, frozen=True), [lambda: model], [sha], pool, images, model, "frozen", None, batch_size, device,
-                       has_logits=False)
+    sha = model.weights_sha256 or (HUB_WEIGHTS if pretrained else RANDOM_INIT)
+    return TorchSource(source_name(backbone, frozen=True), [lambda: model], [sha], pool, images, model, "frozen",
+                       None, batch_size, device, has_logits=False)
