@@ -31,7 +31,7 @@ def to_float(batch_u8: torch.Tensor) -> torch.Tensor:
 def normalize(x: torch.Tensor, mean, std) -> torch.Tensor:
     m = torch.tensor(mean, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
     s = torch.tensor(std, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-    return (x - m) / s
+    return torch.sub(x, m).div_(s)  # one new tensor, not two
 
 
 def augment(x: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator) -> torch.Tensor:
