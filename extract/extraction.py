@@ -212,7 +212,7 @@ def extract_to_cache(source: FeatureSource, rows: Rows, path: Path, dtype: str =
 
 
 def _write_rows(f, split: str, space: int, rows: np.ndarray, feats: np.ndarray, logits: np.ndarray | None) -> None:
-    if len(rows) and rows[-1] - rows[0] + 1 == len(rows) and (np.diff(rows) == 1).all():
+    if len(rows) and rows[-1] - rows[0] + 1 == len(rows):  # rows ascend (flatnonzero): this means contiguous
         rows = slice(int(rows[0]), int(rows[-1]) + 1)  # a hyperslab writes far faster than a point selection
     if split == "train":
         f["train/features"][rows] = feats

@@ -12,7 +12,6 @@ from .backbones import Backbone
 from .source_base import POOLS
 
 
-
 def resolve_device(device: str = "auto") -> torch.device:
     """'auto' picks CUDA when present, else CPU."""
     if device == "auto":

@@ -4,7 +4,6 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
-
 from extract.atomic import write_text
 from extract.dataset import CompetitionData
 from extract.errors import DataError
