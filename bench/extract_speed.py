@@ -24,10 +24,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._report import emit  # noqa: E402
 
-from extract.augment import normalize, to_float  # noqa: E402
-from extract.featurize import extract_features  # noqa: E402
-from extract.inference import pool_features, resolve_device  # noqa: E402
-from extract.sources import frozen_source  # noqa: E402
+from extract.cache.api import extract_features  # noqa: E402
+from extract.data.workspace import Workspace  # noqa: E402
+from extract.models.augment import normalize, to_float  # noqa: E402
+from extract.models.inference import pool_features, resolve_device  # noqa: E402
+from extract.sources.spec import build_source, source_recipe, source_spec  # noqa: E402
 
 
 def subset(data: Path, out: Path, n: int) -> Path:
@@ -64,7 +65,8 @@ def main(argv=None) -> dict:
         extract_features(data, args.backbone, ws, frozen=True, img_size=args.img_size, pool=args.pool,
                          batch_size=args.batch_size, device=args.device, progress=False)  # warm-up, decodes once
         images = np.load(ws / "cache" / "images" / f"train_{args.img_size}.npy")
-        src = frozen_source(args.backbone, args.img_size, args.pool, lambda s, z: images, device=args.device)
+        spec = source_spec(args.backbone, frozen=True, pool=args.pool, img_size=args.img_size)
+        src = build_source(source_recipe(spec, Workspace(ws), 1, None), Workspace(ws), device=args.device)
         model = src.model(0).to(dev).eval()
         x = normalize(to_float(torch.from_numpy(images)), model.preprocess.mean, model.preprocess.std).to(dev)
 

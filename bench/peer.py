@@ -17,8 +17,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._report import emit  # noqa: E402
 from bench.run import peer_eval  # noqa: E402
-from extract.dataset import CompetitionData  # noqa: E402
-from fusion.report import group_masks, ordered_groups  # noqa: E402
+from extract.data.dataset import CompetitionData  # noqa: E402
+from extract.data.groups import group_masks, ordered_groups  # noqa: E402
 
 
 def main(argv=None) -> dict:
@@ -32,8 +32,8 @@ def main(argv=None) -> dict:
     pred, rate = peer_eval(Path(args.data), ids)
     n = len(ids)
     y, pp = data.train.labels[:n], np.array([pred[i] for i in ids])
-    ages, races = data.ages(), data.races()
-    masks = group_masks(None if ages is None else ages[:n], None if races is None else races[:n])
+    ages, races = data.meta_of(ids)
+    masks = group_masks(ages, races)
     return emit({"images": n, "img_per_s": round(rate, 1), "accuracy": float((pp == y).mean()),
                  "by_group": {g: float((pp[masks[g]] == y[masks[g]]).mean()) for g in ordered_groups(masks)}},
                 args.json)

@@ -25,8 +25,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from extract.atomic import read_json, write_json, write_text  # noqa: E402
-from extract.face_sources import FACE_NETS  # noqa: E402
-from extract.featurize import cache_name  # noqa: E402
+from extract.models.face_nets import FACE_NETS  # noqa: E402
+from extract.sources.spec import source_name, source_spec  # noqa: E402
 
 
 def load_profile(name_or_path: str) -> dict:
@@ -49,7 +49,7 @@ def extract_args(e: dict) -> tuple[list[str], str]:
         if e.get("frozen"):
             args += ["--frozen", "--img-size", str(e.get("img_size", 224))]
         args += ["--pool", e.get("pool", "flatten")]
-    return args, cache_name(e["backbone"], bool(e.get("frozen")), align == "landmarks", layer)
+    return args, source_name(source_spec(e["backbone"], bool(e.get("frozen")), align=align == "landmarks", layer=layer))
 
 
 def train_args(t: dict) -> list[str]:
@@ -162,10 +162,12 @@ def main(argv=None) -> dict:
         print("\n(dry run: nothing was executed)")
         return {"stages": runner.stages}
 
+    from extract.data.workspace import Workspace
     from fusion.classifier import FusionClassifier
 
-    report = read_json(ws / "heads" / "best" / "report.json")
-    clf = FusionClassifier.load(ws / "heads" / "best" / "model.pkl")
+    best_dir = Workspace(ws).head_dir("best")
+    report = read_json(best_dir / "report.json")
+    clf = FusionClassifier.load(best_dir / "model.pkl")
     test_ids = [r["id"] for r in csv.DictReader(open(data / "test.csv"))][: sp["predict_images"]]
     paths = [data / "test" / f"{i}.jpg" for i in test_ids]
     t = time.time()
@@ -175,10 +177,10 @@ def main(argv=None) -> dict:
 
     import numpy as np
 
-    from fusion.report import group_masks
+    from extract.data.groups import group_masks
     from fusion.train_head import train_meta
 
-    cv = np.load(ws / "heads" / "best" / "cv_probs.npz")
+    cv = np.load(best_dir / "cv_probs.npz")
     ids, y = [str(i) for i in cv["ids"]], cv["y"]
     ages, races = train_meta(ws, np.array(ids))
     masks = group_masks(ages, races)
@@ -221,7 +223,7 @@ def main(argv=None) -> dict:
 
 
 def results_markdown(result: dict, report: dict, command: str) -> str:
-    from fusion.report import ordered_groups
+    from extract.data.groups import ordered_groups
 
     groups = ordered_groups(report["rows"][0]["groups"])
     lines = [f"Profile `{result['profile']}`, {result['date']}, data `{result['data']}`; command: `{command}`", "",

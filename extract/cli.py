@@ -33,8 +33,8 @@ def add_data_args(p: argparse.ArgumentParser, data_required: bool = True) -> Non
 
 
 def train_backbone_main(argv: list[str] | None = None) -> None:
-    from .augment import AugmentConfig
-    from .train import TrainConfig
+    from .models.augment import AugmentConfig
+    from .models.training import TrainConfig
 
     d = TrainConfig("?")
     a = AugmentConfig()
@@ -66,7 +66,7 @@ def train_backbone_main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
 
     def body():
-        from .finetune import train_backbone
+        from .models.training import train_backbone
 
         cfg = TrainConfig(
             args.backbone, img_size=args.img_size, epochs=args.epochs, batch_size=args.batch_size,
@@ -96,7 +96,7 @@ def make_synthetic_main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
 
     def body():
-        from .synthetic import make_synthetic
+        from .data.synthetic import make_synthetic
 
         print(make_synthetic(args.out, args.n_train, args.n_test, seed=args.seed))
 
@@ -104,7 +104,7 @@ def make_synthetic_main(argv: list[str] | None = None) -> None:
 
 
 def extract_main(argv: list[str] | None = None) -> None:
-    from .source_base import POOLS
+    from .models.registry import POOLS
 
     p = argparse.ArgumentParser(prog="extract", description="Write a backbone's last-conv features to an HDF5 cache.")
     p.add_argument("--backbone", required=True, help="a fine-tuned backbone (from train-backbone), or any with --frozen")
@@ -127,7 +127,7 @@ def extract_main(argv: list[str] | None = None) -> None:
         p.error("--data is required (except with --merge)")
 
     def body():
-        from .featurize import extract_features, merge_features
+        from .cache.api import extract_features, merge_features
 
         if args.merge:
             merged = merge_features(args.workdir, args.backbone, args.frozen, args.align == "landmarks", args.layer)

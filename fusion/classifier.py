@@ -10,13 +10,14 @@ import numpy as np
 
 from extract.atomic import atomic_path
 from extract.errors import WorkspaceError
+from extract.sources.base import FINETUNED, FeatureSource
 from heads import HEADS
 
-from .features import FusionData, Source, load_sources
+from .features import FusionData, Outputs, load_sources
 from .images import decode_inputs, resize_all
 from .protocol import global_blocks, global_matrix, global_test_matrix, per_fold_matrix, per_fold_test_matrix
 
-FORMAT = "facefusion-fusion-v1"
+FORMAT = "facefusion-fusion-v2"  # v2: source recipes of extract.sources.spec
 
 
 def head_factory(head: str, params: dict | None = None):
@@ -59,68 +60,63 @@ class FusionClassifier:
             raise ValueError(f"protocol must be 'per-fold' or 'global', got {self.protocol!r}")
         data = data if data is not None else load_sources(self.workdir, list(self.sources))
         make = head_factory(self.head, self.head_params)
-        self.per_fold_ = self.protocol == "per-fold" and any(s.kind == "finetuned" for s in data.sources)
+        self.per_fold_ = self.protocol == "per-fold" and any(s.kind == FINETUNED for s in data.sources)
         if self.per_fold_:
             blocks = [s.width for s in data.sources]
             self.heads_ = [make(blocks).fit(per_fold_matrix(data.sources, np.flatnonzero(data.fold == k)),
                                             data.y[data.fold == k]) for k in range(data.k)]
         else:
             self.heads_ = [make(global_blocks(data.sources)).fit(global_matrix(data.sources), data.y)]
-        self.source_attrs_ = [dict(s.attrs) for s in data.sources]
+        self.recipes_ = [s.attrs["recipe"] for s in data.sources]
         self.source_names_ = [s.name for s in data.sources]
         self.workdir_ = str(Path(self.workdir).resolve())
         self.k_ = data.k
         return self
 
-    def _proba_from_sources(self, sources: list[Source]) -> np.ndarray:
+    def _proba(self, outputs: list[Outputs]) -> np.ndarray:
         if self.per_fold_:
-            p = np.mean([h.predict_proba(per_fold_test_matrix(sources, k))[:, 1] for k, h in enumerate(self.heads_)],
+            p = np.mean([h.predict_proba(per_fold_test_matrix(outputs, k))[:, 1] for k, h in enumerate(self.heads_)],
                         axis=0)
         else:
-            p = self.heads_[0].predict_proba(global_test_matrix(sources))[:, 1]
+            p = self.heads_[0].predict_proba(global_test_matrix(outputs))[:, 1]
         return np.column_stack([1 - p, p])
 
-    def check_sources(self, sources: list[Source]) -> None:
-        """Refuse sources whose recipe (checkpoints' sha256, preprocessing) differs from training time."""
-        for s, attrs in zip(sources, self.source_attrs_):
-            _refuse_changed(s.name, s.attrs["recipe"], attrs["recipe"])
-
     def predict_proba_cached(self, workdir: str | os.PathLike | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """(test ids, P) for the test rows of the feature caches, after checking that they are unchanged."""
+        """(test ids, P) for the test rows of the feature caches, after checking that their recipes are unchanged."""
         data = load_sources(workdir or self.workdir_, self.source_names_)
-        self.check_sources(data.sources)
-        return data.test_ids, self._proba_from_sources(data.sources)
+        for s, then in zip(data.sources, self.recipes_):
+            _refuse_changed(s.name, s.attrs["recipe"], then)
+        return data.test_ids, self._proba([s.test_outputs for s in data.sources])
 
     # ---- predicting from images --------------------------------------------------------------------------
-    def predict_proba(self, images, batch_size: int = 256, device: str = "auto", progress: bool = False) -> np.ndarray:
-        """P(male), P(female) for images: paths, PIL images, HWC uint8 arrays, tensors, or a list mixing them."""
-        from extract.featurize import build_source
-        from extract.workspace import Workspace
+    def _sources(self, batch_size: int, device: str) -> list[FeatureSource]:
+        """The sources, built once per model object after checking that their recipes are unchanged."""
+        if getattr(self, "_built", None) is None:
+            from extract.data.workspace import Workspace
+            from extract.sources.spec import build_source, source_recipe
 
+            ws = Workspace(self.workdir_)
+            built = []
+            for then in self.recipes_:
+                now = source_recipe(then["spec"], ws, len(then["checkpoint_sha256"]), then.get("folds_fingerprint"))
+                _refuse_changed(then["source"], now, then)
+                built.append(build_source(now, ws, batch_size, device))
+            self._built = built
+        return self._built
+
+    def predict_proba(self, images, batch_size: int = 256, device: str = "auto") -> np.ndarray:
+        """P(male), P(female) for images: paths, PIL images, HWC uint8 arrays, tensors, or a list mixing them."""
         arrays = decode_inputs(images)  # all or nothing: a bad image raises before any work
         resized: dict[int, np.ndarray] = {}
-
-        def provider(split: str, size: int) -> np.ndarray:
-            if size not in resized:
+        outputs = []
+        for src in self._sources(batch_size, device):
+            size = src.input_size
+            if size is not None and size not in resized:
                 resized[size] = resize_all(arrays, size)
-            return resized[size]
-
-        if getattr(self, "_built", None) is None:  # sources are built (and verified) once, then reused
-            ws = Workspace(self.workdir_)
-            self._built = []
-            for attrs in self.source_attrs_:
-                src = build_source(attrs["extra"]["spec"], ws, len(attrs["checkpoint_sha256"]),
-                                   attrs.get("folds_fingerprint"), None, {}, batch_size, device)
-                _refuse_changed(src.name, src.recipe(), attrs["recipe"])
-                self._built.append(src)
-        rows = np.arange(len(arrays))
-        sources = []
-        for src, attrs in zip(self._built, self.source_attrs_):
-            src.use_images(provider, {"predict": arrays})
-            feats, logits = zip(*(src.compute(space, "predict", rows, progress) for space in range(src.n_spaces)))
-            sources.append(Source(src.name, src.kind, attrs, np.empty((0, feats[0].shape[1])), np.stack(feats),
-                                  None, None if logits[0] is None else np.stack(logits)))
-        return self._proba_from_sources(sources)
+            batch = arrays if size is None else resized[size]
+            feats, logits = zip(*(src.compute(batch, space) for space in range(src.n_spaces)))
+            outputs.append(Outputs(src.kind, np.stack(feats), None if logits[0] is None else np.stack(logits)))
+        return self._proba(outputs)
 
     def predict(self, images, **kw) -> np.ndarray:
         """0 = male, 1 = female."""
@@ -150,5 +146,6 @@ class FusionClassifier:
         with open(path, "rb") as fh:
             obj = pickle.load(fh)
         if not isinstance(obj, dict) or obj.get("format") != FORMAT:
-            raise ValueError(f"{path}: not a {FORMAT} artifact")
+            raise ValueError(f"{path}: not a {FORMAT} artifact (format {obj.get('format') if isinstance(obj, dict) else '?'}"
+                             "); retrain it with train-head")
         return obj["model"]

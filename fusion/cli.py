@@ -26,13 +26,16 @@ def train_head_main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
 
     def body():
+        from extract.data.workspace import Workspace
+
         from .train_head import train_head
 
         heads = ["logistic", "mlp", "knn"] if args.head == "all" else args.head.split(",")
         report = train_head(args.workdir, args.features.split(","), heads, tuple(args.protocol.split(",")),
                             args.out, args.band, args.refit)
-        print(open(f"{args.workdir}/heads/{args.out}/report.md").read())
-        print(f"saved {args.workdir}/heads/{args.out}/model.pkl; {report['seconds_total']:.1f} s"
+        out = Workspace(args.workdir).head_dir(args.out)
+        print((out / "report.md").read_text())
+        print(f"saved {out / 'model.pkl'}; {report['seconds_total']:.1f} s"
               + (" (cached results)" if report["cached"] else ""))
 
     run_cli(body)

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import numpy as np
 
-from extract import feature_cache as fc
-from extract.workspace import Workspace
+from extract.cache import format as fc
+from extract.data.workspace import Workspace, safe_name
+from extract.sources.base import FINETUNED
 
 
 class FeatureMismatchError(ValueError):
@@ -15,11 +16,20 @@ class FeatureMismatchError(ValueError):
 
 
 @dataclass
+class Outputs:
+    """One source's outputs on rows to predict: features [S, M, D] and logits [S, M] of each feature space."""
+
+    kind: str
+    features: np.ndarray
+    logits: np.ndarray | None
+
+
+@dataclass
 class Source:
     """One source's features and logits, aligned to the shared row order."""
 
     name: str
-    kind: str  # "finetuned" | "frozen"
+    kind: str  # extract.sources.base.FINETUNED | FROZEN
     attrs: dict
     train: np.ndarray  # [N, D]
     test: np.ndarray  # [S, M, D]
@@ -33,6 +43,10 @@ class Source:
     @property
     def n_spaces(self) -> int:
         return self.test.shape[0]
+
+    @property
+    def test_outputs(self) -> Outputs:
+        return Outputs(self.kind, self.test, self.test_logit)
 
 
 @dataclass
@@ -76,6 +90,7 @@ def load_sources(workdir: str | Path, names: list[str]) -> FusionData:
     """Read the caches of `names`, aligned by id; ids, labels and folds must agree across them."""
     if not names:
         raise ValueError("no sources given; pass --features a,b,c")
+    names = [safe_name(n) for n in names]
     if len(set(names)) != len(names):
         raise ValueError(f"a source is listed twice: {names}")
     ws = Workspace(workdir)
@@ -102,7 +117,7 @@ def load_sources(workdir: str | Path, names: list[str]) -> FusionData:
         _check_finite(name, ids, src.train_logit, "train logits", 0)
         _check_finite(name, ref.test.ids, src.test_logit, "test logits", 1)
         sources.append(src)
-    spaces = {s.n_spaces for s in sources if s.kind == "finetuned"}
+    spaces = {s.n_spaces for s in sources if s.kind == FINETUNED}
     if len(spaces) > 1:
         raise FeatureMismatchError(f"fine-tuned sources have different numbers of fold models: {spaces}")
     if spaces and spaces.pop() != int(fold.max()) + 1:

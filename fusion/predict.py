@@ -5,9 +5,9 @@ import io
 from pathlib import Path
 
 from extract.atomic import write_text
-from extract.dataset import CompetitionData
+from extract.data.dataset import CompetitionData
+from extract.data.workspace import Workspace
 from extract.errors import DataError
-from extract.workspace import Workspace
 
 from .classifier import FusionClassifier
 
@@ -16,7 +16,7 @@ def predict_submission(model: str, data_dir: str | Path, out: str | Path, workdi
                        band: tuple[float, float] = (0.45, 0.55)) -> dict:
     """Write `out` (id,label for every test id in test.csv order) and `<out stem>_details.csv`."""
     ws = Workspace(workdir)
-    path = Path(model) if Path(model).suffix == ".pkl" else ws.root / "heads" / model / "model.pkl"
+    path = Path(model) if Path(model).suffix == ".pkl" else ws.head_model(model)
     clf = FusionClassifier.load(path)
     data = CompetitionData.load(data_dir, check_images=False)
     ids, proba = clf.predict_proba_cached(workdir)

@@ -14,7 +14,9 @@ from typing import Callable
 import numpy as np
 from sklearn.model_selection import StratifiedKFold
 
-from .features import FusionData, Source
+from extract.sources.base import FINETUNED, FROZEN
+
+from .features import FusionData, Outputs, Source
 
 HeadFactory = Callable[[list[int]], object]  # block widths -> unfitted estimator
 
@@ -24,24 +26,25 @@ def per_fold_matrix(sources: list[Source], rows: np.ndarray) -> np.ndarray:
     return np.hstack([s.train[rows].astype(np.float32) for s in sources])
 
 
-def per_fold_test_matrix(sources: list[Source], space: int) -> np.ndarray:
-    return np.hstack([s.test[space if s.kind == "finetuned" else 0].astype(np.float32) for s in sources])
+def per_fold_test_matrix(outputs: list[Outputs], space: int) -> np.ndarray:
+    """Concatenated features of rows to predict, in fold model `space`'s feature space (frozen: their one space)."""
+    return np.hstack([o.features[space if o.kind == FINETUNED else 0].astype(np.float32) for o in outputs])
 
 
 def global_blocks(sources: list[Source]) -> list[int]:
-    return [s.width if s.kind == "frozen" else 1 for s in sources]
+    return [s.width if s.kind == FROZEN else 1 for s in sources]
 
 
 def global_matrix(sources: list[Source]) -> np.ndarray:
     """Frozen features and the fine-tuned sources' out-of-fold logits."""
-    return np.hstack([s.train.astype(np.float32) if s.kind == "frozen" else s.train_logit[:, None]
+    return np.hstack([s.train.astype(np.float32) if s.kind == FROZEN else s.train_logit[:, None]
                       for s in sources])
 
 
-def global_test_matrix(sources: list[Source]) -> np.ndarray:
-    """Frozen test features and the fine-tuned sources' test logits averaged over the fold models."""
-    return np.hstack([s.test[0].astype(np.float32) if s.kind == "frozen" else s.test_logit.mean(0)[:, None]
-                      for s in sources])
+def global_test_matrix(outputs: list[Outputs]) -> np.ndarray:
+    """Frozen features of rows to predict and the fine-tuned sources' logits averaged over the fold models."""
+    return np.hstack([o.features[0].astype(np.float32) if o.kind == FROZEN else o.logits.mean(0)[:, None]
+                      for o in outputs])
 
 
 def cv_per_fold(data: FusionData, make_head: HeadFactory, inner_splits: int = 3, seed: int = 0) -> np.ndarray:
@@ -108,11 +111,11 @@ def evaluate(data: FusionData, heads: dict[str, HeadFactory], protocols: tuple[s
 
     for s in data.sources:
         if s.train_logit is not None:
-            label = "out-of-fold logit" if s.kind == "finetuned" else "own classifier"
+            label = "out-of-fold logit" if s.kind == FINETUNED else "own classifier"
             add(Result(s.name, label, 1 / (1 + np.exp(-s.train_logit.astype(np.float64))), 0.0))
         if probe is not None:
             one = FusionData(data.ids, data.y, data.fold, data.test_ids, [s])
-            if s.kind == "finetuned":
+            if s.kind == FINETUNED:
                 add(_timed(f"{s.name} (probe)", "per-fold", lambda: cv_per_fold(one, probe)))
             else:
                 add(_timed(f"{s.name} (probe)", "global", lambda: cv_global(one, probe)))
@@ -120,7 +123,7 @@ def evaluate(data: FusionData, heads: dict[str, HeadFactory], protocols: tuple[s
         L = logit_matrix(data)
         add(_timed("vote", "global", lambda: cv_global(data, lambda b: MajorityVote(), L, None)))
         add(_timed("weighted-vote", "global", lambda: cv_global(data, lambda b: WeightedVote(), L, None)))
-    has_finetuned = any(s.kind == "finetuned" for s in data.sources)
+    has_finetuned = any(s.kind == FINETUNED for s in data.sources)
     for name, factory in heads.items():
         for protocol in protocols:
             if protocol == "per-fold" and has_finetuned:

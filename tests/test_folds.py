@@ -1,10 +1,11 @@
 import numpy as np
 import pytest
 
-from extract.dataset import CompetitionData
+from extract.data.dataset import CompetitionData
 from extract.errors import WorkspaceError
-from extract.folds import age_bucket, ensure_folds, make_folds
-from extract.workspace import Workspace
+from extract.data.folds import ensure_folds, make_folds
+from extract.data.groups import age_bucket
+from extract.data.workspace import Workspace
 
 
 def test_folds_are_deterministic_and_stratified():
@@ -37,7 +38,7 @@ def test_saved_folds_are_reused_and_other_k_refused(synth, tmp_path):
 
 
 def test_workspace_refuses_other_dataset(synth, tmp_path):
-    from extract.synthetic import make_synthetic
+    from extract.data.synthetic import make_synthetic
 
     ws = Workspace(tmp_path / "ws")
     ws.bind(CompetitionData.load(synth))

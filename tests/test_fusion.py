@@ -6,9 +6,9 @@ import pytest
 import torch
 from PIL import Image
 
-from extract.featurize import extract_features
-from extract.finetune import train_backbone
-from extract.train import TrainConfig
+from extract.cache.api import extract_features
+from extract.models.training import train_backbone
+from extract.models.training import TrainConfig
 from fusion.classifier import FusionClassifier
 from fusion.features import FeatureMismatchError, load_sources
 from fusion.predict import predict_submission

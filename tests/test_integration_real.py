@@ -36,9 +36,9 @@ def real_subset(tmp_path_factory):
 def test_pipeline_on_real_faces(real_subset, tmp_path):
     """train-backbone -> extract (fine-tuned and frozen) -> train-head -> predict, on 240 real faces."""
     pytest.importorskip("onnxruntime")
-    from extract.featurize import extract_features
-    from extract.finetune import train_backbone
-    from extract.train import TrainConfig
+    from extract.cache.api import extract_features
+    from extract.models.training import train_backbone
+    from extract.models.training import TrainConfig
     from fusion.predict import predict_submission
     from fusion.train_head import train_head
 

@@ -3,9 +3,9 @@
 Layout of ``features/<source>.h5``::
 
     attrs: source, kind ('finetuned' | 'frozen'), n_spaces, feature_dim, has_logits, complete,
-           recipe (JSON: everything that produced the features), backbone, layer, pooling,
-           img_size, mean, std, checkpoint_sha256 (JSON list, one per space), folds_fingerprint,
-           dataset_fingerprint, versions (JSON)
+           recipe (JSON: everything that produced the features, extract.sources.spec.source_recipe), and each
+           recipe entry on its own: spec, backbone, layer, pooling, img_size, mean, std,
+           checkpoint_sha256 (JSON list, one per space), folds_fingerprint, extra; versions, notes (JSON)
     train/ids [N] utf-8, labels [N], fold [N], filesize [N],
           features [N, D]   (row i from the fold model that held row i out; frozen: the one model)
           logits [N]        (when has_logits)
@@ -20,7 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import WorkspaceError
+from ..errors import WorkspaceError
+from ..sources.base import FROZEN, KINDS
 
 FORMAT_VERSION = 1
 
@@ -76,7 +77,7 @@ def _attrs(f) -> dict:
     out = {}
     for k, v in f.attrs.items():
         v = v.decode() if isinstance(v, bytes) else v
-        if k in ("recipe", "checkpoint_sha256", "versions", "done_parts", "mean", "std", "extra", "notes"):
+        if k in ("recipe", "spec", "checkpoint_sha256", "versions", "done_parts", "mean", "std", "extra", "notes"):
             v = json.loads(v)
         elif isinstance(v, np.generic):
             v = v.item()
@@ -103,7 +104,7 @@ def validate(path: Path, f) -> dict:
                 problems.append(f"{name} has shape {f[name].shape}, attributes imply {shape}")
         if len(a["checkpoint_sha256"]) != s:
             problems.append(f"{len(a['checkpoint_sha256'])} checkpoint sha256 for n_spaces={s}")
-        if a["kind"] not in ("finetuned", "frozen") or (a["kind"] == "frozen" and s != 1):
+        if a["kind"] not in KINDS or (a["kind"] == FROZEN and s != 1):
             problems.append(f"kind {a['kind']!r} with n_spaces={s}")
     except KeyError as exc:
         problems.append(f"missing {exc}")

@@ -8,11 +8,13 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
-from . import feature_cache as fc
-from .source_base import FeatureSource, library_versions
+from ..atomic import atomic_path
+from ..sources.base import FINETUNED, FeatureSource, library_versions
+from . import format as fc
 
 log = logging.getLogger(__name__)
 
@@ -67,24 +69,6 @@ def _recipe_diff(old: dict, new: dict) -> str:
     return ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys if old.get(k) != new.get(k))
 
 
-def _reusable(path: Path, recipe: dict, dtype: str, force: bool) -> tuple[fc.FeatureSet | None, str]:
-    """The existing cache if its recipe matches, else None and why it is recomputed."""
-    if force:
-        return None, "--force"
-    if not path.exists():
-        return None, "no cache yet"
-    try:
-        old = fc.load(path, with_features=False)
-    except fc.CacheError as exc:
-        log.warning("%s", exc)
-        return None, str(exc)
-    if old.attrs["recipe"] != recipe:
-        return None, f"recipe changed ({_recipe_diff(old.attrs['recipe'], recipe)})"
-    if old.attrs.get("dtype") != dtype:
-        return None, f"dtype changed ({old.attrs.get('dtype')} -> {dtype})"
-    return old, "same recipe"
-
-
 def _keep_map(old_ids, old_key, new_ids, new_key) -> np.ndarray:
     """For each new row, the index of the identical old row (same id and key), or -1."""
     pos = {i: n for n, i in enumerate(old_ids)}
@@ -109,51 +93,68 @@ def _match_rows(old: fc.FeatureSet, rows: Rows) -> tuple[np.ndarray, np.ndarray,
     same_rows = (len(old.train.ids) == len(rows.train_ids) and len(old.test.ids) == len(rows.test_ids)
                  and (keep_tr == np.arange(len(keep_tr))).all() and (keep_te == np.arange(len(keep_te))).all())
     # a frozen source's features do not depend on folds, but the file records them for the heads
-    same_folds = old.kind == "finetuned" or (old.train.fold == rows.train_fold).all()
+    same_folds = old.kind == FINETUNED or (old.train.fold == rows.train_fold).all()
     return keep_tr, keep_te, bool(same_rows and same_folds)
 
 
-def quick_hit(path: Path, known: dict, rows: Rows, dtype: str = "float16") -> Outcome | None:
-    """A cache hit decided from the recorded recipe, without building the source (no torch, no model).
+@dataclass
+class Update:
+    """What an extraction must do to bring a cache up to date: which cached rows it keeps, and why."""
 
-    known: recipe entries computable without the model (spec, checkpoint sha256s, folds fingerprint …),
-    compared with the recipe and its `extra`. None when anything differs: then the full check decides
-    and says why it recomputes.
-    """
-    t0 = time.time()
+    old: fc.FeatureSet | None
+    keep_train: np.ndarray  # per wanted row: the index of the identical cached row, or -1 (compute it)
+    keep_test: np.ndarray
+    reason: str
+
+    @property
+    def hit(self) -> bool:
+        return self.reason == "same recipe and rows"
+
+
+def plan_update(path: Path, recipe: dict, rows: Rows, dtype: str = "float16", force: bool = False) -> Update:
+    """Compare a cache with the recipe and rows wanted (no source is built, no image decoded, no torch)."""
+    none_kept = Update(None, np.full(len(rows.train_ids), -1), np.full(len(rows.test_ids), -1), "")
+    if force:
+        none_kept.reason = "--force"
+        return none_kept
     if not path.exists():
-        return None
+        none_kept.reason = "no cache yet"
+        return none_kept
     try:
         old = fc.load(path, with_features=False)
-    except fc.CacheError:
-        return None
-    recorded = {**old.attrs["recipe"], **old.attrs["recipe"].get("extra", {})}
-    if old.attrs.get("dtype") != dtype or any(recorded.get(k) != v for k, v in known.items()):
-        return None
-    if not _match_rows(old, rows)[2]:
-        return None
-    return Outcome(path, "hit", "same recipe and rows", 0, time.time() - t0, None)
+    except fc.CacheError as exc:
+        log.warning("%s", exc)
+        none_kept.reason = str(exc)
+        return none_kept
+    if old.attrs["recipe"] != recipe:
+        none_kept.reason = f"recipe changed ({_recipe_diff(old.attrs['recipe'], recipe)})"
+        return none_kept
+    if old.attrs.get("dtype") != dtype:
+        none_kept.reason = f"dtype changed ({old.attrs.get('dtype')} -> {dtype})"
+        return none_kept
+    keep_tr, keep_te, same = _match_rows(old, rows)
+    new_n = int((keep_tr < 0).sum() + (keep_te < 0).sum())
+    reason = ("same recipe and rows" if same else
+              f"{new_n} new or changed row(s)" if new_n else "rows removed or folds renumbered")
+    return Update(old, keep_tr, keep_te, reason)
 
 
-def extract_to_cache(source: FeatureSource, rows: Rows, path: Path, dtype: str = "float16", force: bool = False,
-                     progress: bool = True, shard: str | None = None, notes: dict | None = None) -> Outcome:
-    """Bring `path` up to date for `rows`: reuse, append only new rows, or recompute, saying why."""
+def extract_to_cache(source: FeatureSource, rows: Rows, path: Path, update: Update,
+                     images: Callable[[str, np.ndarray, int | None], object], dtype: str = "float16",
+                     batch_size: int = 256, progress: bool = True, shard: str | None = None,
+                     notes: dict | None = None) -> Outcome:
+    """Compute the rows `update` does not keep, batch by batch, into `path` (atomically, resumably).
+
+    images(split, dataset_rows, size) gives the batch a source computes on (size: source.input_size).
+    """
     import h5py
+    from tqdm.auto import tqdm
 
     t0 = time.time()
-    recipe = source.recipe()
-    old, reason = _reusable(path, recipe, dtype, force)
+    recipe = source.recipe
     s, d = source.n_spaces, source.feature_dim()
-    if old is not None:
-        keep_tr, keep_te, hit = _match_rows(old, rows)
-        if hit:
-            return Outcome(path, "hit", "same recipe and rows", 0, time.time() - t0, None)
-        new_n = int((keep_tr < 0).sum() + (keep_te < 0).sum())
-        reason = f"{new_n} new or changed row(s)" if new_n else "rows removed or folds renumbered"
-    else:
-        keep_tr = np.full(len(rows.train_ids), -1)
-        keep_te = np.full(len(rows.test_ids), -1)
-    log.info("%s: extracting (%s)", path, reason)
+    keep_tr, keep_te = update.keep_train, update.keep_test
+    log.info("%s: extracting (%s)", path, update.reason)
 
     partial = path.with_name(path.name + ".partial")
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -171,44 +172,56 @@ def extract_to_cache(source: FeatureSource, rows: Rows, path: Path, dtype: str =
             log.info("resuming %s: parts already done %s", partial, done_parts)
         else:
             partial.unlink()
-    mode = "r+" if done_parts else "w"
+    parts = []  # (name, split, space, positions in rows)
+    for space in range(s):
+        for split, keep in (("train", keep_tr), ("test", keep_te)):
+            todo = np.flatnonzero(keep < 0)
+            if split == "train" and source.kind == FINETUNED:
+                todo = todo[rows.train_fold[todo] == space]
+            for c, start in enumerate(range(0, len(todo), PART_ROWS)):
+                name = f"{split}:{space}:{c}"
+                if name not in done_parts:
+                    parts.append((name, split, space, todo[start:start + PART_ROWS]))
     computed = 0
     t_compute = 0.0
+    bar = tqdm(total=sum(len(p[3]) for p in parts), desc=source.name, unit="img", disable=not progress)
     try:
-        with h5py.File(partial, mode) as f:
+        with h5py.File(partial, "r+" if done_parts else "w") as f:
             if not done_parts:
-                _create(f, source, rows, s, d, dtype, recipe, plan, shard)
-                if old is not None:
+                _create(f, source, rows, s, d, dtype, plan, shard)
+                if update.old is not None:
                     _copy_kept(path, f, keep_tr, keep_te, source.has_logits)
             f.attrs["notes"] = json.dumps(notes or {})
-            for space in range(s):
-                for split, keep in (("train", keep_tr), ("test", keep_te)):
-                    todo = np.flatnonzero(keep < 0)
-                    if split == "train" and source.kind == "finetuned":
-                        todo = todo[rows.train_fold[todo] == space]
-                    for c, start in enumerate(range(0, max(len(todo), 1), PART_ROWS)):
-                        part = f"{split}:{space}:{c}"
-                        chunk = todo[start:start + PART_ROWS]
-                        if part in done_parts or not len(chunk):
-                            continue
-                        index = (rows.train_index if split == "train" else rows.test_index)[chunk]
-                        t1 = time.time()
-                        feats, logits = source.compute(space, split, index, progress)
-                        t_compute += time.time() - t1
-                        computed += len(chunk)
-                        _write_rows(f, split, space, chunk, feats.astype(dtype), logits)
-                        done_parts.append(part)
-                        f.attrs["done_parts"] = json.dumps(done_parts)
-                        f.flush()
+            for name, split, space, chunk in parts:
+                bar.set_postfix(split=split, space=space)
+                index = (rows.train_index if split == "train" else rows.test_index)[chunk]
+                feats = np.empty((len(chunk), d), dtype=dtype)
+                logits = np.empty(len(chunk), dtype=np.float32) if source.has_logits else None
+                for start in range(0, len(chunk), batch_size):
+                    batch = images(split, index[start:start + batch_size], source.input_size)
+                    t1 = time.time()
+                    fb, lb = source.compute(batch, space)
+                    t_compute += time.time() - t1
+                    feats[start:start + len(fb)] = fb
+                    if logits is not None:
+                        logits[start:start + len(fb)] = lb
+                    bar.update(len(fb))
+                computed += len(chunk)
+                _write_rows(f, split, space, chunk, feats, logits)
+                done_parts.append(name)
+                f.attrs["done_parts"] = json.dumps(done_parts)
+                f.flush()
             f.attrs["notes"] = json.dumps({**(notes or {}), **source.notes()})
             f.attrs["complete"] = True
         os.replace(partial, path)
     except OSError as exc:
         raise OSError(f"cannot write feature cache {partial} ({exc}); the previous cache {path} is untouched; "
                       f"a rerun resumes from the parts already written") from exc
-    status = "computed" if old is None else "appended"
+    finally:
+        bar.close()
+    status = "computed" if update.old is None else "appended"
     rate = computed / t_compute if t_compute > 0 else None
-    return Outcome(path, status, reason, computed, time.time() - t0, rate)
+    return Outcome(path, status, update.reason, computed, time.time() - t0, rate)
 
 
 def _write_rows(f, split: str, space: int, rows: np.ndarray, feats: np.ndarray, logits: np.ndarray | None) -> None:
@@ -224,8 +237,7 @@ def _write_rows(f, split: str, space: int, rows: np.ndarray, feats: np.ndarray, 
             f["test/logits"][space, rows] = logits
 
 
-def _create(f, source: FeatureSource, rows: Rows, s: int, d: int, dtype: str, recipe: dict, plan: str,
-            shard: str | None) -> None:
+def _create(f, source: FeatureSource, rows: Rows, s: int, d: int, dtype: str, plan: str, shard: str | None) -> None:
     import h5py
 
     str_dt = h5py.string_dtype("utf-8")
@@ -243,11 +255,10 @@ def _create(f, source: FeatureSource, rows: Rows, s: int, d: int, dtype: str, re
     if source.has_logits:
         f.create_dataset("train/logits", shape=(n,), dtype="float32", fillvalue=np.nan)
         f.create_dataset("test/logits", shape=(s, m), dtype="float32", fillvalue=np.nan)
-    a = source.attrs()
-    for k, v in a.items():
+    for k, v in source.recipe.items():
         f.attrs[k] = json.dumps(v) if isinstance(v, (list, dict)) else ("" if v is None else v)
     f.attrs.update({"format_version": fc.FORMAT_VERSION, "n_spaces": s, "feature_dim": d, "dtype": dtype,
-                    "has_logits": source.has_logits, "complete": False, "recipe": json.dumps(recipe),
+                    "has_logits": source.has_logits, "complete": False, "recipe": json.dumps(source.recipe),
                     "plan": plan, "done_parts": "[]", "versions": json.dumps(library_versions()),
                     "shard": shard or ""})
 
@@ -285,8 +296,6 @@ def merge_shards(shards: list[Path], path: Path) -> Path:
         raise fc.CacheError(f"need all {n} shards to merge, found {names}")
     sets.sort(key=lambda x: int(x.attrs["shard"].split("/")[0]))
     a = sets[0].attrs
-    from .atomic import atomic_path
-
     with atomic_path(path) as tmp:
         with h5py.File(tmp, "w") as f:
             with h5py.File(sets[0].path, "r") as first:

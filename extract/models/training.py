@@ -1,4 +1,5 @@
-"""Fine-tuning one backbone on one fold: early stopping, LR on plateau, resume, out-of-fold logits."""
+"""Fine-tuning (`train-backbone` as a library call): every fold of the shared split, each with early stopping,
+LR on plateau, resume and out-of-fold logits."""
 from __future__ import annotations
 
 import csv
@@ -12,10 +13,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .atomic import atomic_path, read_json, sha256_file, write_json, write_text
+from ..atomic import atomic_path, read_json, sha256_file, write_json, write_text
+from ..data.dataset import CompetitionData
+from ..data.folds import ensure_folds
+from ..data.image_cache import cached_images
+from ..data.workspace import FoldFiles, Workspace
 from .augment import AugmentConfig, augment, normalize, to_float
-from .backbones import Backbone, create
+from .backbone import Backbone, create
 from .inference import autocast, infer, resolve_device
+from .registry import lookup
 
 log = logging.getLogger(__name__)
 
@@ -52,19 +58,6 @@ class TrainConfig:
         return d
 
 
-@dataclass
-class FoldPaths:
-    root: Path
-    k: int
-
-    def __getattr__(self, kind: str) -> Path:
-        suffix = {"best": ".pt", "last": ".last.pt", "config": ".config.json", "history": ".history.csv",
-                  "curve": ".curve.png", "oof": ".oof.csv", "done": ".json"}
-        if kind not in suffix:
-            raise AttributeError(kind)
-        return self.root / f"fold{self.k}{suffix[kind]}"
-
-
 def inner_split(idx: np.ndarray, labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Stratified split of idx into (train, validation)."""
     rng = np.random.default_rng(seed)
@@ -90,7 +83,7 @@ def _save(obj, path: Path) -> None:
         torch.save(obj, tmp)
 
 
-def _write_history(paths: FoldPaths, history: list[dict]) -> None:
+def _write_history(paths: FoldFiles, history: list[dict]) -> None:
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=list(history[0]))
     w.writeheader()
@@ -116,13 +109,13 @@ def _write_history(paths: FoldPaths, history: list[dict]) -> None:
     plt.close(fig)
 
 
-def train_fold(model_dir: Path, images: np.ndarray, labels: np.ndarray, ids: list[str], folds: np.ndarray,
-               k: int, cfg: TrainConfig, provenance: dict, device: str = "auto", progress: bool = True) -> dict:
-    """Train fold k (rows with folds == k are held out) and return its summary.
+def train_fold(paths: FoldFiles, images: np.ndarray, labels: np.ndarray, ids: list[str], folds: np.ndarray,
+               cfg: TrainConfig, provenance: dict, device: str = "auto", progress: bool = True) -> dict:
+    """Train fold paths.k (rows with folds == k are held out) and return its summary.
 
     Resumes from fold<k>.last.pt when the config matches; a finished fold is returned as is.
     """
-    paths = FoldPaths(Path(model_dir), k)
+    k = paths.k
     identity = {"config": cfg.identity(), **provenance}
     if paths.done.exists():
         done = read_json(paths.done)
@@ -216,8 +209,41 @@ def train_fold(model_dir: Path, images: np.ndarray, labels: np.ndarray, ids: lis
     write_text(paths.oof, buf.getvalue())
     done = {"identity": identity, "fold": k, "epochs_requested": cfg.epochs, "epochs_run": state["epoch"],
             "best_epoch": best["epoch"], "oof_accuracy": oof_acc, "n_holdout": len(hold),
-            "checkpoint": paths.best.name, "sha256": sha256_file(paths.best),
+            "checkpoint": paths.best.name, "sha256": sha256_file(paths.best), "preprocess": best["preprocess"],
             "seconds_per_epoch": round(float(np.mean([h["seconds"] for h in state["history"]])), 1)
             if state["history"] else None}
     write_json(paths.done, done)
     return done
+
+
+def train_backbone(data_dir: str | Path, cfg: TrainConfig, workdir: str | Path = "data", k: int | None = None,
+                   fold: int | None = None, fold_seed: int | None = None, new_folds: bool = False,
+                   skip_bad: bool = False, device: str = "auto", progress: bool = True) -> dict:
+    """Fine-tune cfg.backbone on every fold (or one) of the workspace's shared K-fold split.
+
+    Returns a summary with per-fold results and, once all folds are done, the out-of-fold accuracy.
+    """
+    lookup(cfg.backbone)  # unknown names fail before any work
+    data = CompetitionData.load(data_dir)
+    ws = Workspace(workdir)
+    dataset_fp = ws.bind(data)
+    folds = ensure_folds(ws, data, k, fold_seed, new=new_folds)
+    images, bad = cached_images(ws, data, "train", cfg.img_size, skip_bad=skip_bad, progress=progress)
+    fold_of = folds.for_ids(data.train.ids).copy()
+    fold_of[bad] = -1  # corrupt images: never trained on, never predicted
+    todo = range(folds.k) if fold is None else [fold]
+    if fold is not None and not 0 <= fold < folds.k:
+        raise ValueError(f"--fold {fold} is outside 0..{folds.k - 1}")
+    provenance = {"dataset_fingerprint": dataset_fp, "folds_fingerprint": folds.fingerprint, "k": folds.k}
+    for f in todo:
+        train_fold(ws.fold_files(cfg.backbone, f), images, data.train.labels, data.train.ids, fold_of, cfg,
+                   provenance, device=device, progress=progress)
+    done = [ws.fold_files(cfg.backbone, f).done for f in range(folds.k)]
+    results = {f: read_json(path) for f, path in enumerate(done) if path.exists()}
+    summary = {"backbone": cfg.backbone, "k": folds.k, "folds": results,
+               "skipped_images": [data.train.ids[i] for i in bad]}
+    if len(results) == folds.k:
+        summary["oof_accuracy"] = (sum(r["oof_accuracy"] * r["n_holdout"] for r in results.values())
+                                   / sum(r["n_holdout"] for r in results.values()))
+        write_json(ws.model_dir(cfg.backbone) / "summary.json", summary)
+    return summary

@@ -8,7 +8,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, ImageFile
 
-from .errors import BadImageError
+from ..errors import BadImageError
 
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import DataError
+from ..errors import DataError
 
 MAX_LISTED = 5
 
@@ -133,16 +133,18 @@ class CompetitionData:
             meta = {r["id"]: r for r in meta_rows}
         return cls(root, train, test, meta)
 
+    def meta_of(self, ids) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """Ages (-1 where unknown) and race codes ('' where unknown) of the given ids; (None, None) without
+        train_meta.csv."""
+        if not self.meta:
+            return None, None
+        ages = np.array([int(self.meta[i]["age"]) if i in self.meta else -1 for i in ids])
+        races = np.array([self.meta[i]["race"] if i in self.meta else "" for i in ids])
+        return ages, races
+
     def ages(self) -> np.ndarray | None:
         """Ages of the training rows (-1 where unknown), or None without train_meta.csv."""
-        if not self.meta:
-            return None
-        return np.array([int(self.meta[i]["age"]) if i in self.meta else -1 for i in self.train.ids])
-
-    def races(self) -> np.ndarray | None:
-        if not self.meta:
-            return None
-        return np.array([self.meta[i]["race"] if i in self.meta else "" for i in self.train.ids])
+        return self.meta_of(self.train.ids)[0]
 
     def fingerprint(self, splits: tuple[str, ...] = ("train", "test")) -> str:
         """sha256 over ids, labels and image file sizes of the given splits: changes when they do."""

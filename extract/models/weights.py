@@ -7,8 +7,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .atomic import sha256_file
-from .backbones import Backbone, WeightsError
+from ..atomic import sha256_file
+from ..errors import WeightsError
 
 # Keys of a source model's own classifier, never part of a Backbone body.
 _CLASSIFIER_PREFIXES = ("classifier.", "fc.", "head.fc.", "last_linear.")
@@ -70,8 +70,8 @@ def _match(target: nn.Module, sd: dict[str, torch.Tensor], prefix: str) -> tuple
     return mapped, missing, unexpected, shapes
 
 
-def load_weights(model: Backbone, path: str | os.PathLike) -> str:
-    """Load a local state dict into the whole model, or into its body only; returns the file's sha256.
+def load_weights(model: nn.Module, path: str | os.PathLike) -> str:
+    """Load a local state dict into a Backbone (whole model, or its body only); returns the file's sha256.
 
     Mismatched keys or shapes raise WeightsError listing them.
     """

@@ -6,18 +6,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .atomic import atomic_path
+from ..atomic import atomic_path
+from ..errors import WorkspaceError
 from .dataset import CompetitionData
-from .errors import WorkspaceError
+from .groups import age_bucket
 from .workspace import Workspace
-
-AGE_EDGES = (3, 10, 20, 40, 60)
-
-
-def age_bucket(ages: np.ndarray) -> np.ndarray:
-    """Bucket index per age: 0-2, 3-9, 10-19, 20-39, 40-59, 60+ (-1 for unknown)."""
-    ages = np.asarray(ages)
-    return np.where(ages < 0, -1, np.searchsorted(AGE_EDGES, ages, side="right"))
 
 
 def make_folds(labels: np.ndarray, k: int, seed: int, ages: np.ndarray | None = None) -> np.ndarray:

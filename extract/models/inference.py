@@ -8,8 +8,8 @@ import numpy as np
 import torch
 
 from .augment import normalize, to_float
-from .backbones import Backbone
-from .source_base import POOLS
+from .backbone import Backbone
+from .registry import POOLS
 
 
 def resolve_device(device: str = "auto") -> torch.device:

@@ -1,0 +1,76 @@
+"""`extract` as a library call: state the source's recipe, list the rows, and bring its feature cache up to date."""
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ..data.dataset import CompetitionData
+from ..data.folds import ensure_folds
+from ..data.image_cache import RowImages
+from ..data.workspace import Workspace
+from ..sources.spec import DEFAULT_GENDER_LAYER, build_source, source_name, source_recipe, source_spec
+from .writer import Outcome, Rows, extract_to_cache, merge_shards, plan_update
+
+log = logging.getLogger(__name__)
+
+
+def dataset_rows(data: CompetitionData, fold: np.ndarray) -> Rows:
+    return Rows(list(data.train.ids), data.train.labels, fold, data.train.sizes, list(data.test.ids), data.test.sizes)
+
+
+def extract_features(data_dir: str | Path, backbone: str, workdir: str | Path = "data", frozen: bool = False,
+                     pool: str = "flatten", img_size: int | None = None, weights: str | None = None,
+                     pretrained: bool = False, batch_size: int = 256, device: str = "auto", dtype: str = "float16",
+                     force: bool = False, shard: str | None = None, skip_bad: bool = False,
+                     progress: bool = True, align: bool = True, layer: str = DEFAULT_GENDER_LAYER) -> Outcome:
+    """Write (or reuse) `workdir/features/<source>.h5` for every train and test image.
+
+    A cache with the same recipe and rows is a hit decided without building the source (no model, no torch).
+    """
+    t0 = time.time()
+    data = CompetitionData.load(data_dir)
+    ws = Workspace(workdir)
+    ws.bind(data)
+    folds = ensure_folds(ws, data)
+    recipe = source_recipe(source_spec(backbone, frozen, pool, img_size, weights, pretrained, align, layer),
+                           ws, folds.k, folds.fingerprint)
+    rows = dataset_rows(data, folds.for_ids(data.train.ids).copy())
+    images = RowImages(ws, data, skip_bad=skip_bad, progress=progress)
+    skipped: list[str] = []
+    if skip_bad:
+        for split in ("train", "test"):
+            images.resized(split, recipe["img_size"])  # decodes once and finds the corrupt images
+            bad = sorted(images.bad[split])
+            skipped += [getattr(data, split).ids[i] for i in bad]
+            if split == "train":
+                rows.train_fold[bad] = -1  # excluded from every head
+    path = ws.features_path(recipe["source"])
+    if shard:
+        i, n = (int(v) for v in shard.split("/"))
+        if not 0 <= i < n:
+            raise ValueError(f"--shard {shard}: expected i/n with 0 <= i < n")
+        rows = rows.shard(i, n)
+        path = ws.shard_path(recipe["source"], i, n)
+    update = plan_update(path, recipe, rows, dtype, force)
+    if update.hit:
+        return Outcome(path, "hit", update.reason, 0, time.time() - t0, None)
+    source = build_source(recipe, ws, batch_size, device)
+    try:
+        return extract_to_cache(source, rows, path, update, images, dtype=dtype, batch_size=batch_size,
+                                progress=progress, shard=shard, notes={"skipped_ids": skipped})
+    finally:
+        source.close()
+
+
+def merge_features(workdir: str | Path, backbone: str, frozen: bool = False, align: bool = True,
+                   layer: str = DEFAULT_GENDER_LAYER) -> Path:
+    """Join `features/<source>.shard*of*.h5` into `features/<source>.h5`."""
+    ws = Workspace(workdir)
+    name = source_name(source_spec(backbone, frozen, align=align, layer=layer))
+    shards = ws.shard_paths(name)
+    if not shards:
+        raise FileNotFoundError(f"no shards {name}.shard*of*.h5 in {ws.features_path(name).parent}")
+    return merge_shards(shards, ws.features_path(name))

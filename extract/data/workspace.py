@@ -1,0 +1,124 @@
+"""The workspace folder (default data/): it owns every path of what is generated, and every file name."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..atomic import read_json, write_json
+from ..errors import WorkspaceError
+from .dataset import CompetitionData
+
+
+def safe_name(name: str) -> str:
+    """The one sanitiser of source, backbone and model names used as file names ('timm:a/b' -> 'timm_a_b')."""
+    return name.replace(":", "_").replace("/", "_")
+
+
+@dataclass(frozen=True)
+class FoldFiles:
+    """The files train-backbone writes for fold k of one backbone."""
+
+    root: Path
+    k: int
+
+    def _file(self, suffix: str) -> Path:
+        return self.root / f"fold{self.k}{suffix}"
+
+    @property
+    def best(self) -> Path:
+        """Best checkpoint (lowest inner-validation loss)."""
+        return self._file(".pt")
+
+    @property
+    def last(self) -> Path:
+        """Resume state after the last finished epoch."""
+        return self._file(".last.pt")
+
+    @property
+    def config(self) -> Path:
+        return self._file(".config.json")
+
+    @property
+    def history(self) -> Path:
+        return self._file(".history.csv")
+
+    @property
+    def curve(self) -> Path:
+        return self._file(".curve.png")
+
+    @property
+    def oof(self) -> Path:
+        """Logits of the fold model on its held-out rows."""
+        return self._file(".oof.csv")
+
+    @property
+    def done(self) -> Path:
+        """Metadata of a finished fold: sha256, out-of-fold accuracy, preprocessing …"""
+        return self._file(".json")
+
+
+class Workspace:
+    """Paths of one workspace, bound to exactly one dataset by its fingerprint."""
+
+    def __init__(self, root: str | os.PathLike = "data"):
+        self.root = Path(root)
+
+    @property
+    def info_path(self) -> Path:
+        return self.root / "workspace.json"
+
+    def bind(self, data: CompetitionData) -> str:
+        """Record the training set's fingerprint, or refuse if the workspace holds another dataset.
+
+        A workspace belongs to one training set (ids, labels, image sizes); test ids may be added.
+        """
+        fp = data.fingerprint(("train",))
+        if self.info_path.exists():
+            info = read_json(self.info_path)
+            if info.get("dataset_fingerprint") != fp:
+                raise WorkspaceError(
+                    f"workspace {self.root} was made for another dataset "
+                    f"(fingerprint {info.get('dataset_fingerprint')}, data {info.get('data')}); "
+                    f"{data.root} has fingerprint {fp}. Use another --workdir."
+                )
+        else:
+            write_json(self.info_path, {"dataset_fingerprint": fp, "data": str(data.root.resolve())})
+        return fp
+
+    def bound_data(self) -> CompetitionData | None:
+        """The competition folder this workspace was made for, if it is still readable (no image checks)."""
+        if not self.info_path.exists():
+            return None
+        try:
+            return CompetitionData.load(read_json(self.info_path)["data"], check_images=False)
+        except Exception:  # moved or deleted data: callers go on without it
+            return None
+
+    @property
+    def folds_path(self) -> Path:
+        return self.root / "folds.csv"
+
+    def model_dir(self, backbone: str) -> Path:
+        return self.root / "models" / safe_name(backbone)
+
+    def fold_files(self, backbone: str, k: int) -> FoldFiles:
+        return FoldFiles(self.model_dir(backbone), k)
+
+    def features_path(self, source: str) -> Path:
+        return self.root / "features" / f"{safe_name(source)}.h5"
+
+    def shard_path(self, source: str, i: int, n: int) -> Path:
+        return self.root / "features" / f"{safe_name(source)}.shard{i}of{n}.h5"
+
+    def shard_paths(self, source: str) -> list[Path]:
+        return sorted((self.root / "features").glob(f"{safe_name(source)}.shard*of*.h5"))
+
+    def image_cache(self, split: str, size: int) -> Path:
+        return self.root / "cache" / "images" / f"{split}_{size}.npy"
+
+    def head_dir(self, name: str) -> Path:
+        return self.root / "heads" / safe_name(name)
+
+    def head_model(self, name: str) -> Path:
+        return self.head_dir(name) / "model.pkl"

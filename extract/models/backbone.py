@@ -1,0 +1,144 @@
+"""Backbones as torch modules (timm-style `create(name)`): a feature body exposing its last conv map, plus a
+binary head. The registry entry (extract.models.registry) says how each name is built."""
+from __future__ import annotations
+
+import socket
+from typing import Callable
+
+import torch
+from torch import nn
+
+from ..errors import UnknownBackboneError, WeightsError
+from .registry import Entry, Preprocess, lookup, weights_file
+
+
+class Backbone(nn.Module):
+    """A body producing the last conv feature map, and a head producing one logit per image."""
+
+    def __init__(self, name: str, body: nn.Module, head: nn.Module, num_features: int,
+                 feature_hw: tuple[int, int], preprocess: Preprocess):
+        super().__init__()
+        self.name = name
+        self.body = body
+        self.head = head
+        self.num_features = num_features
+        self.feature_hw = feature_hw
+        self.preprocess = preprocess
+        self.weights_sha256: str | None = None  # of the local weights file it was created with
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Last conv feature map, [B, C, H, W]."""
+        return self.body(x)
+
+    def forward_head(self, fmap: torch.Tensor) -> torch.Tensor:
+        """One logit per image, [B]."""
+        return self.head(fmap).reshape(-1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+def _conv_block(cin: int, cout: int, bn: bool) -> list[nn.Module]:
+    layers: list[nn.Module] = [nn.Conv2d(cin, cout, 3, padding=1, bias=not bn)]
+    if bn:
+        layers.append(nn.BatchNorm2d(cout))
+    layers += [nn.ReLU(inplace=True), nn.MaxPool2d(2)]
+    return layers
+
+
+def _fc_head(in_features: int, hidden: int, dropout: float) -> nn.Module:
+    return nn.Sequential(nn.Flatten(), nn.Dropout(dropout), nn.Linear(in_features, hidden),
+                         nn.ReLU(inplace=True), nn.Dropout(dropout), nn.Linear(hidden, 1))
+
+
+def _pool_head(channels: int, dropout: float) -> nn.Module:
+    return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout), nn.Linear(channels, 1))
+
+
+def _cnn_body(variant: str, pretrained: bool) -> nn.Module:
+    chans = {"small": [3, 32, 64, 128], "deep": [3, 32, 64, 128, 256, 256]}[variant]
+    bn = variant == "deep"
+    return nn.Sequential(*[m for a, b in zip(chans, chans[1:]) for m in _conv_block(a, b, bn)])
+
+
+def _torchvision_body(arch: str, pretrained: bool) -> nn.Module:
+    import torchvision.models as tvm
+
+    ctor = getattr(tvm, arch)
+    model = _fetch(f"torchvision {arch}", lambda: ctor(weights="DEFAULT" if pretrained else None))
+    if arch.startswith("vgg"):
+        return model.features
+    return nn.Sequential(*list(model.children())[:-2])  # drop avgpool and fc
+
+
+def _fetch(what: str, build: Callable[[], nn.Module]) -> nn.Module:
+    """Build a model whose weights come from a hub; without network, fail fast and point to --weights."""
+    old = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(10)
+    try:
+        return build()
+    except Exception as exc:
+        if isinstance(exc, (OSError, ConnectionError)) or "connect" in str(exc).lower() or "resolve" in str(exc).lower():
+            raise WeightsError(
+                f"cannot download pretrained weights for {what} (no network: {type(exc).__name__}: {exc}); "
+                "download them on a machine that is online and pass --weights PATH"
+            ) from exc
+        raise
+    finally:
+        socket.setdefaulttimeout(old)
+
+
+class _TimmFeatures(nn.Module):
+    """A timm model reduced to its forward_features."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.forward_features(x)
+
+
+def _timm_body(name: str, pretrained: bool) -> nn.Module:
+    import timm
+
+    if not timm.list_models(name) and name not in timm.list_models(pretrained=True):
+        raise UnknownBackboneError(f"unknown timm model {name!r}; see timm.list_models()")
+    return _fetch(f"timm {name}", lambda: _TimmFeatures(
+        timm.create_model(name, pretrained=pretrained, num_classes=0, global_pool="")))
+
+
+_BODIES = {"cnn": _cnn_body, "torchvision": _torchvision_body, "timm": _timm_body}
+
+
+def build_body(entry: Entry, pretrained: bool) -> nn.Module:
+    family, name = entry.body
+    return _BODIES[family](name, pretrained)
+
+
+def create(name: str, img_size: int = 64, pretrained: bool = False, weights: str | None = None,
+           dropout: float = 0.5, hidden: int = 256) -> Backbone:
+    """Create a registered backbone with its preprocessing.
+
+    pretrained: hub weights (needs network); weights: a local state dict (whole model or body), or
+    "random" to skip a backbone's built-in default weights.
+    """
+    entry = lookup(name)
+    if img_size < entry.reduction:
+        raise ValueError(f"image size {img_size} is too small for {name}: it downsamples by "
+                         f"{entry.reduction}, so the minimum is {entry.reduction}")
+    body = build_body(entry, pretrained)
+    body.eval()
+    with torch.no_grad():
+        fmap = body(torch.zeros(1, 3, img_size, img_size))
+    if fmap.ndim != 4 or fmap.shape[-1] < 1 or fmap.shape[-2] < 1:
+        raise ValueError(f"image size {img_size} gives an empty feature map for {name}")
+    c, h, w = fmap.shape[1:]
+    head = _fc_head(c * h * w, hidden, dropout) if entry.flatten_head else _pool_head(c, dropout)
+    model = Backbone(name, body, head, int(c), (int(h), int(w)), entry.preprocess(img_size))
+    path = weights_file(name, weights, pretrained)
+    if path is not None:
+        from .weights import load_weights
+
+        model.weights_sha256 = load_weights(model, path)
+    return model

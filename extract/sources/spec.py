@@ -1,0 +1,102 @@
+"""A source's spec (how the user asked for it), its name, its recipe (stated once), and building it.
+
+The recipe is a pure function of the spec, the weights or checkpoints (sha256) and the preprocessing, computed
+without torch: the cache check, the cache attributes and the saved fusion model all read this one dict.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..data.workspace import Workspace, safe_name
+from ..errors import WorkspaceError
+from ..models.checkpoints import fold_checkpoints, saved_preprocess
+from ..models.face_nets import FACE_NETS, GENDER_MEANS, checked_sha256, face_net_config
+from ..models.registry import lookup, weights_identity
+from .base import FINETUNED, FROZEN, FeatureSource
+
+DEFAULT_GENDER_LAYER = "layer_3_relu"
+
+
+def source_spec(backbone: str, frozen: bool = False, pool: str = "flatten", img_size: int | None = None,
+                weights: str | None = None, pretrained: bool = False, align: bool = True,
+                layer: str = DEFAULT_GENDER_LAYER) -> dict:
+    """Everything needed to rebuild a source later (recorded in its cache and in fusion artifacts)."""
+    if backbone in FACE_NETS:
+        return {"type": "face", "net": backbone, "align": align, "layer": layer}
+    if frozen:
+        return {"type": FROZEN, "backbone": backbone, "img_size": img_size or 224, "pool": pool,
+                "weights": str(Path(weights).resolve()) if weights and weights != "random" else weights,
+                "pretrained": pretrained}
+    return {"type": FINETUNED, "backbone": backbone, "pool": pool}
+
+
+def source_name(spec: dict) -> str:
+    """The source's one name, also its cache file's stem: the backbone (sanitised), '<backbone>-frozen', or the
+    face net with its layer when not the default and '-noalign' for plain resizing."""
+    if spec["type"] == "face":
+        name = spec["net"]
+        if spec["net"] == "gender-cnn" and spec["layer"] != DEFAULT_GENDER_LAYER:
+            name += f"-{spec['layer']}"
+        return name + ("" if spec["align"] else "-noalign")
+    return safe_name(spec["backbone"]) + ("-frozen" if spec["type"] == FROZEN else "")
+
+
+def _finetuned_recipe(spec: dict, ws: Workspace, k: int, folds_fp: str) -> dict:
+    backbone = spec["backbone"]
+    metas = fold_checkpoints(ws, backbone, k, folds_fp)
+    pres = [saved_preprocess(m, ws.fold_files(backbone, f).best) for f, m in enumerate(metas)]
+    for f, (meta, pre) in enumerate(zip(metas, pres)):
+        differs = [key for key in meta["identity"]["config"]
+                   if key != "seed" and meta["identity"]["config"][key] != metas[0]["identity"]["config"].get(key)]
+        if pre != pres[0] or differs:
+            raise WorkspaceError(
+                f"{backbone}: fold {f} was trained with another config than fold 0 "
+                f"({differs or 'preprocessing'}: {[meta['identity']['config'].get(d) for d in differs] or pre} vs "
+                f"{[metas[0]['identity']['config'].get(d) for d in differs] or pres[0]}); retrain fold {f} "
+                f"with train-backbone --fold {f}, so that every fold model shares one feature recipe")
+    return {"kind": FINETUNED, "backbone": backbone, "layer": "forward_features", "pooling": spec["pool"],
+            **pres[0], "checkpoint_sha256": [m["sha256"] for m in metas], "folds_fingerprint": folds_fp, "extra": {}}
+
+
+def _frozen_recipe(spec: dict) -> dict:
+    pre = lookup(spec["backbone"]).preprocess(spec["img_size"])
+    return {"kind": FROZEN, "backbone": spec["backbone"], "layer": "forward_features", "pooling": spec["pool"],
+            **pre.as_dict(), "checkpoint_sha256": [weights_identity(spec["backbone"], spec["weights"],
+                                                                   spec["pretrained"])], "extra": {}}
+
+
+def _face_recipe(spec: dict) -> dict:
+    cfg = face_net_config(spec["net"], spec["align"], spec["layer"])
+    sha = checked_sha256(cfg.net)
+    gender = cfg.net == "gender-cnn"
+    return {"kind": FROZEN, "backbone": Path(cfg.model).name, "layer": cfg.layer, "pooling": "none",
+            "img_size": cfg.chip, "mean": list(GENDER_MEANS) if gender else [0.0] * 3,
+            "std": [256.0] * 3 if gender else [1.0] * 3, "checkpoint_sha256": [sha["model"]],
+            "extra": {"alignment": "dlib 5-point landmarks" if cfg.align else "none (plain resize)",
+                      "chip_padding": cfg.padding, "fallback": "plain resize when landmarks implausible",
+                      "shape_predictor_sha256": sha["shape_predictor"]}}
+
+
+def source_recipe(spec: dict, ws: Workspace, k: int, folds_fp: str | None) -> dict:
+    """Everything that determines a source's features; a cache or fusion model with another recipe is stale."""
+    if spec["type"] == "face":
+        body = _face_recipe(spec)
+    elif spec["type"] == FROZEN:
+        body = _frozen_recipe(spec)
+    else:
+        body = _finetuned_recipe(spec, ws, k, folds_fp)
+    return {"source": source_name(spec), "spec": spec, **body}
+
+
+def build_source(recipe: dict, ws: Workspace, batch_size: int = 256, device: str = "auto") -> FeatureSource:
+    """Load the models of a recipe once: a face network, a frozen backbone, or the K fold checkpoints."""
+    spec = recipe["spec"]
+    if spec["type"] == "face":
+        from .face import FaceNetSource
+
+        return FaceNetSource(recipe, face_net_config(spec["net"], spec["align"], spec["layer"]))
+    from .torch_source import finetuned_source, frozen_source  # torch: only when a source is built
+
+    if spec["type"] == FROZEN:
+        return frozen_source(recipe, batch_size, device)
+    return finetuned_source(recipe, ws, batch_size, device)

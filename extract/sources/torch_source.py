@@ -1,0 +1,78 @@
+"""Torch feature sources: K fine-tuned fold checkpoints, or one frozen backbone."""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import torch
+
+from ..data.workspace import Workspace
+from ..errors import WorkspaceError
+from ..models.backbone import Backbone, create
+from ..models.inference import feature_dim, infer, resolve_device
+from ..models.registry import Preprocess
+from .base import FeatureSource
+
+
+class TorchSource(FeatureSource):
+    """A torch Backbone's pooled last-conv features (and its logit) in each of its feature spaces."""
+
+    def __init__(self, recipe: dict, models: list[Callable[[], Backbone]], probe: Backbone, has_logits: bool,
+                 batch_size: int = 256, device: str = "auto"):
+        """models[s]() loads the model of space s (once, on first use); probe is any one of them, for shapes."""
+        self.recipe = recipe
+        self._models, self._probe = models, probe
+        self.n_spaces, self.has_logits = len(models), has_logits
+        self.input_size = recipe["img_size"]
+        self.batch_size, self.device = batch_size, resolve_device(device)
+        self._loaded: dict[int, Backbone] = {}
+
+    def feature_dim(self) -> int:
+        return feature_dim(self._probe, self.recipe["pooling"])
+
+    def model(self, space: int) -> Backbone:
+        """The model of one feature space, loaded once."""
+        if space not in self._loaded:
+            self._loaded[space] = self._models[space]()
+        return self._loaded[space]
+
+    def compute(self, batch, space=0):
+        logits, feats = infer(self.model(space), batch, np.arange(len(batch)), self.batch_size, self.device,
+                              pool=self.recipe["pooling"])
+        return feats, (logits if self.has_logits else None)
+
+
+def finetuned_source(recipe: dict, ws: Workspace, batch_size: int = 256, device: str = "auto") -> TorchSource:
+    """The K fold checkpoints written by train-backbone; each is normalised with the preprocessing saved with it."""
+    backbone, pre = recipe["backbone"], Preprocess.from_dict(recipe)
+
+    def build(cfg: dict) -> Backbone:
+        return create(backbone, cfg["img_size"], weights="random", dropout=cfg["dropout"])
+
+    def loader(f: int) -> Callable[[], Backbone]:
+        def load() -> Backbone:
+            ckpt = torch.load(ws.fold_files(backbone, f).best, map_location="cpu", weights_only=False)
+            if Preprocess.from_dict(ckpt["preprocess"]) != pre:
+                raise WorkspaceError(f"{ws.fold_files(backbone, f).best}: preprocessing {ckpt['preprocess']} differs "
+                                     f"from the recipe's {pre.as_dict()}; retrain with train-backbone")
+            m = build(ckpt["identity"]["config"])
+            m.load_state_dict(ckpt["state_dict"])
+            m.preprocess = pre
+            return m.eval()
+        return load
+
+    probe = build({"img_size": pre.img_size, "dropout": 0.0})
+    return TorchSource(recipe, [loader(f) for f in range(len(recipe["checkpoint_sha256"]))], probe, True,
+                       batch_size, device)
+
+
+def frozen_source(recipe: dict, batch_size: int = 256, device: str = "auto") -> TorchSource:
+    """A backbone with given (pretrained) weights, never trained here: one feature space."""
+    spec = recipe["spec"]
+    with torch.random.fork_rng():
+        torch.manual_seed(0)  # a randomly initialised frozen model must be the same model every time
+        model = create(spec["backbone"], spec["img_size"], pretrained=spec["pretrained"], weights=spec["weights"]).eval()
+    if model.weights_sha256 not in (None, recipe["checkpoint_sha256"][0]):
+        raise WorkspaceError(f"weights of {recipe['source']} changed while loading (sha256 {model.weights_sha256}, "
+                             f"recipe {recipe['checkpoint_sha256'][0]})")
+    return TorchSource(recipe, [lambda: model], model, False, batch_size, device)
