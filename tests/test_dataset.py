@@ -55,19 +55,41 @@ def test_fingerprint_changes_with_labels(synth):
     assert CompetitionData.load(synth).fingerprint() != fp
 
 
+def _mode_case(mode: str) -> tuple[Image.Image, np.ndarray]:
+    """An image in `mode` and the RGB pixels expected from it, by a numpy formula of its own channels."""
+    rng = np.random.default_rng(0)
+    chan = lambda: rng.integers(0, 256, (20, 24), dtype=np.uint8).astype(np.float64)  # noqa: E731
+    if mode in ("I;16", "I", "F"):
+        v = np.arange(480).reshape(20, 24).astype(np.float64) * 100
+        im = Image.fromarray(v.astype(np.uint16)).convert(mode)
+        return im, np.repeat(((v - v.min()) / (v.max() - v.min()) * 255)[..., None], 3, axis=2)
+    if mode in ("L", "1"):
+        im = Image.fromarray(chan().astype(np.uint8), "L").convert(mode)
+        return im, np.repeat(np.asarray(im, dtype=np.float64)[..., None] * (255 if mode == "1" else 1), 3, axis=2)
+    if mode in ("LA", "RGBA"):  # composited on black: colour x alpha / 255
+        colour = [chan() for _ in range(1 if mode == "LA" else 3)]
+        alpha = chan()
+        im = Image.merge(mode, [Image.fromarray(c.astype(np.uint8)) for c in colour + [alpha]])
+        return im, np.stack([c * alpha / 255 for c in colour * (3 if mode == "LA" else 1)], axis=2)
+    if mode == "P":
+        im = Image.fromarray(np.stack([chan() for _ in range(3)], axis=2).astype(np.uint8)).convert("P")
+        palette = np.array(im.getpalette(), dtype=np.float64).reshape(-1, 3)
+        return im, palette[np.asarray(im)]
+    assert mode == "CMYK"
+    c, m, y, k = (chan() for _ in range(4))
+    im = Image.merge("CMYK", [Image.fromarray(x.astype(np.uint8)) for x in (c, m, y, k)])
+    return im, np.stack([(255 - x) * (255 - k) / 255 for x in (c, m, y)], axis=2)
+
+
 @pytest.mark.parametrize("mode", ["L", "LA", "P", "RGBA", "CMYK", "I;16", "I", "F", "1"])
 def test_any_mode_decodes_to_rgb(tmp_path, mode):
-    rgb = Image.fromarray(np.random.default_rng(0).integers(0, 255, (20, 24, 3), dtype=np.uint8))
-    if mode in ("I;16", "I", "F"):
-        im = Image.fromarray((np.arange(480).reshape(20, 24) * 100).astype(np.uint16)).convert(mode)
-    else:
-        im = rgb.convert(mode)
+    im, expected = _mode_case(mode)
     path = tmp_path / ("x.tiff" if mode in ("I;16", "I", "F", "CMYK", "LA", "RGBA", "1") else "x.png")
     im.save(path)
-    arr = load_rgb(path, size=16)
-    assert arr.shape == (16, 16, 3) and arr.dtype == np.uint8
-    if mode in ("I;16", "I", "F"):
-        assert arr.max() > 200 and arr.min() < 10  # rescaled, not clipped to white
+    arr = load_rgb(path)
+    assert arr.shape == (20, 24, 3) and arr.dtype == np.uint8
+    assert np.abs(arr - expected).max() <= 1.0, f"{mode}: max difference {np.abs(arr - expected).max()}"
+    assert load_rgb(path, size=16).shape == (16, 16, 3)
 
 
 def test_corrupt_image_is_named_or_skipped(synth):

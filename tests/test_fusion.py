@@ -7,12 +7,13 @@ import torch
 from PIL import Image
 
 from extract.cache.api import extract_features
+from extract.errors import BadImageError, WorkspaceError
 from extract.models.training import train_backbone
 from extract.models.training import TrainConfig
 from fusion.classifier import FusionClassifier
 from fusion.features import FeatureMismatchError, load_sources
 from fusion.predict import predict_submission
-from fusion.protocol import cv_global, cv_per_fold
+from fusion.protocol import cv_global, cv_per_fold, per_fold_matrix
 from fusion.train_head import train_head
 from heads import LogisticHead
 
@@ -43,6 +44,8 @@ SOURCES = ["cnn-small", f"{FROZEN}-frozen".replace(":", "_")]
 def test_per_fold_protocol_never_trains_on_the_row_it_predicts(work, monkeypatch):
     _, ws = work
     data = load_sources(ws, ["cnn-small"])
+    fold_rows = [{tuple(r) for r in per_fold_matrix(data.sources, np.flatnonzero(data.fold == k)).round(4)}
+                 for k in range(data.k)]
     seen = []
 
     class Spy(LogisticHead):
@@ -57,6 +60,18 @@ def test_per_fold_protocol_never_trains_on_the_row_it_predicts(work, monkeypatch
 
     probs = cv_per_fold(data, lambda b: Spy(blocks=b))
     assert probs.shape == data.y.shape and len(seen) == data.k * 3
+    for n, rows in enumerate(seen):  # inner CV: 3 heads per fold, fold by fold
+        assert rows <= fold_rows[n // 3], f"head {n} of fold {n // 3} trained on rows of another fold"
+    # the saved per-fold model: head k is fitted on fold k's rows only
+    fitted, real_fit = [], LogisticHead.fit
+
+    def recording_fit(self, X, y):
+        fitted.append({tuple(r) for r in np.asarray(X).round(4)})
+        return real_fit(self, X, y)
+
+    monkeypatch.setattr(LogisticHead, "fit", recording_fit)
+    FusionClassifier(["cnn-small"], "logistic", "per-fold", workdir=ws).fit(data)
+    assert fitted == fold_rows
     g = cv_global(data, lambda b: Spy(blocks=b))
     assert ((g >= 0.5) == data.y).mean() > 0.4
 
@@ -89,11 +104,11 @@ def test_classifier_predicts_images_like_the_cache(work, built):
     p = clf.predict_proba([str(paths[0]), pil, arr, tensor])
     assert p.shape == (4, 2) and np.allclose(p[:, 1], cached[:4, 1], atol=1e-4)
     assert clf.predict(paths[:2]).tolist() == (cached[:2, 1] >= 0.5).astype(int).tolist()
-    with pytest.raises(Exception, match=r"image 1: .*nope.jpg|nope.jpg"):
+    with pytest.raises(FileNotFoundError, match=r"image 1: .*nope.jpg"):
         clf.predict_proba([paths[0], ws / "nope.jpg"])
     bad = ws / "bad.jpg"
     bad.write_bytes(b"not an image")
-    with pytest.raises(Exception, match=r"bad.jpg: cannot decode image \(image 1"):
+    with pytest.raises(BadImageError, match=r"bad.jpg: cannot decode image \(image 1"):
         clf.predict_proba([paths[0], bad])
 
 
@@ -111,7 +126,7 @@ def test_predict_writes_complete_submission_and_refuses_changed_checkpoints(work
     train_backbone(data_dir, TrainConfig("cnn-small", img_size=32, epochs=1, batch_size=16, seed=3), ws,
                    progress=False)
     extract_features(data_dir, "cnn-small", ws, dtype="float32", progress=False)
-    with pytest.raises(Exception, match="changed since this fusion model was trained: checkpoint sha256"):
+    with pytest.raises(WorkspaceError, match="changed since this fusion model was trained: checkpoint sha256"):
         predict_submission("fusion", data_dir, tmp_path / "sub2.csv", ws)
     assert not (tmp_path / "sub2.csv").exists()
 

@@ -86,3 +86,19 @@ def test_knn_ivf_index_above_threshold():
 
     assert isinstance(head.index_, faiss.IndexIVFFlat)
     assert (head.predict(X[300:]) == y[300:]).mean() > 0.75
+
+
+def test_mlp_leaves_global_torch_state_as_found():
+    import torch
+
+    X, y = np.random.default_rng(0).normal(size=(80, 4)), np.arange(80) % 2
+    torch.manual_seed(123)
+    threads, state = torch.get_num_threads(), torch.get_rng_state()
+    expected_draw = torch.rand(3)
+    torch.set_rng_state(state)
+    a = MLPHead(max_epochs=3, random_state=7).fit(X, y)
+    assert torch.get_num_threads() == threads
+    assert torch.equal(torch.rand(3), expected_draw)  # the caller's random stream was not consumed or reseeded
+    torch.manual_seed(999)
+    b = MLPHead(max_epochs=3, random_state=7).fit(X, y)  # the head's own seed, whatever the global one
+    assert np.allclose(a.predict_proba(X), b.predict_proba(X))

@@ -31,12 +31,17 @@ def test_trains_every_fold_and_writes_outputs(synth, tmp_path):
         oof = list(csv.DictReader(open(d / f"fold{f}.oof.csv")))
         folds = dict(line.strip().split(",") for line in open(ws / "folds.csv") if line[0].isdigit())
         assert oof and all(folds[r["id"]] == str(f) for r in oof)  # only held-out rows
-    # a finished run is not repeated
-    assert train_backbone(synth, _cfg(), ws, progress=False)["folds"][0]["sha256"] == done_sha(d)
+        assert done["preprocess"] == {"img_size": 32, "mean": [0.5] * 3, "std": [0.5] * 3}
 
 
-def done_sha(d):
-    return json.loads((d / "fold0.json").read_text())["sha256"]
+def test_a_finished_run_is_not_repeated(synth, tmp_path, monkeypatch):
+    ws = tmp_path / "ws"
+    train_backbone(synth, _cfg(epochs=1), ws, k=2, progress=False)
+    before = {p.name: p.read_bytes() for p in (ws / "models/cnn-small").iterdir()}
+    monkeypatch.setattr(train_mod, "create", lambda *a, **k: pytest.fail("a finished fold was trained again"))
+    s = train_backbone(synth, _cfg(epochs=1), ws, progress=False)
+    assert set(s["folds"]) == {0, 1}
+    assert {p.name: p.read_bytes() for p in (ws / "models/cnn-small").iterdir()} == before
 
 
 def test_interrupted_run_resumes_to_the_same_model(synth, tmp_path, monkeypatch):
@@ -62,10 +67,18 @@ def test_interrupted_run_resumes_to_the_same_model(synth, tmp_path, monkeypatch)
     assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-5) for k in a)
 
 
-def test_more_epochs_extend_a_finished_run(synth, tmp_path):
-    train_backbone(synth, _cfg(epochs=1), tmp_path, k=2, fold=1, progress=False)
-    s = train_backbone(synth, _cfg(epochs=2), tmp_path, k=2, fold=1, progress=False)
+def test_more_epochs_extend_a_finished_run(synth, tmp_path, monkeypatch):
+    """Asking for 2 epochs after 1 trains one more epoch (not two from scratch) and ends where 2 epochs end."""
+    train_backbone(synth, _cfg(epochs=2), tmp_path / "straight", k=2, fold=1, progress=False)
+    train_backbone(synth, _cfg(epochs=1), tmp_path / "ext", k=2, fold=1, progress=False)
+    batches, real_augment = [], train_mod.augment
+    monkeypatch.setattr(train_mod, "augment", lambda *a, **k: batches.append(1) or real_augment(*a, **k))
+    s = train_backbone(synth, _cfg(epochs=2), tmp_path / "ext", k=2, fold=1, progress=False)
     assert s["folds"][1]["epochs_run"] == 2
+    assert len(batches) == 2  # one epoch of 27 rows in batches of 16
+    straight = torch.load(tmp_path / "straight/models/cnn-small/fold1.last.pt", weights_only=False)["model"]
+    extended = torch.load(tmp_path / "ext/models/cnn-small/fold1.last.pt", weights_only=False)["model"]
+    assert all(torch.allclose(straight[k].float(), extended[k].float(), atol=1e-5) for k in straight)
 
 
 def test_augment_is_reproducible_and_respects_switches():
