@@ -11,6 +11,7 @@ import torch
 from extract.cache import format as fc
 from extract.models.backbone import create
 from extract.data.dataset import CompetitionData
+from extract.atomic import sha256_file
 from extract.errors import WorkspaceError
 from extract.cache.api import extract_features, merge_features
 from extract.models.training import train_backbone
@@ -227,3 +228,42 @@ def test_skip_bad_records_the_image(work):
         extract_features(data, "cnn-small", ws, progress=False)
     out = extract_features(data, "cnn-small", ws, skip_bad=True, progress=False)
     assert fc.load(out.path).attrs["notes"]["skipped_ids"] == ["200003"]
+
+
+def test_a_registry_preprocessing_change_is_a_recipe_change(work, monkeypatch):
+    """The cache check compares the whole recipe: a changed normalisation recomputes and says so."""
+    import dataclasses
+
+    from extract.models import registry
+
+    data, ws = work
+    args = dict(frozen=True, img_size=32, pool="avg", weights="random", progress=False)
+    assert extract_features(data, "cnn-small", ws, **args).status == "computed"
+    assert extract_features(data, "cnn-small", ws, **args).status == "hit"
+    entry = registry._REGISTRY["cnn-small"]
+    monkeypatch.setitem(registry._REGISTRY, "cnn-small", dataclasses.replace(entry, mean=(0.4, 0.4, 0.4)))
+    out = extract_features(data, "cnn-small", ws, **args)
+    assert out.status == "computed" and "mean" in out.reason
+
+
+def test_a_local_weights_file_wins_over_hub_weights_in_recipe_and_model(work, tmp_path):
+    data, ws = work
+    weights = tmp_path / "w.pt"
+    torch.manual_seed(3)
+    model = create("cnn-small", 32, weights="random")
+    torch.save(model.state_dict(), weights)
+    out = extract_features(data, "cnn-small", ws, frozen=True, img_size=32, pool="avg", weights=str(weights),
+                           pretrained=True, dtype="float32", progress=False)
+    fs = fc.load(out.path)
+    assert fs.attrs["checkpoint_sha256"] == [sha256_file(weights)]
+    images, _ = cached_images(Workspace(ws), CompetitionData.load(data), "train", 32, progress=False)
+    _, feats = infer(model.eval(), images, np.arange(5), pool="avg")
+    assert np.allclose(fs.train.features[:5], feats, atol=1e-5)
+
+
+def test_fold_models_of_different_configs_are_refused(work):
+    data, ws = work
+    train_backbone(data, TrainConfig("cnn-small", img_size=32, epochs=1, batch_size=16, dropout=0.2), ws, k=2,
+                   fold=1, progress=False)
+    with pytest.raises(WorkspaceError, match=r"fold 1 was trained with another config than fold 0 \(\['dropout'\]"):
+        extract_features(data, "cnn-small", ws, progress=False)

