@@ -24,11 +24,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._report import emit  # noqa: E402
 
-from extract.cache.api import extract_features  # noqa: E402
-from extract.data.workspace import Workspace  # noqa: E402
-from extract.models.augment import normalize, to_float  # noqa: E402
-from extract.models.inference import pool_features, resolve_device  # noqa: E402
-from extract.sources.spec import build_source, source_recipe, source_spec  # noqa: E402
+from genderfusion.extract.cache.api import extract_features  # noqa: E402
+from genderfusion.extract.data.workspace import Workspace  # noqa: E402
+from genderfusion.extract.models.augment import normalize, to_float  # noqa: E402
+from genderfusion.extract.models.inference import pool_features, resolve_device  # noqa: E402
+from genderfusion.extract.sources.spec import build_source, source_recipe, source_spec  # noqa: E402
 
 
 def subset(data: Path, out: Path, n: int) -> Path:

@@ -17,8 +17,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._report import emit  # noqa: E402
 from bench.run import peer_eval  # noqa: E402
-from extract.data.dataset import CompetitionData  # noqa: E402
-from extract.data.groups import group_masks, ordered_groups  # noqa: E402
+from genderfusion.extract.data.dataset import CompetitionData  # noqa: E402
+from genderfusion.extract.data.groups import group_masks, ordered_groups  # noqa: E402
 
 
 def main(argv=None) -> dict:

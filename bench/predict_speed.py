@@ -14,7 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._report import emit  # noqa: E402
 
-from fusion.classifier import FusionClassifier  # noqa: E402
+from genderfusion.fusion.classifier import FusionClassifier  # noqa: E402
 
 
 def main(argv=None) -> dict:

@@ -24,9 +24,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from extract.atomic import read_json, write_json, write_text  # noqa: E402
-from extract.models.face_nets import FACE_NETS  # noqa: E402
-from extract.sources.spec import source_name, source_spec  # noqa: E402
+from genderfusion.extract.atomic import read_json, write_json, write_text  # noqa: E402
+from genderfusion.extract.models.face_nets import FACE_NETS  # noqa: E402
+from genderfusion.extract.sources.spec import source_name, source_spec  # noqa: E402
 
 
 def load_profile(name_or_path: str) -> dict:
@@ -162,8 +162,8 @@ def main(argv=None) -> dict:
         print("\n(dry run: nothing was executed)")
         return {"stages": runner.stages}
 
-    from extract.data.workspace import Workspace
-    from fusion.classifier import FusionClassifier
+    from genderfusion.extract.data.workspace import Workspace
+    from genderfusion.fusion.classifier import FusionClassifier
 
     best_dir = Workspace(ws).head_dir("best")
     report = read_json(best_dir / "report.json")
@@ -177,8 +177,8 @@ def main(argv=None) -> dict:
 
     import numpy as np
 
-    from extract.data.groups import group_masks
-    from fusion.train_head import train_meta
+    from genderfusion.extract.data.groups import group_masks
+    from genderfusion.fusion.train_head import train_meta
 
     cv = np.load(best_dir / "cv_probs.npz")
     ids, y = [str(i) for i in cv["ids"]], cv["y"]
@@ -223,7 +223,7 @@ def main(argv=None) -> dict:
 
 
 def results_markdown(result: dict, report: dict, command: str) -> str:
-    from extract.data.groups import ordered_groups
+    from genderfusion.extract.data.groups import ordered_groups
 
     groups = ordered_groups(report["rows"][0]["groups"])
     lines = [f"Profile `{result['profile']}`, {result['date']}, data `{result['data']}`; command: `{command}`", "",

@@ -24,6 +24,19 @@ def run_cli(main) -> None:
         sys.exit(130)
 
 
+def make_parser(prog: str, description: str) -> argparse.ArgumentParser:
+    """A console script's parser, naming the distribution and answering --version."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        v = version("genderfusion")
+    except PackageNotFoundError:
+        v = "unknown (not installed)"
+    p = argparse.ArgumentParser(prog=prog, description=f"{description} (genderfusion)")
+    p.add_argument("--version", action="version", version=f"genderfusion {v}")
+    return p
+
+
 def add_data_args(p: argparse.ArgumentParser, data_required: bool = True) -> None:
     p.add_argument("--data", required=data_required, help="competition folder (train.csv, test.csv, train/, test/)")
     p.add_argument("--workdir", default="data", help="workspace for folds, caches, checkpoints, features")
@@ -38,7 +51,7 @@ def train_backbone_main(argv: list[str] | None = None) -> None:
 
     d = TrainConfig("?")
     a = AugmentConfig()
-    p = argparse.ArgumentParser(prog="train-backbone", description="Fine-tune a backbone on the shared K folds.")
+    p = make_parser("train-backbone", "Fine-tune a backbone on the shared K folds.")
     p.add_argument("--backbone", required=True, help="cnn-small, cnn-deep, vgg16, resnet18/34/50, effnet-lite0, timm:NAME")
     add_data_args(p)
     p.add_argument("--folds", type=int, default=None, help="K for a new fold assignment (default 5; existing folds are reused)")
@@ -88,7 +101,7 @@ def train_backbone_main(argv: list[str] | None = None) -> None:
 
 
 def make_synthetic_main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="make-synthetic", description="Write a small synthetic (not faces) competition folder.")
+    p = make_parser("make-synthetic", "Write a small synthetic (not faces) competition folder.")
     p.add_argument("out", nargs="?", default="data/synthetic")
     p.add_argument("--n-train", type=int, default=400)
     p.add_argument("--n-test", type=int, default=100)
@@ -106,7 +119,7 @@ def make_synthetic_main(argv: list[str] | None = None) -> None:
 def extract_main(argv: list[str] | None = None) -> None:
     from .models.registry import POOLS
 
-    p = argparse.ArgumentParser(prog="extract", description="Write a backbone's last-conv features to an HDF5 cache.")
+    p = make_parser("extract", "Write a backbone's last-conv features to an HDF5 cache.")
     p.add_argument("--backbone", required=True, help="a fine-tuned backbone (from train-backbone), or any with --frozen")
     add_data_args(p, data_required=False)
     p.add_argument("--frozen", action="store_true", help="pretrained features, no fine-tuning: one feature space")

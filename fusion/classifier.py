@@ -8,16 +8,16 @@ from typing import Sequence
 
 import numpy as np
 
-from extract.atomic import atomic_path
-from extract.errors import WorkspaceError
-from extract.sources.base import FINETUNED, FeatureSource
-from heads import HEADS
+from genderfusion.extract.atomic import atomic_path
+from genderfusion.extract.errors import WorkspaceError
+from genderfusion.extract.sources.base import FINETUNED, FeatureSource
+from genderfusion.heads import HEADS
 
 from .features import FusionData, Outputs, load_sources
 from .images import decode_inputs, resize_all
 from .protocol import global_blocks, global_matrix, global_test_matrix, per_fold_matrix, per_fold_test_matrix
 
-FORMAT = "facefusion-fusion-v2"  # v2: source recipes of extract.sources.spec
+FORMAT = "genderfusion-fusion-v2"  # v2: source recipes of extract.sources.spec
 
 
 def head_factory(head: str, params: dict | None = None):
@@ -92,8 +92,8 @@ class FusionClassifier:
     def _sources(self, batch_size: int, device: str) -> list[FeatureSource]:
         """The sources, built once per model object after checking that their recipes are unchanged."""
         if getattr(self, "_built", None) is None:
-            from extract.data.workspace import Workspace
-            from extract.sources.spec import build_source, source_recipe
+            from genderfusion.extract.data.workspace import Workspace
+            from genderfusion.extract.sources.spec import build_source, source_recipe
 
             ws = Workspace(self.workdir_)
             built = []
@@ -144,7 +144,11 @@ class FusionClassifier:
         if not path.exists():
             raise FileNotFoundError(f"{path}: no fusion model; train one with `train-head`")
         with open(path, "rb") as fh:
-            obj = pickle.load(fh)
+            try:
+                obj = pickle.load(fh)
+            except (ModuleNotFoundError, AttributeError) as exc:  # saved by an older layout of the package
+                raise ValueError(f"{path}: a fusion model of an older version ({exc}); retrain it with train-head"
+                                 ) from exc
         if not isinstance(obj, dict) or obj.get("format") != FORMAT:
             raise ValueError(f"{path}: not a {FORMAT} artifact (format {obj.get('format') if isinstance(obj, dict) else '?'}"
                              "); retrain it with train-head")

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from extract.cli import run_cli
+from genderfusion.extract.cli import make_parser, run_cli
 
 
 def _band(text: str) -> tuple[float, float]:
@@ -15,7 +15,7 @@ def _band(text: str) -> tuple[float, float]:
 
 
 def train_head_main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="train-head", description="Train and compare fusion heads on cached features.")
+    p = make_parser("train-head", "Train and compare fusion heads on cached features.")
     p.add_argument("--features", required=True, help="comma-separated sources, e.g. cnn-deep,dlib-face,gender-cnn")
     p.add_argument("--head", default="logistic", help="logistic, mlp, knn, a comma list, or all")
     p.add_argument("--protocol", default="per-fold,global", help="per-fold, global, or both (comma list)")
@@ -26,7 +26,7 @@ def train_head_main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
 
     def body():
-        from extract.data.workspace import Workspace
+        from genderfusion.extract.data.workspace import Workspace
 
         from .train_head import train_head
 
@@ -42,7 +42,7 @@ def train_head_main(argv: list[str] | None = None) -> None:
 
 
 def predict_main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="predict", description="Write a submission CSV with a trained fusion model.")
+    p = make_parser("predict", "Write a submission CSV with a trained fusion model.")
     p.add_argument("--model", default="fusion", help="a name under <workdir>/heads/, or a model.pkl path")
     p.add_argument("--data", required=True, help="competition folder (its test.csv sets the rows)")
     p.add_argument("--workdir", default="data")

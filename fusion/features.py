@@ -6,9 +6,9 @@ from pathlib import Path
 
 import numpy as np
 
-from extract.cache import format as fc
-from extract.data.workspace import Workspace, safe_name
-from extract.sources.base import FINETUNED
+from genderfusion.extract.cache import format as fc
+from genderfusion.extract.data.workspace import Workspace, safe_name
+from genderfusion.extract.sources.base import FINETUNED
 
 
 class FeatureMismatchError(ValueError):

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from extract.data.images import load_rgb, to_rgb
-from extract.errors import BadImageError
+from genderfusion.extract.data.images import load_rgb, to_rgb
+from genderfusion.extract.errors import BadImageError
 
 
 def _one(item, index: int) -> np.ndarray:

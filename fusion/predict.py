@@ -4,10 +4,10 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
-from extract.atomic import write_text
-from extract.data.dataset import CompetitionData
-from extract.data.workspace import Workspace
-from extract.errors import DataError
+from genderfusion.extract.atomic import write_text
+from genderfusion.extract.data.dataset import CompetitionData
+from genderfusion.extract.data.workspace import Workspace
+from genderfusion.extract.errors import DataError
 
 from .classifier import FusionClassifier
 

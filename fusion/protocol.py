@@ -14,7 +14,7 @@ from typing import Callable
 import numpy as np
 from sklearn.model_selection import StratifiedKFold
 
-from extract.sources.base import FINETUNED, FROZEN
+from genderfusion.extract.sources.base import FINETUNED, FROZEN
 
 from .features import FusionData, Outputs, Source
 
@@ -101,7 +101,7 @@ def _timed(method: str, protocol: str, fn: Callable[[], np.ndarray]) -> Result:
 def evaluate(data: FusionData, heads: dict[str, HeadFactory], protocols: tuple[str, ...] = ("per-fold", "global"),
              probe: HeadFactory | None = None, log: Callable[[str], None] = print) -> list[Result]:
     """Every source alone, both votes and every head under each protocol, on the same folds."""
-    from heads import MajorityVote, WeightedVote
+    from genderfusion.heads import MajorityVote, WeightedVote
 
     results: list[Result] = []
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from extract.atomic import atomic_path, write_json, write_text
-from extract.data.groups import group_masks, ordered_groups
+from genderfusion.extract.atomic import atomic_path, write_json, write_text
+from genderfusion.extract.data.groups import group_masks, ordered_groups
 
 from .protocol import Result
 

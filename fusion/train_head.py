@@ -9,9 +9,9 @@ from typing import Callable
 
 import numpy as np
 
-from extract.atomic import read_json, write_json
-from extract.cache import format as fc
-from extract.data.workspace import Workspace
+from genderfusion.extract.atomic import read_json, write_json
+from genderfusion.extract.cache import format as fc
+from genderfusion.extract.data.workspace import Workspace
 
 from .classifier import FusionClassifier, head_factory
 from .features import load_sources

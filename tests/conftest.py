@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from extract.data.synthetic import make_synthetic
+from genderfusion.extract.data.synthetic import make_synthetic
 
 REAL_FACES = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "faces"
 if "FACES_DIR" in os.environ:

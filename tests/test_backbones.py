@@ -2,12 +2,12 @@ import numpy as np
 import pytest
 import torch
 
-from extract.errors import UnknownBackboneError, WeightsError
-from extract.models.backbone import create
-from extract.models.registry import list_backbones
-from extract.models.inference import feature_dim, infer
-from extract.models.registry import POOLS
-from extract.models.weights import load_weights
+from genderfusion.extract.errors import UnknownBackboneError, WeightsError
+from genderfusion.extract.models.backbone import create
+from genderfusion.extract.models.registry import list_backbones
+from genderfusion.extract.models.inference import feature_dim, infer
+from genderfusion.extract.models.registry import POOLS
+from genderfusion.extract.models.weights import load_weights
 
 # (name, image size, channels of the last conv map, its side)
 CASES = [("cnn-small", 32, 128, 4), ("cnn-deep", 32, 256, 1), ("cnn-deep", 64, 256, 2), ("vgg16", 32, 512, 1),
@@ -88,8 +88,8 @@ def test_offline_imagenet_weights_for_effnet_lite0():
     from PIL import Image
 
     skimage_data = pytest.importorskip("skimage.data")
-    from extract.models.augment import normalize, to_float
-    from extract.models.registry import _effnet_lite0_file
+    from genderfusion.extract.models.augment import normalize, to_float
+    from genderfusion.extract.models.registry import _effnet_lite0_file
 
     m = create("effnet-lite0", 224).eval()
     fc = torch.load(_effnet_lite0_file(), map_location="cpu", weights_only=True)

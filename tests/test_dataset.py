@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from extract.data.dataset import CompetitionData
-from extract.errors import BadImageError, DataError
-from extract.data.images import decode_many, load_rgb
+from genderfusion.extract.data.dataset import CompetitionData
+from genderfusion.extract.errors import BadImageError, DataError
+from genderfusion.extract.data.images import decode_many, load_rgb
 
 
 def test_loads_valid_folder(synth):

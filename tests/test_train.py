@@ -4,10 +4,10 @@ import json
 import pytest
 import torch
 
-from extract.models import training as train_mod
-from extract.models.training import train_backbone
-from extract.models.augment import AugmentConfig
-from extract.models.training import TrainConfig
+from genderfusion.extract.models import training as train_mod
+from genderfusion.extract.models.training import train_backbone
+from genderfusion.extract.models.augment import AugmentConfig
+from genderfusion.extract.models.training import TrainConfig
 
 CFG = dict(img_size=32, epochs=3, batch_size=16, patience=5, seed=0)
 

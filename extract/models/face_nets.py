@@ -18,7 +18,7 @@ import numpy as np
 
 from ..atomic import sha256_file
 
-INSTALL = 'pip install -e ".[faces]"'
+INSTALL = 'pip install "genderfusion[faces]"  (in a checkout: pip install -e ".[faces]")'
 GENDER_LAYERS = {"layer_3_relu": 16, "layer_4_flatten": 4096, "logits": 2}
 GENDER_MEANS = (122.781998, 117.000999, 104.297997)  # from the package's manifest; input = (RGB - mean) / 256
 
