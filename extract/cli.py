@@ -118,6 +118,7 @@ def make_synthetic_main(argv: list[str] | None = None) -> None:
 
 def extract_main(argv: list[str] | None = None) -> None:
     from .models.registry import POOLS
+    from .sources.base import TTAS
 
     p = make_parser("extract", "Write a backbone's last-conv features to an HDF5 cache.")
     p.add_argument("--backbone", required=True, help="a fine-tuned backbone (from train-backbone), or any with --frozen")
@@ -135,6 +136,8 @@ def extract_main(argv: list[str] | None = None) -> None:
     p.add_argument("--align", choices=("landmarks", "resize"), default="landmarks",
                    help="face sources: align with 5-point landmarks, or plainly resize")
     p.add_argument("--layer", default="layer_3_relu", help="gender-cnn layer: layer_3_relu, layer_4_flatten, logits")
+    p.add_argument("--tta", choices=TTAS, default="none",
+                   help="test-time augmentation: flip = mean over the image and its mirror (cache name '-flip')")
     args = p.parse_args(argv)
     if not args.merge and not args.data:
         p.error("--data is required (except with --merge)")
@@ -143,14 +146,15 @@ def extract_main(argv: list[str] | None = None) -> None:
         from .cache.api import extract_features, merge_features
 
         if args.merge:
-            merged = merge_features(args.workdir, args.backbone, args.frozen, args.align == "landmarks", args.layer)
+            merged = merge_features(args.workdir, args.backbone, args.frozen, args.align == "landmarks", args.layer,
+                                    args.tta)
             print(f"merged into {merged}")
             return
         out = extract_features(args.data, args.backbone, args.workdir, frozen=args.frozen, pool=args.pool,
                                img_size=args.img_size, weights=args.weights, pretrained=args.pretrained,
                                batch_size=args.batch_size, device=args.device, dtype=args.dtype, force=args.force,
                                shard=args.shard, skip_bad=args.skip_bad, progress=not args.no_progress,
-                               align=args.align == "landmarks", layer=args.layer)
+                               align=args.align == "landmarks", layer=args.layer, tta=args.tta)
         rate = f", {out.images_per_s:.1f} img/s" if out.images_per_s else ""
         size = out.path.stat().st_size / 2**20
         print(f"{out.path}: {out.status} ({out.reason}); {out.computed_rows} row(s) computed in "

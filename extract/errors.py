@@ -13,6 +13,9 @@ class BadImageError(DataError):
         self.reason = reason
         super().__init__(f"{path}: cannot decode image ({reason})")
 
+    def __reduce__(self):  # raised in a worker process, it must unpickle in the parent
+        return type(self), (self.path, self.reason)
+
 
 class WorkspaceError(RuntimeError):
     """A workspace, fold assignment or cache that does not match the request."""

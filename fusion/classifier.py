@@ -14,7 +14,7 @@ from genderfusion.extract.sources.base import FINETUNED, FeatureSource
 from genderfusion.heads import HEADS
 
 from .features import FusionData, Outputs, load_sources
-from .images import decode_inputs, resize_all
+from .images import decode_inputs
 from .protocol import global_blocks, global_matrix, global_test_matrix, per_fold_matrix, per_fold_test_matrix
 
 FORMAT = "genderfusion-fusion-v2"  # v2: source recipes of extract.sources.spec
@@ -106,14 +106,17 @@ class FusionClassifier:
 
     def predict_proba(self, images, batch_size: int = 256, device: str = "auto") -> np.ndarray:
         """P(male), P(female) for images: paths, PIL images, HWC uint8 arrays, tensors, or a list mixing them."""
+        from genderfusion.extract.sources.inputs import MemoryInputs
+
         arrays = decode_inputs(images)  # all or nothing: a bad image raises before any work
-        resized: dict[int, np.ndarray] = {}
+        if getattr(self, "_inputs", None) is None:
+            self._inputs = MemoryInputs()
+        views: dict = {}  # each resized view or chip set is made once per call
         outputs = []
         for src in self._sources(batch_size, device):
-            size = src.input_size
-            if size is not None and size not in resized:
-                resized[size] = resize_all(arrays, size)
-            batch = arrays if size is None else resized[size]
+            if src.input not in views:
+                views[src.input] = self._inputs(arrays, src.input)
+            batch = views[src.input]
             feats, logits = zip(*(src.compute(batch, space) for space in range(src.n_spaces)))
             outputs.append(Outputs(src.kind, np.stack(feats), None if logits[0] is None else np.stack(logits)))
         return self._proba(outputs)
@@ -125,6 +128,7 @@ class FusionClassifier:
     def __getstate__(self):
         state = self.__dict__.copy()
         state.pop("_built", None)  # loaded models are rebuilt (and re-verified) after loading
+        state.pop("_inputs", None)
         return state
 
     # ---- artifact ----------------------------------------------------------------------------------------

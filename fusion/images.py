@@ -52,13 +52,3 @@ def decode_inputs(images) -> list[np.ndarray]:
     if not out:
         raise ValueError("no images given")
     return out
-
-
-def resize_all(arrays: list[np.ndarray], size: int) -> np.ndarray:
-    """Resize each image to size×size exactly as the training image cache does."""
-    out = np.empty((len(arrays), size, size, 3), dtype=np.uint8)
-    for i, a in enumerate(arrays):
-        im = Image.fromarray(a)
-        out[i] = np.asarray(im if im.size == (size, size) else im.resize((size, size), Image.BILINEAR,
-                                                                           reducing_gap=None))
-    return out

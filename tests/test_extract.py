@@ -267,3 +267,24 @@ def test_fold_models_of_different_configs_are_refused(work):
                    fold=1, progress=False)
     with pytest.raises(WorkspaceError, match=r"fold 1 was trained with another config than fold 0 \(\['dropout'\]"):
         extract_features(data, "cnn-small", ws, progress=False)
+
+
+def test_flip_tta_averages_the_image_and_its_mirror(work):
+    data, ws = work
+    args = dict(frozen=True, img_size=32, pool="avg", weights="random", dtype="float32", progress=False)
+    plain = fc.load(extract_features(data, "cnn-small", ws, **args).path)
+    out = extract_features(data, "cnn-small", ws, tta="flip", **args)
+    flip = fc.load(out.path)
+    assert out.path.name == "cnn-small-frozen-flip.h5" and flip.attrs["spec"]["tta"] == "flip"
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = create("cnn-small", 32, weights="random").eval()
+    images, _ = cached_images(Workspace(ws), CompetitionData.load(data), "train", 32, progress=False)
+    rows = np.arange(8)
+    _, a = infer(model, images, rows, pool="avg")
+    _, b = infer(model, np.ascontiguousarray(images[:, :, ::-1]), rows, pool="avg")
+    assert np.allclose(plain.train.features[:8], a, atol=1e-5)
+    assert np.allclose(flip.train.features[:8], (a + b) / 2, atol=1e-5)
+    assert not np.allclose(a, b, atol=1e-3)  # the mirror is another view
+    with pytest.raises(ValueError, match="unknown test-time augmentation 'rot'"):
+        extract_features(data, "cnn-small", ws, tta="rot", **args)

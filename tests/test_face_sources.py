@@ -91,27 +91,62 @@ def test_missing_optional_dependency_gives_one_clear_message(monkeypatch):
         fs.face_net_config("gender-cnn")
 
 
-def test_face_source_loads_its_network_once_and_keeps_its_pool(tmp_path, monkeypatch):
-    """Built once, a face source is a pure function of a batch: in-process for small batches, one kept pool of
-    2 workers for large ones, with the same outputs either way."""
+def test_face_source_loads_its_network_once(tmp_path, monkeypatch):
+    """Built once, a face source is a pure function of a batch of chips: the network is loaded on first use only."""
     from genderfusion.extract.data.workspace import Workspace
     from genderfusion.extract.sources import face
     from genderfusion.extract.sources.spec import build_source, source_recipe, source_spec
 
-    rng = np.random.default_rng(0)
-    images = [rng.integers(0, 256, (40 + i % 7, 36, 3), dtype=np.uint8) for i in range(70)]
+    chips = np.random.default_rng(0).integers(0, 256, (6, 32, 32, 3), dtype=np.uint8)
     loads, real = [], face.FaceNet
-    monkeypatch.setattr(face, "FaceNet", lambda cfg: loads.append(cfg) or real(cfg))
+    monkeypatch.setattr(face, "FaceNet", lambda cfg, device: loads.append(cfg) or real(cfg, device))
     spec = source_spec("gender-cnn", align=False)
     src = build_source(source_recipe(spec, Workspace(tmp_path), 1, None), Workspace(tmp_path))
-    src.workers = 2
-    try:
-        small = [src.compute(images[:5]) for _ in range(2)]
-        assert len(loads) == 1 and np.array_equal(small[0][0], small[1][0])
-        f1, l1 = src.compute(images)  # 70 images: 3 chunks over the pool
-        pool = src._pool
-        f2, _ = src.compute(images)
-        assert pool is not None and src._pool is pool and np.array_equal(f1, f2)
-        assert np.allclose(f1[:5], small[0][0], atol=1e-5) and np.allclose(l1[:5], small[0][1], atol=1e-5)
-    finally:
-        src.close()
+    a, b = src.compute(chips), src.compute(chips)
+    assert len(loads) == 1 and np.array_equal(a[0], b[0]) and a[0].shape == (6, 16) and a[1].shape == (6,)
+
+
+def _chips_folder(synth, n: int):
+    """The synthetic folder with n training images (copies of the first ones)."""
+    import shutil
+
+    ids = [str(100000 + i) for i in range(n)]
+    for i in ids[60:]:
+        shutil.copy(synth / "train" / f"{int(i) % 60 + 100000}.jpg", synth / "train" / f"{i}.jpg")
+    (synth / "train.csv").write_text("id,label\n" + "".join(f"{i},{int(i) % 2}\n" for i in ids))
+    return synth
+
+
+def test_chip_cache_parallel_equals_serial_is_reused_and_names_a_corrupt_image(synth, tmp_path, monkeypatch):
+    from genderfusion.extract.data.dataset import CompetitionData
+    from genderfusion.extract.data.workspace import Workspace
+    from genderfusion.extract.errors import BadImageError
+    from genderfusion.extract.models import chip_cache
+    from genderfusion.extract.sources.inputs import SHAPE_PREDICTOR
+
+    data = CompetitionData.load(_chips_folder(synth, 90))
+    sp = str(fs.dlib_model_paths()[SHAPE_PREDICTOR])
+    sha = fs.DLIB_FILES[SHAPE_PREDICTOR]
+    args = dict(shape_predictor=sp, shape_predictor_sha256=sha, progress=False, chunk=16)
+    serial, bad, fell = chip_cache.cached_chips(Workspace(tmp_path / "a"), data, "train", 40, 0.25, workers=1, **args)
+    parallel, bad2, fell2 = chip_cache.cached_chips(Workspace(tmp_path / "b"), data, "train", 40, 0.25, workers=2,
+                                                    **args)
+    assert serial.shape == (90, 40, 40, 3) and np.array_equal(serial, parallel) and bad == bad2 == []
+    assert fell == fell2 and 0 <= fell <= 90
+    aligner = fs.Aligner(sp, 40, 0.25)
+    from genderfusion.extract.data.images import load_rgb
+
+    own, own_fell = aligner([load_rgb(p) for p in data.train.paths[:16]])
+    assert np.array_equal(own, serial[:16])  # the cache holds exactly what the aligner makes
+    monkeypatch.setattr(chip_cache, "align_files", lambda job: pytest.fail("chips computed again"))
+    assert np.array_equal(chip_cache.cached_chips(Workspace(tmp_path / "b"), data, "train", 40, 0.25, **args)[0],
+                          serial)
+    monkeypatch.undo()
+    bad_path = data.train.paths[70]
+    bad_path.write_bytes(b"\xff\xd8 truncated")
+    data = CompetitionData.load(synth)  # the image's size changed: the cache is stale
+    with pytest.raises(BadImageError, match=f"{bad_path.name}.*--skip-bad"):
+        chip_cache.cached_chips(Workspace(tmp_path / "b"), data, "train", 40, 0.25, workers=2, **args)
+    chips, bad, _ = chip_cache.cached_chips(Workspace(tmp_path / "b"), data, "train", 40, 0.25, workers=2,
+                                            skip_bad=True, **args)
+    assert bad == [70] and chips[70].max() == 0 and np.array_equal(chips[:70], serial[:70])

@@ -9,8 +9,8 @@ import numpy as np
 
 from ..data.dataset import CompetitionData
 from ..data.folds import ensure_folds
-from ..data.image_cache import RowImages
 from ..data.workspace import Workspace
+from ..sources.inputs import RowInputs
 from ..sources.spec import DEFAULT_GENDER_LAYER, build_source, source_name, source_recipe, source_spec
 from .writer import Outcome, Rows, extract_to_cache, merge_shards, plan_update
 
@@ -25,7 +25,8 @@ def extract_features(data_dir: str | Path, backbone: str, workdir: str | Path = 
                      pool: str = "flatten", img_size: int | None = None, weights: str | None = None,
                      pretrained: bool = False, batch_size: int = 256, device: str = "auto", dtype: str = "float16",
                      force: bool = False, shard: str | None = None, skip_bad: bool = False,
-                     progress: bool = True, align: bool = True, layer: str = DEFAULT_GENDER_LAYER) -> Outcome:
+                     progress: bool = True, align: bool = True, layer: str = DEFAULT_GENDER_LAYER,
+                     tta: str = "none") -> Outcome:
     """Write (or reuse) `workdir/features/<source>.h5` for every train and test image.
 
     A cache with the same recipe and rows is a hit decided without building the source (no model, no torch).
@@ -35,14 +36,15 @@ def extract_features(data_dir: str | Path, backbone: str, workdir: str | Path = 
     ws = Workspace(workdir)
     ws.bind(data)
     folds = ensure_folds(ws, data)
-    recipe = source_recipe(source_spec(backbone, frozen, pool, img_size, weights, pretrained, align, layer),
+    recipe = source_recipe(source_spec(backbone, frozen, pool, img_size, weights, pretrained, align, layer, tta),
                            ws, folds.k, folds.fingerprint)
     rows = dataset_rows(data, folds.for_ids(data.train.ids).copy())
-    images = RowImages(ws, data, skip_bad=skip_bad, progress=progress)
+    images = RowInputs(ws, data, skip_bad=skip_bad, progress=progress)
     skipped: list[str] = []
     if skip_bad:
+        inp = build_source(recipe, ws, batch_size, device).input
         for split in ("train", "test"):
-            images.resized(split, recipe["img_size"])  # decodes once and finds the corrupt images
+            images.all(split, inp)  # decodes once and finds the corrupt images
             bad = sorted(images.bad[split])
             skipped += [getattr(data, split).ids[i] for i in bad]
             if split == "train":
@@ -58,18 +60,20 @@ def extract_features(data_dir: str | Path, backbone: str, workdir: str | Path = 
     if update.hit:
         return Outcome(path, "hit", update.reason, 0, time.time() - t0, None)
     source = build_source(recipe, ws, batch_size, device)
-    try:
-        return extract_to_cache(source, rows, path, update, images, dtype=dtype, batch_size=batch_size,
-                                progress=progress, shard=shard, notes={"skipped_ids": skipped})
-    finally:
-        source.close()
+    notes: dict = {"skipped_ids": skipped}
+    if source.input.padding is not None:  # aligned chips: made once for every split, their fallbacks counted
+        for split in ("train", "test"):
+            images.all(split, source.input)
+        notes["alignment_fallbacks"] = sum(images.fallbacks[split, source.input] for split in ("train", "test"))
+    return extract_to_cache(source, rows, path, update, images, dtype=dtype, batch_size=batch_size,
+                            progress=progress, shard=shard, notes=notes)
 
 
 def merge_features(workdir: str | Path, backbone: str, frozen: bool = False, align: bool = True,
-                   layer: str = DEFAULT_GENDER_LAYER) -> Path:
+                   layer: str = DEFAULT_GENDER_LAYER, tta: str = "none") -> Path:
     """Join `features/<source>.shard*of*.h5` into `features/<source>.h5`."""
     ws = Workspace(workdir)
-    name = source_name(source_spec(backbone, frozen, align=align, layer=layer))
+    name = source_name(source_spec(backbone, frozen, align=align, layer=layer, tta=tta))
     shards = ws.shard_paths(name)
     if not shards:
         raise FileNotFoundError(f"no shards {name}.shard*of*.h5 in {ws.features_path(name).parent}")

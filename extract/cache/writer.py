@@ -13,7 +13,7 @@ from typing import Callable
 import numpy as np
 
 from ..atomic import atomic_path
-from ..sources.base import FINETUNED, FeatureSource, library_versions
+from ..sources.base import FINETUNED, FeatureSource, Input, library_versions
 from . import format as fc
 
 log = logging.getLogger(__name__)
@@ -140,12 +140,12 @@ def plan_update(path: Path, recipe: dict, rows: Rows, dtype: str = "float16", fo
 
 
 def extract_to_cache(source: FeatureSource, rows: Rows, path: Path, update: Update,
-                     images: Callable[[str, np.ndarray, int | None], object], dtype: str = "float16",
+                     images: Callable[[str, np.ndarray, Input], np.ndarray], dtype: str = "float16",
                      batch_size: int = 256, progress: bool = True, shard: str | None = None,
                      notes: dict | None = None) -> Outcome:
     """Compute the rows `update` does not keep, batch by batch, into `path` (atomically, resumably).
 
-    images(split, dataset_rows, size) gives the batch a source computes on (size: source.input_size).
+    images(split, dataset_rows, source.input) gives the batch a source computes on.
     """
     import h5py
     from tqdm.auto import tqdm
@@ -198,7 +198,7 @@ def extract_to_cache(source: FeatureSource, rows: Rows, path: Path, update: Upda
                 feats = np.empty((len(chunk), d), dtype=dtype)
                 logits = np.empty(len(chunk), dtype=np.float32) if source.has_logits else None
                 for start in range(0, len(chunk), batch_size):
-                    batch = images(split, index[start:start + batch_size], source.input_size)
+                    batch = images(split, index[start:start + batch_size], source.input)
                     t1 = time.time()
                     fb, lb = source.compute(batch, space)
                     t_compute += time.time() - t1
@@ -211,7 +211,6 @@ def extract_to_cache(source: FeatureSource, rows: Rows, path: Path, update: Upda
                 done_parts.append(name)
                 f.attrs["done_parts"] = json.dumps(done_parts)
                 f.flush()
-            f.attrs["notes"] = json.dumps({**(notes or {}), **source.notes()})
             f.attrs["complete"] = True
         os.replace(partial, path)
     except OSError as exc:

@@ -8,7 +8,7 @@ import numpy as np
 from ..atomic import atomic_path, read_json, write_json
 from ..errors import BadImageError
 from .dataset import CompetitionData
-from .images import decode_many, load_rgb
+from .images import decode_many
 from .workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -42,29 +42,3 @@ def cached_images(ws: Workspace, data: CompetitionData, split: str, size: int,
     write_json(meta_path, {"dataset_fingerprint": fp, "ids_n": len(part), "size": size, "bad": bad})
     return np.load(path, mmap_mode="r"), bad
 
-
-class RowImages:
-    """Batches of a competition folder's images by row: resized from the image cache, or at full resolution.
-
-    Rows listed in `bad[split]` (corrupt images skipped with --skip-bad) come back black, as in the image cache.
-    """
-
-    def __init__(self, ws: Workspace, data: CompetitionData, skip_bad: bool = False, progress: bool = True):
-        self.ws, self.data, self.skip_bad, self.progress = ws, data, skip_bad, progress
-        self.bad: dict[str, set[int]] = {"train": set(), "test": set()}
-        self._arrays: dict[tuple[str, int], np.ndarray] = {}
-
-    def resized(self, split: str, size: int) -> np.ndarray:
-        """All images of a split at size×size (memory-mapped from the image cache)."""
-        if (split, size) not in self._arrays:
-            arr, bad = cached_images(self.ws, self.data, split, size, skip_bad=self.skip_bad, progress=self.progress)
-            self._arrays[split, size] = arr
-            self.bad[split].update(bad)
-        return self._arrays[split, size]
-
-    def __call__(self, split: str, rows: np.ndarray, size: int | None):
-        """uint8 [B, size, size, 3] for a size, else a list of full-resolution HWC uint8 RGB arrays."""
-        if size is not None:
-            return self.resized(split, size)[rows]
-        paths = getattr(self.data, split).paths
-        return [np.zeros((1, 1, 3), np.uint8) if i in self.bad[split] else load_rgb(paths[i]) for i in rows]

@@ -92,3 +92,13 @@ def _collect(results, out: np.ndarray, bad: list[int], skip_bad: bool, bar) -> N
         else:
             out[n] = arr
         bar.update(1)
+
+
+def resize_all(arrays: list[np.ndarray], size: int) -> np.ndarray:
+    """Resize each image to size×size exactly as the training image cache does."""
+    out = np.empty((len(arrays), size, size, 3), dtype=np.uint8)
+    for i, a in enumerate(arrays):
+        im = Image.fromarray(a)
+        out[i] = np.asarray(im if im.size == (size, size) else im.resize((size, size), Image.BILINEAR,
+                                                                           reducing_gap=None))
+    return out

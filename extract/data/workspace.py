@@ -117,6 +117,10 @@ class Workspace:
     def image_cache(self, split: str, size: int) -> Path:
         return self.root / "cache" / "images" / f"{split}_{size}.npy"
 
+    def chip_cache(self, split: str, size: int, padding: float) -> Path:
+        """Aligned face chips of a split (landmarks computed once per chip size and padding)."""
+        return self.root / "cache" / "chips" / f"{split}_{size}_p{padding}.npy"
+
     def head_dir(self, name: str) -> Path:
         return self.root / "heads" / safe_name(name)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -112,14 +113,58 @@ def face_chip(img: np.ndarray, predictor, size: int, padding: float, align: bool
     return chip, align
 
 
-# ---- running a network on decoded images ------------------------------------------------------------------
+class Aligner:
+    """dlib's 5-point landmarks and face chips, with the landmark model loaded once (extra `faces`)."""
+
+    def __init__(self, shape_predictor: str, size: int, padding: float):
+        import dlib
+
+        self.predictor = dlib.shape_predictor(shape_predictor)
+        self.size, self.padding = size, padding
+
+    def __call__(self, images) -> tuple[np.ndarray, list[int]]:
+        """uint8 chips [B, size, size, 3] of HWC RGB images, and the indices that fell back to a plain resize."""
+        chips = np.empty((len(images), self.size, self.size, 3), dtype=np.uint8)
+        fell = []
+        for i, img in enumerate(images):
+            chips[i], fallback = face_chip(np.ascontiguousarray(img), self.predictor, self.size, self.padding, True)
+            if fallback:
+                fell.append(i)
+        return chips, fell
+
+
+_ALIGNERS: dict[tuple, Aligner] = {}
+
+
+def align_files(job: tuple[list[str], str, int, float]) -> tuple[np.ndarray, list[int], list[tuple[int, str]]]:
+    """Worker: chips of image files (one aligner per process), fallback positions, and (position, reason) of
+    files that cannot be decoded (plain tuples: they cross process boundaries)."""
+    from ..data.images import load_rgb
+    from ..errors import BadImageError
+
+    paths, shape_predictor, size, padding = job
+    key = (shape_predictor, size, padding)
+    if key not in _ALIGNERS:
+        _ALIGNERS[key] = Aligner(shape_predictor, size, padding)
+    images, bad = [], []
+    for i, path in enumerate(paths):
+        try:
+            images.append(load_rgb(path))
+        except BadImageError as exc:
+            images.append(np.zeros((size, size, 3), np.uint8))
+            bad.append((i, exc.reason))
+    chips, fell = _ALIGNERS[key](images)
+    return chips, [i for i in fell if i not in {b for b, _ in bad}], bad
+
+
+# ---- running a network on chips -------------------------------------------------------------------------------
 
 FACE_NETS = ("dlib-face", "gender-cnn")
 
 
 @dataclass(frozen=True)
 class FaceNetConfig:
-    """Everything a (worker) process needs to load and run one face network."""
+    """Everything needed to load and run one face network, and to make its chips."""
 
     net: str
     layer: str
@@ -143,8 +188,7 @@ def face_net_config(net: str, align: bool = True, layer: str = "layer_3_relu") -
         if layer not in GENDER_LAYERS:
             raise ValueError(f"gender-cnn layer {layer!r}; choose one of {sorted(GENDER_LAYERS)}")
         chip, padding = 32, 0.2
-    cfg = FaceNetConfig(net, layer, chip, padding, align, str(files["model"][0]), str(files["shape_predictor"][0]))
-    return cfg
+    return FaceNetConfig(net, layer, chip, padding, align, str(files["model"][0]), str(files["shape_predictor"][0]))
 
 
 def feature_dim(cfg: FaceNetConfig) -> int:
@@ -164,47 +208,33 @@ def _gender_graph(path: str, layer: str) -> bytes:
 
 
 class FaceNet:
-    """One loaded face network (and landmark model), run on one thread over HWC uint8 RGB images."""
+    """One loaded face network run on uint8 chips: dlib's ResNet in torch (CUDA when present), the gender CNN on
+    onnxruntime."""
 
-    def __init__(self, cfg: FaceNetConfig):
-        import dlib
-
+    def __init__(self, cfg: FaceNetConfig, device: str = "auto"):
         self.cfg = cfg
-        self.predictor = dlib.shape_predictor(cfg.shape_predictor) if cfg.align else None
         if cfg.net == "dlib-face":
-            self.net = dlib.face_recognition_model_v1(cfg.model)
+            from .dlib_resnet import load_dlib_resnet
+            from .inference import resolve_device
+
+            self.device = resolve_device(device)
+            self.net = load_dlib_resnet(cfg.model).to(self.device)
         else:
             import onnxruntime as ort
 
             so = ort.SessionOptions()
-            so.intra_op_num_threads, so.inter_op_num_threads = 1, 1
+            so.intra_op_num_threads = len(os.sched_getaffinity(0))
             self.net = ort.InferenceSession(_gender_graph(cfg.model, cfg.layer), so,
                                             providers=["CPUExecutionProvider"])
 
-    def run(self, images: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray | None, int]:
-        """Features [B, D], logits [B] (female - male; None for dlib-face) and the count of alignment fallbacks."""
-        cfg = self.cfg
-        chips, fallbacks = [], 0
-        for img in images:
-            chip, fell = face_chip(np.ascontiguousarray(img), self.predictor, cfg.chip, cfg.padding, cfg.align)
-            chips.append(np.ascontiguousarray(chip))
-            fallbacks += fell
-        if cfg.net == "dlib-face":
-            desc = self.net.compute_face_descriptor(chips)
-            return np.array([np.array(d) for d in desc], dtype=np.float32).reshape(len(chips), 128), None, fallbacks
-        x = (np.stack(chips).astype(np.float32) - np.array(GENDER_MEANS, dtype=np.float32)) / 256.0
-        feats, logits = self.net.run([cfg.layer, "logits"], {"images": x.transpose(0, 3, 1, 2).copy()})
-        return (feats.reshape(len(chips), -1).astype(np.float32), (logits[:, 0] - logits[:, 1]).astype(np.float32),
-                fallbacks)
+    def run(self, chips: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Features [B, D] and logits [B] (female - male; None for dlib-face) of uint8 chips [B, S, S, 3]."""
+        if self.cfg.net == "dlib-face":
+            import torch
 
-
-_WORKER: dict[str, FaceNet] = {}
-
-
-def init_worker(cfg: FaceNetConfig) -> None:
-    """Load the network once in a worker process."""
-    _WORKER["net"] = FaceNet(cfg)
-
-
-def run_in_worker(images: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray | None, int]:
-    return _WORKER["net"].run(images)
+            with torch.inference_mode():
+                x = self.net.normalize(torch.from_numpy(np.ascontiguousarray(chips)).to(self.device))
+                return self.net(x).float().cpu().numpy(), None
+        x = (chips.astype(np.float32) - np.array(GENDER_MEANS, dtype=np.float32)) / 256.0
+        feats, logits = self.net.run([self.cfg.layer, "logits"], {"images": x.transpose(0, 3, 1, 2).copy()})
+        return feats.reshape(len(chips), -1).astype(np.float32), (logits[:, 0] - logits[:, 1]).astype(np.float32)

@@ -3,11 +3,22 @@ from __future__ import annotations
 
 import platform
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 
 import numpy as np
 
 FINETUNED, FROZEN = "finetuned", "frozen"  # K fold models (one feature space each), or one model never trained here
 KINDS = (FINETUNED, FROZEN)
+TTAS = ("none", "flip")  # test-time augmentation: none, or the mean over the image and its mirror
+
+
+@dataclass(frozen=True)
+class Input:
+    """What a source computes on: uint8 [B, size, size, 3] images, plainly resized (padding None) or aligned face
+    chips with this padding."""
+
+    size: int
+    padding: float | None = None
 
 
 def library_versions() -> dict:
@@ -27,14 +38,13 @@ class FeatureSource(ABC):
     """A named source of features, built once from its recipe: a pure function of a batch of images.
 
     recipe: everything that determines the features (extract.sources.spec.source_recipe), recorded in the cache.
-    input_size: the square size its images must have (uint8 [B, S, S, 3]), or None for full-resolution images
-    (a list of HWC uint8 RGB arrays) that it aligns itself.
+    input: the images it computes on (uint8 [B, S, S, 3], resized or aligned chips).
     """
 
     recipe: dict
     n_spaces: int
     has_logits: bool
-    input_size: int | None
+    input: Input
 
     @property
     def name(self) -> str:
@@ -48,12 +58,15 @@ class FeatureSource(ABC):
     def feature_dim(self) -> int: ...
 
     @abstractmethod
-    def compute(self, batch, space: int = 0) -> tuple[np.ndarray, np.ndarray | None]:
-        """Features [B, D] and logits [B] (or None) of a batch of images in feature space `space`."""
+    def forward(self, batch: np.ndarray, space: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """Features [B, D] and logits [B] (or None) of one view of a batch, in feature space `space`."""
 
-    def notes(self) -> dict:
-        """Counts gathered while computing (e.g. alignment fallbacks), stored in the cache's `notes`."""
-        return {}
-
-    def close(self) -> None:
-        """Release worker processes or models; the source may not be used afterwards."""
+    def compute(self, batch: np.ndarray, space: int = 0) -> tuple[np.ndarray, np.ndarray | None]:
+        """Features [B, D] and logits [B] (or None) of uint8 images [B, S, S, 3] in feature space `space`; with
+        flip TTA, the mean over the images and their mirrors."""
+        feats, logits = self.forward(batch, space)
+        if self.recipe["spec"].get("tta", "none") == "flip":
+            f2, l2 = self.forward(np.ascontiguousarray(batch[:, :, ::-1]), space)
+            feats = (feats + f2) / 2
+            logits = None if logits is None else (logits + l2) / 2
+        return feats, logits

@@ -12,33 +12,36 @@ from ..errors import WorkspaceError
 from ..models.checkpoints import fold_checkpoints, saved_preprocess
 from ..models.face_nets import FACE_NETS, GENDER_MEANS, checked_sha256, face_net_config
 from ..models.registry import lookup, weights_identity
-from .base import FINETUNED, FROZEN, FeatureSource
+from .base import FINETUNED, FROZEN, TTAS, FeatureSource
 
 DEFAULT_GENDER_LAYER = "layer_3_relu"
 
 
 def source_spec(backbone: str, frozen: bool = False, pool: str = "flatten", img_size: int | None = None,
                 weights: str | None = None, pretrained: bool = False, align: bool = True,
-                layer: str = DEFAULT_GENDER_LAYER) -> dict:
+                layer: str = DEFAULT_GENDER_LAYER, tta: str = "none") -> dict:
     """Everything needed to rebuild a source later (recorded in its cache and in fusion artifacts)."""
+    if tta not in TTAS:
+        raise ValueError(f"unknown test-time augmentation {tta!r}; choose one of {TTAS}")
     if backbone in FACE_NETS:
-        return {"type": "face", "net": backbone, "align": align, "layer": layer}
+        return {"type": "face", "net": backbone, "align": align, "layer": layer, "tta": tta}
     if frozen:
         return {"type": FROZEN, "backbone": backbone, "img_size": img_size or 224, "pool": pool,
                 "weights": str(Path(weights).resolve()) if weights and weights != "random" else weights,
-                "pretrained": pretrained}
-    return {"type": FINETUNED, "backbone": backbone, "pool": pool}
+                "pretrained": pretrained, "tta": tta}
+    return {"type": FINETUNED, "backbone": backbone, "pool": pool, "tta": tta}
 
 
 def source_name(spec: dict) -> str:
     """The source's one name, also its cache file's stem: the backbone (sanitised), '<backbone>-frozen', or the
-    face net with its layer when not the default and '-noalign' for plain resizing."""
+    face net with its layer when not the default and '-noalign' for plain resizing; '-flip' with flip TTA."""
+    flip = "-flip" if spec.get("tta", "none") == "flip" else ""
     if spec["type"] == "face":
         name = spec["net"]
         if spec["net"] == "gender-cnn" and spec["layer"] != DEFAULT_GENDER_LAYER:
             name += f"-{spec['layer']}"
-        return name + ("" if spec["align"] else "-noalign")
-    return safe_name(spec["backbone"]) + ("-frozen" if spec["type"] == FROZEN else "")
+        return name + ("" if spec["align"] else "-noalign") + flip
+    return safe_name(spec["backbone"]) + ("-frozen" if spec["type"] == FROZEN else "") + flip
 
 
 def _finetuned_recipe(spec: dict, ws: Workspace, k: int, folds_fp: str) -> dict:
@@ -74,7 +77,8 @@ def _face_recipe(spec: dict) -> dict:
             "std": [256.0] * 3 if gender else [1.0] * 3, "checkpoint_sha256": [sha["model"]],
             "extra": {"alignment": "dlib 5-point landmarks" if cfg.align else "none (plain resize)",
                       "chip_padding": cfg.padding, "fallback": "plain resize when landmarks implausible",
-                      "shape_predictor_sha256": sha["shape_predictor"]}}
+                      "shape_predictor_sha256": sha["shape_predictor"],
+                      "runtime": "torch (weights read from the .dat)" if cfg.net == "dlib-face" else "onnxruntime"}}
 
 
 def source_recipe(spec: dict, ws: Workspace, k: int, folds_fp: str | None) -> dict:
@@ -94,7 +98,7 @@ def build_source(recipe: dict, ws: Workspace, batch_size: int = 256, device: str
     if spec["type"] == "face":
         from .face import FaceNetSource
 
-        return FaceNetSource(recipe, face_net_config(spec["net"], spec["align"], spec["layer"]))
+        return FaceNetSource(recipe, face_net_config(spec["net"], spec["align"], spec["layer"]), device)
     from .torch_source import finetuned_source, frozen_source  # torch: only when a source is built
 
     if spec["type"] == FROZEN:

@@ -11,7 +11,7 @@ from ..errors import WorkspaceError
 from ..models.backbone import Backbone, create
 from ..models.inference import feature_dim, infer, resolve_device
 from ..models.registry import Preprocess
-from .base import FeatureSource
+from .base import FeatureSource, Input
 
 
 class TorchSource(FeatureSource):
@@ -23,7 +23,7 @@ class TorchSource(FeatureSource):
         self.recipe = recipe
         self._models, self._probe = models, probe
         self.n_spaces, self.has_logits = len(models), has_logits
-        self.input_size = recipe["img_size"]
+        self.input = Input(recipe["img_size"])
         self.batch_size, self.device = batch_size, resolve_device(device)
         self._loaded: dict[int, Backbone] = {}
 
@@ -36,7 +36,7 @@ class TorchSource(FeatureSource):
             self._loaded[space] = self._models[space]()
         return self._loaded[space]
 
-    def compute(self, batch, space=0):
+    def forward(self, batch, space):
         logits, feats = infer(self.model(space), batch, np.arange(len(batch)), self.batch_size, self.device,
                               pool=self.recipe["pooling"])
         return feats, (logits if self.has_logits else None)

@@ -1,0 +1,68 @@
+"""Aligned face chips cached on disk: dlib's 5-point landmarks and chips computed once per (chip size, padding),
+then reused by every face network, fold and re-run."""
+from __future__ import annotations
+
+import logging
+import os
+from concurrent.futures import ProcessPoolExecutor
+
+import numpy as np
+
+from ..atomic import atomic_path, read_json, write_json
+from ..data.dataset import CompetitionData
+from ..data.workspace import Workspace
+from ..errors import BadImageError
+from .face_nets import align_files
+
+log = logging.getLogger(__name__)
+
+
+def cached_chips(ws: Workspace, data: CompetitionData, split: str, size: int, padding: float,
+                 shape_predictor: str, shape_predictor_sha256: str, skip_bad: bool = False, progress: bool = True,
+                 workers: int | None = None, chunk: int = 64) -> tuple[np.ndarray, list[int], int]:
+    """The [N, size, size, 3] uint8 chips of a split (memory-mapped), the indices of corrupt images (black chips)
+    and the number of chips that fell back to a plain resize. Rebuilt when the images or the landmark model change."""
+    from tqdm.auto import tqdm
+
+    part = getattr(data, split)
+    path = ws.chip_cache(split, size, padding)
+    meta_path = path.with_suffix(".json")
+    key = {"dataset_fingerprint": data.fingerprint(), "ids_n": len(part), "size": size, "padding": padding,
+           "shape_predictor_sha256": shape_predictor_sha256}
+    if path.exists() and meta_path.exists():
+        meta = read_json(meta_path)
+        if all(meta.get(k) == v for k, v in key.items()):
+            if meta["bad"] and not skip_bad:
+                raise BadImageError(part.paths[meta["bad"][0]], "recorded as corrupt in the chip cache; rerun with "
+                                                                "--skip-bad")
+            return np.load(path, mmap_mode="r"), list(meta["bad"]), meta["fallbacks"]
+        log.info("chip cache %s is stale (images or landmark model changed); rebuilding", path)
+    paths = [str(p) for p in part.paths]
+    jobs = [(paths[i:i + chunk], shape_predictor, size, padding) for i in range(0, len(paths), chunk)]
+    chips = np.zeros((len(paths), size, size, 3), dtype=np.uint8)
+    bad: list[int] = []
+    fallbacks = 0
+    workers = workers or len(os.sched_getaffinity(0))
+    bar = tqdm(total=len(paths), desc=f"chips {split}@{size}", unit="img", disable=not progress)
+    pool = ProcessPoolExecutor(workers) if workers > 1 and len(jobs) > 1 else None
+    try:
+        for j, (c, fell, errors) in enumerate(pool.map(align_files, jobs) if pool else map(align_files, jobs)):
+            start = j * chunk
+            chips[start:start + len(c)] = c
+            fallbacks += len(fell)
+            for i, reason in errors:
+                if not skip_bad:
+                    raise BadImageError(paths[start + i], f"{reason}; rerun with --skip-bad to exclude it")
+                chips[start + i] = 0
+                bad.append(start + i)
+            bar.update(len(c))
+    finally:
+        bar.close()
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            np.save(fh, chips)
+    write_json(meta_path, {**key, "bad": bad, "fallbacks": fallbacks})
+    log.info("%s: %d chips, %d fell back to a plain resize, %d corrupt", path, len(paths), fallbacks, len(bad))
+    return np.load(path, mmap_mode="r"), bad, fallbacks
