@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.append(str(Path(__file__).resolve().parents[1]))  # for `bench`; genderfusion comes from the install
 
 from bench._report import emit  # noqa: E402
 from bench.run import peer_eval  # noqa: E402

@@ -11,7 +11,6 @@ skips what its cache or checkpoints already hold.
 from __future__ import annotations
 
 import argparse
-import csv
 import datetime as dt
 import json
 import shlex
@@ -22,7 +21,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.append(str(ROOT))  # for `bench`; genderfusion comes from the install
 
 from genderfusion.extract.atomic import read_json, write_json, write_text  # noqa: E402
 from genderfusion.extract.models.face_nets import FACE_NETS  # noqa: E402
@@ -49,7 +48,11 @@ def extract_args(e: dict) -> tuple[list[str], str]:
         if e.get("frozen"):
             args += ["--frozen", "--img-size", str(e.get("img_size", 224))]
         args += ["--pool", e.get("pool", "flatten")]
-    return args, source_name(source_spec(e["backbone"], bool(e.get("frozen")), align=align == "landmarks", layer=layer))
+    tta = e.get("tta")
+    if tta:
+        args += ["--tta", tta]
+    return args, source_name(source_spec(e["backbone"], bool(e.get("frozen")), align=align == "landmarks", layer=layer,
+                                         tta=tta))
 
 
 def train_args(t: dict) -> list[str]:
@@ -158,21 +161,19 @@ def main(argv=None) -> dict:
     runner.run("extract speed", [sys.executable, str(ROOT / "bench" / "extract_speed.py"), "--data", str(data),
                                  "--backbone", sp["extract_backbone"], "--img-size", str(sp["extract_img_size"]),
                                  "--n", str(sp["extract_n"]), "--json", str(speed_json)])
+    from genderfusion.extract.data.workspace import Workspace
+
+    best_dir = Workspace(ws).head_dir("best")
+    face_json = ws / "face_speed.json"
+    runner.run("face speed", [sys.executable, str(ROOT / "bench" / "face_speed.py"), "--data", str(data),
+                              "--n", str(sp["face_n"]), "--model", str(best_dir / "model.pkl"),
+                              "--predict-n", str(sp["predict_images"]), "--json", str(face_json)])
     if args.dry_run:
         print("\n(dry run: nothing was executed)")
         return {"stages": runner.stages}
 
-    from genderfusion.extract.data.workspace import Workspace
-    from genderfusion.fusion.classifier import FusionClassifier
-
-    best_dir = Workspace(ws).head_dir("best")
     report = read_json(best_dir / "report.json")
-    clf = FusionClassifier.load(best_dir / "model.pkl")
-    test_ids = [r["id"] for r in csv.DictReader(open(data / "test.csv"))][: sp["predict_images"]]
-    paths = [data / "test" / f"{i}.jpg" for i in test_ids]
-    t = time.time()
-    clf.predict(paths)
-    predict_rate = len(paths) / (time.time() - t)
+    face = read_json(face_json)
     stage_s = {s["stage"]: s["seconds"] for s in runner.stages}
 
     import numpy as np
@@ -196,7 +197,9 @@ def main(argv=None) -> dict:
               "extract_vs_raw_forward": read_json(speed_json)["extract_vs_raw_forward"],
               "cached_train_head_s": stage_s["heads (cached re-run)"],
               "cached_extract_s": stage_s.get("extract (cached re-run)"),
-              "predict_img_per_s": round(predict_rate, 1), "predict_images": len(paths)}
+              "face_speed": face["face_speed"], "predict_img_per_s": face["predict"]["warm_img_per_s"],
+              "predict_first_call_img_per_s": face["predict"]["first_call_img_per_s"],
+              "predict_images": face["predict"]["images"]}
     best_probs = cv[best_key]
     age09 = (ages >= 0) & (ages <= 9) if ages is not None else None
     if age09 is not None:
@@ -243,8 +246,11 @@ def results_markdown(result: dict, report: dict, command: str) -> str:
               f"Extraction {result['extract_speed']['extract_img_per_s']} img/s vs raw forward "
               f"{result['extract_speed']['raw_forward_img_per_s']} img/s (ratio {result['extract_vs_raw_forward']}); "
               f"cached extract re-run {result['cached_extract_s']} s; "
-              f"cached train-head re-run {result['cached_train_head_s']} s; FusionClassifier.predict "
-              f"{result['predict_img_per_s']} img/s on {result['predict_images']} image paths"
+              f"cached train-head re-run {result['cached_train_head_s']} s; face descriptor path: dlib "
+              f"{result['face_speed']['dlib_img_per_s']} img/s, torch {result['face_speed']['torch_img_per_s']} img/s "
+              f"(ratio {result['face_speed']['ratio']}); FusionClassifier.predict "
+              f"{result['predict_img_per_s']} img/s warm ({result['predict_first_call_img_per_s']} first call) on "
+              f"{result['predict_images']} image paths"
               + (f"; peer {result['peer_img_per_s']} img/s." if "peer_img_per_s" in result else ".")]
     return "\n".join(lines) + "\n"
 

@@ -136,8 +136,9 @@ def extract_main(argv: list[str] | None = None) -> None:
     p.add_argument("--align", choices=("landmarks", "resize"), default="landmarks",
                    help="face sources: align with 5-point landmarks, or plainly resize")
     p.add_argument("--layer", default="layer_3_relu", help="gender-cnn layer: layer_3_relu, layer_4_flatten, logits")
-    p.add_argument("--tta", choices=TTAS, default="none",
-                   help="test-time augmentation: flip = mean over the image and its mirror (cache name '-flip')")
+    p.add_argument("--tta", choices=TTAS, default=None,
+                   help="test-time augmentation: flip = mean over the image and its mirror (cache name '-flip'); "
+                        "default: flip for the face networks, none for backbones")
     args = p.parse_args(argv)
     if not args.merge and not args.data:
         p.error("--data is required (except with --merge)")

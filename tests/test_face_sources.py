@@ -25,7 +25,7 @@ def test_gender_cnn_layers_and_logits(small, tmp_path):
         f = fc.load(out.path)
         assert f.train.features.shape == (12, dim) and f.test.features.shape == (1, 4, dim)
         assert np.isfinite(f.train.logits).all() and f.attrs["layer"] == layer
-    logits = fc.load(tmp_path / "ws/features/gender-cnn-logits.h5")
+    logits = fc.load(tmp_path / "ws/features/gender-cnn-logits-flip.h5")  # flip TTA: the face nets' default
     z = logits.train.features.astype(np.float32)
     assert np.allclose(logits.train.logits, z[:, 0] - z[:, 1], atol=1e-2)  # female minus male
 
@@ -49,7 +49,7 @@ def test_dlib_face_descriptor_and_alignment_modes(small, tmp_path):
     norms = np.linalg.norm(a.train.features.astype(np.float32), axis=1)
     assert np.allclose(norms, norms.mean(), rtol=0.3)  # dlib descriptors have similar norms
     b = extract_features(small, "dlib-face", tmp_path / "ws", align=False, progress=False)
-    assert b.path.name == "dlib-face-noalign.h5"
+    assert b.path.name == "dlib-face-noalign-flip.h5"
     assert fc.load(b.path).attrs["extra"]["alignment"].startswith("none")
     assert "alignment_fallbacks" in a.attrs["notes"]
 

@@ -48,10 +48,10 @@ def test_pipeline_on_real_faces(real_subset, tmp_path):
     assert 0.4 <= s["oof_accuracy"] <= 1.0 and sum(r["n_holdout"] for r in s["folds"].values()) == 200
     assert extract_features(real_subset, "cnn-small", ws, progress=False).computed_rows == 200 + 2 * 40
     assert extract_features(real_subset, "gender-cnn", ws, align=False, progress=False).computed_rows == 240
-    report = train_head(ws, ["cnn-small", "gender-cnn-noalign"], ["logistic"], log=lambda m: None)
+    report = train_head(ws, ["cnn-small", "gender-cnn-noalign-flip"], ["logistic"], log=lambda m: None)
     acc = {(r["method"], r["protocol"]): r["accuracy"] for r in report["rows"]}
     # the pretrained gender network is far better than chance on real faces, and stacking keeps most of it
-    assert acc[("gender-cnn-noalign", "own classifier")] > 0.8
+    assert acc[("gender-cnn-noalign-flip", "own classifier")] > 0.8
     assert report["best_cv_accuracy"] > 0.75
     out = predict_submission("fusion", real_subset, tmp_path / "sub.csv", ws)
     assert out["rows"] == 40 and len((tmp_path / "sub.csv").read_text().splitlines()) == 41

@@ -26,7 +26,7 @@ def extract_features(data_dir: str | Path, backbone: str, workdir: str | Path = 
                      pretrained: bool = False, batch_size: int = 256, device: str = "auto", dtype: str = "float16",
                      force: bool = False, shard: str | None = None, skip_bad: bool = False,
                      progress: bool = True, align: bool = True, layer: str = DEFAULT_GENDER_LAYER,
-                     tta: str = "none") -> Outcome:
+                     tta: str | None = None) -> Outcome:
     """Write (or reuse) `workdir/features/<source>.h5` for every train and test image.
 
     A cache with the same recipe and rows is a hit decided without building the source (no model, no torch).
@@ -70,7 +70,7 @@ def extract_features(data_dir: str | Path, backbone: str, workdir: str | Path = 
 
 
 def merge_features(workdir: str | Path, backbone: str, frozen: bool = False, align: bool = True,
-                   layer: str = DEFAULT_GENDER_LAYER, tta: str = "none") -> Path:
+                   layer: str = DEFAULT_GENDER_LAYER, tta: str | None = None) -> Path:
     """Join `features/<source>.shard*of*.h5` into `features/<source>.h5`."""
     ws = Workspace(workdir)
     name = source_name(source_spec(backbone, frozen, align=align, layer=layer, tta=tta))

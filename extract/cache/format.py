@@ -66,6 +66,9 @@ def read_attrs(path: str | os.PathLike) -> dict:
     import h5py
 
     path = Path(path)
+    if not path.exists():
+        raise CacheError(f"{path}: no feature cache; run `extract --backbone …` first (cache names: "
+                         f"{', '.join(sorted(p.stem for p in path.parent.glob('*.h5'))) or 'none yet'})")
     try:
         with h5py.File(path, "r") as f:
             return _attrs(f)

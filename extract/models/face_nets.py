@@ -214,11 +214,13 @@ class FaceNet:
     def __init__(self, cfg: FaceNetConfig, device: str = "auto"):
         self.cfg = cfg
         if cfg.net == "dlib-face":
+            import torch
+
             from .dlib_resnet import load_dlib_resnet
             from .inference import resolve_device
 
             self.device = resolve_device(device)
-            self.net = load_dlib_resnet(cfg.model).to(self.device)
+            self.net = load_dlib_resnet(cfg.model).to(self.device, memory_format=torch.channels_last)
         else:
             import onnxruntime as ort
 
@@ -232,9 +234,15 @@ class FaceNet:
         if self.cfg.net == "dlib-face":
             import torch
 
+            from .inference import step_size
+
+            out = []
+            step = step_size(len(chips), self.device)
             with torch.inference_mode():
-                x = self.net.normalize(torch.from_numpy(np.ascontiguousarray(chips)).to(self.device))
-                return self.net(x).float().cpu().numpy(), None
+                for i in range(0, len(chips), step):
+                    x = self.net.normalize(torch.from_numpy(np.ascontiguousarray(chips[i:i + step])).to(self.device))
+                    out.append(self.net(x.contiguous(memory_format=torch.channels_last)).float().cpu().numpy())
+            return np.concatenate(out) if out else np.empty((0, 128), np.float32), None
         x = (chips.astype(np.float32) - np.array(GENDER_MEANS, dtype=np.float32)) / 256.0
         feats, logits = self.net.run([self.cfg.layer, "logits"], {"images": x.transpose(0, 3, 1, 2).copy()})
         return feats.reshape(len(chips), -1).astype(np.float32), (logits[:, 0] - logits[:, 1]).astype(np.float32)

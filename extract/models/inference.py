@@ -44,13 +44,19 @@ def feature_dim(model: Backbone, pool: str) -> int:
     return {"flatten": model.num_features * h * w, "avgmax": 2 * model.num_features}.get(pool, model.num_features)
 
 
+CPU_BATCH = 32  # on CPU, channels-last batches of 32 run fastest (cnn-deep at 64 px: 796 img/s, 424 at 256)
+
+
+def step_size(batch_size: int, device: torch.device) -> int:
+    """The batch a forward pass gets: batch_size on CUDA, at most CPU_BATCH on CPU."""
+    return batch_size if device.type == "cuda" else min(batch_size, CPU_BATCH)
+
+
 def prepare(batch_u8: np.ndarray | torch.Tensor, model: Backbone, device: torch.device) -> torch.Tensor:
-    """uint8 [B, H, W, 3] -> normalised float [B, 3, H, W] on device."""
+    """uint8 [B, H, W, 3] -> normalised float [B, 3, H, W] on device, channels-last."""
     t = torch.as_tensor(np.ascontiguousarray(batch_u8)).to(device, non_blocking=True)
     x = normalize(to_float(t), model.preprocess.mean, model.preprocess.std)
-    if device.type == "cuda":
-        x = x.contiguous(memory_format=torch.channels_last)
-    return x
+    return x.contiguous(memory_format=torch.channels_last)
 
 
 def iter_batches(images: np.ndarray, indices: np.ndarray, batch_size: int) -> Iterator[np.ndarray]:
@@ -71,7 +77,7 @@ def infer(model: Backbone, images: np.ndarray, indices: np.ndarray, batch_size: 
     feats = None
     bar = tqdm(total=len(indices), desc=desc, unit="img", disable=not progress)
     pos = 0
-    for batch in iter_batches(images, indices, batch_size):
+    for batch in iter_batches(images, indices, step_size(batch_size, device)):
         with autocast(device):
             fmap = model.forward_features(prepare(batch, model, device))
             out = model.forward_head(fmap)

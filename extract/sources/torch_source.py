@@ -31,9 +31,9 @@ class TorchSource(FeatureSource):
         return feature_dim(self._probe, self.recipe["pooling"])
 
     def model(self, space: int) -> Backbone:
-        """The model of one feature space, loaded once."""
+        """The model of one feature space, loaded once, in channels-last memory format (faster on CPU and GPU)."""
         if space not in self._loaded:
-            self._loaded[space] = self._models[space]()
+            self._loaded[space] = self._models[space]().to(self.device, memory_format=torch.channels_last)
         return self._loaded[space]
 
     def forward(self, batch, space):
