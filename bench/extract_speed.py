@@ -27,7 +27,7 @@ from bench._report import emit  # noqa: E402
 from genderfusion.extract.cache.api import extract_features  # noqa: E402
 from genderfusion.extract.data.workspace import Workspace  # noqa: E402
 from genderfusion.extract.models.augment import normalize, to_float  # noqa: E402
-from genderfusion.extract.models.inference import pool_features, resolve_device  # noqa: E402
+from genderfusion.extract.models.inference import pool_features, resolve_device, step_size  # noqa: E402
 from genderfusion.extract.sources.spec import build_source, source_recipe, source_spec  # noqa: E402
 
 
@@ -67,14 +67,16 @@ def main(argv=None) -> dict:
         images = np.load(ws / "cache" / "images" / f"train_{args.img_size}.npy")
         spec = source_spec(args.backbone, frozen=True, pool=args.pool, img_size=args.img_size)
         src = build_source(source_recipe(spec, Workspace(ws), 1, None), Workspace(ws), device=args.device)
-        model = src.model(0).to(dev).eval()
+        model = src.model(0).eval()  # channels-last, as extraction runs it
         x = normalize(to_float(torch.from_numpy(images)), model.preprocess.mean, model.preprocess.std).to(dev)
+        x = x.contiguous(memory_format=torch.channels_last)
+        step = step_size(args.batch_size, dev)  # the forward batch extraction uses on this device
 
         def raw() -> float:
             t = time.perf_counter()
             with torch.inference_mode():
-                for i in range(0, len(x), args.batch_size):
-                    fmap = model.forward_features(x[i:i + args.batch_size])
+                for i in range(0, len(x), step):
+                    fmap = model.forward_features(x[i:i + step])
                     model.forward_head(fmap)
                     pool_features(fmap, args.pool).cpu()
             return len(x) / (time.perf_counter() - t)

@@ -141,7 +141,9 @@ class FusionClassifier:
         return path
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "FusionClassifier":
+    def load(cls, path: str | os.PathLike, workdir: str | os.PathLike | None = None) -> "FusionClassifier":
+        """A saved model. Its workspace is `workdir`, else the one it was trained in, else - for a workspace that
+        was moved - the one holding the model file (<workdir>/heads/<name>/model.pkl)."""
         path = Path(path)
         if path.is_dir():
             path = path / "model.pkl"
@@ -156,4 +158,13 @@ class FusionClassifier:
         if not isinstance(obj, dict) or obj.get("format") != FORMAT:
             raise ValueError(f"{path}: not a {FORMAT} artifact (format {obj.get('format') if isinstance(obj, dict) else '?'}"
                              "); retrain it with train-head")
-        return obj["model"]
+        clf = obj["model"]
+        if workdir is not None:
+            clf.workdir_ = str(Path(workdir).resolve())
+        elif not (Path(clf.workdir_) / "features").is_dir():
+            moved = path.resolve().parents[2]
+            if not (moved / "features").is_dir():
+                raise WorkspaceError(f"{path}: its workspace {clf.workdir_} is gone and {moved} holds no features; "
+                                     "pass the workspace: FusionClassifier.load(path, workdir=...)")
+            clf.workdir_ = str(moved)
+        return clf

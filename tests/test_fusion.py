@@ -161,3 +161,17 @@ def test_rows_in_another_order_are_aligned(work):
             f[f"train/{name}"][...] = arr[::-1]
     after = load_sources(ws, SOURCES).source(SOURCES[1]).train
     assert np.array_equal(before, after)
+
+
+def test_a_saved_model_survives_moving_its_workspace(work, tmp_path):
+    data_dir, ws = work
+    train_head(ws, SOURCES, ["logistic"], protocols=("global",), log=lambda s: None)
+    paths = [data_dir / "test" / f"{i}.jpg" for i in ("200000", "200001", "200002")]
+    before = FusionClassifier.load(ws / "heads/fusion/model.pkl").predict_proba(paths)
+    moved = shutil.move(str(ws), str(tmp_path / "elsewhere"))
+    clf = FusionClassifier.load(f"{moved}/heads/fusion/model.pkl")
+    assert clf.workdir_ == str(tmp_path / "elsewhere") and np.allclose(clf.predict_proba(paths), before)
+    copy = shutil.copy(f"{moved}/heads/fusion/model.pkl", tmp_path / "m.pkl")
+    with pytest.raises(WorkspaceError, match=r"m.pkl: its workspace .* is gone .*workdir="):
+        FusionClassifier.load(copy)
+    assert np.allclose(FusionClassifier.load(copy, workdir=moved).predict_proba(paths), before)
