@@ -105,3 +105,23 @@ def test_offline_imagenet_weights_for_effnet_lite0():
     assert top5(m, skimage_data.chelsea()) & cats
     assert top5(m, skimage_data.coffee()) & coffee
     assert not top5(create("effnet-lite0", 224, weights="random").eval(), skimage_data.chelsea()) & cats
+
+
+def test_torchvision_state_dicts_load_as_users_save_them(tmp_path):
+    """`torch.save(torchvision.models.resnet18().state_dict(), path)` then `--weights path`: the body equals
+    torchvision's own forward up to the last conv map."""
+    import torchvision
+
+    torch.manual_seed(0)
+    tv = torchvision.models.resnet18().eval()
+    path = tmp_path / "r18.pt"
+    torch.save(tv.state_dict(), path)
+    model = create("resnet18", 64, weights=str(path)).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        ref = tv.layer4(tv.layer3(tv.layer2(tv.layer1(tv.maxpool(tv.relu(tv.bn1(tv.conv1(x))))))))
+        assert torch.allclose(model.forward_features(x), ref, atol=1e-5)
+    bad = {k: v for k, v in tv.state_dict().items() if not k.startswith("layer4.")}
+    torch.save(bad, tmp_path / "cut.pt")
+    with pytest.raises(WeightsError, match=r"cut.pt: weights do not fit backbone resnet18: missing \d+ key"):
+        create("resnet18", 64, weights=str(tmp_path / "cut.pt"))

@@ -3,6 +3,7 @@ binary head. The registry entry (extract.models.registry) says how each name is 
 from __future__ import annotations
 
 import socket
+from collections import OrderedDict
 from typing import Callable
 
 import torch
@@ -68,7 +69,8 @@ def _torchvision_body(arch: str, pretrained: bool) -> nn.Module:
     model = _fetch(f"torchvision {arch}", lambda: ctor(weights="DEFAULT" if pretrained else None))
     if arch.startswith("vgg"):
         return model.features
-    return nn.Sequential(*list(model.children())[:-2])  # drop avgpool and fc
+    # drop avgpool and fc; the children keep torchvision's names, so its state dicts load as users save them
+    return nn.Sequential(OrderedDict(list(model.named_children())[:-2]))
 
 
 def _fetch(what: str, build: Callable[[], nn.Module]) -> nn.Module:

@@ -62,6 +62,8 @@ def _match(target: nn.Module, sd: dict[str, torch.Tensor], prefix: str) -> tuple
             continue
         elif k in by_suffix and by_suffix[k] not in sd:
             mapped[by_suffix[k]] = v
+        elif "." in k and k.split(".", 1)[1] in want:  # a whole model's sub-module, e.g. torchvision VGG's features.
+            mapped[k.split(".", 1)[1]] = v
         else:
             unexpected.append(prefix + k)
     missing = [prefix + k for k in want if k not in mapped and not k.endswith("num_batches_tracked")]
