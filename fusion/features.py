@@ -1,7 +1,7 @@
 """Loading several feature caches as one aligned, validated set of sources."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -56,6 +56,7 @@ class FusionData:
     fold: np.ndarray
     test_ids: np.ndarray
     sources: list[Source]
+    skipped_ids: np.ndarray = field(default_factory=lambda: np.array([], dtype=object))  # left out of every head
 
     @property
     def k(self) -> int:
@@ -96,11 +97,15 @@ def load_sources(workdir: str | Path, names: list[str]) -> FusionData:
     ws = Workspace(workdir)
     sets = [fc.load(ws.features_path(n)) for n in names]
     ref = sets[0]
-    keep = ref.train.fold >= 0  # fold -1: corrupt images skipped at extraction
+    rows = [_align(ref.train.ids, fs.train.ids, name, names[0], "train") for name, fs in zip(names, sets)]
+    skipped = np.zeros(len(ref.train.ids), bool)
+    for fs, tr in zip(sets, rows):
+        skipped |= fs.train.fold[tr] < 0  # fold -1: a corrupt image skipped at extraction (--skip-bad) by any source
+    keep = np.flatnonzero(~skipped)
     ids, y, fold = ref.train.ids[keep], ref.train.labels[keep], ref.train.fold[keep]
     sources = []
-    for name, fs in zip(names, sets):
-        tr = _align(ids, fs.train.ids, name, names[0], "train")
+    for name, fs, all_rows in zip(names, sets, rows):
+        tr = all_rows[keep]
         te = _align(ref.test.ids, fs.test.ids, name, names[0], "test")
         for what, mine in (("label", fs.train.labels[tr]), ("fold", fs.train.fold[tr])):
             theirs = y if what == "label" else fold
@@ -125,4 +130,4 @@ def load_sources(workdir: str | Path, names: list[str]) -> FusionData:
     for f in range(int(fold.max()) + 1):
         if len(np.unique(y[fold == f])) < 2:
             raise ValueError(f"fold {f} holds only one class; a head cannot be trained there")
-    return FusionData(ids, y, fold, ref.test.ids, sources)
+    return FusionData(ids, y, fold, ref.test.ids, sources, ref.train.ids[skipped])

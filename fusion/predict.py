@@ -1,10 +1,14 @@
 """`predict` as a library call: a saved fusion model's predictions for test.csv, in submission format."""
 from __future__ import annotations
 
+import csv
 import io
 from pathlib import Path
 
+import numpy as np
+
 from genderfusion.extract.atomic import write_text
+from genderfusion.extract.cache import format as fc
 from genderfusion.extract.data.dataset import CompetitionData
 from genderfusion.extract.data.workspace import Workspace
 from genderfusion.extract.errors import DataError
@@ -12,12 +16,41 @@ from genderfusion.extract.errors import DataError
 from .classifier import FusionClassifier
 
 
+def _check_test_images(ws: Workspace, sources: list[str], data: CompetitionData) -> set[str]:
+    """Refuse cached test rows whose image is not the one in the data folder (the cache's key: the file size);
+    return the test ids skipped at extraction as corrupt (--skip-bad)."""
+    size = dict(zip(data.test.ids, data.test.sizes.tolist()))
+    skipped: set[str] = set()
+    for name in sources:
+        path = ws.features_path(name)
+        ids, sizes = fc.test_rows(path)
+        changed = [i for i, n in zip(ids, sizes.tolist()) if i in size and size[i] != n]
+        if changed:
+            raise DataError(f"{len(changed)} test image(s) in {data.test.folder} are not the ones {name}'s features "
+                            f"were computed from (file size differs), e.g. ids {changed[:5]}; rerun `extract` for "
+                            "every source, then predict. No submission written.")
+        skipped |= set(fc.read_attrs(path).get("notes", {}).get("skipped_ids", [])) & set(size)
+    return skipped
+
+
+def _default_labels(data: CompetitionData) -> dict[str, str]:
+    """The sample submission's label per id (for rows without a prediction), if the folder has one."""
+    sample = data.root / "sampleSubmit.csv"
+    if not sample.exists():
+        return {}
+    with open(sample, newline="", encoding="utf-8-sig") as fh:
+        return {r["id"]: r.get("label", "") for r in csv.DictReader(fh)}
+
+
 def predict_submission(model: str, data_dir: str | Path, out: str | Path, workdir: str | Path = "data",
                        band: tuple[float, float] = (0.45, 0.55)) -> dict:
-    """Write `out` (id,label for every test id in test.csv order) and `<out stem>_details.csv`."""
+    """Write `out` (id,label for every test id in test.csv order) and `<out stem>_details.csv`.
+
+    A test image skipped as corrupt at extraction gets no label from a blank image: the sample submission's
+    label (empty without one), flagged doubtful in the details file with the reason."""
     ws = Workspace(workdir)
     path = Path(model) if Path(model).suffix == ".pkl" else ws.head_model(model)
-    clf = FusionClassifier.load(path)
+    clf = FusionClassifier.load(path, workdir=workdir if Path(model).suffix != ".pkl" else None)
     data = CompetitionData.load(data_dir, check_images=False)
     ids, proba = clf.predict_proba_cached(workdir)
     pos = {i: n for n, i in enumerate(ids)}
@@ -25,15 +58,21 @@ def predict_submission(model: str, data_dir: str | Path, out: str | Path, workdi
     if missing:
         raise DataError(f"{len(missing)} test id(s) of {data.root / 'test.csv'} have no cached features "
                         f"(e.g. {missing[:5]}); run `extract` for every source first. No submission written.")
+    skipped = _check_test_images(ws, clf.source_names_, data)
+    fallback = _default_labels(data) if skipped else {}
     p = proba[[pos[i] for i in data.test.ids], 1]
-    labels = (p >= clf.threshold).astype(int)
-    doubtful = (p >= band[0]) & (p <= band[1])
+    labels = [fallback.get(i, "") if i in skipped else str(int(q >= clf.threshold)) for i, q in zip(data.test.ids, p)]
+    doubtful = [(i in skipped) or bool(band[0] <= q <= band[1]) for i, q in zip(data.test.ids, p)]
     out = Path(out)
     write_text(out, "id,label\n" + "".join(f"{i},{y}\n" for i, y in zip(data.test.ids, labels)))
     details = out.with_name(out.stem + "_details.csv")
     buf = io.StringIO()
-    buf.write("id,label,p_female,doubtful\n")
-    buf.writelines(f"{i},{y},{q:.5f},{int(d)}\n" for i, y, q, d in zip(data.test.ids, labels, p, doubtful))
+    buf.write("id,label,p_female,doubtful,reason\n")
+    for i, y, q, d in zip(data.test.ids, labels, p, doubtful):
+        reason = "corrupt image skipped at extraction; label from the sample submission" if i in skipped else ""
+        buf.write(f"{i},{y},{'' if i in skipped else f'{q:.5f}'},{int(d)},{reason}\n")
     write_text(details, buf.getvalue())
+    predicted = np.array([y == "1" for i, y in zip(data.test.ids, labels) if i not in skipped])
     return {"submission": str(out), "details": str(details), "rows": len(labels),
-            "female_fraction": float(labels.mean()), "doubtful": int(doubtful.sum())}
+            "female_fraction": float(predicted.mean()) if len(predicted) else None,
+            "doubtful": int(sum(doubtful)), "skipped": len(skipped)}

@@ -61,7 +61,9 @@ def train_head(workdir: str | Path, features: list[str], heads: list[str], proto
             return report
     data = load_sources(workdir, features)
     log(f"{len(data.y)} training rows, {data.k} folds, sources: "
-        + ", ".join(f"{s.name} ({s.kind}, {s.width}-d)" for s in data.sources))
+        + ", ".join(f"{s.name} ({s.kind}, {s.width}-d)" for s in data.sources)
+        + (f"; {len(data.skipped_ids)} row(s) skipped at extraction left out (ids {list(data.skipped_ids[:5])})"
+           if len(data.skipped_ids) else ""))
     results = evaluate(data, {h: head_factory(h) for h in heads}, protocols, probe=head_factory("logistic"), log=log)
     head_results = [r for r in results if r.method in heads]
     best = max(head_results, key=lambda r: r.accuracy(data.y))

@@ -61,6 +61,14 @@ def _decode_ids(ds) -> np.ndarray:
     return np.array([v.decode() if isinstance(v, bytes) else str(v) for v in ds[()]], dtype=object)
 
 
+def test_rows(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, image file sizes) of a cache's test rows: the key its rows were computed for."""
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        return _decode_ids(f["test/ids"]), f["test/filesize"][()]
+
+
 def read_attrs(path: str | os.PathLike) -> dict:
     """Attributes of a cache file, JSON fields decoded; CacheError if it cannot be opened."""
     import h5py
