@@ -12,6 +12,7 @@ import numpy as np
 from genderfusion.extract.atomic import read_json, write_json
 from genderfusion.extract.cache import format as fc
 from genderfusion.extract.data.workspace import Workspace
+from genderfusion.extract.errors import DataError
 
 from .classifier import FusionClassifier, head_factory
 from .features import load_sources
@@ -38,6 +39,20 @@ def train_meta(workdir: Path, ids: np.ndarray) -> tuple[np.ndarray | None, np.nd
     return (None, None) if data is None else data.meta_of(ids)
 
 
+def refuse_stale_labels(workdir: Path, ids: np.ndarray, y: np.ndarray) -> None:
+    """The cached labels must be train.csv's labels now: a corrected label is never trained on silently."""
+    data = Workspace(workdir).bound_data()
+    if data is None:
+        return
+    now = dict(zip(data.train.ids, data.train.labels.tolist()))
+    changed = [i for i, label in zip(ids, y.tolist()) if i in now and now[i] != label]
+    if changed:
+        raise DataError(f"{len(changed)} label(s) in {data.root / 'train.csv'} differ from the cached features' "
+                        f"(e.g. id {changed[0]}: cached {int(y[list(ids).index(changed[0])])}, now "
+                        f"{now[changed[0]]}); rerun `extract` for each source (frozen sources recompute only those "
+                        "rows; fine-tuned ones name the folds to retrain)")
+
+
 def train_head(workdir: str | Path, features: list[str], heads: list[str], protocols: tuple[str, ...] = PROTOCOLS,
                name: str = "fusion", band: tuple[float, float] = (0.45, 0.55), refit: bool = False,
                log: Callable[[str], None] = print) -> dict:
@@ -50,6 +65,9 @@ def train_head(workdir: str | Path, features: list[str], heads: list[str], proto
     for h in heads:
         head_factory(h)  # unknown heads fail before any work
     out_dir = Workspace(workdir).head_dir(name)
+    if features:  # labels are the same in every source (load_sources checks that)
+        first = fc.load(Workspace(workdir).features_path(features[0]), with_features=False)
+        refuse_stale_labels(workdir, first.train.ids, first.train.labels)
     fp = _fingerprint(workdir, features, heads, protocols, band)
     if not refit and (out_dir / "results.json").exists() and (out_dir / "model.pkl").exists():
         cached = read_json(out_dir / "results.json")

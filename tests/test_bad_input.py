@@ -61,3 +61,27 @@ def test_skip_bad_works_end_to_end(synth, tmp_path):
     details = {line.split(",")[0]: line for line in (tmp_path / "sub_details.csv").read_text().splitlines()}
     assert details["200005"] == "200005,0,,1,corrupt image skipped at extraction; label from the sample submission"
     assert details["200004"].endswith(",")  # predicted rows carry no reason
+
+
+def test_a_corrected_label_is_never_trained_on_silently(pipeline):
+    data, ws, sub = pipeline
+    model = ws / "heads/fusion/model.pkl"
+    before = sha(model)
+    lines = (data / "train.csv").read_text().splitlines()
+    i, y = lines[4].split(",")
+    (data / "train.csv").write_text("\n".join([*lines[:4], f"{i},{1 - int(y)}", *lines[5:]]) + "\n")
+    with pytest.raises(DataError, match=f"1 label.* differ from the cached features' .*id {i}: cached {y}"):
+        train_head(ws, ["cnn-small", "cnn-small-frozen"], ["logistic"], protocols=("global",), log=lambda m: None)
+    assert sha(model) == before
+    out = extract_features(data, "cnn-small", ws, progress=False, **FROZEN)  # frozen: only that row again
+    assert out.status == "appended" and out.computed_rows == 1
+    from genderfusion.extract.errors import WorkspaceError
+
+    with pytest.raises(WorkspaceError, match=r"cnn-small: fold model\(s\) \[0, 1\] were trained on other training "
+                                             r"labels.*train-backbone --backbone cnn-small"):
+        extract_features(data, "cnn-small", ws, progress=False)
+    train_backbone(data, CFG, ws, k=2, progress=False)
+    assert extract_features(data, "cnn-small", ws, progress=False).status == "computed"  # new checkpoints
+    report = train_head(ws, ["cnn-small", "cnn-small-frozen"], ["logistic"], protocols=("global",),
+                        log=lambda m: None)
+    assert sum(map(sum, report["confusion"])) == 60

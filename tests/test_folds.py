@@ -43,5 +43,9 @@ def test_workspace_refuses_other_dataset(synth, tmp_path):
     ws = Workspace(tmp_path / "ws")
     ws.bind(CompetitionData.load(synth))
     other = make_synthetic(tmp_path / "other", n_train=20, n_test=4, size=16, seed=9)
-    with pytest.raises(WorkspaceError, match="another dataset.*fingerprint"):
+    with pytest.raises(WorkspaceError, match="other training images.*fingerprint"):
         ws.bind(CompetitionData.load(other))
+    lines = (synth / "train.csv").read_text().splitlines()
+    i, y = lines[1].split(",")
+    (synth / "train.csv").write_text("\n".join([lines[0], f"{i},{1 - int(y)}", *lines[2:]]) + "\n")
+    assert ws.bind(CompetitionData.load(synth)) == ws.dataset_fingerprint()  # a corrected label is accepted

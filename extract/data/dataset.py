@@ -146,12 +146,13 @@ class CompetitionData:
         """Ages of the training rows (-1 where unknown), or None without train_meta.csv."""
         return self.meta_of(self.train.ids)[0]
 
-    def fingerprint(self, splits: tuple[str, ...] = ("train", "test")) -> str:
-        """sha256 over ids, labels and image file sizes of the given splits: changes when they do."""
+    def fingerprint(self, splits: tuple[str, ...] = ("train", "test"), labels: bool = True) -> str:
+        """sha256 over ids, labels (unless labels=False: the images alone) and image file sizes of the given splits:
+        changes when they do."""
         h = hashlib.sha256()
         for split in (getattr(self, s) for s in splits):
             h.update(split.name.encode())
-            labels = split.labels if split.labels is not None else [""] * len(split)
-            for i, size, y in zip(split.ids, split.sizes.tolist(), labels):
+            labels_ = split.labels if labels and split.labels is not None else [""] * len(split)
+            for i, size, y in zip(split.ids, split.sizes.tolist(), labels_):
                 h.update(f"{i},{y},{size}\n".encode())
         return h.hexdigest()[:16]

@@ -69,22 +69,28 @@ class Workspace:
         return self.root / "workspace.json"
 
     def bind(self, data: CompetitionData) -> str:
-        """Record the training set's fingerprint, or refuse if the workspace holds another dataset.
+        """Record the training set's fingerprint, or refuse if the workspace holds another training set.
 
-        A workspace belongs to one training set (ids, labels, image sizes); test ids may be added.
+        A workspace belongs to one set of training images (ids, image sizes); test ids may be added and labels
+        corrected (caches recompute the changed rows; fold models trained on other labels are refused by name).
+        Returns the fingerprint of the training set with its labels.
         """
-        fp = data.fingerprint(("train",))
-        if self.info_path.exists():
-            info = read_json(self.info_path)
-            if info.get("dataset_fingerprint") != fp:
-                raise WorkspaceError(
-                    f"workspace {self.root} was made for another dataset "
-                    f"(fingerprint {info.get('dataset_fingerprint')}, data {info.get('data')}); "
-                    f"{data.root} has fingerprint {fp}. Use another --workdir."
-                )
-        else:
-            write_json(self.info_path, {"dataset_fingerprint": fp, "data": str(data.root.resolve())})
+        fp, images = data.fingerprint(("train",)), data.fingerprint(("train",), labels=False)
+        info = read_json(self.info_path) if self.info_path.exists() else {}
+        theirs = info.get("images_fingerprint")
+        if info and theirs != images and not (theirs is None and info.get("dataset_fingerprint") == fp):
+            raise WorkspaceError(
+                f"workspace {self.root} was made for other training images "
+                f"(fingerprint {theirs or info.get('dataset_fingerprint')}, data {info.get('data')}); "
+                f"{data.root} has fingerprint {images}. Use another --workdir.")
+        if info.get("dataset_fingerprint") != fp or theirs is None:
+            write_json(self.info_path, {"dataset_fingerprint": fp, "images_fingerprint": images,
+                                        "data": str(data.root.resolve())})
         return fp
+
+    def dataset_fingerprint(self) -> str | None:
+        """The fingerprint (ids, labels, image sizes) of the training set the workspace was last bound to."""
+        return read_json(self.info_path).get("dataset_fingerprint") if self.info_path.exists() else None
 
     def bound_data(self) -> CompetitionData | None:
         """The competition folder this workspace was made for, if it is still readable (no image checks)."""

@@ -35,4 +35,11 @@ def fold_checkpoints(ws: Workspace, backbone: str, k: int, folds_fingerprint: st
                 f"{files.best} was trained on another fold assignment (folds fingerprint {theirs}); "
                 f"the workspace's folds have fingerprint {folds_fingerprint}. Retrain with train-backbone.")
         done.append(meta)
+    now = ws.dataset_fingerprint()
+    stale = [f for f, m in enumerate(done) if now is not None and m["identity"]["dataset_fingerprint"] != now]
+    if stale:
+        raise WorkspaceError(
+            f"{backbone}: fold model(s) {stale} were trained on other training labels than train.csv has now; "
+            f"retrain them with `train-backbone --backbone {backbone} --folds {k}` (finished folds whose data "
+            "did not change are kept)")
     return done
