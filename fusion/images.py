@@ -5,7 +5,7 @@ import os
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from genderfusion.extract.data.images import load_rgb, to_rgb
 from genderfusion.extract.errors import BadImageError
@@ -17,14 +17,17 @@ def _one(item, index: int) -> np.ndarray:
             raise FileNotFoundError(f"image {index}: {item} not found")
         return load_rgb(item)
     if isinstance(item, Image.Image):
-        return np.asarray(to_rgb(item), dtype=np.uint8).copy()
+        return np.asarray(to_rgb(ImageOps.exif_transpose(item)), dtype=np.uint8).copy()
     if type(item).__module__.startswith("torch"):
         t = item.detach().cpu()
         if t.ndim == 3 and t.shape[0] in (1, 3) and t.shape[-1] not in (1, 3):
             t = t.permute(1, 2, 0)  # CHW -> HWC
         item = t.numpy()
         if item.dtype != np.uint8:  # float tensors in [0, 1]
-            item = np.clip(item * 255.0 + 0.5, 0, 255).astype(np.uint8)
+            if item.size and (item.min() < 0 or item.max() > 1):
+                raise ValueError(f"image {index}: a float tensor must hold values in [0, 1], found "
+                                 f"{item.min():.3g}..{item.max():.3g}; divide by 255, or pass uint8")
+            item = (item * 255.0 + 0.5).astype(np.uint8)
     if isinstance(item, np.ndarray):
         if item.dtype != np.uint8 or item.ndim not in (2, 3) or (item.ndim == 3 and item.shape[2] not in (1, 3, 4)):
             raise ValueError(f"image {index}: expected an HWC uint8 array, got dtype {item.dtype} shape {item.shape}")

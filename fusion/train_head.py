@@ -39,18 +39,27 @@ def train_meta(workdir: Path, ids: np.ndarray) -> tuple[np.ndarray | None, np.nd
     return (None, None) if data is None else data.meta_of(ids)
 
 
-def refuse_stale_labels(workdir: Path, ids: np.ndarray, y: np.ndarray) -> None:
-    """The cached labels must be train.csv's labels now: a corrected label is never trained on silently."""
+def refuse_stale_caches(workdir: Path, features: list[str]) -> None:
+    """Each cache must hold the workspace's training rows with train.csv's labels now: a cache of another dataset
+    or a corrected label is never trained on silently."""
     data = Workspace(workdir).bound_data()
     if data is None:
         return
     now = dict(zip(data.train.ids, data.train.labels.tolist()))
-    changed = [i for i, label in zip(ids, y.tolist()) if i in now and now[i] != label]
-    if changed:
-        raise DataError(f"{len(changed)} label(s) in {data.root / 'train.csv'} differ from the cached features' "
-                        f"(e.g. id {changed[0]}: cached {int(y[list(ids).index(changed[0])])}, now "
-                        f"{now[changed[0]]}); rerun `extract` for each source (frozen sources recompute only those "
-                        "rows; fine-tuned ones name the folds to retrain)")
+    for name in features:
+        cached = fc.load(Workspace(workdir).features_path(name), with_features=False).train
+        foreign = [i for i in cached.ids if i not in now]
+        if foreign or len(cached.ids) != len(now):
+            raise DataError(f"{name}: its cache holds {len(cached.ids)} training rows, {data.root / 'train.csv'} "
+                            f"{len(now)}" + (f"; ids such as {foreign[:3]} are not in it" if foreign else "")
+                            + f"; rerun `extract` for {name} in this workspace")
+        changed = [n for n, (i, label) in enumerate(zip(cached.ids, cached.labels.tolist())) if now[i] != label]
+        if changed:
+            i = cached.ids[changed[0]]
+            raise DataError(f"{len(changed)} label(s) in {data.root / 'train.csv'} differ from {name}'s cached ones "
+                            f"(e.g. id {i}: cached {cached.labels[changed[0]]}, now {now[i]}); rerun `extract` for "
+                            "each source (frozen sources recompute only those rows; fine-tuned ones name the folds "
+                            "to retrain)")
 
 
 def train_head(workdir: str | Path, features: list[str], heads: list[str], protocols: tuple[str, ...] = PROTOCOLS,
@@ -65,9 +74,7 @@ def train_head(workdir: str | Path, features: list[str], heads: list[str], proto
     for h in heads:
         head_factory(h)  # unknown heads fail before any work
     out_dir = Workspace(workdir).head_dir(name)
-    if features:  # labels are the same in every source (load_sources checks that)
-        first = fc.load(Workspace(workdir).features_path(features[0]), with_features=False)
-        refuse_stale_labels(workdir, first.train.ids, first.train.labels)
+    refuse_stale_caches(workdir, features)
     fp = _fingerprint(workdir, features, heads, protocols, band)
     if not refit and (out_dir / "results.json").exists() and (out_dir / "model.pkl").exists():
         cached = read_json(out_dir / "results.json")

@@ -70,7 +70,7 @@ def test_a_corrected_label_is_never_trained_on_silently(pipeline):
     lines = (data / "train.csv").read_text().splitlines()
     i, y = lines[4].split(",")
     (data / "train.csv").write_text("\n".join([*lines[:4], f"{i},{1 - int(y)}", *lines[5:]]) + "\n")
-    with pytest.raises(DataError, match=f"1 label.* differ from the cached features' .*id {i}: cached {y}"):
+    with pytest.raises(DataError, match=f"1 label.* differ from cnn-small's cached ones .*id {i}: cached {y}"):
         train_head(ws, ["cnn-small", "cnn-small-frozen"], ["logistic"], protocols=("global",), log=lambda m: None)
     assert sha(model) == before
     out = extract_features(data, "cnn-small", ws, progress=False, **FROZEN)  # frozen: only that row again
@@ -85,3 +85,77 @@ def test_a_corrected_label_is_never_trained_on_silently(pipeline):
     report = train_head(ws, ["cnn-small", "cnn-small-frozen"], ["logistic"], protocols=("global",),
                         log=lambda m: None)
     assert sum(map(sum, report["confusion"])) == 60
+
+
+def test_a_cache_of_another_dataset_is_refused(pipeline, tmp_path):
+    from genderfusion.extract.data.synthetic import make_synthetic
+
+    data, ws, sub = pipeline
+    other = make_synthetic(tmp_path / "other", n_train=40, n_test=6, size=32, seed=4)
+    extract_features(other, "cnn-small", tmp_path / "ws2", progress=False, **FROZEN)
+    shutil.copy(tmp_path / "ws2/features/cnn-small-frozen.h5", ws / "features/cnn-small-frozen.h5")
+    with pytest.raises(DataError, match=r"cnn-small-frozen: its cache holds 40 training rows, .*train.csv 60"):
+        train_head(ws, ["cnn-small-frozen"], ["logistic"], protocols=("global",), log=lambda m: None)
+
+
+@pytest.mark.parametrize("case,error,match", [
+    ("utf16", DataError, r"train.csv: not UTF-8 text"),
+    ("resnet19", None, r"unknown backbone 'resnet19'; known: .*resnet18"),
+    ("cuda", ValueError, r"--device cuda: no CUDA device is available here; use --device auto or cpu"),
+])
+def test_one_line_errors(synth, tmp_path, case, error, match):
+    import torch
+
+    from genderfusion.extract.errors import UnknownBackboneError
+
+    if case == "utf16":
+        text = (synth / "train.csv").read_text()
+        (synth / "train.csv").write_bytes(text.encode("utf-16"))
+        call = lambda: extract_features(synth, "cnn-small", tmp_path / "ws", progress=False)  # noqa: E731
+    elif case == "resnet19":
+        error = UnknownBackboneError
+        call = lambda: extract_features(synth, "resnet19", tmp_path / "ws", progress=False)  # noqa: E731
+    else:
+        if torch.cuda.is_available():
+            pytest.skip("a CUDA device is present")
+        call = lambda: extract_features(synth, "cnn-small", tmp_path / "ws", device="cuda",  # noqa: E731
+                                        progress=False, **FROZEN)
+    with pytest.raises(error, match=match):
+        call()
+
+
+def test_exif_orientation_and_float_range(tmp_path):
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from genderfusion.extract.data.images import load_rgb
+    from genderfusion.fusion.images import decode_inputs
+
+    arr = np.zeros((20, 40, 3), np.uint8)
+    arr[:, :10] = 255  # white on the left
+    im = Image.fromarray(arr)
+    exif = im.getexif()
+    exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to display
+    im.save(tmp_path / "phone.jpg", exif=exif, quality=95)
+    out = load_rgb(tmp_path / "phone.jpg")
+    assert out.shape == (40, 20, 3) and out[:10].mean() > 200 and out[-10:].mean() < 50  # white on top
+    with pytest.raises(ValueError, match=r"image 0: a float tensor must hold values in \[0, 1\], found 0..255"):
+        decode_inputs([torch.full((3, 8, 8), 255.0).index_fill_(1, torch.tensor([0]), 0.0)])
+
+
+def test_a_corrupt_image_in_the_parallel_decode_is_named(synth, tmp_path):
+    """More than 64 images over 2 worker processes: the error raised in a worker names the file."""
+    from genderfusion.extract.data.images import decode_many
+    from genderfusion.extract.errors import BadImageError
+
+    paths = []
+    for n in range(90):
+        p = tmp_path / f"{n}.jpg"
+        shutil.copy(synth / "train" / f"{100000 + n % 60}.jpg", p)
+        paths.append(p)
+    paths[77].write_bytes(paths[77].read_bytes()[:100])
+    with pytest.raises(BadImageError, match=r"77.jpg: cannot decode image .*--skip-bad"):
+        decode_many(paths, 16, workers=2, progress=False)
+    arr, bad = decode_many(paths, 16, workers=2, skip_bad=True, progress=False)
+    assert bad == [77] and arr[77].max() == 0 and arr[76].max() > 0

@@ -25,13 +25,16 @@ def read_csv(path: Path, required: tuple[str, ...]) -> list[dict[str, str]]:
     """Read a CSV file, checking that the required columns are present."""
     if not path.is_file():
         raise DataError(f"{path}: file not found")
-    with open(path, newline="", encoding="utf-8-sig") as fh:
-        reader = csv.DictReader(fh)
-        columns = [c.strip() for c in (reader.fieldnames or [])]
-        missing = [c for c in required if c not in columns]
-        if missing:
-            raise DataError(f"{path}: missing column(s) {missing}; found {columns}, expected {list(required)}")
-        rows = [{k.strip(): (v or "").strip() for k, v in row.items() if k is not None} for row in reader]
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as fh:
+            reader = csv.DictReader(fh)
+            columns = [c.strip() for c in (reader.fieldnames or [])]
+            missing = [c for c in required if c not in columns]
+            if missing:
+                raise DataError(f"{path}: missing column(s) {missing}; found {columns}, expected {list(required)}")
+            rows = [{k.strip(): (v or "").strip() for k, v in row.items() if k is not None} for row in reader]
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); save it as a UTF-8 CSV") from None
     if not rows:
         raise DataError(f"{path}: no rows")
     return rows

@@ -6,7 +6,7 @@ from concurrent.futures import ProcessPoolExecutor
 from typing import Sequence
 
 import numpy as np
-from PIL import Image, ImageFile
+from PIL import Image, ImageFile, ImageOps
 
 from ..errors import BadImageError
 
@@ -35,7 +35,7 @@ def load_rgb(path: str | os.PathLike, size: int | None = None) -> np.ndarray:
     try:
         with Image.open(path) as im:
             im.load()
-            rgb = to_rgb(im)
+            rgb = to_rgb(ImageOps.exif_transpose(im))  # a phone photo stands as it was taken
             if size is not None and rgb.size != (size, size):
                 rgb = rgb.resize((size, size), Image.BILINEAR, reducing_gap=None)
             return np.asarray(rgb, dtype=np.uint8).copy()

@@ -13,10 +13,16 @@ from .registry import POOLS
 
 
 def resolve_device(device: str = "auto") -> torch.device:
-    """'auto' picks CUDA when present, else CPU."""
+    """'auto' picks CUDA when present, else CPU; asking for CUDA without it is a clear error."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        dev = torch.device(device)
+    except RuntimeError as exc:
+        raise ValueError(f"--device {device!r}: not a device ({exc}); use auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: no CUDA device is available here; use --device auto or cpu")
+    return dev
 
 
 def autocast(device: torch.device):

@@ -53,6 +53,7 @@ def source_name(spec: dict) -> str:
 
 def _finetuned_recipe(spec: dict, ws: Workspace, k: int, folds_fp: str) -> dict:
     backbone = spec["backbone"]
+    lookup(backbone)  # an unknown name lists the known ones before asking for checkpoints
     metas = fold_checkpoints(ws, backbone, k, folds_fp)
     pres = [saved_preprocess(m, ws.fold_files(backbone, f).best) for f, m in enumerate(metas)]
     for f, (meta, pre) in enumerate(zip(metas, pres)):
