@@ -159,3 +159,64 @@ def test_a_corrupt_image_in_the_parallel_decode_is_named(synth, tmp_path):
         decode_many(paths, 16, workers=2, progress=False)
     arr, bad = decode_many(paths, 16, workers=2, skip_bad=True, progress=False)
     assert bad == [77] and arr[77].max() == 0 and arr[76].max() > 0
+
+
+def test_two_extract_runs_at_once_the_second_is_refused(synth, tmp_path):
+    """A second writer of the same cache stops with one line; the first one's work is untouched."""
+    import fcntl
+
+    from genderfusion.extract.errors import WorkspaceError
+
+    ws = tmp_path / "ws"
+    out = extract_features(synth, "cnn-small", ws, progress=False, **FROZEN)
+    before = sha(out.path)
+    lock = out.path.with_name(out.path.name + ".lock")
+    with open(lock, "a+") as fh:  # as a running extract holds it
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        with pytest.raises(WorkspaceError, match=r"cnn-small-frozen.h5 is being written by another process"):
+            extract_features(synth, "cnn-small", ws, force=True, progress=False, **FROZEN)
+    assert sha(out.path) == before
+    assert extract_features(synth, "cnn-small", ws, force=True, progress=False, **FROZEN).status == "computed"
+
+
+def test_sigkill_then_rerun_resumes_to_the_uninterrupted_result(synth, tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    from genderfusion.extract.cache import format as fc
+
+    ws = tmp_path / "ws"
+    script = f"""
+import time
+import genderfusion.extract.cache.writer as w
+from genderfusion.extract.sources.torch_source import TorchSource
+from genderfusion.extract.cache.api import extract_features
+w.PART_ROWS = 8
+real, write = TorchSource.forward, w._write_rows
+TorchSource.forward = lambda self, b, s: (time.sleep(0.2), real(self, b, s))[1]
+w._write_rows = lambda *a: (write(*a), print("part", flush=True))[0]  # the part is flushed before the next one
+extract_features({str(synth)!r}, "cnn-small", {str(ws)!r}, progress=False, frozen=True, img_size=32, pool="avg",
+                 weights="random", dtype="float32")
+"""
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    for _ in range(3):  # two parts written and flushed, the third computed
+        assert proc.stdout.readline().strip() == "part"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert len(list((ws / "features/cnn-small-frozen.h5.parts").glob("*.npz"))) >= 2
+    assert not (ws / "features/cnn-small-frozen.h5").exists()
+    import genderfusion.extract.cache.writer as w
+
+    old, w.PART_ROWS = w.PART_ROWS, 8
+    try:
+        out = extract_features(synth, "cnn-small", ws, progress=False, dtype="float32", **FROZEN)
+    finally:
+        w.PART_ROWS = old
+    assert out.status == "computed" and out.computed_rows < 72  # resumed: the parts written before are kept
+    straight = extract_features(synth, "cnn-small", tmp_path / "ws2", progress=False, dtype="float32", **FROZEN)
+    a, b = fc.load(out.path), fc.load(straight.path)
+    assert np.allclose(a.train.features, b.train.features, atol=1e-6)
+    assert np.allclose(a.test.features, b.test.features, atol=1e-6)

@@ -88,7 +88,7 @@ def _attrs(f) -> dict:
     out = {}
     for k, v in f.attrs.items():
         v = v.decode() if isinstance(v, bytes) else v
-        if k in ("recipe", "spec", "checkpoint_sha256", "versions", "done_parts", "mean", "std", "extra", "notes"):
+        if k in ("recipe", "spec", "checkpoint_sha256", "versions", "mean", "std", "extra", "notes"):
             v = json.loads(v)
         elif isinstance(v, np.generic):
             v = v.item()

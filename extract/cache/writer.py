@@ -4,7 +4,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,7 +11,7 @@ from typing import Callable
 
 import numpy as np
 
-from ..atomic import atomic_path
+from ..atomic import atomic_path, exclusive_lock
 from ..sources.base import FINETUNED, FeatureSource, Input, library_versions
 from . import format as fc
 
@@ -143,79 +142,86 @@ def extract_to_cache(source: FeatureSource, rows: Rows, path: Path, update: Upda
                      images: Callable[[str, np.ndarray, Input], np.ndarray], dtype: str = "float16",
                      batch_size: int = 256, progress: bool = True, shard: str | None = None,
                      notes: dict | None = None) -> Outcome:
-    """Compute the rows `update` does not keep, batch by batch, into `path` (atomically, resumably).
+    """Compute the rows `update` does not keep, batch by batch, into `path` (atomically, resumably; one writer at a
+    time).
 
     images(split, dataset_rows, source.input) gives the batch a source computes on.
     """
+    with exclusive_lock(path.with_name(path.name + ".lock"), str(path)):
+        return _extract(source, rows, path, update, images, dtype, batch_size, progress, shard, notes)
+
+
+def _extract(source: FeatureSource, rows: Rows, path: Path, update: Update,
+             images: Callable[[str, np.ndarray, Input], np.ndarray], dtype: str, batch_size: int, progress: bool,
+             shard: str | None, notes: dict | None) -> Outcome:
+    """Each finished part of PART_ROWS rows is saved atomically as its own file in `<cache>.parts/` (an HDF5 file
+    is not safe to reopen after a kill); the cache is assembled from them and renamed into place at the end."""
+    import shutil
+
     import h5py
     from tqdm.auto import tqdm
 
     t0 = time.time()
-    recipe = source.recipe
     s, d = source.n_spaces, source.feature_dim()
     keep_tr, keep_te = update.keep_train, update.keep_test
     log.info("%s: extracting (%s)", path, update.reason)
-
-    partial = path.with_name(path.name + ".partial")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    plan = hashlib.sha256(json.dumps([recipe, dtype, rows.digest(), keep_tr.tolist(), keep_te.tolist()],
+    plan = hashlib.sha256(json.dumps([source.recipe, dtype, rows.digest(), keep_tr.tolist(), keep_te.tolist()],
                                      sort_keys=True).encode()).hexdigest()[:16]
-    done_parts: list[str] = []
-    if partial.exists():
-        try:
-            with h5py.File(partial, "r") as f:
-                if f.attrs.get("plan") == plan:
-                    done_parts = json.loads(f.attrs["done_parts"])
-        except OSError:
-            pass
-        if done_parts:
-            log.info("resuming %s: parts already done %s", partial, done_parts)
-        else:
-            partial.unlink()
-    parts = []  # (name, split, space, positions in rows)
+    parts_dir = path.with_name(path.name + ".parts")
+    if parts_dir.exists() and not (parts_dir / f"plan-{plan}").exists():
+        shutil.rmtree(parts_dir)  # parts of another plan (recipe, rows or dtype changed)
+    parts_dir.mkdir(parents=True, exist_ok=True)
+    (parts_dir / f"plan-{plan}").touch()
+    parts = []  # (file, split, space, positions in rows)
     for space in range(s):
         for split, keep in (("train", keep_tr), ("test", keep_te)):
             todo = np.flatnonzero(keep < 0)
             if split == "train" and source.kind == FINETUNED:
                 todo = todo[rows.train_fold[todo] == space]
             for c, start in enumerate(range(0, len(todo), PART_ROWS)):
-                name = f"{split}:{space}:{c}"
-                if name not in done_parts:
-                    parts.append((name, split, space, todo[start:start + PART_ROWS]))
+                parts.append((parts_dir / f"{split}-{space}-{c}.npz", split, space, todo[start:start + PART_ROWS]))
+    done = [p for p in parts if p[0].exists()]
+    if done:
+        log.info("resuming %s: %d of %d parts already done", path, len(done), len(parts))
     computed = 0
     t_compute = 0.0
-    bar = tqdm(total=sum(len(p[3]) for p in parts), desc=source.name, unit="img", disable=not progress)
+    bar = tqdm(total=sum(len(p[3]) for p in parts if not p[0].exists()), desc=source.name, unit="img",
+               disable=not progress)
     try:
-        with h5py.File(partial, "r+" if done_parts else "w") as f:
-            if not done_parts:
+        for part, split, space, chunk in parts:
+            if part.exists():
+                continue
+            bar.set_postfix(split=split, space=space)
+            index = (rows.train_index if split == "train" else rows.test_index)[chunk]
+            feats = np.empty((len(chunk), d), dtype=dtype)
+            logits = np.empty(len(chunk), dtype=np.float32) if source.has_logits else None
+            for start in range(0, len(chunk), batch_size):
+                batch = images(split, index[start:start + batch_size], source.input)
+                t1 = time.time()
+                fb, lb = source.compute(batch, space)
+                t_compute += time.time() - t1
+                feats[start:start + len(fb)] = fb
+                if logits is not None:
+                    logits[start:start + len(fb)] = lb
+                bar.update(len(fb))
+            computed += len(chunk)
+            with atomic_path(part) as tmp:
+                with open(tmp, "wb") as fh:
+                    np.savez(fh, feats=feats, **({} if logits is None else {"logits": logits}))
+        with atomic_path(path) as tmp:
+            with h5py.File(tmp, "w") as f:
                 _create(f, source, rows, s, d, dtype, plan, shard)
                 if update.old is not None:
                     _copy_kept(path, f, keep_tr, keep_te, source.has_logits)
-            f.attrs["notes"] = json.dumps(notes or {})
-            for name, split, space, chunk in parts:
-                bar.set_postfix(split=split, space=space)
-                index = (rows.train_index if split == "train" else rows.test_index)[chunk]
-                feats = np.empty((len(chunk), d), dtype=dtype)
-                logits = np.empty(len(chunk), dtype=np.float32) if source.has_logits else None
-                for start in range(0, len(chunk), batch_size):
-                    batch = images(split, index[start:start + batch_size], source.input)
-                    t1 = time.time()
-                    fb, lb = source.compute(batch, space)
-                    t_compute += time.time() - t1
-                    feats[start:start + len(fb)] = fb
-                    if logits is not None:
-                        logits[start:start + len(fb)] = lb
-                    bar.update(len(fb))
-                computed += len(chunk)
-                _write_rows(f, split, space, chunk, feats, logits)
-                done_parts.append(name)
-                f.attrs["done_parts"] = json.dumps(done_parts)
-                f.flush()
-            f.attrs["complete"] = True
-        os.replace(partial, path)
+                for part, split, space, chunk in parts:
+                    with np.load(part) as z:
+                        _write_rows(f, split, space, chunk, z["feats"], z["logits"] if source.has_logits else None)
+                f.attrs["notes"] = json.dumps(notes or {})
+                f.attrs["complete"] = True
+        shutil.rmtree(parts_dir)
     except OSError as exc:
-        raise OSError(f"cannot write feature cache {partial} ({exc}); the previous cache {path} is untouched; "
-                      f"a rerun resumes from the parts already written") from exc
+        raise OSError(f"cannot write feature cache {path} ({exc}); the previous cache is untouched; a rerun resumes "
+                      f"from the parts already written in {parts_dir}") from exc
     finally:
         bar.close()
     status = "computed" if update.old is None else "appended"
@@ -258,7 +264,7 @@ def _create(f, source: FeatureSource, rows: Rows, s: int, d: int, dtype: str, pl
         f.attrs[k] = json.dumps(v) if isinstance(v, (list, dict)) else ("" if v is None else v)
     f.attrs.update({"format_version": fc.FORMAT_VERSION, "n_spaces": s, "feature_dim": d, "dtype": dtype,
                     "has_logits": source.has_logits, "complete": False, "recipe": json.dumps(source.recipe),
-                    "plan": plan, "done_parts": "[]", "versions": json.dumps(library_versions()),
+                    "plan": plan, "versions": json.dumps(library_versions()),
                     "shard": shard or ""})
 
 
