@@ -17,19 +17,19 @@ from .classifier import FusionClassifier
 
 
 def _check_test_images(ws: Workspace, sources: list[str], data: CompetitionData) -> set[str]:
-    """Refuse cached test rows whose image is not the one in the data folder (the cache's key: the file size);
-    return the test ids skipped at extraction as corrupt (--skip-bad)."""
-    size = dict(zip(data.test.ids, data.test.sizes.tolist()))
+    """Refuse cached test rows whose image is not the one in the data folder (the cache's key: file size and
+    modification time); return the test ids skipped at extraction as corrupt (--skip-bad)."""
+    key = dict(zip(data.test.ids, zip(data.test.sizes.tolist(), data.test.mtimes.tolist())))
     skipped: set[str] = set()
     for name in sources:
         path = ws.features_path(name)
-        ids, sizes = fc.test_rows(path)
-        changed = [i for i, n in zip(ids, sizes.tolist()) if i in size and size[i] != n]
+        ids, keys = fc.test_rows(path)
+        changed = [i for i, k in zip(ids, keys) if i in key and key[i] != k]
         if changed:
             raise DataError(f"{len(changed)} test image(s) in {data.test.folder} are not the ones {name}'s features "
-                            f"were computed from (file size differs), e.g. ids {changed[:5]}; rerun `extract` for "
-                            "every source, then predict. No submission written.")
-        skipped |= set(fc.read_attrs(path).get("notes", {}).get("skipped_ids", [])) & set(size)
+                            f"were computed from (file size or time differs), e.g. ids {changed[:5]}; rerun `extract` "
+                            "for every source, then predict. No submission written.")
+        skipped |= set(fc.read_attrs(path).get("notes", {}).get("skipped_ids", [])) & set(key)
     return skipped
 
 

@@ -220,3 +220,29 @@ extract_features({str(synth)!r}, "cnn-small", {str(ws)!r}, progress=False, froze
     a, b = fc.load(out.path), fc.load(straight.path)
     assert np.allclose(a.train.features, b.train.features, atol=1e-6)
     assert np.allclose(a.test.features, b.test.features, atol=1e-6)
+
+
+def test_an_image_replaced_by_one_of_the_same_byte_size_is_seen(pipeline):
+    """The cache keys an image by (size, modification time): other pixels under the same size are recomputed."""
+    import os
+
+    import numpy as np
+
+    from genderfusion.extract.cache import format as fc
+
+    data, ws, sub = pipeline
+    sizes = {p: p.stat().st_size for p in (data / "test").glob("*.jpg")}
+    small, big = min(sizes, key=sizes.get), max(sizes, key=sizes.get)
+    before = fc.load(ws / "features/cnn-small-frozen.h5")
+    raw = small.read_bytes()
+    big.write_bytes(raw + b"\0" * (sizes[big] - len(raw)))  # a JPEG decoder ignores what follows its end marker
+    os.utime(big, ns=(big.stat().st_atime_ns, big.stat().st_mtime_ns + 10**9))  # a clock that did not move on
+    assert big.stat().st_size == sizes[big]
+    with pytest.raises(DataError, match=f"file size or time differs.*'{big.stem}'"):
+        predict_submission("fusion", data, sub, ws)
+    out = extract_features(data, "cnn-small", ws, progress=False, dtype="float16", **FROZEN)
+    assert out.status == "appended" and out.computed_rows == 1
+    after = fc.load(out.path)
+    row, twin = list(after.test.ids).index(big.stem), list(after.test.ids).index(small.stem)
+    assert np.allclose(after.test.features[0, row], after.test.features[0, twin], atol=1e-3)  # the new pixels
+    assert not np.allclose(before.test.features[0, row], after.test.features[0, row], atol=1e-3)

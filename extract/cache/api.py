@@ -18,7 +18,8 @@ log = logging.getLogger(__name__)
 
 
 def dataset_rows(data: CompetitionData, fold: np.ndarray) -> Rows:
-    return Rows(list(data.train.ids), data.train.labels, fold, data.train.sizes, list(data.test.ids), data.test.sizes)
+    return Rows(list(data.train.ids), data.train.labels, fold, data.train.sizes, list(data.test.ids), data.test.sizes,
+                data.train.mtimes, data.test.mtimes)
 
 
 def extract_features(data_dir: str | Path, backbone: str, workdir: str | Path = "data", frozen: bool = False,

@@ -6,10 +6,10 @@ Layout of ``features/<source>.h5``::
            recipe (JSON: everything that produced the features, extract.sources.spec.source_recipe), and each
            recipe entry on its own: spec, backbone, layer, pooling, img_size, mean, std,
            checkpoint_sha256 (JSON list, one per space), folds_fingerprint, extra; versions, notes (JSON)
-    train/ids [N] utf-8, labels [N], fold [N], filesize [N],
+    train/ids [N] utf-8, labels [N], fold [N], filesize [N], mtime [N] (the image's key: size, mtime in ns),
           features [N, D]   (row i from the fold model that held row i out; frozen: the one model)
           logits [N]        (when has_logits)
-    test/ids [M], filesize [M], features [S, M, D], logits [S, M]   (S = n_spaces: K or 1)
+    test/ids [M], filesize [M], mtime [M], features [S, M, D], logits [S, M]   (S = n_spaces: K or 1)
 """
 from __future__ import annotations
 
@@ -61,12 +61,14 @@ def _decode_ids(ds) -> np.ndarray:
     return np.array([v.decode() if isinstance(v, bytes) else str(v) for v in ds[()]], dtype=object)
 
 
-def test_rows(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
-    """(ids, image file sizes) of a cache's test rows: the key its rows were computed for."""
+def test_rows(path: str | os.PathLike) -> tuple[np.ndarray, list[tuple[int, int]]]:
+    """(ids, image keys (file size, mtime ns)) of a cache's test rows: what its rows were computed from."""
     import h5py
 
     with h5py.File(path, "r") as f:
-        return _decode_ids(f["test/ids"]), f["test/filesize"][()]
+        n = len(f["test/ids"])
+        mtimes = f["test/mtime"][()].tolist() if "test/mtime" in f else [None] * n
+        return _decode_ids(f["test/ids"]), list(zip(f["test/filesize"][()].tolist(), mtimes))
 
 
 def read_attrs(path: str | os.PathLike) -> dict:

@@ -27,9 +27,11 @@ class Rows:
     train_ids: list[str]
     train_labels: np.ndarray
     train_fold: np.ndarray
-    train_size: np.ndarray  # image file sizes: a changed image is recomputed
+    train_size: np.ndarray  # image file sizes and modification times (ns): a replaced image is recomputed
     test_ids: list[str]
     test_size: np.ndarray
+    train_mtime: np.ndarray
+    test_mtime: np.ndarray
     train_index: np.ndarray = field(default=None)  # positions in the dataset split (for shards)
     test_index: np.ndarray = field(default=None)
 
@@ -44,11 +46,13 @@ class Rows:
         tr = np.array_split(np.arange(len(self.train_ids)), n)[i]
         te = np.array_split(np.arange(len(self.test_ids)), n)[i]
         return Rows([self.train_ids[j] for j in tr], self.train_labels[tr], self.train_fold[tr], self.train_size[tr],
-                    [self.test_ids[j] for j in te], self.test_size[te], self.train_index[tr], self.test_index[te])
+                    [self.test_ids[j] for j in te], self.test_size[te], self.train_mtime[tr], self.test_mtime[te],
+                    self.train_index[tr], self.test_index[te])
 
     def digest(self) -> str:
         h = hashlib.sha256()
-        for x in (self.train_ids, self.train_labels, self.train_size, self.test_ids, self.test_size):
+        for x in (self.train_ids, self.train_labels, self.train_size, self.test_ids, self.test_size, self.train_mtime,
+                  self.test_mtime):
             h.update(json.dumps([str(v) for v in x]).encode())
         return h.hexdigest()[:16]
 
@@ -83,12 +87,16 @@ def _match_rows(old: fc.FeatureSet, rows: Rows) -> tuple[np.ndarray, np.ndarray,
     """For each wanted row, the index of the identical cached row or -1; and whether the cache holds exactly them."""
     import h5py
 
+    def mtimes(f, split):  # caches written before mtimes were recorded: every row counts as changed
+        return f[f"{split}/mtime"][()].tolist() if f"{split}/mtime" in f else [None] * len(f[f"{split}/ids"])
+
     with h5py.File(old.path, "r") as f:
-        old_train_key = list(zip(f["train/labels"][()].tolist(), f["train/filesize"][()].tolist()))
-        old_test_key = f["test/filesize"][()].tolist()
+        old_train_key = list(zip(f["train/labels"][()].tolist(), f["train/filesize"][()].tolist(), mtimes(f, "train")))
+        old_test_key = list(zip(f["test/filesize"][()].tolist(), mtimes(f, "test")))
     keep_tr = _keep_map(old.train.ids, old_train_key, rows.train_ids,
-                        list(zip(rows.train_labels.tolist(), rows.train_size.tolist())))
-    keep_te = _keep_map(old.test.ids, old_test_key, rows.test_ids, rows.test_size.tolist())
+                        list(zip(rows.train_labels.tolist(), rows.train_size.tolist(), rows.train_mtime.tolist())))
+    keep_te = _keep_map(old.test.ids, old_test_key, rows.test_ids,
+                        list(zip(rows.test_size.tolist(), rows.test_mtime.tolist())))
     same_rows = (len(old.train.ids) == len(rows.train_ids) and len(old.test.ids) == len(rows.test_ids)
                  and (keep_tr == np.arange(len(keep_tr))).all() and (keep_te == np.arange(len(keep_te))).all())
     # a frozen source's features do not depend on folds, but the file records them for the heads
@@ -253,9 +261,11 @@ def _create(f, source: FeatureSource, rows: Rows, s: int, d: int, dtype: str, pl
     f.create_dataset("train/labels", data=rows.train_labels.astype(np.int8))
     f.create_dataset("train/fold", data=rows.train_fold.astype(np.int8))
     f.create_dataset("train/filesize", data=rows.train_size.astype(np.int64))
+    f.create_dataset("train/mtime", data=rows.train_mtime.astype(np.int64))
     f.create_dataset("train/features", shape=(n, d), dtype=dtype, chunks=(max(1, min(n, chunk_rows)), d), **comp)
     f.create_dataset("test/ids", data=np.array(rows.test_ids, dtype=object), dtype=str_dt)
     f.create_dataset("test/filesize", data=rows.test_size.astype(np.int64))
+    f.create_dataset("test/mtime", data=rows.test_mtime.astype(np.int64))
     f.create_dataset("test/features", shape=(s, m, d), dtype=dtype, chunks=(1, max(1, min(m, chunk_rows)), d), **comp)
     if source.has_logits:
         f.create_dataset("train/logits", shape=(n,), dtype="float32", fillvalue=np.nan)
@@ -319,7 +329,7 @@ def merge_shards(shards: list[Path], path: Path) -> Path:
             sizes = {}
             for x in sets:
                 with h5py.File(x.path, "r") as g:
-                    for name in ("train/filesize", "test/filesize"):
+                    for name in ("train/filesize", "test/filesize", "train/mtime", "test/mtime"):
                         sizes.setdefault(name, []).append(g[name][()])
             for name, parts in sizes.items():
                 f.create_dataset(name, data=cat(parts))

@@ -61,25 +61,30 @@ def _parse_labels(path: Path, rows: list[dict[str, str]]) -> np.ndarray:
     return np.array([int(r["label"]) for r in rows], dtype=np.int64)
 
 
-def image_sizes(folder: Path, ids: list[str]) -> np.ndarray:
-    """Byte size of folder/<id>.jpg per id, -1 where missing: one directory scan instead of a lookup per id."""
-    found: dict[str, int] = {}
+def image_stats(folder: Path, ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Byte size and modification time (ns) of folder/<id>.jpg per id, -1 where missing: one directory scan
+    instead of a lookup per id."""
+    found: dict[str, tuple[int, int]] = {}
     if folder.is_dir():
         with os.scandir(folder) as entries:
             for e in entries:
                 if e.name.endswith(".jpg") and e.is_file():
-                    found[e.name[:-4]] = e.stat().st_size
-    return np.array([found.get(i, -1) for i in ids], dtype=np.int64)
+                    st = e.stat()
+                    found[e.name[:-4]] = (st.st_size, st.st_mtime_ns)
+    stats = np.array([found.get(i, (-1, -1)) for i in ids], dtype=np.int64).reshape(len(ids), 2)
+    return stats[:, 0].copy(), stats[:, 1].copy()
 
 
 @dataclass
 class Split:
-    """One split of the competition: ids, image folder, image sizes (-1: missing) and (for train) labels."""
+    """One split of the competition: ids, image folder, image sizes and modification times (ns; -1: missing)
+    and (for train) labels. An image's key is (size, mtime): a replaced file gets a new one."""
 
     name: str
     ids: list[str]
     folder: Path
     sizes: np.ndarray
+    mtimes: np.ndarray
     labels: np.ndarray | None = None
 
     def __len__(self) -> int:
@@ -118,8 +123,8 @@ class CompetitionData:
         both = set(train_ids) & set(test_ids)
         if both:
             raise DataError(f"{test_csv}: id(s) also in {train_csv}: {_first(sorted(both))}")
-        train = Split("train", train_ids, root / "train", image_sizes(root / "train", train_ids), labels)
-        test = Split("test", test_ids, root / "test", image_sizes(root / "test", test_ids))
+        train = Split("train", train_ids, root / "train", *image_stats(root / "train", train_ids), labels)
+        test = Split("test", test_ids, root / "test", *image_stats(root / "test", test_ids))
         if check_images:
             for split in (train, test):
                 missing = [str(split.folder / f"{i}.jpg") for i, n in zip(split.ids, split.sizes) if n < 0]
@@ -149,13 +154,16 @@ class CompetitionData:
         """Ages of the training rows (-1 where unknown), or None without train_meta.csv."""
         return self.meta_of(self.train.ids)[0]
 
-    def fingerprint(self, splits: tuple[str, ...] = ("train", "test"), labels: bool = True) -> str:
-        """sha256 over ids, labels (unless labels=False: the images alone) and image file sizes of the given splits:
-        changes when they do."""
+    def fingerprint(self, splits: tuple[str, ...] = ("train", "test"), labels: bool = True,
+                    mtimes: bool = False) -> str:
+        """sha256 over ids, labels (unless labels=False: the images alone), image file sizes and, with mtimes=True,
+        modification times (for caches of pixels; a workspace is bound without them, so that a copied data folder
+        stays the same data) of the given splits: changes when they do."""
         h = hashlib.sha256()
         for split in (getattr(self, s) for s in splits):
             h.update(split.name.encode())
             labels_ = split.labels if labels and split.labels is not None else [""] * len(split)
-            for i, size, y in zip(split.ids, split.sizes.tolist(), labels_):
-                h.update(f"{i},{y},{size}\n".encode())
+            times = split.mtimes.tolist() if mtimes else [""] * len(split)
+            for i, size, y, t in zip(split.ids, split.sizes.tolist(), labels_, times):
+                h.update(f"{i},{y},{size}{f',{t}' if mtimes else ''}\n".encode())
         return h.hexdigest()[:16]

@@ -24,7 +24,7 @@ def cached_images(ws: Workspace, data: CompetitionData, split: str, size: int,
     part = getattr(data, split)
     path = ws.image_cache(split, size)
     meta_path = path.with_suffix(".json")
-    fp = data.fingerprint(labels=False)  # pixels do not depend on labels
+    fp = data.fingerprint(labels=False, mtimes=True)  # pixels: not labels, but a replaced file
     if path.exists() and meta_path.exists():
         meta = read_json(meta_path)
         if meta.get("dataset_fingerprint") == fp and meta.get("ids_n") == len(part):

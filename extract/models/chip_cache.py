@@ -27,7 +27,7 @@ def cached_chips(ws: Workspace, data: CompetitionData, split: str, size: int, pa
     part = getattr(data, split)
     path = ws.chip_cache(split, size, padding)
     meta_path = path.with_suffix(".json")
-    key = {"dataset_fingerprint": data.fingerprint(labels=False), "ids_n": len(part), "size": size, "padding": padding,
+    key = {"dataset_fingerprint": data.fingerprint(labels=False, mtimes=True), "ids_n": len(part), "size": size, "padding": padding,
            "shape_predictor_sha256": shape_predictor_sha256}
     if path.exists() and meta_path.exists():
         meta = read_json(meta_path)
