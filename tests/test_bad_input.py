@@ -78,7 +78,7 @@ def test_a_corrected_label_is_never_trained_on_silently(pipeline):
     from genderfusion.extract.errors import WorkspaceError
 
     with pytest.raises(WorkspaceError, match=r"cnn-small: fold model\(s\) \[0, 1\] were trained on other training "
-                                             r"labels.*train-backbone --backbone cnn-small"):
+                                             r"labels or images.*train-backbone --backbone cnn-small"):
         extract_features(data, "cnn-small", ws, progress=False)
     train_backbone(data, CFG, ws, k=2, progress=False)
     assert extract_features(data, "cnn-small", ws, progress=False).status == "computed"  # new checkpoints
@@ -246,3 +246,124 @@ def test_an_image_replaced_by_one_of_the_same_byte_size_is_seen(pipeline):
     row, twin = list(after.test.ids).index(big.stem), list(after.test.ids).index(small.stem)
     assert np.allclose(after.test.features[0, row], after.test.features[0, twin], atol=1e-3)  # the new pixels
     assert not np.allclose(before.test.features[0, row], after.test.features[0, row], atol=1e-3)
+
+
+def _grow(synth, n: int = 70):
+    """The synthetic folder with n training images (> 64: the 2-worker decode path)."""
+    for j in range(60, n):
+        shutil.copy(synth / "train" / f"{100000 + j % 60}.jpg", synth / "train" / f"{100000 + j}.jpg")
+    (synth / "train.csv").write_text("id,label\n" + "".join(f"{100000 + j},{j % 2}\n" for j in range(n)))
+    return synth
+
+
+def _save_as_jpg_name(path, mode: str, size: tuple[int, int], fmt: str):
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(1)
+    if mode == "I;16":
+        im = Image.fromarray(rng.integers(0, 65535, size[::-1], dtype=np.uint16))
+    else:
+        im = Image.fromarray(rng.integers(0, 256, (*size[::-1], 3), dtype=np.uint8)).convert(mode)
+    im.save(path, format=fmt)
+
+
+BROKEN = {  # case -> (how to break the folder, exit code, what the one line says)
+    "truncated jpeg": (lambda d: (d / "train/100065.jpg").write_bytes((d / "train/100065.jpg").read_bytes()[:300]),
+                       2, r"100065.jpg: cannot decode image .*--skip-bad"),
+    "zero-byte image": (lambda d: (d / "test/200002.jpg").write_bytes(b""), 2, r"200002.jpg: cannot decode image"),
+    "png named .jpg": (lambda d: _save_as_jpg_name(d / "train/100003.jpg", "RGB", (40, 30), "PNG"), 0, None),
+    "cmyk jpeg": (lambda d: _save_as_jpg_name(d / "train/100004.jpg", "CMYK", (40, 30), "JPEG"), 0, None),
+    "16-bit png": (lambda d: _save_as_jpg_name(d / "train/100005.jpg", "I;16", (40, 30), "PNG"), 0, None),
+    "rgba png": (lambda d: _save_as_jpg_name(d / "train/100006.jpg", "RGBA", (40, 30), "PNG"), 0, None),
+    "1x1 image": (lambda d: _save_as_jpg_name(d / "train/100008.jpg", "RGB", (1, 1), "JPEG"), 0, None),
+    "6000x6000 image": (lambda d: _save_as_jpg_name(d / "test/200001.jpg", "RGB", (6000, 6000), "JPEG"), 0, None),
+    "wrong header": (lambda d: (d / "train.csv").write_text((d / "train.csv").read_text().replace("id,label", "ID,gender")),
+                     2, r"train.csv: missing column\(s\) \['id', 'label'\]"),
+    "bad label": (lambda d: (d / "train.csv").write_text((d / "train.csv").read_text().replace("100002,0", "100002,f")),
+                  2, r"train.csv: labels must be 0 \(male\) or 1 \(female\); bad \(id, label\): \('100002', 'f'\)"),
+    "duplicate id": (lambda d: (d / "train.csv").write_text((d / "train.csv").read_text() + "100001,1\n"),
+                     2, r"train.csv: duplicate id\(s\) 100001"),
+    "id in train and test": (lambda d: (d / "test.csv").write_text((d / "test.csv").read_text() + "100001\n"),
+                             2, r"test.csv: id\(s\) also in .*train.csv: 100001"),
+    "bom and crlf csv": (lambda d: (d / "train.csv").write_bytes(
+        b"\xef\xbb\xbf" + (d / "train.csv").read_bytes().replace(b"\n", b"\r\n")), 0, None),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BROKEN))
+def test_broken_folder_gives_one_line_and_keeps_earlier_outputs(synth, tmp_path, case, capsys):
+    """The `extract` console script on a broken copy of the folder, 70 training images: exit code 2 and one line
+    naming the file, row or value (or it works); the cache written before is byte for byte intact."""
+    from genderfusion.extract.cli import extract_main
+
+    data = _grow(synth)
+    argv = ["--backbone", "cnn-small", "--frozen", "--img-size", "32", "--pool", "avg", "--weights", "random",
+            "--data", str(data), "--workdir", str(tmp_path / "ws"), "--no-progress"]
+    extract_main(argv)
+    cache = tmp_path / "ws/features/cnn-small-frozen.h5"
+    before = sha(cache)
+    shutil.rmtree(tmp_path / "ws/cache")  # decode again, from the broken folder
+    break_it, code, message = BROKEN[case]
+    break_it(data)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_:
+        extract_main(argv)
+        raise SystemExit(0)
+    err = capsys.readouterr().err
+    assert exit_.value.code == code, err
+    if code:
+        assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+        assert pytest.importorskip("re").search(message, err), err
+        assert sha(cache) == before
+
+
+def test_a_truncated_cache_is_one_line_for_train_head_and_recomputed_by_extract(pipeline, capsys):
+    from genderfusion.fusion.cli import train_head_main
+
+    data, ws, sub = pipeline
+    cache = ws / "features/cnn-small-frozen.h5"
+    cache.write_bytes(cache.read_bytes()[:2000])
+    model = sha(ws / "heads/fusion/model.pkl")
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_:
+        train_head_main(["--features", "cnn-small,cnn-small-frozen", "--workdir", str(ws), "--head", "logistic"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert "cnn-small-frozen.h5: not a readable HDF5 cache (truncated or corrupt" in err
+    assert sha(ws / "heads/fusion/model.pkl") == model
+    out = extract_features(data, "cnn-small", ws, progress=False, **FROZEN)
+    assert out.status == "computed" and "truncated" in out.reason
+
+
+def test_workers_end_when_a_killed_extract_dies(tmp_path):
+    """SIGKILL of the parent: its decode / chip workers end too, instead of running on as orphans."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = """
+import os, time
+from genderfusion.extract.workers import worker_pool
+pool = worker_pool(2)
+futures = [pool.submit(time.sleep, 60) for _ in range(2)]
+time.sleep(1.0)
+print(*[p.pid for p in pool._processes.values()], flush=True)
+time.sleep(60)
+"""
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    pids = [int(p) for p in proc.stdout.readline().split()]
+    assert len(pids) == 2 and all(os.path.exists(f"/proc/{p}") for p in pids)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    deadline = time.time() + 10
+    while time.time() < deadline and any(os.path.exists(f"/proc/{p}") for p in pids):
+        time.sleep(0.1)
+        for p in pids:  # reap them if they were re-parented to this process's tree
+            try:
+                os.waitpid(p, os.WNOHANG)
+            except ChildProcessError:
+                pass
+    assert not [p for p in pids if os.path.exists(f"/proc/{p}") and "Z" not in open(f"/proc/{p}/stat").read().split()[2]]

@@ -43,7 +43,7 @@ def test_workspace_refuses_other_dataset(synth, tmp_path):
     ws = Workspace(tmp_path / "ws")
     ws.bind(CompetitionData.load(synth))
     other = make_synthetic(tmp_path / "other", n_train=20, n_test=4, size=16, seed=9)
-    with pytest.raises(WorkspaceError, match="other training images.*fingerprint"):
+    with pytest.raises(WorkspaceError, match="another training set.*fingerprint"):
         ws.bind(CompetitionData.load(other))
     lines = (synth / "train.csv").read_text().splitlines()
     i, y = lines[1].split(",")

@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 import os
-from concurrent.futures import ProcessPoolExecutor
 from typing import Sequence
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps
 
 from ..errors import BadImageError
+from ..workers import worker_pool
 
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
@@ -74,7 +74,7 @@ def decode_many(
     jobs = [(str(p), size) for p in paths]
     bar = tqdm(total=len(paths), desc=desc, unit="img", disable=not progress)
     if workers > 1 and len(paths) > 64:
-        with ProcessPoolExecutor(workers) as pool:
+        with worker_pool(workers) as pool:
             results = pool.map(_load_or_none, jobs, chunksize=64)
             _collect(results, out, bad, skip_bad, bar)
     else:

@@ -1,6 +1,7 @@
 """The workspace folder (default data/): it owns every path of what is generated, and every file name."""
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,20 +72,21 @@ class Workspace:
     def bind(self, data: CompetitionData) -> str:
         """Record the training set's fingerprint, or refuse if the workspace holds another training set.
 
-        A workspace belongs to one set of training images (ids, image sizes); test ids may be added and labels
-        corrected (caches recompute the changed rows; fold models trained on other labels are refused by name).
-        Returns the fingerprint of the training set with its labels.
+        A workspace belongs to one set of training ids; test ids may be added, and labels or images corrected
+        (caches recompute the changed rows; fold models trained on other labels or images are refused by name).
+        Returns the fingerprint of the training set with its labels and image sizes.
         """
-        fp, images = data.fingerprint(("train",)), data.fingerprint(("train",), labels=False)
+        fp = data.fingerprint(("train",))
+        ids = hashlib.sha256("\n".join(data.train.ids).encode()).hexdigest()[:16]
         info = read_json(self.info_path) if self.info_path.exists() else {}
-        theirs = info.get("images_fingerprint")
-        if info and theirs != images and not (theirs is None and info.get("dataset_fingerprint") == fp):
+        theirs = info.get("ids_fingerprint")
+        if info and theirs != ids and not (theirs is None and info.get("dataset_fingerprint") == fp):
             raise WorkspaceError(
-                f"workspace {self.root} was made for other training images "
+                f"workspace {self.root} was made for another training set "
                 f"(fingerprint {theirs or info.get('dataset_fingerprint')}, data {info.get('data')}); "
-                f"{data.root} has fingerprint {images}. Use another --workdir.")
+                f"{data.root} has fingerprint {ids}. Use another --workdir.")
         if info.get("dataset_fingerprint") != fp or theirs is None:
-            write_json(self.info_path, {"dataset_fingerprint": fp, "images_fingerprint": images,
+            write_json(self.info_path, {"dataset_fingerprint": fp, "ids_fingerprint": ids,
                                         "data": str(data.root.resolve())})
         return fp
 

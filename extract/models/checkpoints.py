@@ -39,7 +39,8 @@ def fold_checkpoints(ws: Workspace, backbone: str, k: int, folds_fingerprint: st
     stale = [f for f, m in enumerate(done) if now is not None and m["identity"]["dataset_fingerprint"] != now]
     if stale:
         raise WorkspaceError(
-            f"{backbone}: fold model(s) {stale} were trained on other training labels than train.csv has now; "
+            f"{backbone}: fold model(s) {stale} were trained on other training labels or images than the data "
+            "folder has now; "
             f"retrain them with `train-backbone --backbone {backbone} --folds {k}` (finished folds whose data "
             "did not change are kept)")
     return done

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import logging
 import os
-from concurrent.futures import ProcessPoolExecutor
-
 import numpy as np
 
 from ..atomic import atomic_path, read_json, write_json
 from ..data.dataset import CompetitionData
 from ..data.workspace import Workspace
 from ..errors import BadImageError
+from ..workers import worker_pool
 from .face_nets import align_files
 
 log = logging.getLogger(__name__)
@@ -44,7 +43,7 @@ def cached_chips(ws: Workspace, data: CompetitionData, split: str, size: int, pa
     fallbacks = 0
     workers = workers or len(os.sched_getaffinity(0))
     bar = tqdm(total=len(paths), desc=f"chips {split}@{size}", unit="img", disable=not progress)
-    pool = ProcessPoolExecutor(workers) if workers > 1 and len(jobs) > 1 else None
+    pool = worker_pool(workers) if workers > 1 and len(jobs) > 1 else None
     try:
         for j, (c, fell, errors) in enumerate(pool.map(align_files, jobs) if pool else map(align_files, jobs)):
             start = j * chunk
