@@ -125,3 +125,15 @@ def test_torchvision_state_dicts_load_as_users_save_them(tmp_path):
     torch.save(bad, tmp_path / "cut.pt")
     with pytest.raises(WeightsError, match=r"cut.pt: weights do not fit backbone resnet18: missing \d+ key"):
         create("resnet18", 64, weights=str(tmp_path / "cut.pt"))
+
+
+def test_timm_state_dicts_load_as_users_save_them(tmp_path):
+    import timm
+
+    torch.manual_seed(0)
+    ref = timm.create_model("mobilenetv3_small_050", num_classes=3).eval()
+    torch.save(ref.state_dict(), tmp_path / "m.pt")
+    model = create("timm:mobilenetv3_small_050", 64, weights=str(tmp_path / "m.pt")).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(model.forward_features(x), ref.forward_features(x), atol=1e-5)
