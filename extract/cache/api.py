@@ -10,6 +10,7 @@ import numpy as np
 from ..data.dataset import CompetitionData
 from ..data.folds import ensure_folds
 from ..data.workspace import Workspace
+from ..sources.base import Input
 from ..sources.inputs import RowInputs
 from ..sources.spec import DEFAULT_GENDER_LAYER, build_source, source_name, source_recipe, source_spec
 from .writer import Outcome, Rows, extract_to_cache, merge_shards, plan_update
@@ -43,7 +44,7 @@ def extract_features(data_dir: str | Path, backbone: str, workdir: str | Path = 
     images = RowInputs(ws, data, skip_bad=skip_bad, progress=progress)
     skipped: list[str] = []
     if skip_bad:
-        inp = build_source(recipe, ws, batch_size, device).input
+        inp = Input.of(recipe)
         for split in ("train", "test"):
             images.all(split, inp)  # decodes once and finds the corrupt images
             bad = sorted(images.bad[split])

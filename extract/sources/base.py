@@ -20,6 +20,12 @@ class Input:
     size: int
     padding: float | None = None
 
+    @classmethod
+    def of(cls, recipe: dict) -> "Input":
+        """The input a recipe's source computes on: aligned chips for an aligned face network, else resized."""
+        aligned = recipe["spec"]["type"] == "face" and recipe["spec"]["align"]
+        return cls(recipe["img_size"], recipe["extra"]["chip_padding"] if aligned else None)
+
 
 def library_versions() -> dict:
     """Versions of the libraries that shaped a cache, read from package metadata (importing timm costs seconds)."""

@@ -12,7 +12,7 @@ class FaceNetSource(FeatureSource):
 
     def __init__(self, recipe: dict, cfg: FaceNetConfig, device: str = "auto"):
         self.recipe, self.cfg, self.device = recipe, cfg, device
-        self.input = Input(cfg.chip, cfg.padding if cfg.align else None)
+        self.input = Input.of(recipe)
         self.has_logits = cfg.net != "dlib-face"
         self._net: FaceNet | None = None
 

@@ -23,7 +23,7 @@ class TorchSource(FeatureSource):
         self.recipe = recipe
         self._models, self._probe = models, probe
         self.n_spaces, self.has_logits = len(models), has_logits
-        self.input = Input(recipe["img_size"])
+        self.input = Input.of(recipe)
         self.batch_size, self.device = batch_size, resolve_device(device)
         self._loaded: dict[int, Backbone] = {}
 
