@@ -172,7 +172,6 @@ class FaceNetConfig:
     padding: float
     align: bool
     model: str
-    shape_predictor: str
 
 
 def face_net_config(net: str, align: bool = True, layer: str = "layer_3_relu") -> FaceNetConfig:
@@ -188,7 +187,7 @@ def face_net_config(net: str, align: bool = True, layer: str = "layer_3_relu") -
         if layer not in GENDER_LAYERS:
             raise ValueError(f"gender-cnn layer {layer!r}; choose one of {sorted(GENDER_LAYERS)}")
         chip, padding = 32, 0.2
-    return FaceNetConfig(net, layer, chip, padding, align, str(files["model"][0]), str(files["shape_predictor"][0]))
+    return FaceNetConfig(net, layer, chip, padding, align, str(files["model"][0]))
 
 
 def feature_dim(cfg: FaceNetConfig) -> int:
