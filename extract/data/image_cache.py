@@ -1,7 +1,10 @@
-"""Decoded, resized images cached on disk so that epochs are not spent on JPEG decoding."""
+"""Decoded images cached on disk (resized, or made into face chips elsewhere) so that epochs and re-runs are not
+spent on decoding."""
 from __future__ import annotations
 
 import logging
+from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -14,31 +17,44 @@ from .workspace import Workspace
 log = logging.getLogger(__name__)
 
 
+def cached_array(path: Path, key: dict, paths: list, build: Callable[[], tuple[np.ndarray, dict]],
+                 skip_bad: bool, what: str) -> tuple[np.ndarray, dict]:
+    """An image array memory-mapped from `path` and its metadata (`<path>.json`, holding `key` and the indices of
+    corrupt images, `bad`), reused while the metadata holds `key`; else build() -> (array, metadata) is saved
+    atomically. Without skip_bad, a corrupt image recorded there is an error naming it."""
+    meta_path = path.with_suffix(".json")
+    if path.exists() and meta_path.exists():
+        meta = read_json(meta_path)
+        if all(meta.get(k) == v for k, v in key.items()):
+            if meta["bad"] and not skip_bad:
+                raise BadImageError(paths[meta["bad"][0]], f"recorded as corrupt in the {what}; rerun with --skip-bad")
+            return np.load(path, mmap_mode="r"), meta
+        log.info("%s %s is stale (its images or recipe changed); rebuilding", what, path)
+    arr, meta = build()
+    if meta["bad"]:
+        log.warning("skipped %d corrupt image(s): %s", len(meta["bad"]), [str(paths[i]) for i in meta["bad"][:5]])
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            np.save(fh, arr)
+    meta = {**key, **meta}
+    write_json(meta_path, meta)
+    return np.load(path, mmap_mode="r"), meta
+
+
 def cached_images(ws: Workspace, data: CompetitionData, split: str, size: int,
                   skip_bad: bool = False, progress: bool = True) -> tuple[np.ndarray, list[int]]:
     """Return the [N, size, size, 3] uint8 images of a split and the indices of bad images.
 
     The array is memory-mapped from `ws/cache/images/<split>_<size>.npy` and rebuilt when the
-    dataset fingerprint changes.
+    images change.
     """
     part = getattr(data, split)
-    path = ws.image_cache(split, size)
-    meta_path = path.with_suffix(".json")
-    fp = data.fingerprint(labels=False, mtimes=True)  # pixels: not labels, but a replaced file
-    if path.exists() and meta_path.exists():
-        meta = read_json(meta_path)
-        if meta.get("dataset_fingerprint") == fp and meta.get("ids_n") == len(part):
-            if meta["bad"] and not skip_bad:
-                bad_path = part.paths[meta["bad"][0]]
-                raise BadImageError(bad_path, "recorded as corrupt in the image cache; rerun with --skip-bad")
-            return np.load(path, mmap_mode="r"), list(meta["bad"])
-        log.info("image cache %s is stale (dataset changed); rebuilding", path)
-    arr, bad = decode_many(part.paths, size, skip_bad=skip_bad, progress=progress, desc=f"decode {split}@{size}")
-    if bad:
-        log.warning("skipped %d corrupt image(s): %s", len(bad), [str(part.paths[i]) for i in bad[:5]])
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as fh:
-            np.save(fh, arr)
-    write_json(meta_path, {"dataset_fingerprint": fp, "ids_n": len(part), "size": size, "bad": bad})
-    return np.load(path, mmap_mode="r"), bad
 
+    def build() -> tuple[np.ndarray, dict]:
+        arr, bad = decode_many(part.paths, size, skip_bad=skip_bad, progress=progress, desc=f"decode {split}@{size}")
+        return arr, {"bad": bad}
+
+    key = {"dataset_fingerprint": data.fingerprint(labels=False, mtimes=True),  # pixels: not labels, but a
+           "ids_n": len(part), "size": size}                                    # replaced file
+    arr, meta = cached_array(ws.image_cache(split, size), key, part.paths, build, skip_bad, "image cache")
+    return arr, list(meta["bad"])

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import logging
 import os
+
 import numpy as np
 
-from ..atomic import atomic_path, read_json, write_json
 from ..data.dataset import CompetitionData
+from ..data.image_cache import cached_array
 from ..data.workspace import Workspace
 from ..errors import BadImageError
 from ..workers import worker_pool
@@ -24,44 +25,35 @@ def cached_chips(ws: Workspace, data: CompetitionData, split: str, size: int, pa
     from tqdm.auto import tqdm
 
     part = getattr(data, split)
-    path = ws.chip_cache(split, size, padding)
-    meta_path = path.with_suffix(".json")
-    key = {"dataset_fingerprint": data.fingerprint(labels=False, mtimes=True), "ids_n": len(part), "size": size, "padding": padding,
-           "shape_predictor_sha256": shape_predictor_sha256}
-    if path.exists() and meta_path.exists():
-        meta = read_json(meta_path)
-        if all(meta.get(k) == v for k, v in key.items()):
-            if meta["bad"] and not skip_bad:
-                raise BadImageError(part.paths[meta["bad"][0]], "recorded as corrupt in the chip cache; rerun with "
-                                                                "--skip-bad")
-            return np.load(path, mmap_mode="r"), list(meta["bad"]), meta["fallbacks"]
-        log.info("chip cache %s is stale (images or landmark model changed); rebuilding", path)
     paths = [str(p) for p in part.paths]
-    jobs = [(paths[i:i + chunk], shape_predictor, size, padding) for i in range(0, len(paths), chunk)]
-    chips = np.zeros((len(paths), size, size, 3), dtype=np.uint8)
-    bad: list[int] = []
-    fallbacks = 0
-    workers = workers or len(os.sched_getaffinity(0))
-    bar = tqdm(total=len(paths), desc=f"chips {split}@{size}", unit="img", disable=not progress)
-    pool = worker_pool(workers) if workers > 1 and len(jobs) > 1 else None
-    try:
-        for j, (c, fell, errors) in enumerate(pool.map(align_files, jobs) if pool else map(align_files, jobs)):
-            start = j * chunk
-            chips[start:start + len(c)] = c
-            fallbacks += len(fell)
-            for i, reason in errors:
-                if not skip_bad:
-                    raise BadImageError(paths[start + i], f"{reason}; rerun with --skip-bad to exclude it")
-                chips[start + i] = 0
-                bad.append(start + i)
-            bar.update(len(c))
-    finally:
-        bar.close()
-        if pool is not None:
-            pool.shutdown(cancel_futures=True)
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as fh:
-            np.save(fh, chips)
-    write_json(meta_path, {**key, "bad": bad, "fallbacks": fallbacks})
-    log.info("%s: %d chips, %d fell back to a plain resize, %d corrupt", path, len(paths), fallbacks, len(bad))
-    return np.load(path, mmap_mode="r"), bad, fallbacks
+
+    def build() -> tuple[np.ndarray, dict]:
+        jobs = [(paths[i:i + chunk], shape_predictor, size, padding) for i in range(0, len(paths), chunk)]
+        chips = np.zeros((len(paths), size, size, 3), dtype=np.uint8)
+        bad: list[int] = []
+        fallbacks = 0
+        n = workers or len(os.sched_getaffinity(0))
+        bar = tqdm(total=len(paths), desc=f"chips {split}@{size}", unit="img", disable=not progress)
+        pool = worker_pool(n) if n > 1 and len(jobs) > 1 else None
+        try:
+            for j, (c, fell, errors) in enumerate(pool.map(align_files, jobs) if pool else map(align_files, jobs)):
+                start = j * chunk
+                chips[start:start + len(c)] = c
+                fallbacks += len(fell)
+                for i, reason in errors:
+                    if not skip_bad:
+                        raise BadImageError(paths[start + i], f"{reason}; rerun with --skip-bad to exclude it")
+                    chips[start + i] = 0
+                    bad.append(start + i)
+                bar.update(len(c))
+        finally:
+            bar.close()
+            if pool is not None:
+                pool.shutdown(cancel_futures=True)
+        log.info("%d %s chips, %d fell back to a plain resize, %d corrupt", len(paths), split, fallbacks, len(bad))
+        return chips, {"bad": bad, "fallbacks": fallbacks}
+
+    key = {"dataset_fingerprint": data.fingerprint(labels=False, mtimes=True), "ids_n": len(part), "size": size,
+           "padding": padding, "shape_predictor_sha256": shape_predictor_sha256}
+    chips, meta = cached_array(ws.chip_cache(split, size, padding), key, paths, build, skip_bad, "chip cache")
+    return chips, list(meta["bad"]), meta["fallbacks"]
