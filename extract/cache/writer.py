@@ -112,10 +112,7 @@ class Update:
     keep_train: np.ndarray  # per wanted row: the index of the identical cached row, or -1 (compute it)
     keep_test: np.ndarray
     reason: str
-
-    @property
-    def hit(self) -> bool:
-        return self.reason == "same recipe and rows"
+    hit: bool = False  # the cache holds exactly these rows with this recipe
 
 
 def plan_update(path: Path, recipe: dict, rows: Rows, dtype: str = "float16", force: bool = False) -> Update:
@@ -143,7 +140,7 @@ def plan_update(path: Path, recipe: dict, rows: Rows, dtype: str = "float16", fo
     new_n = int((keep_tr < 0).sum() + (keep_te < 0).sum())
     reason = ("same recipe and rows" if same else
               f"{new_n} new or changed row(s)" if new_n else "rows removed or folds renumbered")
-    return Update(old, keep_tr, keep_te, reason)
+    return Update(old, keep_tr, keep_te, reason, hit=same)
 
 
 def extract_to_cache(source: FeatureSource, rows: Rows, path: Path, update: Update,

@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from ..atomic import sha256_file
+from ..data.images import load_rgb
+from ..errors import BadImageError
 
 INSTALL = 'pip install "genderfusion[faces]"  (in a checkout: pip install -e ".[faces]")'
 GENDER_LAYERS = {"layer_3_relu": 16, "layer_4_flatten": 4096, "logits": 2}
@@ -139,9 +141,6 @@ _ALIGNERS: dict[tuple, Aligner] = {}
 def align_files(job: tuple[list[str], str, int, float]) -> tuple[np.ndarray, list[int], list[tuple[int, str]]]:
     """Worker: chips of image files (one aligner per process), fallback positions, and (position, reason) of
     files that cannot be decoded (plain tuples: they cross process boundaries)."""
-    from ..data.images import load_rgb
-    from ..errors import BadImageError
-
     paths, shape_predictor, size, padding = job
     key = (shape_predictor, size, padding)
     if key not in _ALIGNERS:
