@@ -2,8 +2,8 @@
 
 Both descriptor paths run end to end from image files on all cores: decode, dlib's 5-point landmarks and
 150 px chip, then the descriptor - dlib's `compute_face_descriptor` in one single-threaded process per core (how
-the project ran it before), or the ResNet read from the same .dat in torch (chips made in one process per core,
-the network batched in-process on every core).
+the project ran it before), or the project's dlib-face network (`FaceNet`: the ResNet read from the same .dat, in
+torch, batched in-process on every core) while the chips are made in one process per core.
 
     python bench/face_speed.py --data ../shared/data/faces --n 2048 --model data/bench-cpu/heads/best/model.pkl
 """
@@ -14,7 +14,7 @@ import csv
 import os
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -24,48 +24,50 @@ sys.path.append(str(Path(__file__).resolve().parents[1]))  # for `bench`; gender
 from bench._report import emit  # noqa: E402
 from bench.predict_speed import measure, test_paths  # noqa: E402
 
-from genderfusion.extract.models.face_nets import align_files, dlib_model_paths  # noqa: E402
+from genderfusion.extract.models.face_nets import FaceNet, align_files, dlib_model_paths, face_net_config  # noqa: E402
+from genderfusion.extract.workers import worker_pool  # noqa: E402
 
 NET, SP = "dlib_face_recognition_resnet_model_v1.dat", "shape_predictor_5_face_landmarks.dat"
 CHUNK = 64
 
 
-def _dlib_chunk(paths: list[str]) -> np.ndarray:
-    """dlib's own path for a chunk of files, in a worker process."""
+def _jobs(paths: list[str]) -> list[tuple[list[str], str, int, float]]:
+    """Chunks of files for align_files, with dlib-face's chip size and padding."""
+    cfg = face_net_config("dlib-face")
+    sp = str(dlib_model_paths()[SP])
+    return [(paths[i:i + CHUNK], sp, cfg.chip, cfg.padding) for i in range(0, len(paths), CHUNK)]
+
+
+@lru_cache(maxsize=1)
+def _dlib_net():
     import dlib
 
-    files = dlib_model_paths()
-    chips, _, bad = align_files((paths, str(files[SP]), 150, 0.25))
+    return dlib.face_recognition_model_v1(str(dlib_model_paths()[NET]))
+
+
+def _dlib_chunk(job: tuple[list[str], str, int, float]) -> np.ndarray:
+    """dlib's own path for a chunk of files, in a worker process."""
+    chips, _, bad = align_files(job)
     assert not bad, bad
-    global _NET
-    if "_NET" not in globals():
-        _NET = dlib.face_recognition_model_v1(str(files[NET]))
-    desc = _NET.compute_face_descriptor([np.ascontiguousarray(c) for c in chips])
+    desc = _dlib_net().compute_face_descriptor([np.ascontiguousarray(c) for c in chips])
     return np.array([np.array(d) for d in desc], dtype=np.float32)
 
 
 def dlib_path(paths: list[str], workers: int) -> tuple[np.ndarray, float]:
     t = time.perf_counter()
-    with ProcessPoolExecutor(workers, initializer=os.environ.__setitem__, initargs=("OMP_NUM_THREADS", "1")) as pool:
-        out = np.concatenate(list(pool.map(_dlib_chunk, [paths[i:i + CHUNK] for i in range(0, len(paths), CHUNK)])))
+    with worker_pool(workers) as pool:
+        out = np.concatenate(list(pool.map(_dlib_chunk, _jobs(paths))))
     return out, len(paths) / (time.perf_counter() - t)
 
 
 def torch_path(paths: list[str], workers: int, device: str) -> tuple[np.ndarray, float]:
-    import torch
-
-    from genderfusion.extract.models.dlib_resnet import load_dlib_resnet
-    from genderfusion.extract.models.inference import resolve_device
-
     t = time.perf_counter()
-    dev = resolve_device(device)
-    net = load_dlib_resnet(dlib_model_paths()[NET]).to(dev)
-    jobs = [(paths[i:i + CHUNK], str(dlib_model_paths()[SP]), 150, 0.25) for i in range(0, len(paths), CHUNK)]
+    net = FaceNet(face_net_config("dlib-face"), device)
     out = []
-    with ProcessPoolExecutor(workers) as pool, torch.inference_mode():
-        for chips, _, bad in pool.map(align_files, jobs):  # the network runs while the next chips are made
+    with worker_pool(workers) as pool:
+        for chips, _, bad in pool.map(align_files, _jobs(paths)):  # the network runs while the next chips are made
             assert not bad, bad
-            out.append(net(net.normalize(torch.from_numpy(chips).to(dev))).float().cpu().numpy())
+            out.append(net.run(chips)[0])
     return np.concatenate(out), len(paths) / (time.perf_counter() - t)
 
 
