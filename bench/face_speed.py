@@ -24,17 +24,17 @@ sys.path.append(str(Path(__file__).resolve().parents[1]))  # for `bench`; gender
 from bench._report import emit  # noqa: E402
 from bench.predict_speed import measure, test_paths  # noqa: E402
 
-from genderfusion.extract.models.face_nets import FaceNet, align_files, dlib_model_paths, face_net_config  # noqa: E402
+from genderfusion.extract.models.face_nets import (DLIB_NET, SHAPE_PREDICTOR, FaceNet, align_files,  # noqa: E402
+                                                   dlib_model_paths, face_net_config)
 from genderfusion.extract.workers import worker_pool  # noqa: E402
 
-NET, SP = "dlib_face_recognition_resnet_model_v1.dat", "shape_predictor_5_face_landmarks.dat"
 CHUNK = 64
 
 
 def _jobs(paths: list[str]) -> list[tuple[list[str], str, int, float]]:
     """Chunks of files for align_files, with dlib-face's chip size and padding."""
     cfg = face_net_config("dlib-face")
-    sp = str(dlib_model_paths()[SP])
+    sp = str(dlib_model_paths()[SHAPE_PREDICTOR])
     return [(paths[i:i + CHUNK], sp, cfg.chip, cfg.padding) for i in range(0, len(paths), CHUNK)]
 
 
@@ -42,7 +42,7 @@ def _jobs(paths: list[str]) -> list[tuple[list[str], str, int, float]]:
 def _dlib_net():
     import dlib
 
-    return dlib.face_recognition_model_v1(str(dlib_model_paths()[NET]))
+    return dlib.face_recognition_model_v1(str(dlib_model_paths()[DLIB_NET]))
 
 
 def _dlib_chunk(job: tuple[list[str], str, int, float]) -> np.ndarray:

@@ -8,8 +8,7 @@ from genderfusion.extract.models.dlib_resnet import DlibFormatError, load_dlib_r
 from tests.conftest import REAL_FACES
 
 dlib = pytest.importorskip("dlib")
-NET = "dlib_face_recognition_resnet_model_v1.dat"
-SP = "shape_predictor_5_face_landmarks.dat"
+NET, SP = fs.DLIB_NET, fs.SHAPE_PREDICTOR
 
 
 @pytest.fixture(scope="module")

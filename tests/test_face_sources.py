@@ -122,11 +122,10 @@ def test_chip_cache_parallel_equals_serial_is_reused_and_names_a_corrupt_image(s
     from genderfusion.extract.data.workspace import Workspace
     from genderfusion.extract.errors import BadImageError
     from genderfusion.extract.models import chip_cache
-    from genderfusion.extract.sources.inputs import SHAPE_PREDICTOR
 
     data = CompetitionData.load(_chips_folder(synth, 90))
-    sp = str(fs.dlib_model_paths()[SHAPE_PREDICTOR])
-    sha = fs.DLIB_FILES[SHAPE_PREDICTOR]
+    sp = str(fs.dlib_model_paths()[fs.SHAPE_PREDICTOR])
+    sha = fs.DLIB_FILES[fs.SHAPE_PREDICTOR]
     args = dict(shape_predictor=sp, shape_predictor_sha256=sha, progress=False, chunk=16)
     serial, bad, fell = chip_cache.cached_chips(Workspace(tmp_path / "a"), data, "train", 40, 0.25, workers=1, **args)
     parallel, bad2, fell2 = chip_cache.cached_chips(Workspace(tmp_path / "b"), data, "train", 40, 0.25, workers=2,

@@ -53,9 +53,10 @@ def checked_file(path: Path, expected_sha256: str) -> str:
     return got
 
 
+DLIB_NET, SHAPE_PREDICTOR = "dlib_face_recognition_resnet_model_v1.dat", "shape_predictor_5_face_landmarks.dat"
 DLIB_FILES = {  # face-recognition-models 0.3.0
-    "dlib_face_recognition_resnet_model_v1.dat": "55533b28a95800a551ba546ba62fe69625c7e95a7061c338adffead08719da30",
-    "shape_predictor_5_face_landmarks.dat": "c4b1e9804792707d3a405c2c16a80a20269e6675021f64a41d30fffafbc41888",
+    DLIB_NET: "55533b28a95800a551ba546ba62fe69625c7e95a7061c338adffead08719da30",
+    SHAPE_PREDICTOR: "c4b1e9804792707d3a405c2c16a80a20269e6675021f64a41d30fffafbc41888",
 }
 
 
@@ -75,9 +76,9 @@ def gender_model_path() -> tuple[Path, str]:
 def face_model_files(net: str) -> dict[str, tuple[Path, str]]:
     """The net's model file and the landmark model: role -> (path, published sha256)."""
     models = dlib_model_paths()
-    sp = models["shape_predictor_5_face_landmarks.dat"]
+    sp = models[SHAPE_PREDICTOR]
     if net == "dlib-face":
-        model = models["dlib_face_recognition_resnet_model_v1.dat"]
+        model = models[DLIB_NET]
         expected = DLIB_FILES[model.name]
     else:
         model, expected = gender_model_path()

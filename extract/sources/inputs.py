@@ -8,10 +8,10 @@ from ..data.dataset import CompetitionData
 from ..data.image_cache import cached_images
 from ..data.images import resize_all
 from ..data.workspace import Workspace
-from ..models.face_nets import DLIB_FILES, Aligner, dlib_model_paths
+from ..models.chip_cache import cached_chips
+from ..models.face_nets import DLIB_FILES, SHAPE_PREDICTOR, Aligner, dlib_model_paths
 from .base import Input
 
-SHAPE_PREDICTOR = "shape_predictor_5_face_landmarks.dat"
 
 
 class RowInputs:
@@ -33,8 +33,6 @@ class RowInputs:
                 arr, bad = cached_images(self.ws, self.data, split, inp.size, skip_bad=self.skip_bad,
                                          progress=self.progress)
             else:
-                from ..models.chip_cache import cached_chips
-
                 sp = dlib_model_paths()[SHAPE_PREDICTOR]
                 arr, bad, fell = cached_chips(self.ws, self.data, split, inp.size, inp.padding, str(sp),
                                               DLIB_FILES[SHAPE_PREDICTOR], skip_bad=self.skip_bad,
