@@ -56,14 +56,17 @@ def _finetuned_recipe(spec: dict, ws: Workspace, k: int, folds_fp: str) -> dict:
     lookup(backbone)  # an unknown name lists the known ones before asking for checkpoints
     metas = fold_checkpoints(ws, backbone, k, folds_fp)
     pres = [saved_preprocess(m, ws.fold_files(backbone, f).best) for f, m in enumerate(metas)]
+    first = metas[0]["identity"]["config"]
     for f, (meta, pre) in enumerate(zip(metas, pres)):
-        differs = [key for key in meta["identity"]["config"]
-                   if key != "seed" and meta["identity"]["config"][key] != metas[0]["identity"]["config"].get(key)]
-        if pre != pres[0] or differs:
+        config = meta["identity"]["config"]
+        differs = {key: (value, first.get(key)) for key, value in config.items()
+                   if key != "seed" and value != first.get(key)}
+        if pre != pres[0]:
+            differs["preprocessing"] = (pre, pres[0])
+        if differs:
             raise WorkspaceError(
-                f"{backbone}: fold {f} was trained with another config than fold 0 "
-                f"({differs or 'preprocessing'}: {[meta['identity']['config'].get(d) for d in differs] or pre} vs "
-                f"{[metas[0]['identity']['config'].get(d) for d in differs] or pres[0]}); retrain fold {f} "
+                f"{backbone}: fold {f} was trained with another config than fold 0 ({list(differs)}: "
+                f"{[v[0] for v in differs.values()]} vs {[v[1] for v in differs.values()]}); retrain fold {f} "
                 f"with train-backbone --fold {f}, so that every fold model shares one feature recipe")
     return {"kind": FINETUNED, "backbone": backbone, "layer": "forward_features", "pooling": spec["pool"],
             **pres[0], "checkpoint_sha256": [m["sha256"] for m in metas], "folds_fingerprint": folds_fp, "extra": {}}

@@ -43,7 +43,8 @@ class TorchSource(FeatureSource):
 
 
 def finetuned_source(recipe: dict, ws: Workspace, batch_size: int = 256, device: str = "auto") -> TorchSource:
-    """The K fold checkpoints written by train-backbone; each is normalised with the preprocessing saved with it."""
+    """The K fold checkpoints written by train-backbone (their sha256 checked by the recipe); each is normalised with
+    the preprocessing saved with it (the recipe's: folds that differ are refused there)."""
     backbone, pre = recipe["backbone"], Preprocess.from_dict(recipe)
 
     def build(cfg: dict) -> Backbone:
@@ -52,9 +53,6 @@ def finetuned_source(recipe: dict, ws: Workspace, batch_size: int = 256, device:
     def loader(f: int) -> Callable[[], Backbone]:
         def load() -> Backbone:
             ckpt = torch.load(ws.fold_files(backbone, f).best, map_location="cpu", weights_only=False)
-            if Preprocess.from_dict(ckpt["preprocess"]) != pre:
-                raise WorkspaceError(f"{ws.fold_files(backbone, f).best}: preprocessing {ckpt['preprocess']} differs "
-                                     f"from the recipe's {pre.as_dict()}; retrain with train-backbone")
             m = build(ckpt["identity"]["config"])
             m.load_state_dict(ckpt["state_dict"])
             m.preprocess = pre
