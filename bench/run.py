@@ -24,7 +24,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.append(str(ROOT))  # for `bench`; genderfusion comes from the install
 
 from genderfusion.extract.atomic import read_json, write_json, write_text  # noqa: E402
-from genderfusion.extract.models.face_nets import FACE_NETS  # noqa: E402
 from genderfusion.extract.sources.spec import source_name, source_spec  # noqa: E402
 
 
@@ -42,22 +41,24 @@ def extract_args(e: dict) -> tuple[list[str], str]:
     """CLI arguments of one extract entry and the name of the cache it writes."""
     args = ["--backbone", e["backbone"]]
     align, layer = e.get("align", "landmarks"), e.get("layer", "layer_3_relu")
-    if e["backbone"] in FACE_NETS:
-        args += ["--align", align, "--layer", layer]
+    spec = source_spec(e["backbone"], bool(e.get("frozen")), e.get("pool"), align=align == "landmarks", layer=layer,
+                       tta=e.get("tta"))
+    if spec["type"] == "face":
+        args += (["--frozen"] if e.get("frozen") else []) + ["--align", align, "--layer", layer]
     else:
         if e.get("frozen"):
             args += ["--frozen", "--img-size", str(e.get("img_size", 224))]
-        args += ["--pool", e.get("pool", "flatten")]
+        args += ["--pool", e["pool"]] if "pool" in e else []
     tta = e.get("tta")
     if tta:
         args += ["--tta", tta]
-    return args, source_name(source_spec(e["backbone"], bool(e.get("frozen")), align=align == "landmarks", layer=layer,
-                                         tta=tta))
+    return args, source_name(spec)
 
 
 def train_args(t: dict) -> list[str]:
     args = ["--backbone", t["backbone"]]
-    for key in ("img_size", "epochs", "patience", "optimizer", "lr", "batch_size", "weights"):
+    for key in ("img_size", "epochs", "patience", "optimizer", "lr", "batch_size", "weights", "trunk_cut", "dropout",
+                "weight_decay", "lr_patience"):
         if key in t:
             args += [f"--{key.replace('_', '-')}", str(t[key])]
     if t.get("pretrained"):

@@ -49,22 +49,27 @@ def train_backbone_main(argv: list[str] | None = None) -> None:
     from .models.augment import AugmentConfig
     from .models.training import TrainConfig
 
-    d = TrainConfig("?")
+    d = TrainConfig("cnn-deep")
     a = AugmentConfig()
     p = make_parser("train-backbone", "Fine-tune a backbone on the shared K folds.")
-    p.add_argument("--backbone", required=True, help="cnn-small, cnn-deep, vgg16, resnet18/34/50, effnet-lite0, timm:NAME")
+    p.add_argument("--backbone", required=True, help="cnn-small, cnn-deep, vgg16, resnet18/34/50, effnet-lite0, "
+                   "face-resnet, gender-cnn, timm:NAME")
     add_data_args(p)
     p.add_argument("--folds", type=int, default=None, help="K for a new fold assignment (default 5; existing folds are reused)")
     p.add_argument("--fold", type=int, default=None, help="train only this fold (0-based)")
     p.add_argument("--fold-seed", type=int, default=None, help="seed of a new fold assignment (default 0)")
     p.add_argument("--new-folds", action="store_true", help="replace existing folds of another K or seed")
-    p.add_argument("--img-size", type=int, default=d.img_size)
+    p.add_argument("--img-size", type=int, default=None,
+                   help="input size (default 64; the face networks take their own: 150 face-resnet, 32 gender-cnn)")
+    p.add_argument("--trunk-cut", default=None, help="face-resnet: the frozen trunk ends here and the stages above "
+                   "train on its cached activations: stage2 (64x17x17), stage3 (128x8x8, default), stage4 (256x4x4)")
     p.add_argument("--epochs", type=int, default=d.epochs)
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--optimizer", choices=("adamw", "sgd"), default=d.optimizer)
-    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--lr", type=float, default=None, help="default: the backbone's (1e-3; 3e-4 for the face networks)")
     p.add_argument("--weight-decay", type=float, default=d.weight_decay)
-    p.add_argument("--dropout", type=float, default=d.dropout)
+    p.add_argument("--dropout", type=float, default=None,
+                   help="default: the backbone's (0.5; 0.2 for the face networks)")
     p.add_argument("--patience", type=int, default=d.patience, help="early-stopping patience in epochs")
     p.add_argument("--lr-patience", type=int, default=d.lr_patience, help="ReduceLROnPlateau patience")
     p.add_argument("--seed", type=int, default=d.seed)
@@ -85,7 +90,7 @@ def train_backbone_main(argv: list[str] | None = None) -> None:
             args.backbone, img_size=args.img_size, epochs=args.epochs, batch_size=args.batch_size,
             optimizer=args.optimizer, lr=args.lr, weight_decay=args.weight_decay, dropout=args.dropout,
             patience=args.patience, lr_patience=args.lr_patience, seed=args.seed, pretrained=args.pretrained,
-            weights=args.weights,
+            weights=args.weights, trunk_cut=args.trunk_cut,
             augment=AugmentConfig(args.brightness, args.contrast, args.grayscale, args.rotation, args.hflip, args.vflip))
         summary = train_backbone(args.data, cfg, args.workdir, k=args.folds, fold=args.fold, fold_seed=args.fold_seed,
                                  new_folds=args.new_folds, skip_bad=args.skip_bad, device=args.device,
@@ -93,6 +98,9 @@ def train_backbone_main(argv: list[str] | None = None) -> None:
         for f, r in sorted(summary["folds"].items()):
             print(f"fold {f}: out-of-fold accuracy {r['oof_accuracy']:.4f} on {r['n_holdout']} rows, "
                   f"best epoch {r['best_epoch']}/{r['epochs_run']}, {r['seconds_per_epoch']} s/epoch")
+        if "trunk_cache" in summary:
+            t = summary["trunk_cache"]
+            print(f"trunk cache ({t['cut']}): {t['bytes'] / 2**20:.0f} MiB, built in {t['seconds']} s")
         if "oof_accuracy" in summary:
             print(f"{args.backbone}: {summary['k']}-fold out-of-fold accuracy {summary['oof_accuracy']:.4f}")
         print(json.dumps({"skipped_images": summary["skipped_images"]}) if summary["skipped_images"] else "", end="")
@@ -121,24 +129,28 @@ def extract_main(argv: list[str] | None = None) -> None:
     from .sources.base import TTAS
 
     p = make_parser("extract", "Write a backbone's last-conv features to an HDF5 cache.")
-    p.add_argument("--backbone", required=True, help="a fine-tuned backbone (from train-backbone), or any with --frozen")
+    p.add_argument("--backbone", required=True, help="a fine-tuned backbone (from train-backbone), or any with "
+                   "--frozen (face-resnet --frozen is dlib-face: dlib's descriptor; gender-cnn --frozen the pretrained "
+                   "gender CNN)")
     add_data_args(p, data_required=False)
     p.add_argument("--frozen", action="store_true", help="pretrained features, no fine-tuning: one feature space")
     p.add_argument("--weights", default=None, help="local weights for --frozen")
     p.add_argument("--pretrained", action="store_true", help="hub weights for --frozen (needs network)")
     p.add_argument("--img-size", type=int, default=None, help="input size for --frozen (default 224)")
-    p.add_argument("--pool", choices=POOLS, default="flatten", help="how the last conv map becomes a vector")
+    p.add_argument("--pool", choices=POOLS, default=None,
+                   help="how the last conv map becomes a vector (default: the backbone's; flatten, avg for face-resnet)")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--dtype", choices=("float16", "float32"), default="float16")
     p.add_argument("--force", action="store_true", help="recompute everything")
     p.add_argument("--shard", default=None, metavar="I/N", help="extract slice I of N into its own file")
     p.add_argument("--merge", action="store_true", help="join the shard files into one cache")
     p.add_argument("--align", choices=("landmarks", "resize"), default="landmarks",
-                   help="face sources: align with 5-point landmarks, or plainly resize")
-    p.add_argument("--layer", default="layer_3_relu", help="gender-cnn layer: layer_3_relu, layer_4_flatten, logits")
+                   help="frozen face networks: align with 5-point landmarks, or plainly resize")
+    p.add_argument("--layer", default="layer_3_relu",
+                   help="gender-cnn --frozen layer: layer_3_relu, layer_4_flatten, logits")
     p.add_argument("--tta", choices=TTAS, default=None,
                    help="test-time augmentation: flip = mean over the image and its mirror (cache name '-flip'); "
-                        "default: flip for the face networks, none for backbones")
+                        "default: flip for the face networks, none for other backbones")
     args = p.parse_args(argv)
     if not args.merge and not args.data:
         p.error("--data is required (except with --merge)")

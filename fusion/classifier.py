@@ -117,7 +117,7 @@ class FusionClassifier:
             if src.input not in views:
                 views[src.input] = self._inputs(arrays, src.input)
             batch = views[src.input]
-            feats, logits = zip(*(src.compute(batch, space) for space in range(src.n_spaces)))
+            feats, logits = zip(*src.compute_spaces(batch, range(src.n_spaces)))
             outputs.append(Outputs(src.kind, np.stack(feats), None if logits[0] is None else np.stack(logits)))
         return self._proba(outputs)
 

@@ -157,29 +157,30 @@ def test_killed_run_leaves_old_cache_and_resumes(work, monkeypatch):
     good = extract_features(data, "cnn-small", ws, progress=False)  # back to the flatten cache
     from genderfusion.extract.sources.torch_source import TorchSource
 
-    real = TorchSource.compute
+    real = TorchSource.compute_spaces
     calls, die = [], [True]
 
-    def dying(self, batch, space=0):
-        calls.append((space, len(batch)))
-        if len(calls) == 3 and die[0]:
-            raise KeyboardInterrupt  # killed in the third chunk of fold space 0
-        return real(self, batch, space)
+    def dying(self, batch, spaces):
+        calls.append((list(spaces), len(batch)))
+        if len(calls) == 4 and die[0]:
+            raise KeyboardInterrupt  # killed in the second part of fold space 0's training rows
+        return real(self, batch, spaces)
 
-    monkeypatch.setattr(TorchSource, "compute", dying)
+    monkeypatch.setattr(TorchSource, "compute_spaces", dying)
     import genderfusion.extract.cache.writer as ex
 
-    monkeypatch.setattr(ex, "PART_ROWS", 8)  # checkpoint every 8 rows: 30 rows a fold -> 4 parts
+    monkeypatch.setattr(ex, "PART_ROWS", 8)  # checkpoint every 8 rows: 30 rows a fold -> 4 parts, 12 test rows -> 2
     with pytest.raises(KeyboardInterrupt):
         extract_features(data, "cnn-small", ws, pool="max", dtype="float32", progress=False)
+    assert calls[:2] == [([0, 1], 8), ([0, 1], 4)]  # a test row in both fold spaces at once
     assert fc.load(good.path).attrs["pooling"] == "flatten"  # the old valid cache is untouched
     partial = good.path.with_name(good.path.name + ".parts")
-    assert sorted(p.name for p in partial.glob("*.npz")) == ["train-0-0.npz", "train-0-1.npz"]
+    assert sorted(p.name for p in partial.glob("*.npz")) == ["test-0.npz", "test-1.npz", "train-0-0.npz"]
     calls.clear()
     die[0] = False
     out = extract_features(data, "cnn-small", ws, pool="max", dtype="float32", progress=False)
-    # the two train parts of space 0 already written are not computed again; 30 train rows a fold, 12 test rows
-    assert calls == [(0, 8), (0, 6), (0, 8), (0, 4), (1, 8), (1, 8), (1, 8), (1, 6), (1, 8), (1, 4)]
+    # the parts already written are not computed again; 30 train rows a fold
+    assert calls == [([0], 8), ([0], 8), ([0], 6), ([1], 8), ([1], 8), ([1], 8), ([1], 6)]
     assert not partial.exists()
     resumed = fc.load(out.path)
     assert np.allclose(resumed.train.features, reference.train.features)
@@ -238,8 +239,8 @@ def test_a_registry_preprocessing_change_is_a_recipe_change(work, monkeypatch):
     args = dict(frozen=True, img_size=32, pool="avg", weights="random", progress=False)
     assert extract_features(data, "cnn-small", ws, **args).status == "computed"
     assert extract_features(data, "cnn-small", ws, **args).status == "hit"
-    entry = registry._REGISTRY["cnn-small"]
-    monkeypatch.setitem(registry._REGISTRY, "cnn-small", dataclasses.replace(entry, mean=(0.4, 0.4, 0.4)))
+    entry = registry.REGISTRY["cnn-small"]
+    monkeypatch.setitem(registry.REGISTRY, "cnn-small", dataclasses.replace(entry, mean=(0.4, 0.4, 0.4)))
     out = extract_features(data, "cnn-small", ws, **args)
     assert out.status == "computed" and "mean" in out.reason
 

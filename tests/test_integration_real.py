@@ -47,11 +47,17 @@ def test_pipeline_on_real_faces(real_subset, tmp_path):
                        progress=False)
     assert 0.4 <= s["oof_accuracy"] <= 1.0 and sum(r["n_holdout"] for r in s["folds"].values()) == 200
     assert extract_features(real_subset, "cnn-small", ws, progress=False).computed_rows == 200 + 2 * 40
-    assert extract_features(real_subset, "gender-cnn", ws, align=False, progress=False).computed_rows == 240
-    report = train_head(ws, ["cnn-small", "gender-cnn-noalign-flip"], ["logistic"], log=lambda m: None)
+    assert extract_features(real_subset, "gender-cnn", ws, frozen=True, align=False,
+                            progress=False).computed_rows == 240
+    # the face ResNet fine-tuned above its cut on cached trunk activations, extracted as a fine-tuned source
+    f = train_backbone(real_subset, TrainConfig("face-resnet", epochs=3, batch_size=16), ws, progress=False)
+    assert f["trunk_cache"]["bytes"] == 200 * 2 * 128 * 8 * 8 * 2 and f["oof_accuracy"] > 0.7
+    assert extract_features(real_subset, "face-resnet", ws, progress=False).computed_rows == 200 + 2 * 40
+    report = train_head(ws, ["cnn-small", "gender-cnn-frozen-noalign-flip", "face-resnet-flip"], ["logistic"],
+                        log=lambda m: None)
     acc = {(r["method"], r["protocol"]): r["accuracy"] for r in report["rows"]}
     # the pretrained gender network is far better than chance on real faces, and stacking keeps most of it
-    assert acc[("gender-cnn-noalign-flip", "own classifier")] > 0.8
+    assert acc[("gender-cnn-frozen-noalign-flip", "own classifier")] > 0.8
     assert report["best_cv_accuracy"] > 0.75
     out = predict_submission("fusion", real_subset, tmp_path / "sub.csv", ws)
     assert out["rows"] == 40 and len((tmp_path / "sub.csv").read_text().splitlines()) == 41

@@ -24,7 +24,7 @@ def dataset_rows(data: CompetitionData, fold: np.ndarray) -> Rows:
 
 
 def extract_features(data_dir: str | Path, backbone: str, workdir: str | Path = "data", frozen: bool = False,
-                     pool: str = "flatten", img_size: int | None = None, weights: str | None = None,
+                     pool: str | None = None, img_size: int | None = None, weights: str | None = None,
                      pretrained: bool = False, batch_size: int = 256, device: str = "auto", dtype: str = "float16",
                      force: bool = False, shard: str | None = None, skip_bad: bool = False,
                      progress: bool = True, align: bool = True, layer: str = DEFAULT_GENDER_LAYER,

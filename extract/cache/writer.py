@@ -177,14 +177,18 @@ def _extract(source: FeatureSource, rows: Rows, path: Path, update: Update,
         shutil.rmtree(parts_dir)  # parts of another plan (recipe, rows or dtype changed)
     parts_dir.mkdir(parents=True, exist_ok=True)
     (parts_dir / f"plan-{plan}").touch()
-    parts = []  # (file, split, space, positions in rows)
-    for space in range(s):
-        for split, keep in (("train", keep_tr), ("test", keep_te)):
-            todo = np.flatnonzero(keep < 0)
-            if split == "train" and source.kind == FINETUNED:
-                todo = todo[rows.train_fold[todo] == space]
-            for c, start in enumerate(range(0, len(todo), PART_ROWS)):
-                parts.append((parts_dir / f"{split}-{space}-{c}.npz", split, space, todo[start:start + PART_ROWS]))
+    # (file, split, spaces, positions in rows): a training row of a fine-tuned source in the space of the fold model
+    # that held it out; a test row in every space at once (what the spaces share is computed once)
+    parts = []
+    todo_te = np.flatnonzero(keep_te < 0)
+    for c, start in enumerate(range(0, len(todo_te), PART_ROWS)):
+        parts.append((parts_dir / f"test-{c}.npz", "test", list(range(s)), todo_te[start:start + PART_ROWS]))
+    for space in range(s if source.kind == FINETUNED else 1):
+        todo = np.flatnonzero(keep_tr < 0)
+        if source.kind == FINETUNED:
+            todo = todo[rows.train_fold[todo] == space]
+        for c, start in enumerate(range(0, len(todo), PART_ROWS)):
+            parts.append((parts_dir / f"train-{space}-{c}.npz", "train", [space], todo[start:start + PART_ROWS]))
     done = [p for p in parts if p[0].exists()]
     if done:
         log.info("resuming %s: %d of %d parts already done", path, len(done), len(parts))
@@ -193,23 +197,23 @@ def _extract(source: FeatureSource, rows: Rows, path: Path, update: Update,
     bar = tqdm(total=sum(len(p[3]) for p in parts if not p[0].exists()), desc=source.name, unit="img",
                disable=not progress)
     try:
-        for part, split, space, chunk in parts:
+        for part, split, spaces, chunk in parts:
             if part.exists():
                 continue
-            bar.set_postfix(split=split, space=space)
+            bar.set_postfix(split=split)
             index = (rows.train_index if split == "train" else rows.test_index)[chunk]
-            feats = np.empty((len(chunk), d), dtype=dtype)
-            logits = np.empty(len(chunk), dtype=np.float32) if source.has_logits else None
+            feats = np.empty((len(spaces), len(chunk), d), dtype=dtype)
+            logits = np.empty((len(spaces), len(chunk)), dtype=np.float32) if source.has_logits else None
             for start in range(0, len(chunk), batch_size):
                 batch = images(split, index[start:start + batch_size], source.input)
                 t1 = time.time()
-                fb, lb = source.compute(batch, space)
+                for j, (fb, lb) in enumerate(source.compute_spaces(batch, spaces)):
+                    feats[j, start:start + len(fb)] = fb
+                    if logits is not None:
+                        logits[j, start:start + len(fb)] = lb
                 t_compute += time.time() - t1
-                feats[start:start + len(fb)] = fb
-                if logits is not None:
-                    logits[start:start + len(fb)] = lb
-                bar.update(len(fb))
-            computed += len(chunk)
+                bar.update(len(batch))
+            computed += len(chunk) * len(spaces)
             with atomic_path(part) as tmp:
                 with open(tmp, "wb") as fh:
                     np.savez(fh, feats=feats, **({} if logits is None else {"logits": logits}))
@@ -218,9 +222,11 @@ def _extract(source: FeatureSource, rows: Rows, path: Path, update: Update,
                 _create(f, source, rows, s, d, dtype, plan, shard)
                 if update.old is not None:
                     _copy_kept(path, f, keep_tr, keep_te, source.has_logits)
-                for part, split, space, chunk in parts:
+                for part, split, spaces, chunk in parts:
                     with np.load(part) as z:
-                        _write_rows(f, split, space, chunk, z["feats"], z["logits"] if source.has_logits else None)
+                        for j, space in enumerate(spaces):
+                            _write_rows(f, split, space, chunk, z["feats"][j],
+                                        z["logits"][j] if source.has_logits else None)
                 f.attrs["notes"] = json.dumps(notes or {})
                 f.attrs["complete"] = True
         shutil.rmtree(parts_dir)

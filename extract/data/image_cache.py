@@ -29,7 +29,8 @@ def cached_array(path: Path, key: dict, paths: list, build: Callable[[], tuple[n
             if meta["bad"] and not skip_bad:
                 raise BadImageError(paths[meta["bad"][0]], f"recorded as corrupt in the {what}; rerun with --skip-bad")
             return np.load(path, mmap_mode="r"), meta
-        log.info("%s %s is stale (its images or recipe changed); rebuilding", what, path)
+        changed = ", ".join(f"{k}: {meta.get(k)!r} -> {v!r}" for k, v in key.items() if meta.get(k) != v)
+        log.info("%s %s is stale (%s); rebuilding", what, path, changed)
     arr, meta = build()
     if meta["bad"]:
         log.warning("skipped %d corrupt image(s): %s", len(meta["bad"]), [str(paths[i]) for i in meta["bad"][:5]])

@@ -26,6 +26,7 @@ class Backbone(nn.Module):
         self.feature_hw = feature_hw
         self.preprocess = preprocess
         self.weights_sha256: str | None = None  # of the local weights file it was created with
+        self.new_keys: tuple[str, ...] = ()  # parameters a pretrained file does not hold (a new output layer)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Last conv feature map, [B, C, H, W]."""
@@ -110,7 +111,28 @@ def _timm_body(name: str, pretrained: bool) -> nn.Module:
         timm.create_model(name, pretrained=pretrained, num_classes=0, global_pool="")))
 
 
-_BODIES = {"cnn": _cnn_body, "torchvision": _torchvision_body, "timm": _timm_body}
+def _face_body(name: str, pretrained: bool) -> nn.Module:
+    """A pretrained face network's architecture; its weights come from the package's file (default_weights)."""
+    if name == "gender-cnn":
+        from .gender_cnn import gender_body
+
+        return gender_body()
+    from .dlib_resnet import DlibBody
+
+    return DlibBody()
+
+
+def _descriptor_head(dropout: float) -> nn.Module:
+    """dlib's pooled fc 256 -> 128 (pretrained), then a new linear layer to one logit."""
+    from .dlib_resnet import descriptor_head
+
+    head = descriptor_head()
+    head.add_module("dropout", nn.Dropout(dropout))
+    head.add_module("out", nn.Linear(128, 1))
+    return head
+
+
+_BODIES = {"cnn": _cnn_body, "torchvision": _torchvision_body, "timm": _timm_body, "face": _face_body}
 
 
 def build_body(entry: Entry, pretrained: bool) -> nn.Module:
@@ -119,13 +141,15 @@ def build_body(entry: Entry, pretrained: bool) -> nn.Module:
 
 
 def create(name: str, img_size: int = 64, pretrained: bool = False, weights: str | None = None,
-           dropout: float = 0.5, hidden: int = 256) -> Backbone:
+           dropout: float = 0.5) -> Backbone:
     """Create a registered backbone with its preprocessing.
 
     pretrained: hub weights (needs network); weights: a local state dict (whole model or body), or
     "random" to skip a backbone's built-in default weights.
     """
     entry = lookup(name)
+    if entry.img_size is not None and img_size != entry.img_size:
+        raise ValueError(f"{name} takes {entry.img_size} px inputs (its pretrained size), not {img_size}")
     if img_size < entry.reduction:
         raise ValueError(f"image size {img_size} is too small for {name}: it downsamples by "
                          f"{entry.reduction}, so the minimum is {entry.reduction}")
@@ -136,8 +160,11 @@ def create(name: str, img_size: int = 64, pretrained: bool = False, weights: str
     if fmap.ndim != 4 or fmap.shape[-1] < 1 or fmap.shape[-2] < 1:
         raise ValueError(f"image size {img_size} gives an empty feature map for {name}")
     c, h, w = fmap.shape[1:]
-    head = _fc_head(c * h * w, hidden, dropout) if entry.flatten_head else _pool_head(c, dropout)
-    model = Backbone(name, body, head, int(c), (int(h), int(w)), entry.preprocess(img_size))
+    heads = {"fc": lambda: _fc_head(c * h * w, entry.hidden, dropout), "pool": lambda: _pool_head(c, dropout),
+             "descriptor": lambda: _descriptor_head(dropout)}
+    model = Backbone(name, body, heads[entry.head](), int(c), (int(h), int(w)), entry.preprocess(img_size))
+    if entry.head == "descriptor":
+        model.new_keys = ("head.out.weight", "head.out.bias")
     path = weights_file(name, weights, pretrained)
     if path is not None:
         from .weights import load_weights

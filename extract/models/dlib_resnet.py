@@ -14,6 +14,7 @@ unequal shapes zero-pads the smaller at the end of each dimension. Input: (RGB -
 from __future__ import annotations
 
 import os
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -155,17 +156,20 @@ def _expected_layers() -> list[str]:
     return names + ["avg_pool_2", "fc_2"]
 
 
-def _folded_conv(con: Record, affine: Record, cin: int) -> nn.Conv2d:
-    """A con_4 record with the affine (folded batch norm) after it folded in: y = g * (W x + b) + beta."""
+def _folded(con: Record, affine: Record, conv: nn.Conv2d, where: str, path) -> dict[str, torch.Tensor]:
+    """The weight and bias of a con_4 record with the affine (folded batch norm) after it folded in,
+    y = g * (W x + b) + beta, checked against the torch conv it is for."""
     filters, nr, nc, sy, sx, py, px = con.ints
+    want = (conv.out_channels, *conv.kernel_size, *conv.stride, *conv.padding)
+    if (filters, nr, nc, sy, sx, py, px) != want:
+        raise DlibFormatError(f"{path}: {where} is a {filters}-filter {nr}x{nc} conv with stride ({sy}, {sx}) and "
+                              f"padding ({py}, {px}); dlib's face-recognition network has {want}")
+    cin = conv.in_channels
     w = con.params[: filters * cin * nr * nc].reshape(filters, cin, nr, nc)
     bias = con.params[filters * cin * nr * nc:]
     gamma, beta = affine.params[:filters], affine.params[filters:]
-    conv = nn.Conv2d(cin, filters, (nr, nc), stride=(sy, sx), padding=(py, px))
-    with torch.no_grad():
-        conv.weight.copy_(torch.from_numpy(w * gamma[:, None, None, None]))
-        conv.bias.copy_(torch.from_numpy(bias * gamma + beta))
-    return conv
+    return {"weight": torch.from_numpy(w * gamma[:, None, None, None]),
+            "bias": torch.from_numpy(bias * gamma + beta)}
 
 
 def _add_prev(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -180,39 +184,81 @@ def _add_prev(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 class Block(nn.Module):
-    """A residual block: conv (stride 2 when it downsamples), relu, conv; skip through a 2x2 average pool."""
+    """A residual block: conv (stride 2, no padding, when it downsamples), relu, conv; skip through a 2x2 average
+    pool."""
 
-    def __init__(self, conv1: nn.Conv2d, conv2: nn.Conv2d, down: bool):
+    def __init__(self, cin: int, cout: int, down: bool):
         super().__init__()
-        self.conv1, self.conv2, self.down = conv1, conv2, down
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride=2 if down else 1, padding=0 if down else 1)
+        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1)
+        self.down = down
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.conv2(F.relu(self.conv1(x)))
         return F.relu(_add_prev(y, F.avg_pool2d(x, 2, 2) if self.down else x))
 
 
+# where the frozen trunk may end: the number of residual blocks below the cut, and the map it leaves
+CUTS = {"stage2": 7, "stage3": 10, "stage4": 13}
+CUT_SHAPES = {"stage2": (64, 17, 17), "stage3": (128, 8, 8), "stage4": (256, 4, 4)}
+
+
+def check_cut(cut: str) -> str:
+    if cut not in CUTS:
+        raise ValueError(f"unknown cut {cut!r} of the face ResNet; choose one of "
+                         + ", ".join(f"{c} ({'x'.join(map(str, CUT_SHAPES[c]))})" for c in CUTS))
+    return cut
+
+
+class DlibBody(nn.Module):
+    """The stem and the residual blocks: (RGB - mean) / 256 chips [B, 3, 150, 150] -> [B, 256, 2, 2]; trunk()
+    and top() split it at a cut."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 32, 7, stride=2)
+        blocks, cin = [], 32
+        for chans, n, down in STAGES:
+            for i in range(n):
+                blocks.append(Block(cin, chans, down and i == 0))
+                cin = chans
+        self.blocks = nn.Sequential(*blocks)
+
+    def trunk(self, x: torch.Tensor, cut: str) -> torch.Tensor:
+        return self.blocks[:CUTS[cut]](F.max_pool2d(F.relu(self.stem(x)), 3, 2))
+
+    def top(self, a: torch.Tensor, cut: str) -> torch.Tensor:
+        return self.blocks[CUTS[cut]:](a)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.blocks(F.max_pool2d(F.relu(self.stem(x)), 3, 2))
+
+
+def descriptor_head() -> nn.Sequential:
+    """Global average pool and the fc 256 -> 128 without bias: the face descriptor."""
+    return nn.Sequential(OrderedDict(pool=nn.AdaptiveAvgPool2d(1), flatten=nn.Flatten(),
+                                     fc=nn.Linear(256, 128, bias=False)))
+
+
 class DlibFaceResNet(nn.Module):
     """dlib's face descriptor network; forward takes (RGB - mean) / 256 chips [B, 3, 150, 150], RGB order."""
 
-    def __init__(self, stem: nn.Conv2d, blocks: list[Block], fc: nn.Linear, means: tuple[float, float, float]):
+    def __init__(self, means: tuple[float, float, float]):
         super().__init__()
-        self.stem, self.blocks, self.fc = stem, nn.Sequential(*blocks), fc
+        self.body, self.head = DlibBody(), descriptor_head()
         self.register_buffer("mean", torch.tensor(means, dtype=torch.float32).view(1, 3, 1, 1))
 
-    def trunk(self, x: torch.Tensor) -> torch.Tensor:
-        return self.blocks(F.max_pool2d(F.relu(self.stem(x)), 3, 2))
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.trunk(x).mean(dim=(2, 3)))
+        return self.head(self.body(x))
 
     def normalize(self, chips_u8: torch.Tensor) -> torch.Tensor:
         """uint8 [B, 150, 150, 3] RGB chips -> the network's input."""
         return (chips_u8.permute(0, 3, 1, 2).float() - self.mean) / 256.0
 
 
-def load_dlib_resnet(path: str | os.PathLike) -> DlibFaceResNet:
-    """Build the torch network from dlib's .dat file; a file of another layout is an error naming the first
-    layer that differs."""
+def dat_state_dict(path: str | os.PathLike) -> tuple[tuple[float, float, float], dict[str, torch.Tensor]]:
+    """The input means and the weights of dlib's .dat as a state dict of {body: DlibBody, head:
+    descriptor_head()}; a file of another layout is an error naming the first layer that differs."""
     means, records = read_records(path)
     want = _expected_layers()
     got = [r.name for r in records]
@@ -221,24 +267,30 @@ def load_dlib_resnet(path: str | os.PathLike) -> DlibFaceResNet:
         raise DlibFormatError(f"{path}: layer {i} (from the input) is {got[i] if i < len(got) else 'missing'!r}, "
                               f"dlib's face-recognition network has {want[i] if i < len(want) else 'nothing'!r} "
                               f"there ({len(got)} layers, expected {len(want)})")
+    body = DlibBody()
     it = iter(records)
-    stem = _folded_conv(next(it), next(it), 3)
+    sd = {f"body.stem.{k}": v for k, v in _folded(next(it), next(it), body.stem, "the stem", path).items()}
     next(it), next(it)  # relu, max pool 3x3/2
-    blocks, cin = [], 32
-    for chans, n, down in STAGES:
-        for i in range(n):
-            con1, aff1, _, con2, aff2 = (next(it) for _ in range(5))
-            blocks.append(Block(_folded_conv(con1, aff1, cin), _folded_conv(con2, aff2, chans), down and i == 0))
-            for _ in range(3 if down and i == 0 else 2):  # (avg pool), add_prev, relu
-                next(it)
-            cin = chans
+    for b, block in enumerate(body.blocks):
+        con1, aff1, _, con2, aff2 = (next(it) for _ in range(5))
+        for name, con, aff in (("conv1", con1, aff1), ("conv2", con2, aff2)):
+            for k, v in _folded(con, aff, getattr(block, name), f"block {b} {name}", path).items():
+                sd[f"body.blocks.{b}.{name}.{k}"] = v
+        for _ in range(3 if block.down else 2):  # (avg pool), add_prev, relu
+            next(it)
     next(it)  # global average pool
     fc_rec = next(it)
     outputs, inputs, bias_mode = fc_rec.ints
     if (outputs, inputs, bias_mode) != (128, 256, 1):
         raise DlibFormatError(f"{path}: fc_2 is {inputs} -> {outputs} with bias mode {bias_mode}, expected "
                               "256 -> 128 without bias")
-    fc = nn.Linear(inputs, outputs, bias=False)
-    with torch.no_grad():
-        fc.weight.copy_(torch.from_numpy(fc_rec.params.reshape(inputs, outputs).T.copy()))  # dlib: x @ W
-    return DlibFaceResNet(stem, blocks, fc, means).eval()
+    sd["head.fc.weight"] = torch.from_numpy(fc_rec.params.reshape(inputs, outputs).T.copy())  # dlib: x @ W
+    return means, sd
+
+
+def load_dlib_resnet(path: str | os.PathLike) -> DlibFaceResNet:
+    """Build the torch network from dlib's .dat file."""
+    means, sd = dat_state_dict(path)
+    net = DlibFaceResNet(means)
+    net.load_state_dict({**sd, "mean": net.mean}, strict=True)
+    return net.eval()

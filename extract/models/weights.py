@@ -15,10 +15,22 @@ _CLASSIFIER_PREFIXES = ("classifier.", "fc.", "head.fc.", "last_linear.")
 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Read a state dict from a file, unwrapping {'state_dict': …} or {'model': …} containers."""
+    """Read a state dict from a file, unwrapping {'state_dict': …} or {'model': …} containers; the face networks'
+    own files (dlib's .dat, the gender CNN's .onnx) are read by their readers."""
     path = Path(path)
     if not path.is_file():
         raise WeightsError(f"{path}: weights file not found")
+    if path.suffix == ".onnx":
+        from .gender_cnn import onnx_state_dict
+
+        return onnx_state_dict(path)
+    if path.suffix == ".dat":
+        from .dlib_resnet import DlibFormatError, dat_state_dict
+
+        try:
+            return dat_state_dict(path)[1]
+        except DlibFormatError as exc:
+            raise WeightsError(str(exc)) from exc
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
@@ -66,7 +78,8 @@ def _match(target: nn.Module, sd: dict[str, torch.Tensor], prefix: str) -> tuple
             mapped[k.split(".", 1)[1]] = v
         else:
             unexpected.append(prefix + k)
-    missing = [prefix + k for k in want if k not in mapped and not k.endswith("num_batches_tracked")]
+    new = getattr(target, "new_keys", ())
+    missing = [prefix + k for k in want if k not in mapped and not k.endswith("num_batches_tracked") and k not in new]
     shapes = [f"{prefix}{k}: file {tuple(v.shape)} vs model {tuple(want[k].shape)}"
               for k, v in mapped.items() if v.shape != want[k].shape]
     return mapped, missing, unexpected, shapes

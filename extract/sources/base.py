@@ -22,9 +22,11 @@ class Input:
 
     @classmethod
     def of(cls, recipe: dict) -> "Input":
-        """The input a recipe's source computes on: aligned chips for an aligned face network, else resized."""
-        aligned = recipe["spec"]["type"] == "face" and recipe["spec"]["align"]
-        return cls(recipe["img_size"], recipe["extra"]["chip_padding"] if aligned else None)
+        """The input a recipe's source computes on: aligned chips for an aligned face network or a fine-tuned one
+        that takes chips (its recipe records their padding), else resized images."""
+        spec, extra = recipe["spec"], recipe["extra"]
+        aligned = spec["align"] if spec["type"] == "face" else "chip_padding" in extra
+        return cls(recipe["img_size"], extra["chip_padding"] if aligned else None)
 
 
 def library_versions() -> dict:
@@ -63,16 +65,28 @@ class FeatureSource(ABC):
     @abstractmethod
     def feature_dim(self) -> int: ...
 
+    def shared(self, batch: np.ndarray):
+        """What every feature space computes first from a batch: by default the batch itself; a source whose fold
+        models share a frozen trunk returns the trunk's activations, computed once for all spaces."""
+        return batch
+
     @abstractmethod
-    def forward(self, batch: np.ndarray, space: int) -> tuple[np.ndarray, np.ndarray | None]:
-        """Features [B, D] and logits [B] (or None) of one view of a batch, in feature space `space`."""
+    def forward(self, shared, space: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """Features [B, D] and logits [B] (or None) in feature space `space`, from shared(one view of a batch)."""
+
+    def compute_spaces(self, batch: np.ndarray, spaces) -> list[tuple[np.ndarray, np.ndarray | None]]:
+        """Features [B, D] and logits [B] (or None) of uint8 images [B, S, S, 3] in each of `spaces`; with flip
+        TTA, the mean over the images and their mirrors."""
+        views = [batch]
+        if self.recipe["spec"].get("tta", "none") == "flip":
+            views.append(np.ascontiguousarray(batch[:, :, ::-1]))
+        shared = [self.shared(v) for v in views]
+        out = []
+        for space in spaces:
+            feats, logits = zip(*(self.forward(x, space) for x in shared))
+            out.append((sum(feats) / len(feats), None if logits[0] is None else sum(logits) / len(logits)))
+        return out
 
     def compute(self, batch: np.ndarray, space: int = 0) -> tuple[np.ndarray, np.ndarray | None]:
-        """Features [B, D] and logits [B] (or None) of uint8 images [B, S, S, 3] in feature space `space`; with
-        flip TTA, the mean over the images and their mirrors."""
-        feats, logits = self.forward(batch, space)
-        if self.recipe["spec"].get("tta", "none") == "flip":
-            f2, l2 = self.forward(np.ascontiguousarray(batch[:, :, ::-1]), space)
-            feats = (feats + f2) / 2
-            logits = None if logits is None else (logits + l2) / 2
-        return feats, logits
+        """compute_spaces for one space."""
+        return self.compute_spaces(batch, [space])[0]

@@ -10,28 +10,36 @@ from pathlib import Path
 from ..data.workspace import Workspace, safe_name
 from ..errors import WorkspaceError
 from ..models.checkpoints import fold_checkpoints, saved_preprocess
-from ..models.face_nets import FACE_NETS, GENDER_MEANS, checked_sha256, face_net_config
+from ..models.face_nets import GENDER_MEANS, checked_sha256, face_net_config
 from ..models.registry import lookup, weights_identity
 from .base import FINETUNED, FROZEN, TTAS, FeatureSource
 
 DEFAULT_GENDER_LAYER = "layer_3_relu"
+# the fine-tunable face networks (registry entries) and the frozen face source each is with --frozen
+FROZEN_FACE = {"face-resnet": "dlib-face", "gender-cnn": "gender-cnn"}
 # flip TTA where it was measured to help (5-fold CV of a logistic probe on the 18,000 training faces: dlib-face
-# 0.9267 -> 0.9284, gender-cnn-noalign 0.9203 -> 0.9231); a backbone's default stays "none"
-DEFAULT_TTA = {"face": "flip", FINETUNED: "none", FROZEN: "none"}
+# 0.9267 -> 0.9284, gender-cnn-noalign 0.9203 -> 0.9231); a fine-tuned backbone's default is its registry entry's
+# (flip for the face networks), a frozen backbone's "none"
+DEFAULT_TTA = {"face": "flip", FROZEN: "none"}
 
 
-def source_spec(backbone: str, frozen: bool = False, pool: str = "flatten", img_size: int | None = None,
+def source_spec(backbone: str, frozen: bool = False, pool: str | None = None, img_size: int | None = None,
                 weights: str | None = None, pretrained: bool = False, align: bool = True,
                 layer: str = DEFAULT_GENDER_LAYER, tta: str | None = None) -> dict:
     """Everything needed to rebuild a source later (recorded in its cache and in fusion artifacts).
 
-    tta None: the default of the source's type (DEFAULT_TTA)."""
-    kind = "face" if backbone in FACE_NETS else FROZEN if frozen else FINETUNED
-    tta = DEFAULT_TTA[kind] if tta is None else tta
+    A face network is a frozen face source with frozen (dlib-face always), else fine-tuned like any backbone.
+    pool None: the registry entry's pooling (flatten; avg for the face ResNet). tta None: the default of the
+    source's type (DEFAULT_TTA, or the registry entry of a fine-tuned backbone)."""
+    face = backbone == "dlib-face" or (frozen and backbone in FROZEN_FACE)
+    kind = "face" if face else FROZEN if frozen else FINETUNED
+    tta = (lookup(backbone).tta if kind == FINETUNED else DEFAULT_TTA[kind]) if tta is None else tta
     if tta not in TTAS:
         raise ValueError(f"unknown test-time augmentation {tta!r}; choose one of {TTAS}")
-    if backbone in FACE_NETS:
-        return {"type": "face", "net": backbone, "align": align, "layer": layer, "tta": tta}
+    if face:
+        return {"type": "face", "net": FROZEN_FACE.get(backbone, backbone), "align": align, "layer": layer,
+                "tta": tta}
+    pool = pool or lookup(backbone).pool
     if frozen:
         return {"type": FROZEN, "backbone": backbone, "img_size": img_size or 224, "pool": pool,
                 "weights": str(Path(weights).resolve()) if weights and weights != "random" else weights,
@@ -41,10 +49,11 @@ def source_spec(backbone: str, frozen: bool = False, pool: str = "flatten", img_
 
 def source_name(spec: dict) -> str:
     """The source's one name, also its cache file's stem: the backbone (sanitised), '<backbone>-frozen', or the
-    face net with its layer when not the default and '-noalign' for plain resizing; '-flip' with flip TTA."""
+    frozen face net (dlib-face, gender-cnn-frozen) with its layer when not the default and '-noalign' for plain
+    resizing; '-flip' with flip TTA."""
     flip = "-flip" if spec.get("tta", "none") == "flip" else ""
     if spec["type"] == "face":
-        name = spec["net"]
+        name = spec["net"] if spec["net"] == "dlib-face" else f"{spec['net']}-frozen"
         if spec["net"] == "gender-cnn" and spec["layer"] != DEFAULT_GENDER_LAYER:
             name += f"-{spec['layer']}"
         return name + ("" if spec["align"] else "-noalign") + flip
@@ -68,8 +77,16 @@ def _finetuned_recipe(spec: dict, ws: Workspace, k: int, folds_fp: str) -> dict:
                 f"{backbone}: fold {f} was trained with another config than fold 0 ({list(differs)}: "
                 f"{[v[0] for v in differs.values()]} vs {[v[1] for v in differs.values()]}); retrain fold {f} "
                 f"with train-backbone --fold {f}, so that every fold model shares one feature recipe")
+    entry, extra = lookup(backbone), {}
+    if entry.chip_padding is not None:
+        extra = {"chip_padding": entry.chip_padding, "alignment": "dlib 5-point landmarks",
+                 "fallback": "plain resize when landmarks implausible",
+                 "shape_predictor_sha256": checked_sha256("dlib-face")["shape_predictor"]}
+    if first.get("trunk_cut") is not None:
+        extra["trunk_cut"] = first["trunk_cut"]
     return {"kind": FINETUNED, "backbone": backbone, "layer": "forward_features", "pooling": spec["pool"],
-            **pres[0], "checkpoint_sha256": [m["sha256"] for m in metas], "folds_fingerprint": folds_fp, "extra": {}}
+            **pres[0], "checkpoint_sha256": [m["sha256"] for m in metas], "folds_fingerprint": folds_fp,
+            "extra": extra}
 
 
 def _frozen_recipe(spec: dict) -> dict:

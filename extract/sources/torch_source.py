@@ -9,8 +9,10 @@ import torch
 from ..data.workspace import Workspace
 from ..errors import WorkspaceError
 from ..models.backbone import Backbone, create
-from ..models.inference import feature_dim, infer, resolve_device
+from ..models.dlib_resnet import CUTS
+from ..models.inference import feature_dim, infer, infer_above, resolve_device
 from ..models.registry import Preprocess
+from ..models.trunk_cache import trunk_activations
 from .base import FeatureSource, Input
 
 
@@ -33,13 +35,38 @@ class TorchSource(FeatureSource):
     def model(self, space: int) -> Backbone:
         """The model of one feature space, loaded once, in channels-last memory format (faster on CPU and GPU)."""
         if space not in self._loaded:
-            self._loaded[space] = self._models[space]().to(self.device, memory_format=torch.channels_last)
+            model = self._models[space]().to(self.device, memory_format=torch.channels_last)
+            cut = self.recipe["extra"].get("trunk_cut")
+            if cut is not None and space != 0 and not _same_trunk(model, self.model(0), cut):
+                raise WorkspaceError(f"{self.name}: the fold {space} model's trunk below {cut} differs from fold 0's; "
+                                     "the fold models must share one frozen trunk (retrain them with train-backbone)")
+            self._loaded[space] = model
         return self._loaded[space]
 
-    def forward(self, batch, space):
-        logits, feats = infer(self.model(space), batch, np.arange(len(batch)), self.batch_size, self.device,
-                              pool=self.recipe["pooling"])
+    def shared(self, batch):
+        """The frozen trunk's activations when the fold models share one (they are trained above its cut)."""
+        cut = self.recipe["extra"].get("trunk_cut")
+        if cut is None:
+            return batch
+        return trunk_activations(self.model(0), batch, cut, self.device, mirror=False, dtype=np.float32)[:, 0]
+
+    def forward(self, shared, space):
+        cut = self.recipe["extra"].get("trunk_cut")
+        if cut is None:
+            logits, feats = infer(self.model(space), shared, np.arange(len(shared)), self.batch_size, self.device,
+                                  pool=self.recipe["pooling"])
+        else:
+            logits, feats = infer_above(self.model(space), shared, cut, self.batch_size, self.device,
+                                        self.recipe["pooling"])
         return feats, (logits if self.has_logits else None)
+
+
+def _same_trunk(a: Backbone, b: Backbone, cut: str) -> bool:
+    """Whether two models' weights below a cut are equal (the stem and the blocks under it)."""
+    n = CUTS[cut]
+    pa = list(a.body.stem.parameters()) + list(a.body.blocks[:n].parameters())
+    pb = list(b.body.stem.parameters()) + list(b.body.blocks[:n].parameters())
+    return all(torch.equal(x, y) for x, y in zip(pa, pb))
 
 
 def finetuned_source(recipe: dict, ws: Workspace, batch_size: int = 256, device: str = "auto") -> TorchSource:

@@ -1,0 +1,69 @@
+"""Activations of a frozen trunk cached on disk: the face ResNet below its cut, run once per image and its mirror,
+then reused by every fold, epoch and re-run of the training above the cut."""
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+import torch
+
+from ..data.dataset import CompetitionData
+from ..data.image_cache import cached_array
+from ..data.workspace import Workspace
+from .backbone import Backbone
+from .chip_cache import cached_chips
+from .dlib_resnet import CUT_SHAPES
+from .face_nets import SHAPE_PREDICTOR, checked_sha256, dlib_model_paths
+from .inference import prepare, step_size
+from .registry import lookup
+
+log = logging.getLogger(__name__)
+
+
+@torch.inference_mode()
+def trunk_activations(model: Backbone, chips: np.ndarray, cut: str, device: torch.device, mirror: bool = True,
+                      dtype=np.float16, progress: bool = False, desc: str = "trunk") -> np.ndarray:
+    """[N, V, C, H, W]: the trunk below `cut` on uint8 chips [N, S, S, 3] (view 0) and, with mirror, on their
+    mirrors (view 1)."""
+    from tqdm.auto import tqdm
+
+    model.eval().to(device)
+    out = np.empty((len(chips), 2 if mirror else 1, *CUT_SHAPES[cut]), dtype=dtype)
+    step = step_size(256, device)
+    with tqdm(total=len(chips), desc=desc, unit="img", disable=not progress) as bar:
+        for start in range(0, len(chips), step):
+            batch = np.ascontiguousarray(chips[start:start + step])
+            for view, b in enumerate((batch, batch[:, :, ::-1]) if mirror else (batch,)):
+                a = model.body.trunk(prepare(b, model, device), cut)
+                out[start:start + len(batch), view] = a.float().cpu().numpy()
+            bar.update(len(batch))
+    return out
+
+
+def cached_trunk(ws: Workspace, data: CompetitionData, split: str, model: Backbone, cut: str, weights_sha256: str,
+                 skip_bad: bool = False, progress: bool = True, device: torch.device | None = None
+                 ) -> tuple[np.ndarray, list[int], dict]:
+    """The trunk activations of a split (memory-mapped), the indices of corrupt images and the cache's metadata
+    (its size in bytes and the seconds it took). Rebuilt when the images, the weights, the cut or the chip recipe
+    change."""
+    pre = model.preprocess
+    padding = lookup(model.name).chip_padding
+    sp_sha = checked_sha256("dlib-face")["shape_predictor"]
+    chips, bad, fallbacks = cached_chips(ws, data, split, pre.img_size, padding,
+                                         str(dlib_model_paths()[SHAPE_PREDICTOR]), sp_sha, skip_bad, progress)
+
+    def build() -> tuple[np.ndarray, dict]:
+        t0 = time.time()
+        acts = trunk_activations(model, chips, cut, device or torch.device("cpu"), progress=progress,
+                                 desc=f"trunk {split}@{cut}")
+        return acts, {"bad": bad, "seconds": round(time.time() - t0, 1), "bytes": int(acts.nbytes)}
+
+    key = {"dataset_fingerprint": data.fingerprint(labels=False, mtimes=True), "ids_n": len(getattr(data, split)),
+           "weights_sha256": weights_sha256, "cut": cut, "chip": pre.img_size, "padding": padding,
+           "mean": list(pre.mean), "std": list(pre.std), "shape_predictor_sha256": sp_sha}
+    acts, meta = cached_array(ws.trunk_cache(split, model.name, cut), key, getattr(data, split).paths, build,
+                              skip_bad, "trunk cache")
+    log.info("trunk cache %s: %.0f MB, built in %s s; %d chips fell back to a plain resize", split,
+             meta["bytes"] / 1e6, meta["seconds"], fallbacks)
+    return acts, list(meta["bad"]), meta

@@ -1,0 +1,143 @@
+"""The pretrained face networks as fine-tunable backbones: the gender CNN converted from its ONNX graph, the face
+ResNet trained above a cut on cached trunk activations, and their sources."""
+import numpy as np
+import pytest
+import torch
+
+from genderfusion.extract.models.backbone import create
+from genderfusion.extract.models.inference import infer, infer_above
+
+pytest.importorskip("dlib")
+ort = pytest.importorskip("onnxruntime")
+
+
+def _u8(n: int, size: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (n, size, size, 3), dtype=np.uint8)
+
+
+def test_converted_gender_cnn_reproduces_the_onnx_graph():
+    from genderfusion.extract.models.face_nets import _gender_graph, gender_model_path
+
+    path, _ = gender_model_path()
+    sess = ort.InferenceSession(_gender_graph(str(path), "layer_6_averagepool"), providers=["CPUExecutionProvider"])
+    chips = _u8(16, 32)
+    x = (chips.astype(np.float32) - np.array([122.781998, 117.000999, 104.297997], np.float32)) / 256.0
+    pooled, two = sess.run(["layer_6_averagepool", "logits"], {"images": x.transpose(0, 3, 1, 2).copy()})
+    model = create("gender-cnn", 32)
+    logits, feats = infer(model, chips, np.arange(16), pool="flatten")
+    assert np.abs(feats - pooled.reshape(16, -1)).max() <= 1e-4
+    assert np.abs(logits - (two[:, 0] - two[:, 1])).max() <= 1e-4  # one logit: female - male
+    assert np.ptp(logits) > 0.1  # not a constant on both sides
+
+
+def test_face_resnet_above_cached_activations_equals_the_whole_network():
+    from genderfusion.extract.models.trunk_cache import trunk_activations
+
+    model = create("face-resnet", 150).eval()
+    chips = _u8(6, 150, seed=1)
+    whole, whole_f = infer(model, chips, np.arange(6), pool="avg")
+    mirror, _ = infer(model, np.ascontiguousarray(chips[:, :, ::-1]), np.arange(6))
+    for cut in ("stage3", "stage4"):
+        acts = trunk_activations(model, chips, cut, torch.device("cpu"), dtype=np.float32)
+        top, top_f = infer_above(model, acts[:, 0], cut, pool="avg")
+        assert np.abs(top - whole).max() <= 1e-4 and np.abs(top_f - whole_f).max() <= 1e-4
+        assert np.abs(infer_above(model, acts[:, 1], cut)[0] - mirror).max() <= 1e-4  # view 1: the mirror
+        cached = trunk_activations(model, chips, cut, torch.device("cpu"))  # float16, as cached on disk
+        assert np.abs(infer_above(model, cached[:, 0], cut)[0] - whole).max() <= 2e-2
+
+
+def test_face_resnet_keeps_dlibs_descriptor_under_a_new_output_layer():
+    from genderfusion.extract.models.face_nets import FaceNet, face_net_config
+
+    model = create("face-resnet", 150).eval()
+    chips = _u8(4, 150, seed=2)
+    ref, _ = FaceNet(face_net_config("dlib-face")).run(chips)
+    _, pooled = infer(model, chips, np.arange(4), pool="avg")
+    with torch.no_grad():
+        desc = model.head.fc(torch.from_numpy(pooled)).numpy()
+    assert np.abs(desc - ref).max() <= 1e-4
+
+
+def test_a_cut_that_does_not_exist_lists_the_valid_ones(synth, tmp_path):
+    from genderfusion.extract.models.training import TrainConfig, train_backbone
+
+    with pytest.raises(ValueError, match=r"unknown cut 'stage9'.*stage2 \(64x17x17\), stage3 \(128x8x8\), stage4"):
+        train_backbone(synth, TrainConfig("face-resnet", trunk_cut="stage9"), tmp_path / "ws", progress=False)
+    with pytest.raises(ValueError, match="cnn-small has no frozen trunk to cut; a trunk cut is for face-resnet"):
+        train_backbone(synth, TrainConfig("cnn-small", trunk_cut="stage3"), tmp_path / "ws", progress=False)
+    with pytest.raises(ValueError, match="gender-cnn takes 32 px inputs"):
+        create("gender-cnn", 64)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """face-resnet and gender-cnn fine-tuned on 2 folds of a small synthetic set, and their caches."""
+    from genderfusion.extract.cache.api import extract_features
+    from genderfusion.extract.data.synthetic import make_synthetic
+    from genderfusion.extract.models.training import TrainConfig, train_backbone
+
+    root = tmp_path_factory.mktemp("facenets")
+    data = make_synthetic(root / "comp", n_train=24, n_test=6, size=48, seed=3)
+    ws = root / "ws"
+    out = {}
+    for name in ("face-resnet", "gender-cnn"):
+        s = train_backbone(data, TrainConfig(name, epochs=1, batch_size=8, lr=1e-4), ws, k=2, progress=False)
+        out[name] = (s, extract_features(data, name, ws, progress=False))
+    return data, ws, out
+
+
+def test_a_training_rows_feature_comes_from_the_fold_model_that_held_it_out(trained):
+    from genderfusion.extract.cache import format as fc
+    from genderfusion.extract.data.dataset import CompetitionData
+    from genderfusion.extract.data.workspace import Workspace
+    from genderfusion.extract.sources.base import Input
+    from genderfusion.extract.sources.inputs import RowInputs
+
+    data_dir, ws_dir, out = trained
+    data, ws = CompetitionData.load(data_dir), Workspace(ws_dir)
+    for name, (summary, outcome) in out.items():
+        f = fc.load(outcome.path)
+        assert outcome.path.name == f"{name}-flip.h5" and f.kind == "finetuned"  # flip TTA: the face nets' default
+        inp = Input.of(f.attrs["recipe"])
+        images = RowInputs(ws, data, progress=False).all("train", inp)
+        pool = f.attrs["recipe"]["pooling"]
+        assert pool == ("avg" if name == "face-resnet" else "flatten")
+
+        def fold_model_output(k: int, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            """Logits and features of fold k's model on rows, averaged over the image and its mirror."""
+            ckpt = torch.load(ws.fold_files(name, k).best, map_location="cpu", weights_only=False)
+            model = create(name, inp.size, weights="random")
+            model.load_state_dict(ckpt["state_dict"])
+            a = infer(model, images, rows, pool=pool)
+            b = infer(model, np.ascontiguousarray(images[:, :, ::-1]), rows, pool=pool)
+            return (a[0] + b[0]) / 2, (a[1] + b[1]) / 2
+
+        for k in (0, 1):
+            rows = np.flatnonzero(f.train.fold == k)
+            got = f.train.features[rows].astype(np.float32)
+            logits, feats = fold_model_output(k, rows)
+            _, other = fold_model_output(1 - k, rows)
+            tol = 1e-2 * max(1.0, np.abs(feats).max())
+            assert np.abs(got - feats).max() <= tol and np.abs(f.train.logits[rows] - logits).max() <= 1e-2
+            assert np.abs(got - other).max() > tol  # the other fold's model would give other features
+    assert out["face-resnet"][0]["trunk_cache"]["bytes"] == 24 * 2 * 128 * 8 * 8 * 2
+
+
+def test_the_trunk_cache_is_reused_and_recomputed_when_its_recipe_changes(trained, caplog):
+    import logging
+
+    from genderfusion.extract.models.training import TrainConfig, train_backbone
+
+    data_dir, ws_dir, out = trained
+    path = ws_dir / "cache/trunk/train_face-resnet_stage3.npy"
+    before = path.stat().st_mtime_ns
+    train_backbone(data_dir, TrainConfig("face-resnet", epochs=1, batch_size=8, lr=1e-4), ws_dir, progress=False)
+    assert path.stat().st_mtime_ns == before  # reused: the folds were done, the cache not rebuilt
+    meta = path.with_suffix(".json")
+    meta.write_text(meta.read_text().replace('"weights_sha256": "', '"weights_sha256": "another-dat-'))
+    with caplog.at_level(logging.INFO):
+        train_backbone(data_dir, TrainConfig("face-resnet", epochs=1, batch_size=8, lr=1e-4), ws_dir,
+                       progress=False)
+    assert path.stat().st_mtime_ns != before
+    assert any("trunk cache" in r.message and "is stale (weights_sha256: 'another-dat-" in r.message
+               for r in caplog.records)
