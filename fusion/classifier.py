@@ -125,6 +125,14 @@ class FusionClassifier:
         """0 = male, 1 = female."""
         return (self.predict_proba(images, **kw)[:, 1] >= self.threshold).astype(np.int64)
 
+    def predict_frame(self, images, band: tuple[float, float] = (0.45, 0.55), skip_bad: bool = False,
+                      batch_size: int = 256, device: str = "auto"):
+        """A pandas DataFrame, one row per image: path ('<image i>' for one in memory), p_female, label (-1 where
+        unreadable), doubtful (P(female) inside `band`), error (with skip_bad: why the image could not be read)."""
+        from .photos import predict_frame
+
+        return predict_frame(self, images, band, skip_bad, batch_size, device)
+
     def __getstate__(self):
         state = self.__dict__.copy()
         state.pop("_built", None)  # loaded models are rebuilt (and re-verified) after loading

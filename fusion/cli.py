@@ -42,17 +42,35 @@ def train_head_main(argv: list[str] | None = None) -> None:
 
 
 def predict_main(argv: list[str] | None = None) -> None:
-    p = make_parser("predict", "Write a submission CSV with a trained fusion model.")
+    p = make_parser("predict", "Predict with a trained fusion model: a competition's test rows (--data) or any photos "
+                               "(--images).")
     p.add_argument("--model", default="fusion", help="a name under <workdir>/heads/, or a model.pkl path")
-    p.add_argument("--data", required=True, help="competition folder (its test.csv sets the rows)")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--data", help="competition folder: a submission for its test.csv rows (cached features)")
+    what.add_argument("--images", nargs="+", metavar="PATH",
+                      help="photos: folders (recursive), globs, text files of paths (.txt), or files")
     p.add_argument("--workdir", default="data")
-    p.add_argument("--out", default="submission.csv")
+    p.add_argument("--out", default=None, help="default submission.csv (--data) or predictions.csv (--images; "
+                                               ".parquet writes Parquet)")
     p.add_argument("--band", type=_band, default=(0.45, 0.55), help="doubtful band LO,HI of P(female)")
+    p.add_argument("--batch-size", type=int, default=256, help="--images: photos held in memory at once")
+    p.add_argument("--skip-bad", action="store_true", help="--images: write unreadable files with an error column "
+                                                           "instead of stopping")
+    p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda …")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
 
     def body():
-        from .predict import predict_submission
+        if args.data:
+            from .predict import predict_submission
 
-        print(json.dumps(predict_submission(args.model, args.data, args.out, args.workdir, args.band), indent=2))
+            out = predict_submission(args.model, args.data, args.out or "submission.csv", args.workdir, args.band)
+        else:
+            from .photos import predict_images
+            from .predict import load_model
+
+            out = predict_images(load_model(args.model, args.workdir), args.images, args.out or "predictions.csv",
+                                 args.batch_size, args.skip_bad, args.band, args.device, not args.no_progress)
+        print(json.dumps(out, indent=2))
 
     run_cli(body)

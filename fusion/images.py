@@ -11,7 +11,8 @@ from genderfusion.extract.data.images import load_rgb, to_rgb
 from genderfusion.extract.errors import BadImageError
 
 
-def _one(item, index: int) -> np.ndarray:
+def decode_one(item, index: int) -> np.ndarray:
+    """One input (path, PIL image, array, tensor) as an HWC uint8 RGB array; errors name its index or path."""
     if isinstance(item, (str, os.PathLike)):
         if not Path(item).is_file():
             raise FileNotFoundError(f"image {index}: {item} not found")
@@ -49,7 +50,7 @@ def decode_inputs(images) -> list[np.ndarray]:
     out = []
     for i, item in enumerate(items):
         try:
-            out.append(_one(item, i))
+            out.append(decode_one(item, i))
         except BadImageError as exc:
             raise BadImageError(exc.path, f"image {i}: {exc.reason}") from exc
     if not out:

@@ -42,6 +42,13 @@ def _default_labels(data: CompetitionData) -> dict[str, str]:
         return {r["id"]: r.get("label", "") for r in csv.DictReader(fh)}
 
 
+def load_model(model: str, workdir: str | Path = "data") -> FusionClassifier:
+    """A saved fusion model: a name under <workdir>/heads/ (in that workspace), or a model.pkl path (in its own)."""
+    if Path(model).suffix == ".pkl":
+        return FusionClassifier.load(model)
+    return FusionClassifier.load(Workspace(workdir).head_model(model), workdir=workdir)
+
+
 def predict_submission(model: str, data_dir: str | Path, out: str | Path, workdir: str | Path = "data",
                        band: tuple[float, float] = (0.45, 0.55)) -> dict:
     """Write `out` (id,label for every test id in test.csv order) and `<out stem>_details.csv`.
@@ -49,8 +56,7 @@ def predict_submission(model: str, data_dir: str | Path, out: str | Path, workdi
     A test image skipped as corrupt at extraction gets no label from a blank image: the sample submission's
     label (empty without one), flagged doubtful in the details file with the reason."""
     ws = Workspace(workdir)
-    path = Path(model) if Path(model).suffix == ".pkl" else ws.head_model(model)
-    clf = FusionClassifier.load(path, workdir=workdir if Path(model).suffix != ".pkl" else None)
+    clf = load_model(model, workdir)
     data = CompetitionData.load(data_dir, check_images=False)
     ids, proba = clf.predict_proba_cached(workdir)
     pos = {i: n for n, i in enumerate(ids)}

@@ -141,3 +141,30 @@ def test_the_trunk_cache_is_reused_and_recomputed_when_its_recipe_changes(traine
     assert path.stat().st_mtime_ns != before
     assert any("trunk cache" in r.message and "is stale (weights_sha256: 'another-dat-" in r.message
                for r in caplog.records)
+
+
+def test_an_interrupted_face_resnet_run_resumes_to_the_same_model(synth, tmp_path, monkeypatch):
+    from genderfusion.extract.models import training as train_mod
+    from genderfusion.extract.models.training import TrainConfig, train_backbone
+
+    cfg = dict(epochs=3, batch_size=8, patience=5)
+    train_backbone(synth, TrainConfig("face-resnet", **cfg), tmp_path / "a", k=2, fold=0, progress=False)
+    real, calls = train_mod.TrunkFeed.train_logits, []
+
+    def dying(self, *args):
+        calls.append(1)
+        if len(calls) == 6:  # in epoch 2 (4 batches an epoch)
+            raise KeyboardInterrupt
+        return real(self, *args)
+
+    monkeypatch.setattr(train_mod.TrunkFeed, "train_logits", dying)
+    with pytest.raises(KeyboardInterrupt):
+        train_backbone(synth, TrainConfig("face-resnet", **cfg), tmp_path / "b", k=2, fold=0, progress=False)
+    monkeypatch.setattr(train_mod.TrunkFeed, "train_logits", real)
+    train_backbone(synth, TrainConfig("face-resnet", **cfg), tmp_path / "b", k=2, fold=0, progress=False)
+    a = torch.load(tmp_path / "a/models/face-resnet/fold0.pt", weights_only=False)["state_dict"]
+    b = torch.load(tmp_path / "b/models/face-resnet/fold0.pt", weights_only=False)["state_dict"]
+    assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
+    fresh = create("face-resnet", 150)
+    assert not torch.allclose(a["body.blocks.12.conv2.weight"], fresh.state_dict()["body.blocks.12.conv2.weight"])
+    assert torch.equal(a["body.blocks.3.conv1.weight"], fresh.state_dict()["body.blocks.3.conv1.weight"])  # frozen

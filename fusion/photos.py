@@ -1,0 +1,159 @@
+"""Predicting any photos: one row per image (path, P(female), label, doubtful, error), streamed in batches with
+bounded memory to a CSV or Parquet file (`predict --images`), or returned as a DataFrame (`predict_frame`)."""
+from __future__ import annotations
+
+import glob
+import math
+import os
+import time
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
+
+from genderfusion.extract.atomic import atomic_path
+from genderfusion.extract.errors import BadImageError
+
+from .images import decode_one
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")
+COLUMNS = ("path", "p_female", "label", "doubtful", "error")
+
+
+def expand_paths(items: Sequence[str | os.PathLike]) -> list[Path]:
+    """Image files from folders (recursively, by suffix, sorted), glob patterns, text files listing one path a line
+    (.txt), or image files; a path that does not exist, a glob without a match or an empty folder is an error
+    naming it."""
+    out: list[Path] = []
+    for item in items:
+        text = str(item)
+        path = Path(text)
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+            if not found:
+                raise FileNotFoundError(f"{path}: no images in this folder (looked for {', '.join(IMAGE_SUFFIXES)})")
+            out += found
+        elif path.is_file() and path.suffix.lower() == ".txt":
+            lines = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+            out += [Path(line) if Path(line).is_absolute() else path.parent / line for line in lines]
+        elif path.is_file():
+            out.append(path)
+        elif any(c in text for c in "*?["):
+            found = sorted(Path(p) for p in glob.glob(text, recursive=True) if Path(p).is_file())
+            if not found:
+                raise FileNotFoundError(f"{text}: no file matches this pattern")
+            out += found
+        else:
+            raise FileNotFoundError(f"{text}: no such file or folder")
+    return out
+
+
+def _rows(clf, items: Sequence, names: Sequence[str], band: tuple[float, float], skip_bad: bool,
+          batch_size: int, device: str) -> list[dict]:
+    """One row per item, in order; an unreadable item is an error naming it, or (skip_bad) a row with the error."""
+    arrays, rows = [], []
+    for i, (item, name) in enumerate(zip(items, names)):
+        try:
+            arrays.append(decode_one(item, i))
+            rows.append({"path": name})
+        except (BadImageError, FileNotFoundError, ValueError) as exc:
+            if not skip_bad:
+                raise
+            rows.append({"path": name, "p_female": math.nan, "label": -1, "doubtful": True, "error": str(exc)})
+    p = clf.predict_proba(arrays, batch_size=batch_size, device=device)[:, 1] if arrays else []
+    it = iter(p)
+    for row in rows:
+        if "error" not in row:
+            q = float(next(it))
+            row.update(p_female=q, label=int(q >= clf.threshold), doubtful=bool(band[0] <= q <= band[1]), error="")
+    return rows
+
+
+def predict_frame(clf, images, band: tuple[float, float] = (0.45, 0.55), skip_bad: bool = False,
+                  batch_size: int = 256, device: str = "auto"):
+    """A pandas DataFrame with the columns path, p_female, label, doubtful, error: one row per image (paths,
+    PIL images, arrays or tensors; an in-memory image's path is '<image i>')."""
+    import pandas as pd
+
+    single = isinstance(images, (str, os.PathLike)) or getattr(images, "ndim", None) in (2, 3) \
+        or type(images).__name__ == "Image"
+    items = [images] if single else list(images)
+    names = [str(x) if isinstance(x, (str, os.PathLike)) else f"<image {i}>" for i, x in enumerate(items)]
+    return pd.DataFrame(_rows(clf, items, names, band, skip_bad, batch_size, device), columns=list(COLUMNS))
+
+
+def _chunks(paths: list[Path], n: int) -> Iterator[list[Path]]:
+    for start in range(0, len(paths), n):
+        yield paths[start:start + n]
+
+
+class _Writer:
+    """Rows appended to a temporary CSV or Parquet file, renamed into place only when every row is written."""
+
+    def __init__(self, tmp: Path, parquet: bool):
+        self.tmp, self.parquet = tmp, parquet
+        if parquet:
+            import importlib.util
+
+            if importlib.util.find_spec("pyarrow") is None:
+                raise ValueError("writing Parquet needs pyarrow (pip install pyarrow); or name a .csv file")
+            self._pq = None
+        else:
+            self._fh = open(tmp, "w", encoding="utf-8", newline="")
+            self._fh.write(",".join(COLUMNS) + "\n")
+
+    def write(self, rows: Iterable[dict]) -> None:
+        rows = list(rows)
+        if self.parquet:
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+
+            table = pa.Table.from_pylist(rows, schema=pa.schema([("path", pa.string()), ("p_female", pa.float64()),
+                                                                 ("label", pa.int64()), ("doubtful", pa.bool_()),
+                                                                 ("error", pa.string())]))
+            if self._pq is None:
+                self._pq = pq.ParquetWriter(self.tmp, table.schema)
+            self._pq.write_table(table)
+            return
+        import csv
+
+        w = csv.writer(self._fh)
+        for r in rows:
+            w.writerow([r["path"], "" if math.isnan(r["p_female"]) else f"{r['p_female']:.6f}", r["label"],
+                        int(r["doubtful"]), r["error"]])
+
+    def close(self) -> None:
+        if self.parquet:
+            if self._pq is not None:
+                self._pq.close()
+        else:
+            self._fh.close()
+
+
+def predict_images(clf, images: Sequence[str | os.PathLike], out: str | os.PathLike, batch_size: int = 256,
+                   skip_bad: bool = False, band: tuple[float, float] = (0.45, 0.55), device: str = "auto",
+                   progress: bool = True) -> dict:
+    """Predict every photo of `images` (folders, globs, lists, files) into `out` (.csv, or .parquet), batch by
+    batch: memory holds one batch. Without skip_bad, the first unreadable file stops the run, naming it, and no
+    output is left; with it, the file's row carries the error."""
+    from tqdm.auto import tqdm
+
+    paths = expand_paths(images)
+    out = Path(out)
+    t0 = time.time()
+    n_err = n_female = n_doubtful = 0
+    with atomic_path(out) as tmp:
+        writer = _Writer(Path(tmp), out.suffix.lower() == ".parquet")
+        try:
+            with tqdm(total=len(paths), desc="predict", unit="img", disable=not progress) as bar:
+                for chunk in _chunks(paths, batch_size):
+                    rows = _rows(clf, chunk, [str(p) for p in chunk], band, skip_bad, batch_size, device)
+                    writer.write(rows)
+                    n_err += sum(bool(r["error"]) for r in rows)
+                    n_female += sum(r["label"] == 1 for r in rows)
+                    n_doubtful += sum(bool(r["doubtful"]) and not r["error"] for r in rows)
+                    bar.update(len(chunk))
+        finally:
+            writer.close()
+    seconds = time.time() - t0
+    return {"out": str(out), "images": len(paths), "errors": n_err, "female": n_female, "doubtful": n_doubtful,
+            "seconds": round(seconds, 2), "img_per_s": round(len(paths) / seconds, 1) if seconds > 0 else None}
+
