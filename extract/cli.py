@@ -92,9 +92,19 @@ def train_backbone_main(argv: list[str] | None = None) -> None:
             patience=args.patience, lr_patience=args.lr_patience, seed=args.seed, pretrained=args.pretrained,
             weights=args.weights, trunk_cut=args.trunk_cut,
             augment=AugmentConfig(args.brightness, args.contrast, args.grayscale, args.rotation, args.hflip, args.vflip))
-        summary = train_backbone(args.data, cfg, args.workdir, k=args.folds, fold=args.fold, fold_seed=args.fold_seed,
-                                 new_folds=args.new_folds, skip_bad=args.skip_bad, device=args.device,
-                                 progress=not args.no_progress)
+        from .distributed import train_ranks, world
+
+        if world() is None:
+            summary = train_backbone(args.data, cfg, args.workdir, k=args.folds, fold=args.fold,
+                                     fold_seed=args.fold_seed, new_folds=args.new_folds, skip_bad=args.skip_bad,
+                                     device=args.device, progress=not args.no_progress)
+        else:  # torchrun: fold f on rank f mod N
+            if args.fold is not None:
+                raise ValueError("--fold and torchrun: under torchrun each rank trains its own folds")
+            summary = train_ranks(args.data, cfg, args.workdir, args.folds, args.fold_seed, args.new_folds,
+                                  args.skip_bad, args.device, not args.no_progress)
+            if summary is None:
+                return
         for f, r in sorted(summary["folds"].items()):
             print(f"fold {f}: out-of-fold accuracy {r['oof_accuracy']:.4f} on {r['n_holdout']} rows, "
                   f"best epoch {r['best_epoch']}/{r['epochs_run']}, {r['seconds_per_epoch']} s/epoch")
@@ -178,11 +188,21 @@ def extract_main(argv: list[str] | None = None) -> None:
                                     args.tta)
             print(f"merged into {merged}")
             return
-        out = extract_features(args.data, args.backbone, args.workdir, frozen=args.frozen, pool=args.pool,
-                               img_size=args.img_size, weights=args.weights, pretrained=args.pretrained,
-                               batch_size=args.batch_size, device=args.device, dtype=args.dtype, force=args.force,
-                               shard=args.shard, skip_bad=args.skip_bad, progress=not args.no_progress,
-                               align=align, layer=args.layer, tta=args.tta)
+        from .distributed import extract_ranks, world
+
+        kw = dict(frozen=args.frozen, pool=args.pool, img_size=args.img_size, weights=args.weights,
+                  pretrained=args.pretrained, batch_size=args.batch_size, dtype=args.dtype, force=args.force,
+                  align=align, layer=args.layer, tta=args.tta)
+        if world() is not None:  # torchrun: a shard per rank, merged by rank 0
+            if args.shard:
+                raise ValueError("--shard and torchrun: under torchrun the ranks are the shards")
+            out, merged = extract_ranks(args.data, args.backbone, args.workdir, args.device, args.skip_bad,
+                                        not args.no_progress, **kw)
+            print(f"rank shard {out.path}: {out.status}; {out.computed_rows} row(s) in {out.seconds:.1f} s"
+                  + (f"; merged into {merged}" if merged else ""))
+            return
+        out = extract_features(args.data, args.backbone, args.workdir, device=args.device, shard=args.shard,
+                               skip_bad=args.skip_bad, progress=not args.no_progress, **kw)
         rate = f", {out.images_per_s:.1f} img/s" if out.images_per_s else ""
         size = out.path.stat().st_size / 2**20
         print(f"{out.path}: {out.status} ({out.reason}); {out.computed_rows} row(s) computed in "

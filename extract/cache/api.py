@@ -23,6 +23,25 @@ def dataset_rows(data: CompetitionData, fold: np.ndarray) -> Rows:
                 data.train.mtimes, data.test.mtimes)
 
 
+def _resolve(data_dir: str | Path, workdir: str | Path, spec: dict):
+    """The data, the workspace bound to it, its folds, and the source's recipe."""
+    data = CompetitionData.load(data_dir)
+    ws = Workspace(workdir)
+    ws.bind(data)
+    folds = ensure_folds(ws, data)
+    return data, ws, folds, source_recipe(spec, ws, folds.k, folds.fingerprint)
+
+
+def prepare_inputs(data_dir: str | Path, backbone: str, workdir: str | Path = "data", skip_bad: bool = False,
+                   progress: bool = True, **spec_kw) -> None:
+    """Bind the workspace, make its folds and build the image or chip caches a source reads (what the ranks of a
+    distributed extraction must not all do at once); spec_kw: source_spec's keyword arguments."""
+    data, ws, _, recipe = _resolve(data_dir, workdir, source_spec(backbone, **spec_kw))
+    images = RowInputs(ws, data, skip_bad=skip_bad, progress=progress)
+    for split in ("train", "test"):
+        images.all(split, Input.of(recipe))
+
+
 def extract_features(data_dir: str | Path, backbone: str, workdir: str | Path = "data", frozen: bool = False,
                      pool: str | None = None, img_size: int | None = None, weights: str | None = None,
                      pretrained: bool = False, batch_size: int = 256, device: str = "auto", dtype: str = "float16",
@@ -34,12 +53,8 @@ def extract_features(data_dir: str | Path, backbone: str, workdir: str | Path = 
     A cache with the same recipe and rows is a hit decided without building the source (no model, no torch).
     """
     t0 = time.time()
-    data = CompetitionData.load(data_dir)
-    ws = Workspace(workdir)
-    ws.bind(data)
-    folds = ensure_folds(ws, data)
-    recipe = source_recipe(source_spec(backbone, frozen, pool, img_size, weights, pretrained, align, layer, tta),
-                           ws, folds.k, folds.fingerprint)
+    data, ws, folds, recipe = _resolve(data_dir, workdir, source_spec(backbone, frozen, pool, img_size, weights,
+                                                                      pretrained, align, layer, tta))
     rows = dataset_rows(data, folds.for_ids(data.train.ids).copy())
     images = RowInputs(ws, data, skip_bad=skip_bad, progress=progress)
     skipped: list[str] = []

@@ -281,13 +281,12 @@ def train_fold(paths: FoldFiles, feed: ImageFeed | TrunkFeed, labels: np.ndarray
     return done
 
 
-def train_backbone(data_dir: str | Path, cfg: TrainConfig, workdir: str | Path = "data", k: int | None = None,
-                   fold: int | None = None, fold_seed: int | None = None, new_folds: bool = False,
-                   skip_bad: bool = False, device: str = "auto", progress: bool = True) -> dict:
-    """Fine-tune cfg.backbone on every fold (or one) of the workspace's shared K-fold split.
-
-    Returns a summary with per-fold results and, once all folds are done, the out-of-fold accuracy.
-    """
+def prepare_training(data_dir: str | Path, cfg: TrainConfig, workdir: str | Path = "data", k: int | None = None,
+                     fold_seed: int | None = None, new_folds: bool = False, skip_bad: bool = False,
+                     device: str = "auto", progress: bool = True) -> tuple:
+    """The data, the workspace bound to it, its fingerprint, the folds, and what training reads (the image cache,
+    or the trunk-activation cache above a cut) built once: (data, ws, dataset_fp, folds, feed, bad rows, trunk
+    cache metadata or None)."""
     entry = lookup(cfg.backbone)  # unknown names fail before any work
     if cfg.trunk_cut is not None:
         if entry.trunk_cut is None:
@@ -310,6 +309,18 @@ def train_backbone(data_dir: str | Path, cfg: TrainConfig, workdir: str | Path =
                                         weights_identity(cfg.backbone, cfg.weights, cfg.pretrained), skip_bad,
                                         progress, resolve_device(device))
         feed = TrunkFeed(acts, cfg.trunk_cut)
+    return data, ws, dataset_fp, folds, feed, bad, trunk
+
+
+def train_backbone(data_dir: str | Path, cfg: TrainConfig, workdir: str | Path = "data", k: int | None = None,
+                   fold: int | None = None, fold_seed: int | None = None, new_folds: bool = False,
+                   skip_bad: bool = False, device: str = "auto", progress: bool = True) -> dict:
+    """Fine-tune cfg.backbone on every fold (or one) of the workspace's shared K-fold split.
+
+    Returns a summary with per-fold results and, once all folds are done, the out-of-fold accuracy.
+    """
+    data, ws, dataset_fp, folds, feed, bad, trunk = prepare_training(data_dir, cfg, workdir, k, fold_seed, new_folds,
+                                                                     skip_bad, device, progress)
     fold_of = folds.for_ids(data.train.ids).copy()
     fold_of[bad] = -1  # corrupt images: never trained on, never predicted
     todo = range(folds.k) if fold is None else [fold]
