@@ -176,6 +176,14 @@ def main(argv=None) -> dict:
 
     report = read_json(best_dir / "report.json")
     face = read_json(face_json)
+    from genderfusion.fusion.card import write_card
+
+    write_card(best_dir, ws, speed={"FusionClassifier.predict, warm (img/s)": face["predict"]["warm_img_per_s"],
+                                    "FusionClassifier.predict, first call (img/s)":
+                                        face["predict"]["first_call_img_per_s"],
+                                    "images per predict call": face["predict"]["images"],
+                                    "feature extraction, cnn-deep 64 px (img/s)":
+                                        read_json(speed_json)["extract_img_per_s"]})
     stage_s = {s["stage"]: s["seconds"] for s in runner.stages}
 
     import numpy as np

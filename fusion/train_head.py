@@ -14,6 +14,7 @@ from genderfusion.extract.cache import format as fc
 from genderfusion.extract.data.workspace import Workspace
 from genderfusion.extract.errors import DataError
 
+from .card import write_card
 from .classifier import FusionClassifier, head_factory
 from .features import load_sources
 from .protocol import evaluate
@@ -105,6 +106,7 @@ def train_head(workdir: str | Path, features: list[str], heads: list[str], proto
                           title=f"Fusion of {', '.join(features)}", extra=extra)
     np.savez_compressed(out_dir / "cv_probs.npz", ids=data.ids.astype(str), y=data.y,
                         **{f"{r.method} [{r.protocol}]": r.probs for r in results})
+    write_card(out_dir, workdir)
     report["seconds_total"] = round(time.time() - t0, 2)
     report["cached"] = False
     write_json(out_dir / "results.json", {"fingerprint": fp, "seconds_total": report["seconds_total"]})
