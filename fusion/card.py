@@ -164,9 +164,11 @@ def _table(header: list[str], rows: list[list], attrs: list[str] | None = None) 
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
-def write_card(head_dir: str | Path, workdir: str | Path, speed: dict | None = None, n_gallery: int = 12) -> Path:
+def write_card(head_dir: str | Path, workdir: str | Path, speed: dict | None = None, n_gallery: int = 12,
+               speed_chart: str | Path | None = None) -> Path:
     """Write <head_dir>/card.html from the head's report, CV probabilities and saved model; speed: img/s figures
-    measured by the benchmark (name -> value), shown when given."""
+    measured by the benchmark (name -> value) and speed_chart: a PNG of candidate models' accuracy against speed
+    (bench/speed_accuracy.py), shown when given."""
     import pickle
 
     from genderfusion.extract.sources.base import library_versions
@@ -231,6 +233,10 @@ def write_card(head_dir: str | Path, workdir: str | Path, speed: dict | None = N
                   "about gender identity.")
     speed_html = (_table(["measure", "value"], [[k, v] for k, v in speed.items()]) if speed else
                   "<p class='muted'>Not measured for this model (bench/run.py measures its best model).</p>")
+    if speed_chart is not None and Path(speed_chart).is_file():
+        png = base64.b64encode(Path(speed_chart).read_bytes()).decode()
+        speed_html += (f"<p>Candidate models, CV accuracy against predict speed:</p><p class='plots'>"
+                       f"<img alt='accuracy against speed' src='data:image/png;base64,{png}'></p>")
     versions = ", ".join(f"{k} {v}" for k, v in library_versions().items())
     n_fem = int(y.sum())
     page = f"""<!DOCTYPE html>
