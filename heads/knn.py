@@ -9,6 +9,9 @@ from ._checks import BinaryMixin, fit_input, predict_input
 from .blocks import BlockScaler
 
 
+SEARCH_BLOCK = 32  # queries per faiss search at prediction
+
+
 def _normalise(Z: np.ndarray) -> np.ndarray:
     Z = np.ascontiguousarray(Z, dtype=np.float32)
     return Z / np.maximum(np.linalg.norm(Z, axis=1, keepdims=True), 1e-12)
@@ -78,7 +81,11 @@ class KNNHead(BinaryMixin, ClassifierMixin, BaseEstimator):
     def predict_proba(self, X):
         check_is_fitted(self)
         Z = _normalise(self.scaler_.transform(predict_input(self, X)))
-        sims, nn = self.index_.search(Z, self.k_)
+        # faiss's BLAS inner products depend on the query block in their last bits, which can swap near-tied
+        # neighbours: fixed blocks keep a row's prediction independent of the call's size (in multiples of it)
+        found = [self.index_.search(Z[i:i + SEARCH_BLOCK], self.k_) for i in range(0, len(Z), SEARCH_BLOCK)]
+        sims = np.concatenate([f[0] for f in found]) if found else np.empty((0, self.k_), np.float32)
+        nn = np.concatenate([f[1] for f in found]) if found else np.empty((0, self.k_), np.int64)
         labels = np.where(nn >= 0, self.y_[np.maximum(nn, 0)], -1)
         p = self._vote(sims, labels, self.k_, self.weighting_)
         return np.column_stack([1 - p, p])

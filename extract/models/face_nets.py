@@ -164,6 +164,7 @@ def align_files(job: tuple[list[str], str, int, float]) -> tuple[np.ndarray, lis
 # ---- running a network on chips -------------------------------------------------------------------------------
 
 FACE_NETS = ("dlib-face", "gender-cnn", *faceres.NETS)
+ORT_BATCH = 32  # images an onnxruntime call gets
 DEFAULT_LAYER = {"dlib-face": "face_descriptor", "gender-cnn": "layer_3_relu", **{n: faceres.DEFAULT_LAYER
                                                                                   for n in faceres.NETS}}
 DEFAULT_ALIGN = {"dlib-face": True, "gender-cnn": True, **{n: False for n in faceres.NETS}}  # FaceRes: plain crops
@@ -254,6 +255,11 @@ class FaceNet:
                     x = self.net.normalize(torch.from_numpy(np.ascontiguousarray(chips[i:i + step])).to(self.device))
                     out.append(self.net(x.contiguous(memory_format=torch.channels_last)).float().cpu().numpy())
             return np.concatenate(out) if out else np.empty((0, 128), np.float32), None
+        # onnxruntime in fixed chunks: an image's output does not depend on the batch it arrives in
+        parts = [self._run_onnx(chips[i:i + ORT_BATCH]) for i in range(0, len(chips), ORT_BATCH)]
+        return np.concatenate([f for f, _ in parts]), np.concatenate([g for _, g in parts])
+
+    def _run_onnx(self, chips: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if self.cfg.net in faceres.NETS:  # BGR minus HSE's means; the gender output is the logit of P(male)
             x = chips[..., ::-1].astype(np.float32) - np.array(faceres.BGR_MEANS, dtype=np.float32)
             feats, male = self.net.run([faceres.LAYERS[self.cfg.layer][0], faceres.GENDER_NODE],
