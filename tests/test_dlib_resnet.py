@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 import torch
 
-from genderfusion.extract.models import face_nets as fs
+from genderfusion.extract.models import face_files as fs
+from genderfusion.extract.models import face_nets
 from genderfusion.extract.models.dlib_resnet import DlibFormatError, load_dlib_resnet
 from tests.conftest import REAL_FACES
 
@@ -25,7 +26,7 @@ def _chips(files, n: int = 8) -> list[np.ndarray]:
     else:
         rng = np.random.default_rng(0)
         images = [rng.integers(0, 256, (120 + 9 * i, 110, 3), dtype=np.uint8) for i in range(n)]
-    chips, _ = fs.Aligner(str(files[SP]), 150, 0.25)(images)
+    chips, _ = face_nets.Aligner(str(files[SP]), 150, 0.25)(images)
     return [np.ascontiguousarray(c) for c in chips]
 
 

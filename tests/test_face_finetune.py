@@ -16,7 +16,8 @@ def _u8(n: int, size: int, seed: int = 0) -> np.ndarray:
 
 
 def test_converted_gender_cnn_reproduces_the_onnx_graph():
-    from genderfusion.extract.models.face_nets import _gender_graph, gender_model_path
+    from genderfusion.extract.models.face_files import gender_model_path
+    from genderfusion.extract.models.face_nets import _gender_graph
 
     path, _ = gender_model_path()
     sess = ort.InferenceSession(_gender_graph(str(path), "layer_6_averagepool"), providers=["CPUExecutionProvider"])

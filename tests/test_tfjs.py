@@ -1,7 +1,6 @@
 """The TF.js graph-model -> ONNX converter against an independent numpy (NHWC, TensorFlow semantics) reference."""
 import base64
 import json
-import os
 
 import numpy as np
 import pytest

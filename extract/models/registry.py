@@ -75,7 +75,7 @@ def _effnet_lite0_file() -> str:
 
 def _face_file(role: str) -> Callable[[], str]:
     def path() -> str:
-        from .face_nets import checked_file, face_model_files
+        from .face_files import checked_file, face_model_files
 
         file, expected = face_model_files("dlib-face" if role == "dlib" else "gender-cnn")["model"]
         checked_file(file, expected)

@@ -14,7 +14,7 @@ from ..data.workspace import Workspace
 from .backbone import Backbone
 from .chip_cache import cached_chips
 from .dlib_resnet import CUT_SHAPES
-from .face_nets import SHAPE_PREDICTOR, checked_sha256, dlib_model_paths
+from .face_files import SHAPE_PREDICTOR, checked_sha256, dlib_model_paths
 from .inference import prepare, step_size
 from .registry import lookup
 

@@ -9,7 +9,8 @@ from ..data.image_cache import cached_images
 from ..data.images import resize_all
 from ..data.workspace import Workspace
 from ..models.chip_cache import cached_chips
-from ..models.face_nets import DLIB_FILES, SHAPE_PREDICTOR, Aligner, dlib_model_paths
+from ..models.face_files import DLIB_FILES, SHAPE_PREDICTOR, dlib_model_paths
+from ..models.face_nets import Aligner
 from .base import Input
 
 

@@ -11,7 +11,8 @@ from ..data.workspace import Workspace, safe_name
 from ..errors import WorkspaceError
 from ..models.checkpoints import fold_checkpoints, saved_preprocess
 from ..models import faceres
-from ..models.face_nets import DEFAULT_ALIGN, GENDER_MEANS, checked_sha256, face_net_config
+from ..models.face_files import checked_sha256
+from ..models.face_nets import DEFAULT_ALIGN, GENDER_MEANS, face_net_config
 from ..models.registry import lookup, weights_identity
 from .base import FINETUNED, FROZEN, TTAS, FeatureSource
 
