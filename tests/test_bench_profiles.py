@@ -33,3 +33,15 @@ def test_profile_dry_run_commands_parse(profile, tmp_path, monkeypatch, capsys):
             parsers[argv[0]](argv[1:])
     assert seen == set(parsers)
     assert not (tmp_path / "ws").exists()  # a dry run writes nothing
+
+
+@pytest.mark.parametrize("profile", ["cpu", "gpu", "demo"])
+def test_every_fine_tuned_source_of_a_profile_is_trained_first(profile):
+    """A fine-tuned source needs its fold checkpoints: its backbone must be in the profile's train list."""
+    from genderfusion.extract.sources.spec import source_spec
+
+    prof = bench_run.load_profile(profile)
+    trained = {t["backbone"] for t in prof["train"]}
+    for e in prof["extract"]:
+        s = source_spec(e["backbone"], bool(e.get("frozen")), e.get("pool"), tta=e.get("tta"))
+        assert s["type"] != "finetuned" or e["backbone"] in trained, (profile, e)
