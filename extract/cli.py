@@ -59,6 +59,12 @@ def train_backbone_main(argv: list[str] | None = None) -> None:
     p.add_argument("--fold", type=int, default=None, help="train only this fold (0-based)")
     p.add_argument("--fold-seed", type=int, default=None, help="seed of a new fold assignment (default 0)")
     p.add_argument("--new-folds", action="store_true", help="replace existing folds of another K or seed")
+    p.add_argument("--no-group-duplicates", action="store_true",
+                   help="new folds ignore <workdir>/audit/duplicates.csv (by default its duplicate groups are kept "
+                        "inside one fold)")
+    p.add_argument("--exclude", default=None, metavar="FILE",
+                   help="training ids never trained on, still predicted out of fold (a CSV with an id column, e.g. "
+                        "audit/suspects.csv, or one id a line)")
     p.add_argument("--img-size", type=int, default=None,
                    help="input size (default 64; the face networks take their own: 150 face-resnet, 32 gender-cnn)")
     p.add_argument("--trunk-cut", default=None, help="face-resnet: the frozen trunk ends here and the stages above "
@@ -97,12 +103,14 @@ def train_backbone_main(argv: list[str] | None = None) -> None:
         if world() is None:
             summary = train_backbone(args.data, cfg, args.workdir, k=args.folds, fold=args.fold,
                                      fold_seed=args.fold_seed, new_folds=args.new_folds, skip_bad=args.skip_bad,
-                                     device=args.device, progress=not args.no_progress)
+                                     device=args.device, progress=not args.no_progress, exclude=args.exclude,
+                                     group_duplicates=not args.no_group_duplicates)
         else:  # torchrun: fold f on rank f mod N
             if args.fold is not None:
                 raise ValueError("--fold and torchrun: under torchrun each rank trains its own folds")
             summary = train_ranks(args.data, cfg, args.workdir, args.folds, args.fold_seed, args.new_folds,
-                                  args.skip_bad, args.device, not args.no_progress)
+                                  args.skip_bad, args.device, not args.no_progress, args.exclude,
+                                  not args.no_group_duplicates)
             if summary is None:
                 return
         for f, r in sorted(summary["folds"].items()):

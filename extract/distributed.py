@@ -92,7 +92,8 @@ def extract_ranks(data_dir: str | Path, backbone: str, workdir: str | Path = "da
 
 def train_ranks(data_dir: str | Path, cfg, workdir: str | Path = "data", k: int | None = None,
                 fold_seed: int | None = None, new_folds: bool = False, skip_bad: bool = False, device: str = "auto",
-                progress: bool = True) -> dict | None:
+                progress: bool = True, exclude: str | Path | None = None,
+                group_duplicates: bool = True) -> dict | None:
     """Fold f is trained on rank f mod N; rank 0 returns the summary of every fold (None on the other ranks).
     Checkpoints are the same files as a single process writes."""
     import torch.distributed as dist
@@ -104,16 +105,18 @@ def train_ranks(data_dir: str | Path, cfg, workdir: str | Path = "data", k: int 
     with process_group(device):
         agree(_dataset_fingerprint(data_dir), "the dataset fingerprint")
         if rank == 0:
-            folds = prepare_training(data_dir, cfg, workdir, k, fold_seed, new_folds, skip_bad, device, progress)[3]
+            folds = prepare_training(data_dir, cfg, workdir, k, fold_seed, new_folds, skip_bad, device, progress,
+                                     group_duplicates)[3]
             n = [folds.k]
         else:
             n = [None]
         dist.barrier()
         dist.broadcast_object_list(n, src=0)
         for f in range(rank, n[0], size):
-            train_backbone(data_dir, cfg, workdir, fold=f, skip_bad=skip_bad, device=device, progress=progress)
+            train_backbone(data_dir, cfg, workdir, fold=f, skip_bad=skip_bad, device=device, progress=progress,
+                           exclude=exclude)
         dist.barrier()
-        summary = train_backbone(data_dir, cfg, workdir, skip_bad=skip_bad, device=device,
-                                 progress=False) if rank == 0 else None
+        summary = train_backbone(data_dir, cfg, workdir, skip_bad=skip_bad, device=device, progress=False,
+                                 exclude=exclude) if rank == 0 else None
         dist.barrier()
     return summary

@@ -10,11 +10,13 @@ import numpy as np
 
 from genderfusion.extract.atomic import atomic_path
 from genderfusion.extract.errors import WorkspaceError
-from genderfusion.extract.sources.base import FINETUNED, FeatureSource
+from genderfusion.extract.sources.base import FINETUNED, FROZEN, FeatureSource
 from genderfusion.heads import HEADS
+from genderfusion.heads.second_stage import KnnSecondStage, in_band
 
 from .features import FusionData, Outputs, load_sources
 from .images import decode_inputs
+from .second_stage import descriptors
 from .protocol import global_blocks, global_matrix, global_test_matrix, per_fold_matrix, per_fold_test_matrix
 
 FORMAT = "genderfusion-fusion-v2"  # v2: source recipes of extract.sources.spec
@@ -42,16 +44,19 @@ class FusionClassifier:
 
     protocol "per-fold": one head per fold, each in its fold model's feature space; a prediction averages them.
     protocol "global": one head on frozen features plus the fine-tuned sources' logits.
+    A second stage (fit_second_stage) re-examines the predictions whose P(female) falls in `band`.
     """
 
     def __init__(self, sources: Sequence[str] = (), head: str = "logistic", protocol: str = "per-fold",
-                 head_params: dict | None = None, threshold: float = 0.5, workdir: str | os.PathLike = "data"):
+                 head_params: dict | None = None, threshold: float = 0.5, workdir: str | os.PathLike = "data",
+                 band: tuple[float, float] = (0.45, 0.55)):
         self.sources = sources
         self.head = head
         self.protocol = protocol
         self.head_params = head_params
         self.threshold = threshold
         self.workdir = workdir
+        self.band = band
 
     # ---- fitting on cached features ----------------------------------------------------------------------
     def fit(self, data: FusionData | None = None) -> "FusionClassifier":
@@ -61,25 +66,48 @@ class FusionClassifier:
         data = data if data is not None else load_sources(self.workdir, list(self.sources))
         make = head_factory(self.head, self.head_params)
         self.per_fold_ = self.protocol == "per-fold" and any(s.kind == FINETUNED for s in data.sources)
+        use = data.trainable
         if self.per_fold_:
             blocks = [s.width for s in data.sources]
-            self.heads_ = [make(blocks).fit(per_fold_matrix(data.sources, np.flatnonzero(data.fold == k)),
-                                            data.y[data.fold == k]) for k in range(data.k)]
+            rows = [np.flatnonzero((data.fold == k) & use) for k in range(data.k)]
+            self.heads_ = [make(blocks).fit(per_fold_matrix(data.sources, r), data.y[r]) for r in rows]
         else:
-            self.heads_ = [make(global_blocks(data.sources)).fit(global_matrix(data.sources), data.y)]
+            self.heads_ = [make(global_blocks(data.sources)).fit(global_matrix(data.sources)[use], data.y[use])]
         self.recipes_ = [s.attrs["recipe"] for s in data.sources]
         self.source_names_ = [s.name for s in data.sources]
         self.workdir_ = str(Path(self.workdir).resolve())
         self.k_ = data.k
         return self
 
-    def _proba(self, outputs: list[Outputs]) -> np.ndarray:
+    def fit_second_stage(self, data: FusionData, p_first: np.ndarray) -> "FusionClassifier":
+        """Fit the second stage on the training rows' out-of-fold first-stage P(female) (`p_first`)."""
+        X, blocks = descriptors(data)
+        use = data.trainable
+        self.second_stage_ = KnnSecondStage(self.band, blocks=blocks).fit(X[use], data.y[use], p_first[use],
+                                                                          data.fold[use])
+        return self
+
+    def _stages(self, outputs: list[Outputs]) -> tuple[np.ndarray, np.ndarray]:
+        """P(female) of the first stage and the final one (the second stage's inside the band, when fitted)."""
         if self.per_fold_:
             p = np.mean([h.predict_proba(per_fold_test_matrix(outputs, k))[:, 1] for k, h in enumerate(self.heads_)],
                         axis=0)
         else:
             p = self.heads_[0].predict_proba(global_test_matrix(outputs))[:, 1]
+        if getattr(self, "second_stage_", None) is None:
+            return p, p
+        X = np.hstack([o.features[0].astype(np.float32) for o in outputs if o.kind == FROZEN])
+        return p, self.second_stage_.predict_proba(X, p)
+
+    def _proba(self, outputs: list[Outputs]) -> np.ndarray:
+        p = self._stages(outputs)[1]
         return np.column_stack([1 - p, p])
+
+    def _details(self, outputs: list[Outputs], band: tuple[float, float] | None = None) -> dict[str, np.ndarray]:
+        first, final = self._stages(outputs)
+        redone = in_band(first, self.band) & (getattr(self, "second_stage_", None) is not None)
+        return {"p_female": final, "p_first_stage": first, "stage": np.where(redone, 2, 1),
+                "doubtful": in_band(first, self.band if band is None else band)}
 
     def predict_proba_cached(self, workdir: str | os.PathLike | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(test ids, P) for the test rows of the feature caches, after checking that their recipes are unchanged."""
@@ -87,6 +115,14 @@ class FusionClassifier:
         for s, then in zip(data.sources, self.recipes_):
             _refuse_changed(s.name, s.attrs["recipe"], then)
         return data.test_ids, self._proba([s.test_outputs for s in data.sources])
+
+    def details_cached(self, workdir: str | os.PathLike | None = None, band: tuple[float, float] | None = None
+                       ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """(test ids, {p_female, p_first_stage, stage, doubtful}) for the test rows of the feature caches."""
+        data = load_sources(workdir or self.workdir_, self.source_names_)
+        for s, then in zip(data.sources, self.recipes_):
+            _refuse_changed(s.name, s.attrs["recipe"], then)
+        return data.test_ids, self._details([s.test_outputs for s in data.sources], band)
 
     # ---- predicting from images --------------------------------------------------------------------------
     def _sources(self, batch_size: int, device: str) -> list[FeatureSource]:
@@ -106,6 +142,15 @@ class FusionClassifier:
 
     def predict_proba(self, images, batch_size: int = 256, device: str = "auto") -> np.ndarray:
         """P(male), P(female) for images: paths, PIL images, HWC uint8 arrays, tensors, or a list mixing them."""
+        return self._proba(self._outputs(images, batch_size, device))
+
+    def predict_details(self, images, batch_size: int = 256, device: str = "auto",
+                        band: tuple[float, float] | None = None) -> dict[str, np.ndarray]:
+        """Per image: p_female (final), p_first_stage, stage (2 where the second stage re-examined it) and doubtful
+        (the first stage's P(female) inside `band`, default the model's)."""
+        return self._details(self._outputs(images, batch_size, device), band)
+
+    def _outputs(self, images, batch_size: int, device: str) -> list[Outputs]:
         from genderfusion.extract.sources.inputs import MemoryInputs
 
         arrays = decode_inputs(images)  # all or nothing: a bad image raises before any work
@@ -119,7 +164,7 @@ class FusionClassifier:
             batch = views[src.input]
             feats, logits = zip(*src.compute_spaces(batch, range(src.n_spaces)))
             outputs.append(Outputs(src.kind, np.stack(feats), None if logits[0] is None else np.stack(logits)))
-        return self._proba(outputs)
+        return outputs
 
     def predict(self, images, **kw) -> np.ndarray:
         """0 = male, 1 = female."""
@@ -128,10 +173,15 @@ class FusionClassifier:
     def predict_frame(self, images, band: tuple[float, float] = (0.45, 0.55), skip_bad: bool = False,
                       batch_size: int = 256, device: str = "auto"):
         """A pandas DataFrame, one row per image: path ('<image i>' for one in memory), p_female, label (-1 where
-        unreadable), doubtful (P(female) inside `band`), error (with skip_bad: why the image could not be read)."""
+        unreadable), doubtful (first-stage P(female) inside `band`), stage (2: re-examined by the second stage; 0:
+        unreadable), error (with skip_bad: why the image could not be read)."""
         from .photos import predict_frame
 
         return predict_frame(self, images, band, skip_bad, batch_size, device)
+
+    def __setstate__(self, state):
+        state.setdefault("band", (0.45, 0.55))  # saved before the second stage existed
+        self.__dict__.update(state)
 
     def __getstate__(self):
         state = self.__dict__.copy()

@@ -23,6 +23,12 @@ def train_head_main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", default="fusion", help="name of the saved model under <workdir>/heads/")
     p.add_argument("--band", type=_band, default=(0.45, 0.55), help="doubtful band LO,HI of P(female)")
     p.add_argument("--refit", action="store_true", help="recompute even when cached results match")
+    p.add_argument("--exclude", default=None, metavar="FILE",
+                   help="training ids no head trains on (a CSV with an id column, e.g. audit/suspects.csv, or one id "
+                        "a line); every row is still evaluated on its given label")
+    p.add_argument("--second-stage", action="store_true",
+                   help="re-examine predictions inside --band by a kNN vote of the nearest training faces (frozen "
+                        "sources' features); measured on out-of-fold rows and saved in the model")
     args = p.parse_args(argv)
 
     def body():
@@ -32,7 +38,7 @@ def train_head_main(argv: list[str] | None = None) -> None:
 
         heads = ["logistic", "mlp", "knn"] if args.head == "all" else args.head.split(",")
         report = train_head(args.workdir, args.features.split(","), heads, tuple(args.protocol.split(",")),
-                            args.out, args.band, args.refit)
+                            args.out, args.band, args.refit, args.exclude, args.second_stage)
         out = Workspace(args.workdir).head_dir(args.out)
         print((out / "report.md").read_text())
         print(f"saved {out / 'model.pkl'}; {report['seconds_total']:.1f} s"
@@ -72,5 +78,33 @@ def predict_main(argv: list[str] | None = None) -> None:
             out = predict_images(load_model(args.model, args.workdir), args.images, args.out or "predictions.csv",
                                  args.batch_size, args.skip_bad, args.band, args.device, not args.no_progress)
         print(json.dumps(out, indent=2))
+
+    run_cli(body)
+
+
+def audit_labels_main(argv: list[str] | None = None) -> None:
+    p = make_parser("audit-labels", "Find training faces whose label is in doubt: confident out-of-fold disagreement "
+                                    "and duplicate images (exact and near) with another label.")
+    p.add_argument("--workdir", default="data")
+    p.add_argument("--data", default=None, help="competition folder (default: the one the workspace was made for)")
+    p.add_argument("--model", default="fusion", help="a trained model under <workdir>/heads/ (its out-of-fold "
+                                                     "probabilities)")
+    p.add_argument("--descriptor", default=None, help="cached face descriptor for near duplicates (default: "
+                                                      "dlib-face-flip, else dlib-face)")
+    p.add_argument("--confidence", type=float, default=0.9,
+                   help="a row whose out-of-fold P(its label) <= 1 - confidence is a confident disagreement")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="near-duplicate descriptor distance (default: read off the data's nearest-neighbour "
+                        "distances)")
+    p.add_argument("--top", type=int, default=48, help="suspects shown in suspects.png")
+    p.add_argument("--skip-bad", action="store_true", help="leave corrupt images out of the pixel hashing")
+    args = p.parse_args(argv)
+
+    def body():
+        from .audit import audit_labels
+
+        counts = audit_labels(args.workdir, args.data, args.model, args.descriptor, args.confidence, args.threshold,
+                              args.top, args.skip_bad)
+        print(json.dumps(counts, indent=2))
 
     run_cli(body)

@@ -57,10 +57,16 @@ class FusionData:
     test_ids: np.ndarray
     sources: list[Source]
     skipped_ids: np.ndarray = field(default_factory=lambda: np.array([], dtype=object))  # left out of every head
+    excluded: np.ndarray | None = None  # [N] bool: rows no head trains on (--exclude); they are still evaluated
 
     @property
     def k(self) -> int:
         return int(self.fold.max()) + 1
+
+    @property
+    def trainable(self) -> np.ndarray:
+        """[N] bool: rows a head may train on."""
+        return np.ones(len(self.y), bool) if self.excluded is None else ~self.excluded
 
     def source(self, name: str) -> Source:
         return next(s for s in self.sources if s.name == name)

@@ -15,7 +15,7 @@ from genderfusion.extract.errors import BadImageError
 from .images import decode_one
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")
-COLUMNS = ("path", "p_female", "label", "doubtful", "error")
+COLUMNS = ("path", "p_female", "label", "doubtful", "stage", "error")
 
 
 def expand_paths(items: Sequence[str | os.PathLike]) -> list[Path]:
@@ -57,13 +57,16 @@ def _rows(clf, items: Sequence, names: Sequence[str], band: tuple[float, float],
         except (BadImageError, FileNotFoundError, ValueError) as exc:
             if not skip_bad:
                 raise
-            rows.append({"path": name, "p_female": math.nan, "label": -1, "doubtful": True, "error": str(exc)})
-    p = clf.predict_proba(arrays, batch_size=batch_size, device=device)[:, 1] if arrays else []
-    it = iter(p)
+            rows.append({"path": name, "p_female": math.nan, "label": -1, "doubtful": True, "stage": 0,
+                         "error": str(exc)})
+    d = clf.predict_details(arrays, batch_size=batch_size, device=device, band=band) if arrays else None
+    it = iter(range(len(arrays)))
     for row in rows:
         if "error" not in row:
-            q = float(next(it))
-            row.update(p_female=q, label=int(q >= clf.threshold), doubtful=bool(band[0] <= q <= band[1]), error="")
+            n = next(it)
+            q = float(d["p_female"][n])
+            row.update(p_female=q, label=int(q >= clf.threshold), doubtful=bool(d["doubtful"][n]),
+                       stage=int(d["stage"][n]), error="")
     return rows
 
 
@@ -108,7 +111,7 @@ class _Writer:
 
             table = pa.Table.from_pylist(rows, schema=pa.schema([("path", pa.string()), ("p_female", pa.float64()),
                                                                  ("label", pa.int64()), ("doubtful", pa.bool_()),
-                                                                 ("error", pa.string())]))
+                                                                 ("stage", pa.int64()), ("error", pa.string())]))
             if self._pq is None:
                 self._pq = pq.ParquetWriter(self.tmp, table.schema)
             self._pq.write_table(table)
@@ -118,7 +121,7 @@ class _Writer:
         w = csv.writer(self._fh)
         for r in rows:
             w.writerow([r["path"], "" if math.isnan(r["p_female"]) else f"{r['p_female']:.6f}", r["label"],
-                        int(r["doubtful"]), r["error"]])
+                        int(r["doubtful"]), r["stage"], r["error"]])
 
     def close(self) -> None:
         if self.parquet:

@@ -58,7 +58,7 @@ def predict_submission(model: str, data_dir: str | Path, out: str | Path, workdi
     ws = Workspace(workdir)
     clf = load_model(model, workdir)
     data = CompetitionData.load(data_dir, check_images=False)
-    ids, proba = clf.predict_proba_cached(workdir)
+    ids, det = clf.details_cached(workdir, band)
     pos = {i: n for n, i in enumerate(ids)}
     missing = [i for i in data.test.ids if i not in pos]
     if missing:
@@ -66,19 +66,20 @@ def predict_submission(model: str, data_dir: str | Path, out: str | Path, workdi
                         f"(e.g. {missing[:5]}); run `extract` for every source first. No submission written.")
     skipped = _check_test_images(ws, clf.source_names_, data)
     fallback = _default_labels(data) if skipped else {}
-    p = proba[[pos[i] for i in data.test.ids], 1]
+    order = [pos[i] for i in data.test.ids]
+    p, stage = det["p_female"][order], det["stage"][order]
     labels = [fallback.get(i, "") if i in skipped else str(int(q >= clf.threshold)) for i, q in zip(data.test.ids, p)]
-    doubtful = [(i in skipped) or bool(band[0] <= q <= band[1]) for i, q in zip(data.test.ids, p)]
+    doubtful = [(i in skipped) or bool(d) for i, d in zip(data.test.ids, det["doubtful"][order])]
     out = Path(out)
     write_text(out, "id,label\n" + "".join(f"{i},{y}\n" for i, y in zip(data.test.ids, labels)))
     details = out.with_name(out.stem + "_details.csv")
     buf = io.StringIO()
-    buf.write("id,label,p_female,doubtful,reason\n")
-    for i, y, q, d in zip(data.test.ids, labels, p, doubtful):
+    buf.write("id,label,p_female,doubtful,stage,reason\n")
+    for i, y, q, d, st in zip(data.test.ids, labels, p, doubtful, stage):
         reason = "corrupt image skipped at extraction; label from the sample submission" if i in skipped else ""
-        buf.write(f"{i},{y},{'' if i in skipped else f'{q:.5f}'},{int(d)},{reason}\n")
+        buf.write(f"{i},{y},{'' if i in skipped else f'{q:.5f}'},{int(d)},{0 if i in skipped else st},{reason}\n")
     write_text(details, buf.getvalue())
     predicted = np.array([y == "1" for i, y in zip(data.test.ids, labels) if i not in skipped])
     return {"submission": str(out), "details": str(details), "rows": len(labels),
             "female_fraction": float(predicted.mean()) if len(predicted) else None,
-            "doubtful": int(sum(doubtful)), "skipped": len(skipped)}
+            "doubtful": int(sum(doubtful)), "second_stage": int((stage == 2).sum()), "skipped": len(skipped)}

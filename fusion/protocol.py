@@ -55,7 +55,9 @@ def cv_per_fold(data: FusionData, make_head: HeadFactory, inner_splits: int = 3,
         rows = np.flatnonzero(data.fold == k)
         X, y = per_fold_matrix(data.sources, rows), data.y[rows]
         inner = StratifiedKFold(inner_splits, shuffle=True, random_state=seed + k)
+        trainable = data.trainable[rows]
         for tr, va in inner.split(X, y):
+            tr = tr[trainable[tr]]
             probs[rows[va]] = make_head(blocks).fit(X[tr], y[tr]).predict_proba(X[va])[:, 1]
     return probs
 
@@ -67,7 +69,7 @@ def cv_global(data: FusionData, make_head: HeadFactory, X: np.ndarray | None = N
     blocks = global_blocks(data.sources) if blocks is None else blocks
     probs = np.empty(len(data.y))
     for k in range(data.k):
-        tr, va = data.fold != k, data.fold == k
+        tr, va = (data.fold != k) & data.trainable, data.fold == k
         probs[va] = make_head(blocks).fit(X[tr], data.y[tr]).predict_proba(X[va])[:, 1]
     return probs
 
@@ -114,7 +116,7 @@ def evaluate(data: FusionData, heads: dict[str, HeadFactory], protocols: tuple[s
             label = "out-of-fold logit" if s.kind == FINETUNED else "own classifier"
             add(Result(s.name, label, 1 / (1 + np.exp(-s.train_logit.astype(np.float64))), 0.0))
         if probe is not None:
-            one = FusionData(data.ids, data.y, data.fold, data.test_ids, [s])
+            one = FusionData(data.ids, data.y, data.fold, data.test_ids, [s], excluded=data.excluded)
             if s.kind == FINETUNED:
                 add(_timed(f"{s.name} (probe)", "per-fold", lambda: cv_per_fold(one, probe)))
             else:

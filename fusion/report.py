@@ -10,6 +10,7 @@ from genderfusion.extract.atomic import atomic_path, write_json, write_text
 from genderfusion.extract.data.groups import group_masks, ordered_groups
 
 from .protocol import Result
+from .second_stage import coverage_curve
 
 
 def result_rows(results: list[Result], y: np.ndarray, masks: dict[str, np.ndarray]) -> list[dict]:
@@ -49,7 +50,7 @@ def markdown(rows: list[dict], chosen: dict, cm: list[list[int]], band: tuple[fl
 
 
 def plots(out_dir: Path, rows: list[dict], y: np.ndarray, probs: np.ndarray, band: tuple[float, float],
-          cm: list[list[int]]) -> list[Path]:
+          cm: list[list[int]], coverage: dict[str, np.ndarray] | None = None) -> list[Path]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -93,6 +94,17 @@ def plots(out_dir: Path, rows: list[dict], y: np.ndarray, probs: np.ndarray, ban
     ax.legend()
     save(fig, "histogram.png")
 
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for label, p in (coverage or {"chosen head": probs}).items():
+        curve = coverage_curve(y, p)
+        ax.plot([c["coverage"] for c in curve], [c["accuracy"] for c in curve], marker=".", label=label)
+    ax.set_xlabel("coverage (rows not abstained on)")
+    ax.set_ylabel("accuracy on the rows kept")
+    ax.set_title("abstaining on |P(female) - 0.5| < w, w = 0 ... 0.5", fontsize=8)
+    ax.invert_xaxis()
+    ax.legend(fontsize=7)
+    save(fig, "coverage.png")
+
     groups = ordered_groups(rows[0]["groups"])
     if groups:
         fig, ax = plt.subplots(figsize=(max(6, len(groups) * 0.9), 3.5))
@@ -111,7 +123,8 @@ def plots(out_dir: Path, rows: list[dict], y: np.ndarray, probs: np.ndarray, ban
 
 def write_report(out_dir: Path, results: list[Result], chosen: Result, y: np.ndarray,
                  ages: np.ndarray | None, races: np.ndarray | None, band: tuple[float, float] = (0.45, 0.55),
-                 title: str = "Fusion CV report", extra: dict | None = None) -> dict:
+                 title: str = "Fusion CV report", extra: dict | None = None,
+                 coverage: dict[str, np.ndarray] | None = None) -> dict:
     """Write report.md, report.json and the PNG plots; returns the JSON object."""
     out_dir.mkdir(parents=True, exist_ok=True)
     masks = group_masks(ages, races)
@@ -124,5 +137,5 @@ def write_report(out_dir: Path, results: list[Result], chosen: Result, y: np.nda
     obj = {"rows": rows, "chosen": chosen_row, "confusion": cm, "doubtful_band": list(band),
            "doubtful_fraction": doubtful, "group_sizes": sizes, **(extra or {})}
     write_json(out_dir / "report.json", obj)
-    plots(out_dir, rows, y, chosen.probs, band, cm)
+    plots(out_dir, rows, y, chosen.probs, band, cm, coverage)
     return json.loads(json.dumps(obj))

@@ -16,21 +16,25 @@ from genderfusion.extract.errors import DataError
 
 from .card import write_card
 from .classifier import FusionClassifier, head_factory
+from genderfusion.extract.data.exclusion import exclusion_mask, read_ids
 from .features import load_sources
-from .protocol import evaluate
+from .protocol import Result, evaluate
 from .report import write_report
+from .second_stage import band_report, descriptors, second_stage_cv
 
 PROTOCOLS = ("per-fold", "global")
 
 
-def _fingerprint(workdir: Path, features: list[str], heads: list[str], protocols: tuple[str, ...], band) -> str:
+def _fingerprint(workdir: Path, features: list[str], heads: list[str], protocols: tuple[str, ...], band,
+                 excluded: list[str]) -> str:
     """Identifies the inputs of a train-head run from the caches' attributes alone (no features read)."""
     h = hashlib.sha256()
     ws = Workspace(workdir)
     for name in features:
         a = fc.read_attrs(ws.features_path(name))
         h.update(json.dumps([name, a.get("recipe"), a.get("plan"), a.get("complete")], sort_keys=True).encode())
-    h.update(json.dumps([heads, list(protocols), list(band), 1]).encode())
+    h.update(json.dumps([heads, list(protocols), list(band), 1] + ([sorted(set(excluded))] if excluded else [])
+                        ).encode())
     return h.hexdigest()[:16]
 
 
@@ -65,8 +69,12 @@ def refuse_stale_caches(workdir: Path, features: list[str]) -> None:
 
 def train_head(workdir: str | Path, features: list[str], heads: list[str], protocols: tuple[str, ...] = PROTOCOLS,
                name: str = "fusion", band: tuple[float, float] = (0.45, 0.55), refit: bool = False,
+               exclude: str | Path | None = None, second_stage: bool = False,
                log: Callable[[str], None] = print) -> dict:
-    """Evaluate every source alone, both votes and each head, then fit and save the best head by CV."""
+    """Evaluate every source alone, both votes and each head, then fit and save the best head by CV.
+    exclude: a file of training ids no head trains on (every row is still evaluated, on its given label).
+    second_stage: re-examine the best head's predictions inside `band` by a kNN vote of the nearest training faces
+    (measured on out-of-fold rows, then fitted into the saved model)."""
     t0 = time.time()
     workdir = Path(workdir)
     for p in protocols:
@@ -74,9 +82,12 @@ def train_head(workdir: str | Path, features: list[str], heads: list[str], proto
             raise ValueError(f"unknown protocol {p!r}; choose from {PROTOCOLS}")
     for h in heads:
         head_factory(h)  # unknown heads fail before any work
+    if not band[0] <= band[1]:
+        raise ValueError(f"band {band}: expected LO <= HI")
     out_dir = Workspace(workdir).head_dir(name)
     refuse_stale_caches(workdir, features)
-    fp = _fingerprint(workdir, features, heads, protocols, band)
+    excluded = read_ids(exclude) if exclude is not None else []
+    fp = _fingerprint(workdir, features, heads, protocols, band, excluded + (["<second stage>"] if second_stage else []))
     if not refit and (out_dir / "results.json").exists() and (out_dir / "model.pkl").exists():
         cached = read_json(out_dir / "results.json")
         if cached.get("fingerprint") == fp:
@@ -86,6 +97,9 @@ def train_head(workdir: str | Path, features: list[str], heads: list[str], proto
             report["cached"] = True
             return report
     data = load_sources(workdir, features)
+    if exclude is not None:
+        data.excluded = exclusion_mask(data.ids, data.y, excluded, f"--exclude {exclude}")
+        log(f"{int(data.excluded.sum())} row(s) of {exclude} left out of head training (still evaluated)")
     log(f"{len(data.y)} training rows, {data.k} folds, sources: "
         + ", ".join(f"{s.name} ({s.kind}, {s.width}-d)" for s in data.sources)
         + (f"; {len(data.skipped_ids)} row(s) skipped at extraction left out (ids {list(data.skipped_ids[:5])})"
@@ -93,7 +107,19 @@ def train_head(workdir: str | Path, features: list[str], heads: list[str], proto
     results = evaluate(data, {h: head_factory(h) for h in heads}, protocols, probe=head_factory("logistic"), log=log)
     head_results = [r for r in results if r.method in heads]
     best = max(head_results, key=lambda r: r.accuracy(data.y))
-    clf = FusionClassifier(features, best.method, best.protocol, workdir=workdir).fit(data)
+    clf = FusionClassifier(features, best.method, best.protocol, workdir=workdir, band=band).fit(data)
+    coverage = {f"{best.method} [{best.protocol}]": best.probs}
+    stage2 = {}
+    if second_stage:
+        X, blocks = descriptors(data)
+        final = second_stage_cv(X, blocks, data.y, data.fold, best.probs, band, data.trainable)
+        stage2 = band_report(data.y, best.probs, final, band)
+        log(f"  second stage in the band {band}: {stage2['rows_in_band']} rows, accuracy "
+            f"{stage2['band_accuracy_first']:.4f} -> {stage2['band_accuracy_second']:.4f}; overall "
+            f"{stage2['accuracy_first']:.4f} -> {stage2['accuracy_second']:.4f}")
+        results.append(Result(f"{best.method} + second stage", best.protocol, final, 0.0))
+        coverage[f"{best.method} [{best.protocol}] + second stage"] = final
+        clf.fit_second_stage(data, best.probs)
     clf.save(out_dir / "model.pkl")
     ages, races = train_meta(workdir, data.ids)
     wv = next((r for r in results if r.method == "weighted-vote"), None)
@@ -101,9 +127,10 @@ def train_head(workdir: str | Path, features: list[str], heads: list[str], proto
              "best_cv_accuracy": best.accuracy(data.y),
              "weighted_vote_cv_accuracy": wv.accuracy(data.y) if wv else None,
              "gain_over_weighted_vote": best.accuracy(data.y) - wv.accuracy(data.y) if wv else None,
-             "fingerprint": fp}
+             "excluded_from_training": int(data.excluded.sum()) if data.excluded is not None else 0,
+             "second_stage": stage2 or None, "fingerprint": fp}
     report = write_report(out_dir, results, best, data.y, ages, races, band,
-                          title=f"Fusion of {', '.join(features)}", extra=extra)
+                          title=f"Fusion of {', '.join(features)}", extra=extra, coverage=coverage)
     np.savez_compressed(out_dir / "cv_probs.npz", ids=data.ids.astype(str), y=data.y,
                         **{f"{r.method} [{r.protocol}]": r.probs for r in results})
     write_card(out_dir, workdir)

@@ -59,7 +59,7 @@ def test_skip_bad_works_end_to_end(synth, tmp_path):
     rows = dict(line.split(",") for line in (tmp_path / "sub.csv").read_text().splitlines()[1:])
     assert len(rows) == 12 and rows["200005"] == "0" and out["skipped"] == 1  # sampleSubmit.csv says 0
     details = {line.split(",")[0]: line for line in (tmp_path / "sub_details.csv").read_text().splitlines()}
-    assert details["200005"] == "200005,0,,1,corrupt image skipped at extraction; label from the sample submission"
+    assert details["200005"] == "200005,0,,1,0,corrupt image skipped at extraction; label from the sample submission"
     assert details["200004"].endswith(",")  # predicted rows carry no reason
 
 

@@ -46,13 +46,14 @@ def test_predict_images_streams_batches_and_matches_predict_proba(model, tmp_pat
     many = predict_images(clf, [photos], tmp_path / "b.csv", batch_size=5, progress=False)  # 3 batches
     a, b = _read(tmp_path / "a.csv"), _read(tmp_path / "b.csv")
     assert one["images"] == many["images"] == len(files) == 12 and list(a[0]) == ["path", "p_female", "label",
-                                                                                   "doubtful", "error"]
+                                                                                   "doubtful", "stage", "error"]
     assert [r["path"] for r in a] == [str(p) for p in expand_paths([photos])]  # sorted, recursive
     ref = FusionClassifier.load(ws / "heads/mine/model.pkl").predict_proba([r["path"] for r in a])[:, 1]
     for got in (a, b):
         assert np.abs(np.array([float(r["p_female"]) for r in got]) - ref).max() <= 1e-5
         assert [int(r["label"]) for r in got] == [int(q >= 0.5) for q in ref]
         assert [int(r["doubtful"]) for r in got] == [int(0.45 <= q <= 0.55) for q in ref]
+        assert {r["stage"] for r in got} == {"1"}  # no second stage in this model
 
 
 def test_a_bad_photo_stops_the_run_or_is_written_with_its_error(model, tmp_path):
@@ -76,7 +77,7 @@ def test_predict_frame_has_the_same_rows(model):
     clf = FusionClassifier.load(ws / "heads/mine/model.pkl")
     arrays = [np.asarray(Image.open(f).convert("RGB")) for f in files[:3]]
     frame = clf.predict_frame([str(files[0]), *arrays])
-    assert list(frame.columns) == ["path", "p_female", "label", "doubtful", "error"] and len(frame) == 4
+    assert list(frame.columns) == ["path", "p_female", "label", "doubtful", "stage", "error"] and len(frame) == 4
     assert frame["path"].tolist() == [str(files[0]), "<image 1>", "<image 2>", "<image 3>"]
     assert np.allclose(frame["p_female"], clf.predict_proba([str(files[0]), *arrays])[:, 1], atol=1e-6)
     assert np.isclose(frame["p_female"][0], frame["p_female"][1], atol=1e-6)  # the same photo, as path and array

@@ -3,6 +3,7 @@ LR on plateau, resume and out-of-fold logits."""
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import logging
 import time
@@ -15,6 +16,7 @@ import torch.nn.functional as F
 
 from ..atomic import atomic_path, read_json, sha256_file, write_json, write_text
 from ..data.dataset import CompetitionData
+from ..data.exclusion import exclusion_mask, read_ids
 from ..data.folds import ensure_folds
 from ..data.image_cache import cached_images
 from ..data.workspace import FoldFiles, Workspace
@@ -49,6 +51,7 @@ class TrainConfig:
     weights: str | None = None
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     trunk_cut: str | None = None  # None: the backbone's (face-resnet: stage3); trains the stages above it
+    exclude_fingerprint: str | None = None  # sha256 of the ids left out of training (--exclude), None: none
 
     def __post_init__(self):
         entry = lookup(self.backbone)
@@ -65,8 +68,9 @@ class TrainConfig:
         there is one, so that checkpoints written before it existed stay valid)."""
         d = self.as_dict()
         d.pop("epochs")
-        if d["trunk_cut"] is None:
-            d.pop("trunk_cut")
+        for name in ("trunk_cut", "exclude_fingerprint"):
+            if d[name] is None:
+                d.pop(name)
         return d
 
 
@@ -179,8 +183,10 @@ def _write_history(paths: FoldFiles, history: list[dict]) -> None:
 
 
 def train_fold(paths: FoldFiles, feed: ImageFeed | TrunkFeed, labels: np.ndarray, ids: list[str], folds: np.ndarray,
-               cfg: TrainConfig, provenance: dict, device: str = "auto", progress: bool = True) -> dict:
-    """Train fold paths.k (rows with folds == k are held out) on the feed's inputs and return its summary.
+               cfg: TrainConfig, provenance: dict, device: str = "auto", progress: bool = True,
+               excluded: np.ndarray | None = None) -> dict:
+    """Train fold paths.k (rows with folds == k are held out; rows of fold -1, corrupt, and `excluded` rows are
+    never trained on) on the feed's inputs and return its summary.
 
     Resumes from fold<k>.last.pt when the config matches; a finished fold is returned as is.
     """
@@ -199,7 +205,8 @@ def train_fold(paths: FoldFiles, feed: ImageFeed | TrunkFeed, labels: np.ndarray
         model = model.to(memory_format=torch.channels_last)
     opt = _optimizer(model, feed.parameters(model), cfg)
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="min", factor=cfg.lr_factor, patience=cfg.lr_patience)
-    fit_idx, val_idx = inner_split(np.flatnonzero(folds != k), labels, cfg.val_fraction, cfg.seed + k)
+    usable = (folds != k) & (folds >= 0) & (True if excluded is None else ~excluded)
+    fit_idx, val_idx = inner_split(np.flatnonzero(usable), labels, cfg.val_fraction, cfg.seed + k)
     state = {"epoch": 0, "history": [], "best_val_loss": float("inf"), "bad_epochs": 0}
     if paths.last.exists():
         last = torch.load(paths.last, map_location="cpu", weights_only=False)
@@ -283,7 +290,7 @@ def train_fold(paths: FoldFiles, feed: ImageFeed | TrunkFeed, labels: np.ndarray
 
 def prepare_training(data_dir: str | Path, cfg: TrainConfig, workdir: str | Path = "data", k: int | None = None,
                      fold_seed: int | None = None, new_folds: bool = False, skip_bad: bool = False,
-                     device: str = "auto", progress: bool = True) -> tuple:
+                     device: str = "auto", progress: bool = True, group_duplicates: bool = True) -> tuple:
     """The data, the workspace bound to it, its fingerprint, the folds, and what training reads (the image cache,
     or the trunk-activation cache above a cut) built once: (data, ws, dataset_fp, folds, feed, bad rows, trunk
     cache metadata or None)."""
@@ -296,7 +303,7 @@ def prepare_training(data_dir: str | Path, cfg: TrainConfig, workdir: str | Path
     data = CompetitionData.load(data_dir)
     ws = Workspace(workdir)
     dataset_fp = ws.bind(data)
-    folds = ensure_folds(ws, data, k, fold_seed, new=new_folds)
+    folds = ensure_folds(ws, data, k, fold_seed, new=new_folds, group_duplicates=group_duplicates)
     trunk = None
     if cfg.trunk_cut is None:
         images, bad = cached_images(ws, data, "train", cfg.img_size, skip_bad=skip_bad, progress=progress)
@@ -314,13 +321,23 @@ def prepare_training(data_dir: str | Path, cfg: TrainConfig, workdir: str | Path
 
 def train_backbone(data_dir: str | Path, cfg: TrainConfig, workdir: str | Path = "data", k: int | None = None,
                    fold: int | None = None, fold_seed: int | None = None, new_folds: bool = False,
-                   skip_bad: bool = False, device: str = "auto", progress: bool = True) -> dict:
-    """Fine-tune cfg.backbone on every fold (or one) of the workspace's shared K-fold split.
+                   skip_bad: bool = False, device: str = "auto", progress: bool = True,
+                   exclude: str | Path | None = None, group_duplicates: bool = True) -> dict:
+    """Fine-tune cfg.backbone on every fold (or one) of the workspace's shared K-fold split. exclude: a file of
+    training ids never trained on (still predicted out of fold); group_duplicates: new folds keep the audit's
+    duplicate groups together.
 
     Returns a summary with per-fold results and, once all folds are done, the out-of-fold accuracy.
     """
     data, ws, dataset_fp, folds, feed, bad, trunk = prepare_training(data_dir, cfg, workdir, k, fold_seed, new_folds,
-                                                                     skip_bad, device, progress)
+                                                                     skip_bad, device, progress, group_duplicates)
+    excluded = None
+    if exclude is not None:
+        ids = read_ids(exclude)
+        excluded = exclusion_mask(data.train.ids, data.train.labels, ids, f"--exclude {exclude}")
+        cfg.exclude_fingerprint = hashlib.sha256("\n".join(sorted(set(ids))).encode()).hexdigest()[:16]
+        log.info("%d training row(s) of %s are never trained on (still predicted out of fold)", int(excluded.sum()),
+                 exclude)
     fold_of = folds.for_ids(data.train.ids).copy()
     fold_of[bad] = -1  # corrupt images: never trained on, never predicted
     todo = range(folds.k) if fold is None else [fold]
@@ -329,11 +346,12 @@ def train_backbone(data_dir: str | Path, cfg: TrainConfig, workdir: str | Path =
     provenance = {"dataset_fingerprint": dataset_fp, "folds_fingerprint": folds.fingerprint, "k": folds.k}
     for f in todo:
         train_fold(ws.fold_files(cfg.backbone, f), feed, data.train.labels, data.train.ids, fold_of, cfg,
-                   provenance, device=device, progress=progress)
+                   provenance, device=device, progress=progress, excluded=excluded)
     done = [ws.fold_files(cfg.backbone, f).done for f in range(folds.k)]
     results = {f: read_json(path) for f, path in enumerate(done) if path.exists()}
     summary = {"backbone": cfg.backbone, "k": folds.k, "folds": results,
-               "skipped_images": [data.train.ids[i] for i in bad]}
+               "skipped_images": [data.train.ids[i] for i in bad],
+               "excluded_from_training": 0 if excluded is None else int(excluded.sum())}
     if trunk is not None:
         summary["trunk_cache"] = {"bytes": trunk["bytes"], "seconds": trunk["seconds"], "cut": cfg.trunk_cut}
     if len(results) == folds.k:
