@@ -152,9 +152,11 @@ def main(argv=None) -> dict:
         extra, src = extract_args(prof["extract"][0])
         runner.run("extract (cached re-run)", ["extract", *extra, *common])
     head_cmd = ["train-head", "--features", ",".join(sources), "--head", ",".join(prof["heads"]),
-                "--workdir", str(ws), "--out", "best"]
+                "--workdir", str(ws), "--out", "best"] + (["--second-stage"] if prof.get("second_stage") else [])
     runner.run("heads", head_cmd + ["--refit"])
     runner.run("heads (cached re-run)", head_cmd)
+    if prof.get("audit"):
+        runner.run("audit-labels", ["audit-labels", "--workdir", str(ws), "--data", str(data), "--model", "best"])
     submission = ws / "submission.csv"
     runner.run("predict", ["predict", "--model", "best", "--data", str(data), "--workdir", str(ws),
                            "--out", str(submission)])
@@ -210,6 +212,10 @@ def main(argv=None) -> dict:
               "face_speed": face["face_speed"], "predict_img_per_s": face["predict"]["warm_img_per_s"],
               "predict_first_call_img_per_s": face["predict"]["first_call_img_per_s"],
               "predict_images": face["predict"]["images"]}
+    if report.get("second_stage"):
+        result["second_stage"] = report["second_stage"]
+    if prof.get("audit"):
+        result["audit"] = read_json(ws / "audit" / "audit.json")
     best_probs = cv[best_key]
     age09 = (ages >= 0) & (ages <= 9) if ages is not None else None
     if age09 is not None:
@@ -262,6 +268,17 @@ def results_markdown(result: dict, report: dict, command: str) -> str:
               f"{result['predict_img_per_s']} img/s warm ({result['predict_first_call_img_per_s']} first call) on "
               f"{result['predict_images']} image paths"
               + (f"; peer {result['peer_img_per_s']} img/s." if "peer_img_per_s" in result else ".")]
+    if "second_stage" in result:
+        s2 = result["second_stage"]
+        lines += ["", f"Second stage in the band {s2['band']}: {s2['rows_in_band']} rows, out-of-fold accuracy "
+                  f"{s2['band_accuracy_first']:.4f} -> {s2['band_accuracy_second']:.4f}; overall "
+                  f"{s2['accuracy_first']:.4f} -> {s2['accuracy_second']:.4f}."]
+    if "audit" in result:
+        a = result["audit"]
+        lines += ["", f"Label audit ({a['seconds']} s): {a['exact_groups']} exact-duplicate groups "
+                  f"({a['conflicting_exact_groups']} with conflicting labels), {a['near_pairs']} near-duplicate links "
+                  f"(threshold {a['near_threshold']}), {a['confident_disagreements']} confident out-of-fold "
+                  f"disagreements, {a['suspects']} suspects."]
     return "\n".join(lines) + "\n"
 
 

@@ -109,7 +109,7 @@ def train_head(workdir: str | Path, features: list[str], heads: list[str], proto
     best = max(head_results, key=lambda r: r.accuracy(data.y))
     clf = FusionClassifier(features, best.method, best.protocol, workdir=workdir, band=band).fit(data)
     coverage = {f"{best.method} [{best.protocol}]": best.probs}
-    stage2 = {}
+    chosen, stage2 = best, {}
     if second_stage:
         X, blocks = descriptors(data)
         final = second_stage_cv(X, blocks, data.y, data.fold, best.probs, band, data.trainable)
@@ -117,19 +117,20 @@ def train_head(workdir: str | Path, features: list[str], heads: list[str], proto
         log(f"  second stage in the band {band}: {stage2['rows_in_band']} rows, accuracy "
             f"{stage2['band_accuracy_first']:.4f} -> {stage2['band_accuracy_second']:.4f}; overall "
             f"{stage2['accuracy_first']:.4f} -> {stage2['accuracy_second']:.4f}")
-        results.append(Result(f"{best.method} + second stage", best.protocol, final, 0.0))
+        chosen = Result(f"{best.method} + second stage", best.protocol, final, 0.0)  # what the saved model predicts
+        results.append(chosen)
         coverage[f"{best.method} [{best.protocol}] + second stage"] = final
         clf.fit_second_stage(data, best.probs)
     clf.save(out_dir / "model.pkl")
     ages, races = train_meta(workdir, data.ids)
     wv = next((r for r in results if r.method == "weighted-vote"), None)
-    extra = {"features": features, "heads": heads, "best_method": f"{best.method} [{best.protocol}]",
-             "best_cv_accuracy": best.accuracy(data.y),
+    extra = {"features": features, "heads": heads, "best_method": f"{chosen.method} [{chosen.protocol}]",
+             "best_cv_accuracy": chosen.accuracy(data.y),
              "weighted_vote_cv_accuracy": wv.accuracy(data.y) if wv else None,
-             "gain_over_weighted_vote": best.accuracy(data.y) - wv.accuracy(data.y) if wv else None,
+             "gain_over_weighted_vote": chosen.accuracy(data.y) - wv.accuracy(data.y) if wv else None,
              "excluded_from_training": int(data.excluded.sum()) if data.excluded is not None else 0,
              "second_stage": stage2 or None, "fingerprint": fp}
-    report = write_report(out_dir, results, best, data.y, ages, races, band,
+    report = write_report(out_dir, results, chosen, data.y, ages, races, band,
                           title=f"Fusion of {', '.join(features)}", extra=extra, coverage=coverage)
     np.savez_compressed(out_dir / "cv_probs.npz", ids=data.ids.astype(str), y=data.y,
                         **{f"{r.method} [{r.protocol}]": r.probs for r in results})
