@@ -18,7 +18,7 @@ from genderfusion.extract.data.workspace import Workspace
 from genderfusion.extract.errors import WorkspaceError
 
 from .contact_sheet import contact_sheet
-from .duplicates import Duplicates, find_duplicates, group_ids
+from .duplicates import Duplicates, find_duplicates, group_ids, members
 
 DESCRIPTORS = ("dlib-face-flip", "dlib-face")  # default face descriptor for near duplicates, first one cached
 WEIGHTS = {"exact duplicate with another label": 1.0, "near duplicate with another label": 0.5}
@@ -94,6 +94,18 @@ def suspicion(y: np.ndarray, p_female: np.ndarray, dups: Duplicates, confidence:
     return score, reasons
 
 
+def duplicate_rows(ids: list[str], y: np.ndarray, dups: Duplicates, exact_group: np.ndarray) -> list[list]:
+    """One row per duplicate group: first id, kind (exact, near, exact+near), size, ids, labels, conflicting."""
+    near_rows = set(dups.near.ravel().tolist())
+    rows = []
+    for g in dups.groups():
+        kinds = [k for k, has in (("exact", len(set(exact_group[g].tolist())) < len(g)),
+                                  ("near", bool(near_rows & set(g.tolist())))) if has]
+        rows.append([ids[g[0]], "+".join(kinds), len(g), " ".join(ids[m] for m in g),
+                     " ".join(str(int(y[m])) for m in g), int(len(set(y[g].tolist())) > 1)])
+    return rows
+
+
 def _csv(header: list[str], rows: list[list]) -> str:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
@@ -134,15 +146,9 @@ def audit_labels(workdir: str | Path = "data", data_dir: str | Path | None = Non
         [[ids[n], int(y[n]), f"{p_label[n]:.4f}", "; ".join(reasons[n]), twins(n), f"{score[n]:.4f}"]
          for n in suspects]))
     exact_group = group_ids(len(ids), dups.exact)
-    near_rows = set(dups.near.ravel().tolist())
-    dup_rows = []
-    for g in dups.groups():
-        kinds = [k for k, has in (("exact", len(set(exact_group[g].tolist())) < len(g)),
-                                  ("near", bool(near_rows & set(g.tolist())))) if has]
-        dup_rows.append([ids[g[0]], "+".join(kinds), len(g), " ".join(ids[m] for m in g),
-                         " ".join(str(int(y[m])) for m in g), int(len(set(y[g].tolist())) > 1)])
+    dup_rows = duplicate_rows(ids, y, dups, exact_group)
     write_text(out / "duplicates.csv", _csv(["group", "kind", "size", "ids", "labels", "conflicting"], dup_rows))
-    exact_sets = [m for m in Duplicates(dups.exact, dups.near[:0], 0.0, exact_group).groups()]
+    exact_sets = members(exact_group)
     shown = suspects[:top]
     contact_sheet([data.train.folder / f"{ids[n]}.jpg" for n in shown],
                   [[f"{ids[n]} label {int(y[n])}", f"P(label) {p_label[n]:.2f} s {score[n]:.2f}"] for n in shown],

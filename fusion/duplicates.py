@@ -90,6 +90,13 @@ def group_ids(n: int, pairs: np.ndarray) -> np.ndarray:
     return np.array([find(i) for i in range(n)])
 
 
+def members(group: np.ndarray) -> list[np.ndarray]:
+    """Row indices of every group of two or more rows, given a group id per row."""
+    order = np.argsort(group, kind="stable")
+    splits = np.flatnonzero(np.diff(group[order])) + 1
+    return [g for g in np.split(order, splits) if len(g) > 1]
+
+
 @dataclass
 class Duplicates:
     """Exact and near duplicate links among training rows, and the groups they form."""
@@ -101,9 +108,7 @@ class Duplicates:
 
     def groups(self) -> list[np.ndarray]:
         """Row indices of every group of two or more rows."""
-        order = np.argsort(self.group, kind="stable")
-        splits = np.flatnonzero(np.diff(self.group[order])) + 1
-        return [g for g in np.split(order, splits) if len(g) > 1]
+        return members(self.group)
 
 
 def find_duplicates(digests: np.ndarray, descriptors: np.ndarray, valid: np.ndarray | None = None,
