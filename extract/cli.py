@@ -69,6 +69,9 @@ def train_backbone_main(argv: list[str] | None = None) -> None:
                    help="input size (default 64; the face networks take their own: 150 face-resnet, 32 gender-cnn)")
     p.add_argument("--trunk-cut", default=None, help="face-resnet: the frozen trunk ends here and the stages above "
                    "train on its cached activations: stage2 (64x17x17), stage3 (128x8x8, default), stage4 (256x4x4)")
+    p.add_argument("--trunk-views", type=int, default=d.trunk_views,
+                   help="face-resnet: views per image in the trunk cache: the image and its mirror (2), plus "
+                        "augmented copies (rotation, brightness, contrast, grayscale, mirror) drawn once")
     p.add_argument("--epochs", type=int, default=d.epochs)
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--optimizer", choices=("adamw", "sgd"), default=d.optimizer)
@@ -96,7 +99,7 @@ def train_backbone_main(argv: list[str] | None = None) -> None:
             args.backbone, img_size=args.img_size, epochs=args.epochs, batch_size=args.batch_size,
             optimizer=args.optimizer, lr=args.lr, weight_decay=args.weight_decay, dropout=args.dropout,
             patience=args.patience, lr_patience=args.lr_patience, seed=args.seed, pretrained=args.pretrained,
-            weights=args.weights, trunk_cut=args.trunk_cut,
+            weights=args.weights, trunk_cut=args.trunk_cut, trunk_views=args.trunk_views,
             augment=AugmentConfig(args.brightness, args.contrast, args.grayscale, args.rotation, args.hflip, args.vflip))
         from .distributed import train_ranks, world
 

@@ -47,6 +47,28 @@ def test_face_resnet_above_cached_activations_equals_the_whole_network():
         assert np.abs(infer_above(model, cached[:, 0], cut)[0] - whole).max() <= 2e-2
 
 
+def test_augmented_trunk_views_are_the_trunk_of_augmented_chips():
+    from genderfusion.extract.models.augment import AugmentConfig, augment, normalize, to_float
+    from genderfusion.extract.models.trunk_cache import trunk_activations
+
+    model = create("face-resnet", 150).eval()
+    chips = _u8(5, 150, seed=2)
+    cfg = AugmentConfig(rotation_deg=15)
+    acts = trunk_activations(model, chips, "stage4", torch.device("cpu"), dtype=np.float32, views=4,
+                             augment_cfg=cfg, seed=3)
+    plain = trunk_activations(model, chips, "stage4", torch.device("cpu"), dtype=np.float32)
+    assert acts.shape[1] == 4 and np.array_equal(acts[:, :2], plain)  # views 0 and 1 stay the image and mirror
+    for view in (2, 3):  # reference: the project's augment() with the view's own generator, then the trunk
+        x = augment(to_float(torch.from_numpy(chips)), cfg, torch.Generator().manual_seed(3 * 1000 + view))
+        with torch.inference_mode():
+            ref = model.body.trunk(normalize(x, model.preprocess.mean, model.preprocess.std), "stage4").numpy()
+        assert np.abs(acts[:, view] - ref).max() <= 1e-4 and np.abs(acts[:, view] - acts[:, 0]).max() > 0.1
+    with pytest.raises(ValueError, match="at least 2"):
+        from genderfusion.extract.models.training import TrainConfig
+
+        TrainConfig("face-resnet", trunk_views=1)
+
+
 def test_face_resnet_keeps_dlibs_descriptor_under_a_new_output_layer():
     from genderfusion.extract.models.face_nets import FaceNet, face_net_config
 

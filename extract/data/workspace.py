@@ -129,9 +129,11 @@ class Workspace:
         """Aligned face chips of a split (landmarks computed once per chip size and padding)."""
         return self.root / "cache" / "chips" / f"{split}_{size}_p{padding}.npy"
 
-    def trunk_cache(self, split: str, backbone: str, cut: str) -> Path:
-        """Activations of a frozen trunk (below `cut`) on a split's images and their mirrors."""
-        return self.root / "cache" / "trunk" / f"{split}_{safe_name(backbone)}_{cut}.npy"
+    def trunk_cache(self, split: str, backbone: str, cut: str, views: int = 2) -> Path:
+        """Activations of a frozen trunk (below `cut`) on a split's images, their mirrors and (views > 2)
+        augmented copies."""
+        suffix = "" if views == 2 else f"_v{views}"
+        return self.root / "cache" / "trunk" / f"{split}_{safe_name(backbone)}_{cut}{suffix}.npy"
 
     def head_dir(self, name: str) -> Path:
         return self.root / "heads" / safe_name(name)

@@ -52,6 +52,7 @@ class TrainConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     trunk_cut: str | None = None  # None: the backbone's (face-resnet: stage3); trains the stages above it
     exclude_fingerprint: str | None = None  # sha256 of the ids left out of training (--exclude), None: none
+    trunk_views: int = 2  # above a trunk cut: cached views per image (the image, its mirror, augmented copies)
 
     def __post_init__(self):
         entry = lookup(self.backbone)
@@ -59,6 +60,8 @@ class TrainConfig:
         self.lr = entry.lr if self.lr is None else self.lr
         self.dropout = entry.dropout if self.dropout is None else self.dropout
         self.trunk_cut = self.trunk_cut or entry.trunk_cut
+        if self.trunk_views < 2:
+            raise ValueError(f"trunk_views {self.trunk_views}: at least 2 (the image and its mirror)")
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -71,6 +74,8 @@ class TrainConfig:
         for name in ("trunk_cut", "exclude_fingerprint"):
             if d[name] is None:
                 d.pop(name)
+        if d["trunk_views"] == 2:
+            d.pop("trunk_views")
         return d
 
 
@@ -108,8 +113,8 @@ class ImageFeed:
 
 
 class TrunkFeed:
-    """Training above a frozen trunk, on its cached activations [N, 2, C, H, W] of each image and its mirror: a
-    random view per image in training (the flip augmentation), the mean logit of both views in evaluation."""
+    """Training above a frozen trunk, on its cached activations [N, V, C, H, W] of each image, its mirror and V - 2
+    augmented copies: a random view per image in training, the mean logit of the first two in evaluation."""
 
     def __init__(self, acts: np.ndarray, cut: str):
         self.acts, self.cut = acts, cut
@@ -123,7 +128,7 @@ class TrunkFeed:
         return model.forward_head(model.body.top(torch.from_numpy(a).to(dev).float(), self.cut))
 
     def train_logits(self, model: Backbone, idx: np.ndarray, gen: torch.Generator, dev: torch.device) -> torch.Tensor:
-        views = torch.randint(0, 2, (len(idx),), generator=gen).numpy()
+        views = torch.randint(0, self.acts.shape[1], (len(idx),), generator=gen).numpy()
         return self._logits(model, self.acts[idx, views], dev)
 
     @torch.inference_mode()
@@ -314,7 +319,7 @@ def prepare_training(data_dir: str | Path, cfg: TrainConfig, workdir: str | Path
         model = create(cfg.backbone, cfg.img_size, pretrained=cfg.pretrained, weights=cfg.weights)
         acts, bad, trunk = cached_trunk(ws, data, "train", model, cfg.trunk_cut,
                                         weights_identity(cfg.backbone, cfg.weights, cfg.pretrained), skip_bad,
-                                        progress, resolve_device(device))
+                                        progress, resolve_device(device), cfg.trunk_views, cfg.augment, cfg.seed)
         feed = TrunkFeed(acts, cfg.trunk_cut)
     return data, ws, dataset_fp, folds, feed, bad, trunk
 

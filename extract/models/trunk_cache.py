@@ -11,6 +11,7 @@ import torch
 from ..data.dataset import CompetitionData
 from ..data.image_cache import cached_array
 from ..data.workspace import Workspace
+from .augment import AugmentConfig, augment, normalize, to_float
 from .backbone import Backbone
 from .chip_cache import cached_chips
 from .dlib_resnet import CUT_SHAPES
@@ -23,30 +24,40 @@ log = logging.getLogger(__name__)
 
 @torch.inference_mode()
 def trunk_activations(model: Backbone, chips: np.ndarray, cut: str, device: torch.device, mirror: bool = True,
-                      dtype=np.float16, progress: bool = False, desc: str = "trunk") -> np.ndarray:
+                      dtype=np.float16, progress: bool = False, desc: str = "trunk", views: int = 2,
+                      augment_cfg: AugmentConfig | None = None, seed: int = 0) -> np.ndarray:
     """[N, V, C, H, W]: the trunk below `cut` on uint8 chips [N, S, S, 3] (view 0) and, with mirror, on their
-    mirrors (view 1)."""
+    mirrors (view 1); views beyond 2 are augmented copies (augment_cfg: rotation, brightness, contrast, grayscale,
+    mirror), drawn from a generator seeded with seed + view."""
     from tqdm.auto import tqdm
 
     model.eval().to(device)
-    out = np.empty((len(chips), 2 if mirror else 1, *CUT_SHAPES[cut]), dtype=dtype)
+    n_views = views if mirror else 1
+    out = np.empty((len(chips), n_views, *CUT_SHAPES[cut]), dtype=dtype)
+    gens = {v: torch.Generator().manual_seed(seed * 1000 + v) for v in range(2, n_views)}
+    cfg = augment_cfg or AugmentConfig()
     step = step_size(256, device)
     with tqdm(total=len(chips), desc=desc, unit="img", disable=not progress) as bar:
         for start in range(0, len(chips), step):
             batch = np.ascontiguousarray(chips[start:start + step])
-            for view, b in enumerate((batch, batch[:, :, ::-1]) if mirror else (batch,)):
-                a = model.body.trunk(prepare(b, model, device), cut)
-                out[start:start + len(batch), view] = a.float().cpu().numpy()
+            for view in range(n_views):
+                if view < 2:
+                    x = prepare(batch if view == 0 else batch[:, :, ::-1], model, device)
+                else:
+                    x = augment(to_float(torch.from_numpy(batch).to(device)), cfg, gens[view])
+                    x = normalize(x, model.preprocess.mean, model.preprocess.std).contiguous(
+                        memory_format=torch.channels_last)
+                out[start:start + len(batch), view] = model.body.trunk(x, cut).float().cpu().numpy()
             bar.update(len(batch))
     return out
 
 
 def cached_trunk(ws: Workspace, data: CompetitionData, split: str, model: Backbone, cut: str, weights_sha256: str,
-                 skip_bad: bool = False, progress: bool = True, device: torch.device | None = None
-                 ) -> tuple[np.ndarray, list[int], dict]:
+                 skip_bad: bool = False, progress: bool = True, device: torch.device | None = None, views: int = 2,
+                 augment_cfg: AugmentConfig | None = None, seed: int = 0) -> tuple[np.ndarray, list[int], dict]:
     """The trunk activations of a split (memory-mapped), the indices of corrupt images and the cache's metadata
-    (its size in bytes and the seconds it took). Rebuilt when the images, the weights, the cut or the chip recipe
-    change."""
+    (its size in bytes and the seconds it took). Rebuilt when the images, the weights, the cut, the chip recipe or
+    the augmented views change."""
     pre = model.preprocess
     padding = lookup(model.name).chip_padding
     sp_sha = checked_sha256("dlib-face")["shape_predictor"]
@@ -56,13 +67,15 @@ def cached_trunk(ws: Workspace, data: CompetitionData, split: str, model: Backbo
     def build() -> tuple[np.ndarray, dict]:
         t0 = time.time()
         acts = trunk_activations(model, chips, cut, device or torch.device("cpu"), progress=progress,
-                                 desc=f"trunk {split}@{cut}")
+                                 desc=f"trunk {split}@{cut}", views=views, augment_cfg=augment_cfg, seed=seed)
         return acts, {"bad": bad, "seconds": round(time.time() - t0, 1), "bytes": int(acts.nbytes)}
 
     key = {"dataset_fingerprint": data.fingerprint(labels=False, mtimes=True), "ids_n": len(getattr(data, split)),
            "weights_sha256": weights_sha256, "cut": cut, "chip": pre.img_size, "padding": padding,
            "mean": list(pre.mean), "std": list(pre.std), "shape_predictor_sha256": sp_sha}
-    acts, meta = cached_array(ws.trunk_cache(split, model.name, cut), key, getattr(data, split).paths, build,
+    if views > 2:  # caches of the two plain views keep their key
+        key.update(views=views, augment=(augment_cfg or AugmentConfig()).as_dict(), seed=seed)
+    acts, meta = cached_array(ws.trunk_cache(split, model.name, cut, views), key, getattr(data, split).paths, build,
                               skip_bad, "trunk cache")
     log.info("trunk cache %s: %.0f MB, built in %s s; %d chips fell back to a plain resize", split,
              meta["bytes"] / 1e6, meta["seconds"], fallbacks)
