@@ -164,6 +164,16 @@ def _table(header: list[str], rows: list[list], attrs: list[str] | None = None) 
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
+def _second_stage(clf) -> str:
+    """The second stage in words, when the model has one."""
+    stage = getattr(clf, "second_stage_", None)
+    if stage is None:
+        return ""
+    lo, hi = stage.band
+    return (f", then a <b>second stage</b> for P(female) in [{lo}, {hi}]: a vote of the {stage.k_} nearest training "
+            "faces in the frozen sources' features")
+
+
 def write_card(head_dir: str | Path, workdir: str | Path, speed: dict | None = None, n_gallery: int = 12,
                speed_chart: str | Path | None = None) -> Path:
     """Write <head_dir>/card.html from the head's report, CV probabilities and saved model; speed: img/s figures
@@ -245,7 +255,7 @@ def write_card(head_dir: str | Path, workdir: str | Path, speed: dict | None = N
 <h1>Model card: {html.escape(head_dir.name)}</h1>
 <p class="muted">genderfusion; written {dt.date.today().isoformat()}; {html.escape(versions)}</p>
 <h2>What it is</h2>
-<p>Head <b>{html.escape(clf.head)}</b>, protocol <b>{html.escape(clf.protocol)}</b>, over {len(clf.recipes_)} source(s),
+<p>Head <b>{html.escape(clf.head)}</b>, protocol <b>{html.escape(clf.protocol)}</b>{_second_stage(clf)}, over {len(clf.recipes_)} source(s),
 {clf.k_} folds. Trained on <b>{len(y)}</b> faces: {len(y) - n_fem} male, {n_fem} female ({n_fem / len(y):.1%}).</p>
 {_table(["source", "kind", "network", "layer", "pooling", "input px", "mean / std", "weights sha256"], src_rows)}
 <h2>Out-of-fold accuracy</h2>

@@ -39,7 +39,7 @@ def trunk_activations(model: Backbone, chips: np.ndarray, cut: str, device: torc
     step = step_size(256, device)
     with tqdm(total=len(chips), desc=desc, unit="img", disable=not progress) as bar:
         for start in range(0, len(chips), step):
-            batch = np.ascontiguousarray(chips[start:start + step])
+            batch = np.require(chips[start:start + step], requirements=("C", "W"))  # a memory map is read-only
             for view in range(n_views):
                 if view < 2:
                     x = prepare(batch if view == 0 else batch[:, :, ::-1], model, device)
