@@ -37,4 +37,23 @@ class BinaryMixin:
         return tags
 
 
-__all__ = ["fit_input", "predict_input", "BinaryMixin", "check_array", "check_X_y"]
+class FaissIndexPickle:
+    """Pickling of an estimator whose fitted faiss index lives in `index_` (serialised to bytes and back)."""
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        if "index_" in state:
+            import faiss
+
+            state["index_"] = faiss.serialize_index(state["index_"])
+        return state
+
+    def __setstate__(self, state):
+        if "index_" in state and isinstance(state["index_"], np.ndarray):
+            import faiss
+
+            state["index_"] = faiss.deserialize_index(state["index_"])
+        self.__dict__.update(state)
+
+
+__all__ = ["fit_input", "predict_input", "BinaryMixin", "FaissIndexPickle", "check_array", "check_X_y"]

@@ -5,7 +5,7 @@ import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.validation import check_is_fitted
 
-from ._checks import BinaryMixin, fit_input, predict_input
+from ._checks import BinaryMixin, FaissIndexPickle, fit_input, predict_input
 from .blocks import BlockScaler
 
 
@@ -17,7 +17,7 @@ def _normalise(Z: np.ndarray) -> np.ndarray:
     return Z / np.maximum(np.linalg.norm(Z, axis=1, keepdims=True), 1e-12)
 
 
-class KNNHead(BinaryMixin, ClassifierMixin, BaseEstimator):
+class KNNHead(FaissIndexPickle, BinaryMixin, ClassifierMixin, BaseEstimator):
     """ks / weightings: candidates, chosen by leave-one-out accuracy on the training rows.
 
     An exact index (IndexFlatIP) by default; an IVF index when rows exceed ivf_threshold.
@@ -89,18 +89,3 @@ class KNNHead(BinaryMixin, ClassifierMixin, BaseEstimator):
         labels = np.where(nn >= 0, self.y_[np.maximum(nn, 0)], -1)
         p = self._vote(sims, labels, self.k_, self.weighting_)
         return np.column_stack([1 - p, p])
-
-    def __getstate__(self):
-        state = self.__dict__.copy()
-        if "index_" in state:
-            import faiss
-
-            state["index_"] = faiss.serialize_index(state["index_"])
-        return state
-
-    def __setstate__(self, state):
-        if "index_" in state and isinstance(state["index_"], np.ndarray):
-            import faiss
-
-            state["index_"] = faiss.deserialize_index(state["index_"])
-        self.__dict__.update(state)

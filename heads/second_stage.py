@@ -7,6 +7,7 @@ import numpy as np
 from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_is_fitted
 
+from ._checks import FaissIndexPickle
 from .blocks import BlockScaler
 
 SEARCH_BLOCK = 32  # queries per faiss search: a row's neighbours do not depend on the call's size
@@ -37,7 +38,7 @@ def vote(d2: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
     return (w * labels[:, :k]).sum(1) / w.sum(1)
 
 
-class KnnSecondStage(BaseEstimator):
+class KnnSecondStage(FaissIndexPickle, BaseEstimator):
     """fit(X, y, p_first, fold): X descriptors of the training rows (blocks: widths of its sources), p_first their out-of-fold first-stage P(female),
     fold their folds. k is chosen among `ks` by the accuracy on the training rows inside the band, each voted on by
     the rows of the other folds; predict_proba replaces P inside the band by the vote of all training rows."""
@@ -80,18 +81,3 @@ class KnnSecondStage(BaseEstimator):
             d2, nn = _search(self.index_, self.scaler_.transform(np.asarray(X)[q]).astype(np.float32), self.k_)
             p[q] = vote(d2, self.y_[nn], self.k_)
         return p
-
-    def __getstate__(self):
-        state = self.__dict__.copy()
-        if "index_" in state:
-            import faiss
-
-            state["index_"] = faiss.serialize_index(state["index_"])
-        return state
-
-    def __setstate__(self, state):
-        if "index_" in state and isinstance(state["index_"], np.ndarray):
-            import faiss
-
-            state["index_"] = faiss.deserialize_index(state["index_"])
-        self.__dict__.update(state)

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import os
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps
@@ -53,6 +53,24 @@ def _load_or_none(args: tuple[str, int | None]) -> tuple[np.ndarray | None, BadI
         return None, exc
 
 
+def map_images(fn: Callable, jobs: Sequence, out: np.ndarray, skip_bad: bool = False, workers: int | None = None,
+               progress: bool = True, desc: str = "decode") -> list[int]:
+    """out[n] = the array fn(jobs[n]) returns as (array, None), in parallel over `workers` processes (chunks of
+    64); a job that returns (None, BadImageError) is an error naming its file, or with skip_bad a row of zeros
+    listed in the returned indices."""
+    from tqdm.auto import tqdm
+
+    bad: list[int] = []
+    workers = workers or min(len(os.sched_getaffinity(0)), 8)
+    with tqdm(total=len(jobs), desc=desc, unit="img", disable=not progress) as bar:
+        if workers > 1 and len(jobs) > 64:
+            with worker_pool(workers) as pool:
+                _collect(pool.map(fn, jobs, chunksize=64), out, bad, skip_bad, bar)
+        else:
+            _collect(map(fn, jobs), out, bad, skip_bad, bar)
+    return bad
+
+
 def decode_many(
     paths: Sequence[str | os.PathLike],
     size: int,
@@ -66,20 +84,8 @@ def decode_many(
     Returns the [N, size, size, 3] uint8 array and the indices of bad images (zeros in the
     array). Without skip_bad the first bad image raises BadImageError naming it.
     """
-    from tqdm.auto import tqdm
-
     out = np.zeros((len(paths), size, size, 3), dtype=np.uint8)
-    bad: list[int] = []
-    workers = workers or min(len(os.sched_getaffinity(0)), 8)
-    jobs = [(str(p), size) for p in paths]
-    bar = tqdm(total=len(paths), desc=desc, unit="img", disable=not progress)
-    if workers > 1 and len(paths) > 64:
-        with worker_pool(workers) as pool:
-            results = pool.map(_load_or_none, jobs, chunksize=64)
-            _collect(results, out, bad, skip_bad, bar)
-    else:
-        _collect(map(_load_or_none, jobs), out, bad, skip_bad, bar)
-    bar.close()
+    bad = map_images(_load_or_none, [(str(p), size) for p in paths], out, skip_bad, workers, progress, desc)
     return out, bad
 
 
