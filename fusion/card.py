@@ -166,7 +166,7 @@ def _table(header: list[str], rows: list[list], attrs: list[str] | None = None) 
 
 def _second_stage(clf) -> str:
     """The second stage in words, when the model has one."""
-    stage = getattr(clf, "second_stage_", None)
+    stage = clf.second_stage_
     if stage is None:
         return ""
     lo, hi = stage.band

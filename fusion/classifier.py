@@ -77,6 +77,7 @@ class FusionClassifier:
         self.source_names_ = [s.name for s in data.sources]
         self.workdir_ = str(Path(self.workdir).resolve())
         self.k_ = data.k
+        self.second_stage_ = None  # fit_second_stage adds one
         return self
 
     def fit_second_stage(self, data: FusionData, p_first: np.ndarray) -> "FusionClassifier":
@@ -94,7 +95,7 @@ class FusionClassifier:
                         axis=0)
         else:
             p = self.heads_[0].predict_proba(global_test_matrix(outputs))[:, 1]
-        if getattr(self, "second_stage_", None) is None:
+        if self.second_stage_ is None:
             return p, p
         X = np.hstack([o.features[0].astype(np.float32) for o in outputs if o.kind == FROZEN])
         return p, self.second_stage_.predict_proba(X, p)
@@ -105,24 +106,27 @@ class FusionClassifier:
 
     def _details(self, outputs: list[Outputs], band: tuple[float, float] | None = None) -> dict[str, np.ndarray]:
         first, final = self._stages(outputs)
-        redone = in_band(first, self.band) & (getattr(self, "second_stage_", None) is not None)
+        redone = in_band(first, self.band) & (self.second_stage_ is not None)
         return {"p_female": final, "p_first_stage": first, "stage": np.where(redone, 2, 1),
                 "doubtful": in_band(first, self.band if band is None else band)}
 
-    def predict_proba_cached(self, workdir: str | os.PathLike | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """(test ids, P) for the test rows of the feature caches, after checking that their recipes are unchanged."""
+    def _cached_outputs(self, workdir: str | os.PathLike | None) -> tuple[np.ndarray, list[Outputs]]:
+        """The test rows of the feature caches, after checking that their recipes are unchanged."""
         data = load_sources(workdir or self.workdir_, self.source_names_)
         for s, then in zip(data.sources, self.recipes_):
             _refuse_changed(s.name, s.attrs["recipe"], then)
-        return data.test_ids, self._proba([s.test_outputs for s in data.sources])
+        return data.test_ids, [s.test_outputs for s in data.sources]
+
+    def predict_proba_cached(self, workdir: str | os.PathLike | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(test ids, P) for the test rows of the feature caches."""
+        ids, outputs = self._cached_outputs(workdir)
+        return ids, self._proba(outputs)
 
     def details_cached(self, workdir: str | os.PathLike | None = None, band: tuple[float, float] | None = None
                        ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """(test ids, {p_female, p_first_stage, stage, doubtful}) for the test rows of the feature caches."""
-        data = load_sources(workdir or self.workdir_, self.source_names_)
-        for s, then in zip(data.sources, self.recipes_):
-            _refuse_changed(s.name, s.attrs["recipe"], then)
-        return data.test_ids, self._details([s.test_outputs for s in data.sources], band)
+        ids, outputs = self._cached_outputs(workdir)
+        return ids, self._details(outputs, band)
 
     # ---- predicting from images --------------------------------------------------------------------------
     def _sources(self, batch_size: int, device: str) -> list[FeatureSource]:
@@ -181,6 +185,7 @@ class FusionClassifier:
 
     def __setstate__(self, state):
         state.setdefault("band", (0.45, 0.55))  # saved before the second stage existed
+        state.setdefault("second_stage_", None)
         self.__dict__.update(state)
 
     def __getstate__(self):
