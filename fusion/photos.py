@@ -60,10 +60,10 @@ def _rows(clf, items: Sequence, names: Sequence[str], band: tuple[float, float],
             rows.append({"path": name, "p_female": math.nan, "label": -1, "doubtful": True, "stage": 0,
                          "error": str(exc)})
     d = clf.predict_details(arrays, batch_size=batch_size, device=device, band=band) if arrays else None
-    it = iter(range(len(arrays)))
+    n = -1
     for row in rows:
         if "error" not in row:
-            n = next(it)
+            n += 1
             q = float(d["p_female"][n])
             row.update(p_female=q, label=int(q >= clf.threshold), doubtful=bool(d["doubtful"][n]),
                        stage=int(d["stage"][n]), error="")

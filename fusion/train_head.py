@@ -26,7 +26,7 @@ PROTOCOLS = ("per-fold", "global")
 
 
 def _fingerprint(workdir: Path, features: list[str], heads: list[str], protocols: tuple[str, ...], band,
-                 excluded: list[str]) -> str:
+                 excluded: list[str], second_stage: bool) -> str:
     """Identifies the inputs of a train-head run from the caches' attributes alone (no features read)."""
     h = hashlib.sha256()
     ws = Workspace(workdir)
@@ -34,7 +34,7 @@ def _fingerprint(workdir: Path, features: list[str], heads: list[str], protocols
         a = fc.read_attrs(ws.features_path(name))
         h.update(json.dumps([name, a.get("recipe"), a.get("plan"), a.get("complete")], sort_keys=True).encode())
     h.update(json.dumps([heads, list(protocols), list(band), 1] + ([sorted(set(excluded))] if excluded else [])
-                        ).encode())
+                        + (["second stage"] if second_stage else [])).encode())  # unchanged without either
     return h.hexdigest()[:16]
 
 
@@ -87,7 +87,7 @@ def train_head(workdir: str | Path, features: list[str], heads: list[str], proto
     out_dir = Workspace(workdir).head_dir(name)
     refuse_stale_caches(workdir, features)
     excluded = read_ids(exclude) if exclude is not None else []
-    fp = _fingerprint(workdir, features, heads, protocols, band, excluded + (["<second stage>"] if second_stage else []))
+    fp = _fingerprint(workdir, features, heads, protocols, band, excluded, second_stage)
     if not refit and (out_dir / "results.json").exists() and (out_dir / "model.pkl").exists():
         cached = read_json(out_dir / "results.json")
         if cached.get("fingerprint") == fp:
