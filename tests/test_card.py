@@ -11,8 +11,6 @@ import pytest
 from PIL import Image
 
 from genderfusion.extract.atomic import read_json
-from genderfusion.extract.cache.api import extract_features
-from genderfusion.extract.models.training import TrainConfig, train_backbone
 from genderfusion.fusion.card import calibration, wilson, write_card
 from genderfusion.fusion.train_head import train_head
 
@@ -45,11 +43,8 @@ class Checker(HTMLParser):
 
 
 @pytest.fixture(scope="module")
-def head(synth_master, tmp_path_factory):
-    ws = tmp_path_factory.mktemp("card") / "ws"
-    train_backbone(synth_master, TrainConfig("cnn-small", img_size=32, epochs=1, batch_size=16), ws, k=2,
-                   progress=False)
-    extract_features(synth_master, "cnn-small", ws, dtype="float32", progress=False)
+def head(synth_master, tmp_path_factory, cnn_small_workspace):
+    ws = cnn_small_workspace(synth_master, tmp_path_factory.mktemp("card") / "ws")
     train_head(ws, ["cnn-small"], ["logistic"], name="mine", log=lambda m: None)
     return ws, ws / "heads" / "mine"
 

@@ -21,12 +21,9 @@ FROZEN = "timm:mobilenetv3_small_050"
 
 
 @pytest.fixture(scope="module")
-def built(synth_master, tmp_path_factory):
+def built(synth_master, tmp_path_factory, cnn_small_workspace):
     """Synthetic data with a 2-fold cnn-small and a frozen timm source extracted."""
-    ws = tmp_path_factory.mktemp("fusion") / "ws"
-    train_backbone(synth_master, TrainConfig("cnn-small", img_size=32, epochs=2, batch_size=16), ws, k=2,
-                   progress=False)
-    extract_features(synth_master, "cnn-small", ws, dtype="float32", progress=False)
+    ws = cnn_small_workspace(synth_master, tmp_path_factory.mktemp("fusion") / "ws", epochs=2)
     extract_features(synth_master, FROZEN, ws, frozen=True, img_size=32, pool="avg", dtype="float32",
                      progress=False)
     return synth_master, ws

@@ -8,8 +8,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from genderfusion.extract.cache.api import extract_features
-from genderfusion.extract.models.training import TrainConfig, train_backbone
 from genderfusion.fusion.classifier import FusionClassifier
 from genderfusion.fusion.photos import expand_paths, predict_images
 
@@ -17,13 +15,10 @@ pd = pytest.importorskip("pandas")
 
 
 @pytest.fixture(scope="module")
-def model(synth_master, tmp_path_factory):
+def model(synth_master, tmp_path_factory, cnn_small_workspace):
     """A saved per-fold fusion model over a 2-fold cnn-small, and a folder of 12 photos."""
     root = tmp_path_factory.mktemp("photos")
-    ws = root / "ws"
-    train_backbone(synth_master, TrainConfig("cnn-small", img_size=32, epochs=1, batch_size=16), ws, k=2,
-                   progress=False)
-    extract_features(synth_master, "cnn-small", ws, dtype="float32", progress=False)
+    ws = cnn_small_workspace(synth_master, root / "ws")
     clf = FusionClassifier(["cnn-small"], "logistic", "per-fold", workdir=ws).fit()
     clf.save(ws / "heads" / "mine" / "model.pkl")
     photos = root / "photos"
