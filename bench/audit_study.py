@@ -71,7 +71,6 @@ def main(argv=None) -> dict:
     out["audit"] = audit_labels(args.workdir, args.data, args.model)
     out["audit_wall_s"] = round(time.time() - t, 1)
 
-    ids = list(data.train.ids)
     y_all = data.train.labels
     t = time.time()
     ref = exact_pairs_by_pixels(data.train.paths)

@@ -18,7 +18,7 @@ from genderfusion.extract.data.workspace import Workspace
 from genderfusion.extract.errors import WorkspaceError
 
 from .contact_sheet import contact_sheet
-from .duplicates import Duplicates, find_duplicates, group_ids, members
+from .duplicates import Duplicates, find_duplicates, members
 
 DESCRIPTORS = ("dlib-face-flip", "dlib-face")  # default face descriptor for near duplicates, first one cached
 WEIGHTS = {"exact duplicate with another label": 1.0, "near duplicate with another label": 0.5}
@@ -57,8 +57,7 @@ def descriptor_features(ws: Workspace, ids: list[str], name: str | None) -> tupl
     if missing:
         raise WorkspaceError(f"source {name} does not cover every training row: {len(missing)} missing or skipped, "
                              f"e.g. ids {missing[:5]}; rerun `extract` for it")
-    X = fs.train.features[[pos[i] for i in ids]]
-    return (X.mean(0) if X.ndim == 3 else X).astype(np.float32), name
+    return fs.train.features[[pos[i] for i in ids]].astype(np.float32), name
 
 
 def training_duplicates(ws: Workspace, data: CompetitionData, descriptor: str | None = None,
@@ -77,13 +76,13 @@ def suspicion(y: np.ndarray, p_female: np.ndarray, dups: Duplicates, confidence:
               ) -> tuple[np.ndarray, list[list[str]]]:
     """Score and reasons per row: 1 - P(given label), plus WEIGHTS for a duplicate carrying the other label."""
     p_label = np.where(y == 1, p_female, 1 - p_female)
-    exact_group = group_ids(len(y), dups.exact)
+    exact_group = dups.exact_group
     reasons: list[list[str]] = [[] for _ in y]
     for n in np.flatnonzero(p_label <= 1 - confidence):
         reasons[n].append("confident out-of-fold disagreement")
-    for members in dups.groups():
-        for n in members:
-            other = members[y[members] != y[n]]
+    for group in dups.groups():
+        for n in group:
+            other = group[y[group] != y[n]]
             if len(other) == 0:
                 continue
             if (exact_group[other] == exact_group[n]).any():
@@ -94,12 +93,12 @@ def suspicion(y: np.ndarray, p_female: np.ndarray, dups: Duplicates, confidence:
     return score, reasons
 
 
-def duplicate_rows(ids: list[str], y: np.ndarray, dups: Duplicates, exact_group: np.ndarray) -> list[list]:
+def duplicate_rows(ids: list[str], y: np.ndarray, dups: Duplicates) -> list[list]:
     """One row per duplicate group: first id, kind (exact, near, exact+near), size, ids, labels, conflicting."""
     near_rows = set(dups.near.ravel().tolist())
     rows = []
     for g in dups.groups():
-        kinds = [k for k, has in (("exact", len(set(exact_group[g].tolist())) < len(g)),
+        kinds = [k for k, has in (("exact", len(set(dups.exact_group[g].tolist())) < len(g)),
                                   ("near", bool(near_rows & set(g.tolist())))) if has]
         rows.append([ids[g[0]], "+".join(kinds), len(g), " ".join(ids[m] for m in g),
                      " ".join(str(int(y[m])) for m in g), int(len(set(y[g].tolist())) > 1)])
@@ -145,10 +144,9 @@ def audit_labels(workdir: str | Path = "data", data_dir: str | Path | None = Non
         ["id", "label", "p_label", "reasons", "duplicates", "score"],
         [[ids[n], int(y[n]), f"{p_label[n]:.4f}", "; ".join(reasons[n]), twins(n), f"{score[n]:.4f}"]
          for n in suspects]))
-    exact_group = group_ids(len(ids), dups.exact)
-    dup_rows = duplicate_rows(ids, y, dups, exact_group)
+    dup_rows = duplicate_rows(ids, y, dups)
     write_text(out / "duplicates.csv", _csv(["group", "kind", "size", "ids", "labels", "conflicting"], dup_rows))
-    exact_sets = members(exact_group)
+    exact_sets = members(dups.exact_group)
     shown = suspects[:top]
     contact_sheet([data.train.folder / f"{ids[n]}.jpg" for n in shown],
                   [[f"{ids[n]} label {int(y[n])}", f"P(label) {p_label[n]:.2f} s {score[n]:.2f}"] for n in shown],

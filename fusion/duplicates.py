@@ -105,6 +105,7 @@ class Duplicates:
     near: np.ndarray  # [Q, 2], pairs that are not exact duplicates
     threshold: float
     group: np.ndarray  # [N] group id (the group's lowest row)
+    exact_group: np.ndarray  # [N] group id by exact links alone
 
     def groups(self) -> list[np.ndarray]:
         """Row indices of every group of two or more rows."""
@@ -120,7 +121,6 @@ def find_duplicates(digests: np.ndarray, descriptors: np.ndarray, valid: np.ndar
         d = np.where(valid[:, None] & valid[np.maximum(nn, 0)], d, np.inf)
     threshold = valley_threshold(d[:, 0][np.isfinite(d[:, 0])]) if threshold is None else threshold
     near = near_pairs(d, nn, threshold)
-    if len(near) and len(exact):
-        same = group_ids(len(d), exact)
-        near = near[same[near[:, 0]] != same[near[:, 1]]]
-    return Duplicates(exact, near, threshold, group_ids(len(d), np.vstack([exact, near])))
+    exact_group = group_ids(len(d), exact)
+    near = near[exact_group[near[:, 0]] != exact_group[near[:, 1]]]
+    return Duplicates(exact, near, threshold, group_ids(len(d), np.vstack([exact, near])), exact_group)

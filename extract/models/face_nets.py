@@ -94,8 +94,9 @@ def align_files(job: tuple[list[str], str, int, float]) -> tuple[np.ndarray, lis
 # ---- running a network on chips -------------------------------------------------------------------------------
 
 FACE_NETS = ("dlib-face", "gender-cnn", *faceres.NETS)
-ORT_BATCH = {32: 32, 224: 4}  # images an onnxruntime call gets, by input size: at 224 px, batches of 4 run
-# faceres-deep about a quarter faster than batches of 32 (122 vs 98 img/s on 2 cores: the activations stay in cache)
+ORT_BATCH = 32  # images an onnxruntime call gets, unless ORT_BATCH_BY_SIZE names the input size
+ORT_BATCH_BY_SIZE = {224: 4}  # faceres-deep runs about a quarter faster in batches of 4 than of 32 (113-122 vs
+# 84-98 img/s on 2 cores: the activations stay in cache)
 DEFAULT_LAYER = {"dlib-face": "face_descriptor", "gender-cnn": "layer_3_relu", **{n: faceres.DEFAULT_LAYER
                                                                                   for n in faceres.NETS}}
 DEFAULT_ALIGN = {"dlib-face": True, "gender-cnn": True, **{n: False for n in faceres.NETS}}  # FaceRes: plain crops
@@ -187,7 +188,7 @@ class FaceNet:
                     out.append(self.net(x.contiguous(memory_format=torch.channels_last)).float().cpu().numpy())
             return np.concatenate(out) if out else np.empty((0, 128), np.float32), None
         # onnxruntime in fixed chunks: an image's output does not depend on the batch it arrives in
-        step = ORT_BATCH.get(chips.shape[1], 32) if chips.ndim == 4 else 32
+        step = ORT_BATCH_BY_SIZE.get(chips.shape[1], ORT_BATCH)
         parts = [self._run_onnx(chips[i:i + step]) for i in range(0, len(chips), step)]
         return np.concatenate([f for f, _ in parts]), np.concatenate([g for _, g in parts])
 
