@@ -156,6 +156,24 @@ def test_a_tiny_graph_converts_and_matches_numpy(tmp_path):
     assert np.ptp(got[0]) > 0.1  # not a constant on both sides
 
 
+def test_relu6_chains_become_one_clip_unless_an_intermediate_is_an_output(tmp_path):
+    import onnx
+
+    path, weights = _tiny_graph(tmp_path)
+    x = np.random.default_rng(3).normal(size=(2, 9, 9, 3)).astype(np.float32) * 4
+    for outputs, ops in ((["out"], ["Clip"]), (["out", "r6a"], ["Clip", "Relu"])):
+        model = tfjs_to_onnx(path, outputs)
+        graph = onnx.load_from_string(model).graph
+        clamps = [n.op_type for n in graph.node if n.output[0] in ("r6a", "r6")]
+        assert clamps == ops and not [n for n in graph.node if n.op_type in ("Min", "Max")], clamps
+        assert {i for n in graph.node for i in n.input} >= {i.name for i in graph.initializer}  # none left unused
+        for name, g in zip(outputs, _onnx_run(model, x, outputs)):
+            ref = run_numpy(path, weights, x.astype(np.float64), name)
+            g = g.transpose(0, 2, 3, 1) if g.ndim == 4 else g  # 4-D outputs stay NCHW
+            assert np.abs(g - ref).max() <= 1e-5 * max(1.0, np.abs(ref).max()), name
+            assert (ref < 0).any() or name != "r6a"  # the clamp's lower bound is exercised
+
+
 def test_an_unknown_op_names_the_op_and_node(tmp_path):
     path, _ = _tiny_graph(tmp_path, op_override="Conv3D")
     with pytest.raises(TfjsError, match=r"node 'd1': op 'Conv3D' is not supported"):

@@ -95,8 +95,8 @@ def align_files(job: tuple[list[str], str, int, float]) -> tuple[np.ndarray, lis
 
 FACE_NETS = ("dlib-face", "gender-cnn", *faceres.NETS)
 ORT_BATCH = 32  # images an onnxruntime call gets, unless ORT_BATCH_BY_SIZE names the input size
-ORT_BATCH_BY_SIZE = {224: 4}  # faceres-deep runs about a quarter faster in batches of 4 than of 32 (113-122 vs
-# 84-98 img/s on 2 cores: the activations stay in cache)
+ORT_BATCH_BY_SIZE = {224: 4}  # faceres-deep: 160-165 img/s on 2 cores in batches of 4, 153-161 in batches of 16
+# (the activations stay in cache)
 DEFAULT_LAYER = {"dlib-face": "face_descriptor", "gender-cnn": "layer_3_relu", **{n: faceres.DEFAULT_LAYER
                                                                                   for n in faceres.NETS}}
 DEFAULT_ALIGN = {"dlib-face": True, "gender-cnn": True, **{n: False for n in faceres.NETS}}  # FaceRes: plain crops

@@ -55,11 +55,11 @@ def model_files(net: str) -> dict[str, tuple[Path, str]]:
 
 
 def onnx_model(net: str, sha256: str) -> bytes:
-    """The net converted to ONNX with every layer of LAYERS as an output, cached by the graph's sha256 (the
-    conversion runs once)."""
-    from .tfjs import tfjs_to_onnx
+    """The net converted to ONNX with every layer of LAYERS as an output, cached by the graph's sha256 and the
+    converter's version (the conversion runs once)."""
+    from .tfjs import CONVERTER_VERSION, tfjs_to_onnx
 
-    cached = cache_root() / "onnx" / f"{net}-{sha256[:16]}.onnx"
+    cached = cache_root() / "onnx" / f"{net}-{sha256[:16]}-v{CONVERTER_VERSION}.onnx"
     if cached.is_file():
         return cached.read_bytes()
     data = tfjs_to_onnx(model_files(net)["model"][0], [node for node, _ in LAYERS.values()])
