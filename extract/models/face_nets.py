@@ -184,7 +184,8 @@ class FaceNet:
             step = step_size(len(chips), self.device)
             with torch.inference_mode():
                 for i in range(0, len(chips), step):
-                    x = self.net.normalize(torch.from_numpy(np.ascontiguousarray(chips[i:i + step])).to(self.device))
+                    part = np.require(chips[i:i + step], requirements=("C", "W"))  # memory maps are read-only
+                    x = self.net.normalize(torch.from_numpy(part).to(self.device))
                     out.append(self.net(x.contiguous(memory_format=torch.channels_last)).float().cpu().numpy())
             return np.concatenate(out) if out else np.empty((0, 128), np.float32), None
         # onnxruntime in fixed chunks: an image's output does not depend on the batch it arrives in
