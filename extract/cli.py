@@ -66,11 +66,14 @@ def train_backbone_main(argv: list[str] | None = None) -> None:
                    help="training ids never trained on, still predicted out of fold (a CSV with an id column, e.g. "
                         "audit/suspects.csv, or one id a line)")
     p.add_argument("--img-size", type=int, default=None,
-                   help="input size (default 64; the face networks take their own: 150 face-resnet, 32 gender-cnn)")
-    p.add_argument("--trunk-cut", default=None, help="face-resnet: the frozen trunk ends here and the stages above "
-                   "train on its cached activations: stage2 (64x17x17), stage3 (128x8x8, default), stage4 (256x4x4)")
+                   help="input size (default 64; the face networks take their own: 150 face-resnet, 32 gender-cnn, "
+                        "224 faceres-mobilenet)")
+    p.add_argument("--trunk-cut", default=None, help="face-resnet, faceres-mobilenet: the frozen trunk ends here and "
+                   "the layers above train on its cached activations: face-resnet stage2 (64x17x17), stage3 "
+                   "(128x8x8, default), stage4 (256x4x4); faceres-mobilenet pw11 (512x14x14), pw12 (1024x7x7, "
+                   "default)")
     p.add_argument("--trunk-views", type=int, default=d.trunk_views,
-                   help="face-resnet: views per image in the trunk cache: the image and its mirror (2), plus "
+                   help="above a trunk cut: views per image in the trunk cache: the image and its mirror (2), plus "
                         "augmented copies (rotation, brightness, contrast, grayscale, mirror) drawn once")
     p.add_argument("--epochs", type=int, default=d.epochs)
     p.add_argument("--batch-size", type=int, default=d.batch_size)

@@ -13,7 +13,7 @@ from genderfusion.extract.models.weights import load_weights
 CASES = [("cnn-small", 32, 128, 4), ("cnn-deep", 32, 256, 1), ("cnn-deep", 64, 256, 2), ("vgg16", 32, 512, 1),
          ("resnet18", 32, 512, 1), ("resnet34", 32, 512, 1), ("resnet50", 32, 2048, 1),
          ("effnet-lite0", 32, 1280, 1), ("timm:mobilenetv3_small_050", 64, 288, 2), ("gender-cnn", 32, 64, 8),
-         ("face-resnet", 150, 256, 2)]
+         ("face-resnet", 150, 256, 2), ("faceres-mobilenet", 224, 1024, 7)]
 
 
 @pytest.mark.parametrize("name,size,channels,side", CASES)

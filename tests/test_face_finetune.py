@@ -86,7 +86,8 @@ def test_a_cut_that_does_not_exist_lists_the_valid_ones(synth, tmp_path):
 
     with pytest.raises(ValueError, match=r"unknown cut 'stage9'.*stage2 \(64x17x17\), stage3 \(128x8x8\), stage4"):
         train_backbone(synth, TrainConfig("face-resnet", trunk_cut="stage9"), tmp_path / "ws", progress=False)
-    with pytest.raises(ValueError, match="cnn-small has no frozen trunk to cut; a trunk cut is for face-resnet"):
+    with pytest.raises(ValueError, match=r"cnn-small has no frozen trunk to cut; a trunk cut is for face-resnet, "
+                                         r"faceres-mobilenet"):
         train_backbone(synth, TrainConfig("cnn-small", trunk_cut="stage3"), tmp_path / "ws", progress=False)
     with pytest.raises(ValueError, match="gender-cnn takes 32 px inputs"):
         create("gender-cnn", 64)
@@ -191,3 +192,42 @@ def test_an_interrupted_face_resnet_run_resumes_to_the_same_model(synth, tmp_pat
     fresh = create("face-resnet", 150)
     assert not torch.allclose(a["body.blocks.12.conv2.weight"], fresh.state_dict()["body.blocks.12.conv2.weight"])
     assert torch.equal(a["body.blocks.3.conv1.weight"], fresh.state_dict()["body.blocks.3.conv1.weight"])  # frozen
+
+
+needs_faceres = pytest.mark.skipif(not __import__("genderfusion.extract.models.faceres", fromlist=["x"]).model_dir()
+                                   .joinpath("faceres-deep.json").is_file(),
+                                   reason="FaceRes files absent (fetch-faceres, or GENDERFUSION_FACERES_DIR)")
+
+
+@needs_faceres
+def test_faceres_in_torch_reproduces_the_converted_graph_whole_and_above_its_cuts():
+    from genderfusion.extract.models.face_nets import FaceNet, face_net_config
+    from genderfusion.extract.models.trunk_cache import trunk_activations
+
+    model = create("faceres-mobilenet", 224).eval()
+    images = _u8(3, 224, seed=4)
+    ref, _ = FaceNet(face_net_config("faceres-deep")).run(images)  # onnxruntime on the converted TF.js graph
+    logits, pooled = infer(model, images, np.arange(3), pool="avg")
+    with torch.no_grad():
+        feats = model.head.relu(model.head.feats(torch.from_numpy(pooled))).numpy()
+    assert np.abs(feats - ref).max() <= 1e-4 * max(1.0, np.abs(ref).max()) and np.ptp(ref) > 0.1
+    for cut in ("pw11", "pw12"):
+        acts = trunk_activations(model, images, cut, torch.device("cpu"), dtype=np.float32)
+        top, top_f = infer_above(model, acts[:, 0], cut, pool="avg")
+        assert np.abs(top - logits).max() <= 1e-4 and np.abs(top_f - pooled).max() <= 1e-4
+
+
+def test_a_tfjs_graph_that_is_not_faceres_names_the_first_node_that_differs(tmp_path):
+    import json
+
+    from genderfusion.extract.models.faceres_torch import FaceResFormatError, tfjs_state_dict
+
+    kernel = np.zeros((3, 3, 3, 8), "<f4")
+    (tmp_path / "g.bin").write_bytes(kernel.tobytes())
+    (tmp_path / "g.json").write_text(json.dumps({"format": "graph-model", "modelTopology": {"node": [
+        {"name": "x", "op": "Placeholder"}, {"name": "k", "op": "Const"},
+        {"name": "c1", "op": "Conv2D", "input": ["x", "k"]}]},
+        "weightsManifest": [{"paths": ["g.bin"], "weights": [{"name": "k", "shape": [3, 3, 3, 8], "dtype": "float32"}]}]}))
+    with pytest.raises(FaceResFormatError, match=r"node 'c1' \(Conv2D\): unit 0 is \(8, 3, 3, 3\) stride 1, "
+                                                 r"expected \(32, 3, 3, 3\) stride 2 SAME"):
+        tfjs_state_dict(tmp_path / "g.json")

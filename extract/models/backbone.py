@@ -117,6 +117,10 @@ def _face_body(name: str, pretrained: bool) -> nn.Module:
         from .gender_cnn import gender_body
 
         return gender_body()
+    if name == "faceres-deep":
+        from .faceres_torch import FaceResBody
+
+        return FaceResBody()
     from .dlib_resnet import DlibBody
 
     return DlibBody()
@@ -130,6 +134,25 @@ def _descriptor_head(dropout: float) -> nn.Module:
     head.add_module("dropout", nn.Dropout(dropout))
     head.add_module("out", nn.Linear(128, 1))
     return head
+
+
+def _feats_head(dropout: float) -> nn.Module:
+    """FaceRes's pooled `feats` layer 1024 -> 256 (pretrained), then a new linear layer to one logit."""
+    from .faceres_torch import feats_head
+
+    head = feats_head()
+    head.add_module("dropout", nn.Dropout(dropout))
+    head.add_module("out", nn.Linear(256, 1))
+    return head
+
+
+def check_cut(model: Backbone, cut: str) -> str:
+    """A cut of the model's frozen trunk; an unknown one is an error listing the valid cuts and their maps."""
+    shapes = getattr(model.body, "cut_shapes", {})
+    if cut not in shapes:
+        raise ValueError(f"unknown cut {cut!r} of {model.name}; choose one of "
+                         + ", ".join(f"{c} ({'x'.join(map(str, s))})" for c, s in shapes.items()))
+    return cut
 
 
 _BODIES = {"cnn": _cnn_body, "torchvision": _torchvision_body, "timm": _timm_body, "face": _face_body}
@@ -161,9 +184,9 @@ def create(name: str, img_size: int = 64, pretrained: bool = False, weights: str
         raise ValueError(f"image size {img_size} gives an empty feature map for {name}")
     c, h, w = fmap.shape[1:]
     heads = {"fc": lambda: _fc_head(c * h * w, entry.hidden, dropout), "pool": lambda: _pool_head(c, dropout),
-             "descriptor": lambda: _descriptor_head(dropout)}
+             "descriptor": lambda: _descriptor_head(dropout), "feats": lambda: _feats_head(dropout)}
     model = Backbone(name, body, heads[entry.head](), int(c), (int(h), int(w)), entry.preprocess(img_size))
-    if entry.head == "descriptor":
+    if entry.head in ("descriptor", "feats"):
         model.new_keys = ("head.out.weight", "head.out.bias")
     path = weights_file(name, weights, pretrained)
     if path is not None:

@@ -203,16 +203,11 @@ CUTS = {"stage2": 7, "stage3": 10, "stage4": 13}
 CUT_SHAPES = {"stage2": (64, 17, 17), "stage3": (128, 8, 8), "stage4": (256, 4, 4)}
 
 
-def check_cut(cut: str) -> str:
-    if cut not in CUTS:
-        raise ValueError(f"unknown cut {cut!r} of the face ResNet; choose one of "
-                         + ", ".join(f"{c} ({'x'.join(map(str, CUT_SHAPES[c]))})" for c in CUTS))
-    return cut
-
-
 class DlibBody(nn.Module):
     """The stem and the residual blocks: (RGB - mean) / 256 chips [B, 3, 150, 150] -> [B, 256, 2, 2]; trunk()
     and top() split it at a cut."""
+
+    cut_shapes = CUT_SHAPES
 
     def __init__(self):
         super().__init__()
@@ -229,6 +224,12 @@ class DlibBody(nn.Module):
 
     def top(self, a: torch.Tensor, cut: str) -> torch.Tensor:
         return self.blocks[CUTS[cut]:](a)
+
+    def trunk_parameters(self, cut: str) -> list[nn.Parameter]:
+        return list(self.stem.parameters()) + list(self.blocks[:CUTS[cut]].parameters())
+
+    def top_parameters(self, cut: str) -> list[nn.Parameter]:
+        return list(self.blocks[CUTS[cut]:].parameters())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.blocks(F.max_pool2d(F.relu(self.stem(x)), 3, 2))

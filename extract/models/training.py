@@ -21,9 +21,8 @@ from ..data.folds import ensure_folds
 from ..data.image_cache import cached_images
 from ..data.workspace import FoldFiles, Workspace
 from .augment import AugmentConfig, augment, normalize, to_float
-from .backbone import Backbone, create
+from .backbone import Backbone, check_cut, create
 from .inference import autocast, infer, resolve_device
-from .dlib_resnet import CUTS, check_cut
 from .registry import REGISTRY, lookup, weights_identity
 
 log = logging.getLogger(__name__)
@@ -121,8 +120,7 @@ class TrunkFeed:
 
     def parameters(self, model: Backbone) -> list[torch.nn.Parameter]:
         """The blocks above the cut and the head; the trunk's weights stay as they are."""
-        top = model.body.blocks[CUTS[self.cut]:]
-        return list(top.parameters()) + list(model.head.parameters())
+        return model.body.top_parameters(self.cut) + list(model.head.parameters())
 
     def _logits(self, model: Backbone, a: np.ndarray, dev: torch.device) -> torch.Tensor:
         return model.forward_head(model.body.top(torch.from_numpy(a).to(dev).float(), self.cut))
@@ -300,11 +298,13 @@ def prepare_training(data_dir: str | Path, cfg: TrainConfig, workdir: str | Path
     or the trunk-activation cache above a cut) built once: (data, ws, dataset_fp, folds, feed, bad rows, trunk
     cache metadata or None)."""
     entry = lookup(cfg.backbone)  # unknown names fail before any work
+    model = None
     if cfg.trunk_cut is not None:
         if entry.trunk_cut is None:
             raise ValueError(f"{cfg.backbone} has no frozen trunk to cut; a trunk cut is for "
                              f"{', '.join(n for n, e in REGISTRY.items() if e.trunk_cut)}")
-        check_cut(cfg.trunk_cut)
+        model = create(cfg.backbone, cfg.img_size, pretrained=cfg.pretrained, weights=cfg.weights)
+        check_cut(model, cfg.trunk_cut)
     data = CompetitionData.load(data_dir)
     ws = Workspace(workdir)
     dataset_fp = ws.bind(data)
@@ -316,7 +316,6 @@ def prepare_training(data_dir: str | Path, cfg: TrainConfig, workdir: str | Path
     else:
         from .trunk_cache import cached_trunk
 
-        model = create(cfg.backbone, cfg.img_size, pretrained=cfg.pretrained, weights=cfg.weights)
         acts, bad, trunk = cached_trunk(ws, data, "train", model, cfg.trunk_cut,
                                         weights_identity(cfg.backbone, cfg.weights, cfg.pretrained), skip_bad,
                                         progress, resolve_device(device), cfg.trunk_views, cfg.augment, cfg.seed)

@@ -1,20 +1,21 @@
-"""Activations of a frozen trunk cached on disk: the face ResNet below its cut, run once per image and its mirror,
-then reused by every fold, epoch and re-run of the training above the cut."""
+"""Activations of a frozen trunk cached on disk: a pretrained face network below its cut (the face ResNet on
+aligned chips, FaceRes on plainly resized images), run once per image and its mirror, then reused by every fold,
+epoch and re-run of the training above the cut."""
 from __future__ import annotations
 
 import logging
 import time
+from typing import Callable
 
 import numpy as np
 import torch
 
 from ..data.dataset import CompetitionData
-from ..data.image_cache import cached_array
+from ..data.image_cache import cached_array, cached_images
 from ..data.workspace import Workspace
 from .augment import AugmentConfig, augment, normalize, to_float
 from .backbone import Backbone
 from .chip_cache import cached_chips
-from .dlib_resnet import CUT_SHAPES
 from .face_files import SHAPE_PREDICTOR, checked_sha256, dlib_model_paths
 from .inference import prepare, step_size
 from .registry import lookup
@@ -33,9 +34,10 @@ def trunk_activations(model: Backbone, chips: np.ndarray, cut: str, device: torc
 
     model.eval().to(device)
     n_views = views if mirror else 1
-    out = np.empty((len(chips), n_views, *CUT_SHAPES[cut]), dtype=dtype)
+    out = np.empty((len(chips), n_views, *model.body.cut_shapes[cut]), dtype=dtype)
     gens = {v: torch.Generator().manual_seed(seed * 1000 + v) for v in range(2, n_views)}
     cfg = augment_cfg or AugmentConfig()
+    trunk = _trunk(model, cut, device)
     step = step_size(256, device)
     with tqdm(total=len(chips), desc=desc, unit="img", disable=not progress) as bar:
         for start in range(0, len(chips), step):
@@ -47,9 +49,16 @@ def trunk_activations(model: Backbone, chips: np.ndarray, cut: str, device: torc
                     x = augment(to_float(torch.from_numpy(batch).to(device)), cfg, gens[view])
                     x = normalize(x, model.preprocess.mean, model.preprocess.std).contiguous(
                         memory_format=torch.channels_last)
-                out[start:start + len(batch), view] = model.body.trunk(x, cut).float().cpu().numpy()
+                out[start:start + len(batch), view] = trunk(x).float().cpu().numpy()
             bar.update(len(batch))
     return out
+
+
+def _trunk(model: Backbone, cut: str, device: torch.device) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The trunk below the cut: on onnxruntime where the body offers it on CPU (FaceRes), else in torch."""
+    fast = getattr(model.body, "onnx_trunk", None)
+    run = fast(cut) if fast is not None and device.type == "cpu" else None
+    return run or (lambda x: model.body.trunk(x, cut))
 
 
 def cached_trunk(ws: Workspace, data: CompetitionData, split: str, model: Backbone, cut: str, weights_sha256: str,
@@ -60,9 +69,15 @@ def cached_trunk(ws: Workspace, data: CompetitionData, split: str, model: Backbo
     the augmented views change."""
     pre = model.preprocess
     padding = lookup(model.name).chip_padding
-    sp_sha = checked_sha256("dlib-face")["shape_predictor"]
-    chips, bad, fallbacks = cached_chips(ws, data, split, pre.img_size, padding,
-                                         str(dlib_model_paths()[SHAPE_PREDICTOR]), sp_sha, skip_bad, progress)
+    inputs: dict = {"chip": pre.img_size, "padding": padding}
+    if padding is None:
+        chips, bad = cached_images(ws, data, split, pre.img_size, skip_bad=skip_bad, progress=progress)
+        fallbacks = 0
+    else:
+        inputs["shape_predictor_sha256"] = checked_sha256("dlib-face")["shape_predictor"]
+        chips, bad, fallbacks = cached_chips(ws, data, split, pre.img_size, padding,
+                                             str(dlib_model_paths()[SHAPE_PREDICTOR]),
+                                             inputs["shape_predictor_sha256"], skip_bad, progress)
 
     def build() -> tuple[np.ndarray, dict]:
         t0 = time.time()
@@ -71,8 +86,7 @@ def cached_trunk(ws: Workspace, data: CompetitionData, split: str, model: Backbo
         return acts, {"bad": bad, "seconds": round(time.time() - t0, 1), "bytes": int(acts.nbytes)}
 
     key = {"dataset_fingerprint": data.fingerprint(labels=False, mtimes=True), "ids_n": len(getattr(data, split)),
-           "weights_sha256": weights_sha256, "cut": cut, "chip": pre.img_size, "padding": padding,
-           "mean": list(pre.mean), "std": list(pre.std), "shape_predictor_sha256": sp_sha}
+           "weights_sha256": weights_sha256, "cut": cut, **inputs, "mean": list(pre.mean), "std": list(pre.std)}
     if views > 2:  # caches of the two plain views keep their key
         key.update(views=views, augment=(augment_cfg or AugmentConfig()).as_dict(), seed=seed)
     acts, meta = cached_array(ws.trunk_cache(split, model.name, cut, views), key, getattr(data, split).paths, build,

@@ -18,7 +18,7 @@ from .base import FINETUNED, FROZEN, TTAS, FeatureSource
 
 DEFAULT_GENDER_LAYER = "layer_3_relu"
 # the fine-tunable face networks (registry entries) and the frozen face source each is with --frozen
-FROZEN_FACE = {"face-resnet": "dlib-face", "gender-cnn": "gender-cnn"}
+FROZEN_FACE = {"face-resnet": "dlib-face", "gender-cnn": "gender-cnn", "faceres-mobilenet": "faceres-deep"}
 ALWAYS_FROZEN = ("dlib-face", *faceres.NETS)  # face networks that are only frozen sources
 # flip TTA where it was measured to help (5-fold CV of a logistic probe on the 18,000 training faces: dlib-face
 # 0.9267 -> 0.9284, gender-cnn-noalign 0.9203 -> 0.9231); a fine-tuned backbone's default is its registry entry's

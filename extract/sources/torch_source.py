@@ -9,7 +9,6 @@ import torch
 from ..data.workspace import Workspace
 from ..errors import WorkspaceError
 from ..models.backbone import Backbone, create
-from ..models.dlib_resnet import CUTS
 from ..models.inference import feature_dim, infer, infer_above, resolve_device
 from ..models.registry import Preprocess
 from ..models.trunk_cache import trunk_activations
@@ -62,11 +61,8 @@ class TorchSource(FeatureSource):
 
 
 def _same_trunk(a: Backbone, b: Backbone, cut: str) -> bool:
-    """Whether two models' weights below a cut are equal (the stem and the blocks under it)."""
-    n = CUTS[cut]
-    pa = list(a.body.stem.parameters()) + list(a.body.blocks[:n].parameters())
-    pb = list(b.body.stem.parameters()) + list(b.body.blocks[:n].parameters())
-    return all(torch.equal(x, y) for x, y in zip(pa, pb))
+    """Whether two models' weights below a cut are equal."""
+    return all(torch.equal(x, y) for x, y in zip(a.body.trunk_parameters(cut), b.body.trunk_parameters(cut)))
 
 
 def finetuned_source(recipe: dict, ws: Workspace, batch_size: int = 256, device: str = "auto") -> TorchSource:
