@@ -120,7 +120,7 @@ def feats_head() -> nn.Sequential:
 def tfjs_state_dict(model_json: str | os.PathLike) -> dict[str, torch.Tensor]:
     """The weights of a FaceRes TF.js graph as a state dict of {body: FaceResBody, head: feats_head()}; a graph of
     another layout is an error naming the first node that differs."""
-    from .tfjs import _attr, read_weights
+    from .tfjs import node_attr, read_weights
 
     model, weights = read_weights(model_json)
     shapes = _units()
@@ -150,8 +150,8 @@ def tfjs_state_dict(model_json: str | os.PathLike) -> dict[str, torch.Tensor]:
             kernel = weights[ins[1]]
             w = (kernel.transpose(2, 3, 0, 1).reshape(-1, 1, k, k) if op == "DepthwiseConv2dNative"
                  else kernel.transpose(3, 2, 0, 1))
-            got_stride = _attr(node, "strides", [1, 1, 1, 1])[1]
-            if w.shape != (cout, cin // groups, k, k) or got_stride != stride or _attr(node, "padding") != "SAME":
+            got_stride, padding = node_attr(node, "strides", [1, 1, 1, 1])[1], node_attr(node, "padding")
+            if w.shape != (cout, cin // groups, k, k) or got_stride != stride or padding != "SAME":
                 raise fail(node, f"unit {unit} is {tuple(w.shape)} stride {got_stride}, expected "
                                  f"{(cout, cin // groups, k, k)} stride {stride} SAME")
             sd[f"body.units.{unit}.conv.weight"] = torch.from_numpy(np.ascontiguousarray(w, np.float32))

@@ -37,7 +37,7 @@ class TfjsError(ValueError):
     """A file that is not a TF.js graph model, or a graph this converter cannot convert."""
 
 
-def _attr(node: dict, key: str, default=None):
+def node_attr(node: dict, key: str, default=None):
     a = node.get("attr", {}).get(key)
     if a is None:
         return default
@@ -158,16 +158,16 @@ class _Converter:
             weight, group = kernel.transpose(2, 3, 0, 1).reshape(c * m, 1, kh, kw), c
         else:
             weight, group = kernel.transpose(3, 2, 0, 1), 1
-        strides, dil = _attr(node, "strides", [1, 1, 1, 1]), _attr(node, "dilations", [1, 1, 1, 1])
+        strides, dil = node_attr(node, "strides", [1, 1, 1, 1]), node_attr(node, "dilations", [1, 1, 1, 1])
         attrs = {"strides": strides[1:3], "dilations": dil[1:3], "group": group, "kernel_shape": [kh, kw]}
-        padding = _attr(node, "padding", "VALID")
+        padding = node_attr(node, "padding", "VALID")
         if padding == "SAME":
             attrs["auto_pad"] = "SAME_UPPER"
         elif padding == "EXPLICIT":
-            p = _attr(node, "explicit_paddings", [0] * 8)
+            p = node_attr(node, "explicit_paddings", [0] * 8)
             attrs["pads"] = [p[2], p[4], p[3], p[5]]
         inputs = [x, self.init(w, weight)]
-        fused = _attr(node, "fused_ops", [])
+        fused = node_attr(node, "fused_ops", [])
         if fused and fused[0] == "BiasAdd":
             inputs.append(self.init(node["input"][2], self.consts[node["input"][2]]))
             fused = fused[1:]
@@ -228,9 +228,10 @@ class _Converter:
 
     def matmul(self, node: dict) -> None:
         name, (a, b) = node["name"], node["input"][:2]
-        attrs = {"transA": int(_attr(node, "transpose_a", False)), "transB": int(_attr(node, "transpose_b", False))}
+        attrs = {"transA": int(node_attr(node, "transpose_a", False)),
+                 "transB": int(node_attr(node, "transpose_b", False))}
         inputs = [self.to_nhwc(a), self.operand(b, None)]
-        fused = _attr(node, "fused_ops", [])
+        fused = node_attr(node, "fused_ops", [])
         if fused and fused[0] == "BiasAdd":
             inputs.append(self.operand(node["input"][2], None))
             fused = fused[1:]
@@ -240,7 +241,7 @@ class _Converter:
     def reduce(self, node: dict) -> None:
         name, (x, axes_name) = node["name"], node["input"]
         axes = [int(a) % 4 if x in self.rank4 else int(a) for a in np.atleast_1d(self.consts[axes_name])]
-        keep = _attr(node, "keep_dims", False)
+        keep = node_attr(node, "keep_dims", False)
         if x in self.rank4:
             if not keep and sorted(axes) != [1, 2]:
                 raise self.fail(f"reducing axes {axes} of a 4-D tensor without keep_dims is not supported", name)
@@ -251,9 +252,9 @@ class _Converter:
 
     def pool(self, node: dict) -> None:
         name = node["name"]
-        k, s = _attr(node, "ksize"), _attr(node, "strides")
+        k, s = node_attr(node, "ksize"), node_attr(node, "strides")
         attrs = {"kernel_shape": k[1:3], "strides": s[1:3]}
-        if _attr(node, "padding", "VALID") == "SAME":
+        if node_attr(node, "padding", "VALID") == "SAME":
             attrs["auto_pad"] = "SAME_UPPER"
         self.add("MaxPool" if node["op"] == "MaxPool" else "AveragePool", [node["input"][0]], name, **attrs)
         self.rank4.add(name)
@@ -273,16 +274,16 @@ class _Converter:
         if op == "Reshape":
             self.add("Reshape", [x, self.init("shape", self.consts[node["input"][1]].astype(np.int64))], name)
         elif op == "Squeeze":
-            axes = _attr(node, "squeeze_dims", [])
+            axes = node_attr(node, "squeeze_dims", [])
             self.add("Squeeze", [x] + ([self.init("axes", np.array(axes, np.int64))] if axes else []), name)
         elif op == "ExpandDims":
             axis = np.atleast_1d(self.consts[node["input"][1]]).astype(np.int64)
             self.add("Unsqueeze", [x, self.init("axes", axis)], name)
         else:
             begin, end, strides = (self.consts[i].astype(np.int64) for i in node["input"][1:4])
-            if any(_attr(node, m, 0) for m in ("ellipsis_mask", "new_axis_mask", "shrink_axis_mask")):
+            if any(node_attr(node, m, 0) for m in ("ellipsis_mask", "new_axis_mask", "shrink_axis_mask")):
                 raise self.fail("StridedSlice with ellipsis, new-axis or shrink masks is not supported", name)
-            bm, em = _attr(node, "begin_mask", 0), _attr(node, "end_mask", 0)
+            bm, em = node_attr(node, "begin_mask", 0), node_attr(node, "end_mask", 0)
             big = np.iinfo(np.int64).max
             begin = np.array([0 if bm >> i & 1 else b for i, b in enumerate(begin)], np.int64)
             end = np.array([big if em >> i & 1 else e for i, e in enumerate(end)], np.int64)
@@ -364,9 +365,9 @@ def tfjs_to_onnx(model_json: str | os.PathLike, outputs: list[str]) -> bytes:
     unknown = [o for o in outputs if o not in produced]
     if unknown:
         raise TfjsError(f"{path}: no node {unknown} in the graph")
+    rank = {o: 4 if o in conv.rank4 else 2 for o in outputs}
     graph = helper.make_graph(conv.nodes, path.stem, graph_inputs,
-                              [helper.make_tensor_value_info(o, TensorProto.FLOAT, [None] * (4 if o in conv.rank4 else 2))
-                               for o in outputs],
+                              [helper.make_tensor_value_info(o, TensorProto.FLOAT, [None] * rank[o]) for o in outputs],
                               conv.inits)
     onnx_model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
                                    producer_name="genderfusion.tfjs", ir_version=IR_VERSION)
