@@ -1,5 +1,5 @@
 """HSE FaceRes's MobileNet in torch, read from its TF.js graph model: the network of `train-backbone --backbone
-faceres-deep`, fine-tuned above a cut on cached activations of its frozen trunk.
+faceres-mobilenet`, fine-tuned above a cut on cached activations of its frozen trunk.
 
 The graph is a chain of 27 convolutions (a 3x3 stem, then 13 depthwise 3x3 + pointwise 1x1 pairs), each with its
 batch norm folded into a scale (depthwise only) and a bias, then ReLU6; a global average pool; `feats` (1024 ->
