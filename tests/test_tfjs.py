@@ -75,8 +75,13 @@ def run_numpy(model_json, weights, x_nhwc, output):
             y = np.maximum(ins[0], ins[1])
         elif op == "Pad":
             y = np.pad(ins[0], ins[1])
-        elif op == "Mean":
-            y = ins[0].mean(axis=tuple(np.atleast_1d(ins[1])), keepdims=bool(attr(n, "keep_dims", False)))
+        elif op in ("Mean", "Sum"):
+            reduce = np.mean if op == "Mean" else np.sum
+            y = reduce(ins[0], axis=tuple(np.atleast_1d(ins[1])), keepdims=bool(attr(n, "keep_dims", False)))
+        elif op == "Square":
+            y = ins[0] ** 2
+        elif op == "Rsqrt":
+            y = 1 / np.sqrt(ins[0])
         elif op == "_FusedMatMul":
             y = ins[0] @ ins[1] + ins[2]
             if "Relu" in attr(n, "fused_ops"):
@@ -107,7 +112,8 @@ def _tiny_graph(tmp_path, op_override: str | None = None):
                "six": np.array(6, np.float32), "zero": np.array(0, np.float32),
                "k2": rng.normal(size=(1, 1, 8, 6)).astype(np.float32), "b2": rng.normal(size=6).astype(np.float32),
                "axes": np.array([1, 2], np.int32),
-               "fc": rng.normal(size=(6, 5)).astype(np.float32), "fcb": rng.normal(size=5).astype(np.float32)}
+               "fc": rng.normal(size=(6, 5)).astype(np.float32), "fcb": rng.normal(size=5).astype(np.float32),
+               "last": np.array([1], np.int32), "eps": np.array(1e-10, np.float32)}
     conv = lambda s, p: {"strides": {"list": {"i": ["1", str(s), str(s), "1"]}}, "padding": {"s": _b64(p)}}
     nodes = [{"name": "x", "op": "Placeholder", "attr": {"shape": {"shape": {"dim": [{"size": "-1"}, {"size": "9"},
                                                                                     {"size": "9"}, {"size": "3"}]}}}},
@@ -123,7 +129,13 @@ def _tiny_graph(tmp_path, op_override: str | None = None):
              {"name": "pool", "op": "Mean", "input": ["c2b", "axes"], "attr": {"keep_dims": {"b": False}}},
              {"name": "out", "op": "_FusedMatMul", "input": ["pool", "fc", "fcb"],
               "attr": {"fused_ops": {"list": {"s": [_b64("BiasAdd"), _b64("Relu")]}}}},
-             {"name": "prob", "op": "Softmax", "input": ["out"]}]
+             {"name": "prob", "op": "Softmax", "input": ["out"]},
+             # MobileFaceNet's L2 normalisation of its embedding
+             {"name": "sq", "op": "Square", "input": ["out"]},
+             {"name": "ss", "op": "Sum", "input": ["sq", "last"], "attr": {"keep_dims": {"b": True}}},
+             {"name": "ssm", "op": "Maximum", "input": ["ss", "eps"]},
+             {"name": "rs", "op": "Rsqrt", "input": ["ssm"]},
+             {"name": "emb", "op": "Mul", "input": ["out", "rs"]}]
     nodes += [{"name": k, "op": "Const"} for k in weights]
     manifest, blobs = [], []
     for k, v in weights.items():
@@ -149,8 +161,9 @@ def _onnx_run(model_bytes: bytes, x_nhwc: np.ndarray, outputs: list[str]) -> lis
 def test_a_tiny_graph_converts_and_matches_numpy(tmp_path):
     path, weights = _tiny_graph(tmp_path)
     x = np.random.default_rng(1).normal(size=(3, 9, 9, 3)).astype(np.float32)
-    got = _onnx_run(tfjs_to_onnx(path, ["out", "prob", "pool"]), x, ["out", "prob", "pool"])
-    for name, g in zip(["out", "prob", "pool"], got):
+    names = ["out", "prob", "pool", "emb"]
+    got = _onnx_run(tfjs_to_onnx(path, names), x, names)
+    for name, g in zip(names, got):
         ref = run_numpy(path, weights, x.astype(np.float64), name)
         assert g.shape == ref.shape and np.abs(g - ref).max() <= 1e-5 * max(1.0, np.abs(ref).max()), name
     assert np.ptp(got[0]) > 0.1  # not a constant on both sides

@@ -246,7 +246,10 @@ class _Converter:
             if not keep and sorted(axes) != [1, 2]:
                 raise self.fail(f"reducing axes {axes} of a 4-D tensor without keep_dims is not supported", name)
             axes = [NHWC_TO_NCHW_AXIS[a] for a in axes]
-        self.add(REDUCE[node["op"]], [x], name, axes=axes, keepdims=int(keep))
+        if node["op"] == "Sum":  # from opset 13 ReduceSum takes its axes as an input, the others as an attribute
+            self.add("ReduceSum", [x, self.init("axes", np.array(axes, np.int64))], name, keepdims=int(keep))
+        else:
+            self.add(REDUCE[node["op"]], [x], name, axes=axes, keepdims=int(keep))
         if x in self.rank4 and keep:
             self.rank4.add(name)
 
