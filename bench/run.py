@@ -211,7 +211,7 @@ def main(argv=None) -> dict:
               "cached_extract_s": stage_s.get("extract (cached re-run)"),
               "face_speed": face["face_speed"], "predict_img_per_s": face["predict"]["warm_img_per_s"],
               "predict_first_call_img_per_s": face["predict"]["first_call_img_per_s"],
-              "predict_images": face["predict"]["images"]}
+              "predict_images": face["predict"]["images"], "predict_ms_per_image": face["predict"]["ms_per_image"]}
     if report.get("second_stage"):
         result["second_stage"] = report["second_stage"]
     if prof.get("audit"):
@@ -267,7 +267,9 @@ def results_markdown(result: dict, report: dict, command: str) -> str:
               f"(ratio {result['face_speed']['ratio']}); FusionClassifier.predict "
               f"{result['predict_img_per_s']} img/s warm ({result['predict_first_call_img_per_s']} first call) on "
               f"{result['predict_images']} image paths"
-              + (f"; peer {result['peer_img_per_s']} img/s." if "peer_img_per_s" in result else ".")]
+              + (f"; peer {result['peer_img_per_s']} img/s." if "peer_img_per_s" in result else "."), "",
+              "FusionClassifier.predict, warm, milliseconds an image by step (wall time on all cores): "
+              + ", ".join(f"{k} {v}" for k, v in result["predict_ms_per_image"].items()) + "."]
     if "second_stage" in result:
         s2 = result["second_stage"]
         lines += ["", f"Second stage in the band {s2['band']}: {s2['rows_in_band']} rows, out-of-fold accuracy "
