@@ -45,3 +45,11 @@ def test_every_fine_tuned_source_of_a_profile_is_trained_first(profile):
     for e in prof["extract"]:
         s = source_spec(e["backbone"], bool(e.get("frozen")), e.get("pool"), tta=e.get("tta"))
         assert s["type"] != "finetuned" or e["backbone"] in trained, (profile, e)
+
+
+@pytest.mark.parametrize("profile", ["cpu", "gpu", "demo"])
+def test_a_profile_needs_no_model_hub(profile):
+    """The benchmark machines are offline: no backbone of a profile asks for hub weights (--pretrained)."""
+    prof = bench_run.load_profile(profile)
+    for e in prof["train"] + prof["extract"]:
+        assert not e.get("pretrained"), (profile, e)
