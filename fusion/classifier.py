@@ -161,12 +161,13 @@ class FusionClassifier:
         if getattr(self, "_inputs", None) is None:
             self._inputs = MemoryInputs()
         views: dict = {}  # each resized view or chip set is made once per call
+        memo: dict = {}  # and each shared computation (a frozen trunk two sources share)
         outputs = []
         for src in self._sources(batch_size, device):
             if src.input not in views:
                 views[src.input] = self._inputs(arrays, src.input)
             batch = views[src.input]
-            feats, logits = zip(*src.compute_spaces(batch, range(src.n_spaces)))
+            feats, logits = zip(*src.compute_spaces(batch, range(src.n_spaces), memo))
             outputs.append(Outputs(src.kind, np.stack(feats), None if logits[0] is None else np.stack(logits)))
         return outputs
 

@@ -232,3 +232,31 @@ def test_a_tfjs_graph_that_is_not_faceres_names_the_first_node_that_differs(tmp_
     with pytest.raises(FaceResFormatError, match=r"node 'c1' \(Conv2D\): unit 0 is \(8, 3, 3, 3\) stride 1, "
                                                  r"expected \(32, 3, 3, 3\) stride 2 SAME"):
         tfjs_state_dict(tmp_path / "g.json")
+
+
+def test_a_fused_model_runs_the_shared_dlib_trunk_once(trained, monkeypatch):
+    """face-resnet's fold models and dlib-face share dlib's frozen trunk: with a memo (FusionClassifier's, one a
+    call) it runs once a view for both, and each source's outputs equal those it computes alone."""
+    from genderfusion.extract.cache import format as fc
+    from genderfusion.extract.data.workspace import Workspace
+    from genderfusion.extract.models.face_nets import FaceNet
+    from genderfusion.extract.sources.spec import build_source, source_recipe, source_spec
+
+    data_dir, ws_dir, out = trained
+    ws = Workspace(ws_dir)
+    resnet = build_source(fc.load(out["face-resnet"][1].path).attrs["recipe"], ws, device="cpu")
+    dlib = build_source(source_recipe(source_spec("dlib-face"), ws, 1, None), ws, device="cpu")
+    assert resnet.input == dlib.input and resnet.shared_key() == dlib.shared_key() is not None
+    chips = _u8(5, 150, seed=4)
+    alone = [s.compute_spaces(chips, range(s.n_spaces)) for s in (resnet, dlib)]
+    calls, trunk = [], FaceNet.trunk
+    monkeypatch.setattr(FaceNet, "trunk", lambda self, x: calls.append(len(x)) or trunk(self, x))
+    memo: dict = {}
+    together = [s.compute_spaces(chips, range(s.n_spaces), memo) for s in (resnet, dlib)]
+    assert calls == [] and len(memo) == 2  # dlib-face took face-resnet's trunk of the chips and of their mirrors
+    for a, t in zip(alone, together):
+        for (fa, la), (ft, lt) in zip(a, t):
+            assert np.abs(fa - ft).max() <= 1e-4 and (la is None or np.abs(la - lt).max() <= 1e-4)
+    net = FaceNet(dlib.cfg)  # dlib's descriptor network whole, on the chips and their mirrors
+    ref = (net.run(chips)[0] + net.run(np.ascontiguousarray(chips[:, :, ::-1]))[0]) / 2
+    assert np.abs(together[1][0][0] - ref).max() <= 1e-4 and np.ptp(ref) > 0.1

@@ -155,6 +155,17 @@ def check_cut(model: Backbone, cut: str) -> str:
     return cut
 
 
+def trunk_key(body: nn.Module, cut: str, mean: tuple, std: tuple) -> str:
+    """Identifies what a body's trunk below `cut` computes from uint8 images normalised by (mean, std): its class,
+    the cut, the normalisation and the trunk's weights. Equal keys, equal activations."""
+    import hashlib
+
+    h = hashlib.sha256(repr((type(body).__name__, cut, tuple(map(float, mean)), tuple(map(float, std)))).encode())
+    for p in body.trunk_parameters(cut):
+        h.update(p.detach().float().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
 _BODIES = {"cnn": _cnn_body, "torchvision": _torchvision_body, "timm": _timm_body, "face": _face_body}
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from functools import cached_property
 import numpy as np
 
 from ..atomic import sha256_file
@@ -18,10 +19,11 @@ from ..data.images import load_rgb
 from ..errors import BadImageError
 from . import faceres
 from .face_files import _require, face_model_files
-from .registry import DLIB_RGB_MEANS
+from .registry import DLIB_RGB_MEANS, REGISTRY
 
 GENDER_LAYERS = {"layer_3_relu": 16, "layer_4_flatten": 4096, "logits": 2}
 GENDER_MEANS = DLIB_RGB_MEANS  # input = (RGB - mean) / 256
+DLIB_CUT = REGISTRY["face-resnet"].trunk_cut  # dlib-face runs as trunk + top split where face-resnet's default is
 
 
 # ---- alignment -------------------------------------------------------------------------------------------
@@ -176,23 +178,49 @@ class FaceNet:
     def run(self, chips: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """Features [B, D] and logits [B] (female - male; None for dlib-face) of uint8 chips [B, S, S, 3]."""
         if self.cfg.net == "dlib-face":
-            import torch
-
-            from .inference import step_size
-
-            out = []
-            step = step_size(len(chips), self.device)
-            with torch.inference_mode():
-                for i in range(0, len(chips), step):
-                    part = np.require(chips[i:i + step], requirements=("C", "W"))  # memory maps are read-only
-                    x = self.net.normalize(torch.from_numpy(part).to(self.device))
-                    out.append(self.net(x.contiguous(memory_format=torch.channels_last)).float().cpu().numpy())
-            return np.concatenate(out) if out else np.empty((0, 128), np.float32), None
+            return self.above(self.trunk(chips)), None
         # onnxruntime in fixed chunks: an image's output does not depend on the batch it arrives in
         step = ORT_BATCH_BY_SIZE.get(chips.shape[1], ORT_BATCH)
         parts = [self._run_onnx(chips[i:i + step]) for i in range(0, len(chips), step)]
         return np.concatenate([f for f, _ in parts]), np.concatenate([g for _, g in parts])
 
+    # dlib-face in two parts, split where face-resnet's fold models split by default, so that a model fusing both
+    # runs the shared frozen trunk once (FeatureSource.shared_key)
+    @cached_property
+    def trunk_key(self) -> str:
+        from .backbone import trunk_key
+        from .registry import DLIB_MEAN, DLIB_STD
+
+        return trunk_key(self.net.body, DLIB_CUT, DLIB_MEAN, DLIB_STD)
+
+    def trunk(self, chips: np.ndarray) -> np.ndarray:
+        """dlib-face: the activations [B, 128, 8, 8] (float32) below DLIB_CUT of uint8 chips [B, 150, 150, 3]."""
+        import torch
+
+        def trunk(x):
+            return self.net.body.trunk(self.net.normalize(x).contiguous(memory_format=torch.channels_last), DLIB_CUT)
+        return self._torch_steps(chips, trunk, self.net.body.cut_shapes[DLIB_CUT])
+
+    def above(self, acts: np.ndarray) -> np.ndarray:
+        """dlib-face: the 128-d descriptors [B, 128] of trunk activations."""
+        import torch
+
+        def above(a):
+            return self.net.head(self.net.body.top(a.contiguous(memory_format=torch.channels_last), DLIB_CUT))
+        return self._torch_steps(acts, above, (128,))
+
+    def _torch_steps(self, arr: np.ndarray, fn, shape: tuple[int, ...]) -> np.ndarray:
+        import torch
+
+        from .inference import step_size
+
+        out = []
+        step = step_size(len(arr), self.device)
+        with torch.inference_mode():
+            for i in range(0, len(arr), step):
+                part = np.require(arr[i:i + step], requirements=("C", "W"))  # memory maps are read-only
+                out.append(fn(torch.from_numpy(part).to(self.device)).float().cpu().numpy())
+        return np.concatenate(out) if out else np.empty((0, *shape), np.float32)
     def _run_onnx(self, chips: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if self.cfg.net in faceres.NETS:  # BGR minus HSE's means; the gender output is the logit of P(male)
             x = chips[..., ::-1].astype(np.float32) - np.array(faceres.BGR_MEANS, dtype=np.float32)

@@ -74,13 +74,27 @@ class FeatureSource(ABC):
     def forward(self, shared, space: int) -> tuple[np.ndarray, np.ndarray | None]:
         """Features [B, D] and logits [B] (or None) in feature space `space`, from shared(one view of a batch)."""
 
-    def compute_spaces(self, batch: np.ndarray, spaces) -> list[tuple[np.ndarray, np.ndarray | None]]:
+    def shared_key(self) -> str | None:
+        """Identifies what shared() computes from an input, or None: sources with equal keys and the same input
+        (two face-resnet-based sources, say) may share one computation of it."""
+        return None
+
+    def compute_spaces(self, batch: np.ndarray, spaces, memo: dict | None = None
+                       ) -> list[tuple[np.ndarray, np.ndarray | None]]:
         """Features [B, D] and logits [B] (or None) of uint8 images [B, S, S, 3] in each of `spaces`; with flip
-        TTA, the mean over the images and their mirrors."""
+        TTA, the mean over the images and their mirrors. memo: shared() results of this batch by (shared_key,
+        input, view), filled and reused across the sources of one call."""
         views = [batch]
         if self.recipe["spec"].get("tta", "none") == "flip":
             views.append(np.ascontiguousarray(batch[:, :, ::-1]))
-        shared = [self.shared(v) for v in views]
+        key = None if memo is None else self.shared_key()
+        if key is None:
+            shared = [self.shared(v) for v in views]
+        else:
+            for i, v in enumerate(views):
+                if (key, self.input, i) not in memo:
+                    memo[key, self.input, i] = self.shared(v)
+            shared = [memo[key, self.input, i] for i in range(len(views))]
         out = []
         for space in spaces:
             feats, logits = zip(*(self.forward(x, space) for x in shared))

@@ -19,7 +19,19 @@ class FaceNetSource(FeatureSource):
     def feature_dim(self) -> int:
         return feature_dim(self.cfg)
 
-    def forward(self, batch, space):
+    @property
+    def net(self) -> FaceNet:
         if self._net is None:
             self._net = FaceNet(self.cfg, self.device)
-        return self._net.run(batch)
+        return self._net
+
+    # dlib-face: the frozen trunk in shared(), the top in forward(), so that a fused model runs the trunk once for
+    # it and face-resnet (same weights, chips and normalisation: same shared_key)
+    def shared_key(self) -> str | None:
+        return self.net.trunk_key if self.cfg.net == "dlib-face" else None
+
+    def shared(self, batch):
+        return self.net.trunk(batch) if self.cfg.net == "dlib-face" else batch
+
+    def forward(self, shared, space):
+        return (self.net.above(shared), None) if self.cfg.net == "dlib-face" else self.net.run(shared)

@@ -8,7 +8,7 @@ import torch
 
 from ..data.workspace import Workspace
 from ..errors import WorkspaceError
-from ..models.backbone import Backbone, create
+from ..models.backbone import Backbone, create, trunk_key
 from ..models.inference import feature_dim, infer, infer_above, resolve_device
 from ..models.registry import Preprocess
 from ..models.trunk_cache import trunk_activations
@@ -27,6 +27,7 @@ class TorchSource(FeatureSource):
         self.input = Input.of(recipe)
         self.batch_size, self.device = batch_size, resolve_device(device)
         self._loaded: dict[int, Backbone] = {}
+        self._trunk_key: str | None = None
 
     def feature_dim(self) -> int:
         return feature_dim(self._probe, self.recipe["pooling"])
@@ -41,6 +42,13 @@ class TorchSource(FeatureSource):
                                      "the fold models must share one frozen trunk (retrain them with train-backbone)")
             self._loaded[space] = model
         return self._loaded[space]
+
+    def shared_key(self) -> str | None:
+        cut = self.recipe["extra"].get("trunk_cut")
+        if cut is not None and self._trunk_key is None:
+            model = self.model(0)
+            self._trunk_key = trunk_key(model.body, cut, model.preprocess.mean, model.preprocess.std)
+        return self._trunk_key
 
     def shared(self, batch):
         """The frozen trunk's activations when the fold models share one (they are trained above its cut)."""
