@@ -221,6 +221,7 @@ class FaceNet:
                 part = np.require(arr[i:i + step], requirements=("C", "W"))  # memory maps are read-only
                 out.append(fn(torch.from_numpy(part).to(self.device)).float().cpu().numpy())
         return np.concatenate(out) if out else np.empty((0, *shape), np.float32)
+
     def _run_onnx(self, chips: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if self.cfg.net in faceres.NETS:  # BGR minus HSE's means; the gender output is the logit of P(male)
             x = chips[..., ::-1].astype(np.float32) - np.array(faceres.BGR_MEANS, dtype=np.float32)
