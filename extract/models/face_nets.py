@@ -19,7 +19,7 @@ from ..data.images import load_rgb
 from ..errors import BadImageError
 from . import faceres
 from .face_files import _require, face_model_files
-from .registry import DLIB_RGB_MEANS, REGISTRY
+from .registry import DLIB_MEAN, DLIB_RGB_MEANS, DLIB_STD, REGISTRY
 
 GENDER_LAYERS = {"layer_3_relu": 16, "layer_4_flatten": 4096, "logits": 2}
 GENDER_MEANS = DLIB_RGB_MEANS  # input = (RGB - mean) / 256
@@ -188,8 +188,7 @@ class FaceNet:
     # runs the shared frozen trunk once (FeatureSource.shared_key)
     @cached_property
     def trunk_key(self) -> str:
-        from .backbone import trunk_key
-        from .registry import DLIB_MEAN, DLIB_STD
+        from .backbone import trunk_key  # torch
 
         return trunk_key(self.net.body, DLIB_CUT, DLIB_MEAN, DLIB_STD)
 
