@@ -82,6 +82,9 @@ def train_backbone_main(argv: list[str] | None = None) -> None:
     p.add_argument("--weight-decay", type=float, default=d.weight_decay)
     p.add_argument("--dropout", type=float, default=None,
                    help="default: the backbone's (0.5; 0.2 for the face networks)")
+    p.add_argument("--ema", type=float, default=None,
+                   help="decay of the exponential weight average that is validated and saved, per step (0: off); "
+                        "default: the backbone's (0.998 for the face networks, else 0)")
     p.add_argument("--patience", type=int, default=d.patience, help="early-stopping patience in epochs")
     p.add_argument("--lr-patience", type=int, default=d.lr_patience, help="ReduceLROnPlateau patience")
     p.add_argument("--seed", type=int, default=d.seed)
@@ -102,7 +105,7 @@ def train_backbone_main(argv: list[str] | None = None) -> None:
             args.backbone, img_size=args.img_size, epochs=args.epochs, batch_size=args.batch_size,
             optimizer=args.optimizer, lr=args.lr, weight_decay=args.weight_decay, dropout=args.dropout,
             patience=args.patience, lr_patience=args.lr_patience, seed=args.seed, pretrained=args.pretrained,
-            weights=args.weights, trunk_cut=args.trunk_cut, trunk_views=args.trunk_views,
+            weights=args.weights, trunk_cut=args.trunk_cut, trunk_views=args.trunk_views, ema=args.ema,
             augment=AugmentConfig(args.brightness, args.contrast, args.grayscale, args.rotation, args.hflip, args.vflip))
         from .distributed import train_ranks, world
 

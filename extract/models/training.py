@@ -22,6 +22,7 @@ from ..data.image_cache import cached_images
 from ..data.workspace import FoldFiles, Workspace
 from .augment import AugmentConfig, augment, normalize, to_float
 from .backbone import Backbone, check_cut, create
+from .ema import WeightAverage
 from .inference import autocast, infer, resolve_device
 from .registry import REGISTRY, lookup, weights_identity
 
@@ -52,12 +53,14 @@ class TrainConfig:
     trunk_cut: str | None = None  # None: the backbone's (face-resnet: stage3); trains the stages above it
     exclude_fingerprint: str | None = None  # sha256 of the ids left out of training (--exclude), None: none
     trunk_views: int = 2  # above a trunk cut: cached views per image (the image, its mirror, augmented copies)
+    ema: float | None = None  # None: the backbone's; decay of the weight average validated and saved, 0: off
 
     def __post_init__(self):
         entry = lookup(self.backbone)
         self.img_size = self.img_size or entry.default_size()
         self.lr = entry.lr if self.lr is None else self.lr
         self.dropout = entry.dropout if self.dropout is None else self.dropout
+        self.ema = entry.ema if self.ema is None else self.ema
         self.trunk_cut = self.trunk_cut or entry.trunk_cut
         if self.trunk_views < 2:
             raise ValueError(f"trunk_views {self.trunk_views}: at least 2 (the image and its mirror)")
@@ -73,6 +76,8 @@ class TrainConfig:
         for name in ("trunk_cut", "exclude_fingerprint"):
             if d[name] is None:
                 d.pop(name)
+        if not d["ema"]:
+            d.pop("ema")
         if d["trunk_views"] == 2:
             d.pop("trunk_views")
         return d
@@ -207,6 +212,7 @@ def train_fold(paths: FoldFiles, feed: ImageFeed | TrunkFeed, labels: np.ndarray
     if dev.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     opt = _optimizer(model, feed.parameters(model), cfg)
+    average = WeightAverage(model, cfg.ema) if cfg.ema else None
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="min", factor=cfg.lr_factor, patience=cfg.lr_patience)
     usable = (folds != k) & (folds >= 0) & (True if excluded is None else ~excluded)
     fit_idx, val_idx = inner_split(np.flatnonzero(usable), labels, cfg.val_fraction, cfg.seed + k)
@@ -215,6 +221,8 @@ def train_fold(paths: FoldFiles, feed: ImageFeed | TrunkFeed, labels: np.ndarray
         last = torch.load(paths.last, map_location="cpu", weights_only=False)
         if last["identity"] == identity:
             model.load_state_dict(last["model"])
+            if average is not None:
+                average.model.load_state_dict(last["average"])
             opt.load_state_dict(last["optimizer"])
             sched.load_state_dict(last["scheduler"])
             state = last["state"]
@@ -247,13 +255,16 @@ def train_fold(paths: FoldFiles, feed: ImageFeed | TrunkFeed, labels: np.ndarray
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            if average is not None:
+                average.update(model)
             tot_loss += loss.item() * len(idx)
             tot_ok += int(((logit.detach() > 0).float() == y).sum())
             seen += len(idx)
             bar.update(len(idx))
             bar.set_postfix(loss=f"{tot_loss / seen:.4f}", acc=f"{tot_ok / seen:.3f}")
         bar.close()
-        val_logit = feed.logits(model, val_idx, dev)
+        evaluated = model if average is None else average.model
+        val_logit = feed.logits(evaluated, val_idx, dev)
         val_y = labels[val_idx]
         val_loss = float(F.binary_cross_entropy_with_logits(torch.from_numpy(val_logit), torch.from_numpy(val_y).float()))
         val_acc = float(((val_logit > 0) == val_y).mean())
@@ -264,13 +275,14 @@ def train_fold(paths: FoldFiles, feed: ImageFeed | TrunkFeed, labels: np.ndarray
         state["history"].append(row)
         if val_loss < state["best_val_loss"]:
             state["best_val_loss"], state["bad_epochs"] = val_loss, 0
-            _save({"state_dict": model.state_dict(), "identity": identity, "fold": k, "epoch": epoch,
+            _save({"state_dict": evaluated.state_dict(), "identity": identity, "fold": k, "epoch": epoch,
                    "preprocess": model.preprocess.as_dict()}, paths.best)
         else:
             state["bad_epochs"] += 1
         state["epoch"] = epoch
         _save({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-               "state": state, "identity": identity, "torch_rng": torch.get_rng_state()}, paths.last)
+               "state": state, "identity": identity, "torch_rng": torch.get_rng_state(),
+               **({} if average is None else {"average": average.model.state_dict()})}, paths.last)
         _write_history(paths, state["history"])
         log.info("%s fold %d epoch %d: %s", cfg.backbone, k, epoch, row)
     best = torch.load(paths.best, map_location="cpu", weights_only=False)
