@@ -59,7 +59,7 @@ def extract_args(e: dict) -> tuple[list[str], str]:
 def train_args(t: dict) -> list[str]:
     args = ["--backbone", t["backbone"]]
     for key in ("img_size", "epochs", "patience", "optimizer", "lr", "batch_size", "weights", "trunk_cut", "dropout",
-                "weight_decay", "lr_patience"):
+                "weight_decay", "lr_patience", "ema", "brightness", "contrast", "grayscale", "rotation"):
         if key in t:
             args += [f"--{key.replace('_', '-')}", str(t[key])]
     if t.get("pretrained"):
