@@ -130,6 +130,18 @@ def test_the_saved_model_is_the_weight_average_of_every_step(synth, tmp_path, mo
     assert differs  # the average, not the last step's weights
 
 
+def test_a_weight_average_longer_than_the_run_is_warned_about(synth, tmp_path, caplog):
+    import logging
+
+    with caplog.at_level(logging.WARNING):
+        train_backbone(synth, _cfg(epochs=1, ema=0.9), tmp_path / "a", k=2, fold=0, progress=False)
+    assert any("(--ema 0.9) has a time constant of 10 steps and this run 2" in r.message for r in caplog.records)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):  # 2 steps against 1 / (1 - 0.4)
+        train_backbone(synth, _cfg(epochs=1, ema=0.4), tmp_path / "b", k=2, fold=0, progress=False)
+    assert not any("weight average" in r.message for r in caplog.records)
+
+
 def test_the_face_networks_average_their_weights_by_default():
     assert TrainConfig("face-resnet").ema == TrainConfig("gender-cnn").ema == 0.998
     assert TrainConfig("cnn-small").ema == 0 and "ema" not in TrainConfig("cnn-small").identity()
