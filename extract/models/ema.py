@@ -1,6 +1,5 @@
 """An exponential moving average of a model's weights during training (the averaged model is the one validated
-and saved): it smooths the last epochs' noisy steps, which is what a network fine-tuned on a few thousand
-faces needs more than more epochs."""
+and saved): it smooths the noisy steps of a short fine-tuning run on a few thousand faces."""
 from __future__ import annotations
 
 import copy

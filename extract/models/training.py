@@ -212,6 +212,7 @@ def train_fold(paths: FoldFiles, feed: ImageFeed | TrunkFeed, labels: np.ndarray
     if dev.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     opt = _optimizer(model, feed.parameters(model), cfg)
+    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="min", factor=cfg.lr_factor, patience=cfg.lr_patience)
     average = WeightAverage(model, cfg.ema) if cfg.ema else None
     usable = (folds != k) & (folds >= 0) & (True if excluded is None else ~excluded)
     fit_idx, val_idx = inner_split(np.flatnonzero(usable), labels, cfg.val_fraction, cfg.seed + k)
@@ -220,7 +221,6 @@ def train_fold(paths: FoldFiles, feed: ImageFeed | TrunkFeed, labels: np.ndarray
         log.warning("fold %d of %s: the weight average (--ema %g) has a time constant of %d steps and this run %d, "
                     "so the saved model stays near its initial weights; pass a smaller --ema or 0",
                     k, cfg.backbone, cfg.ema, round(1 / (1 - cfg.ema)), steps)
-    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="min", factor=cfg.lr_factor, patience=cfg.lr_patience)
     state = {"epoch": 0, "history": [], "best_val_loss": float("inf"), "bad_epochs": 0}
     if paths.last.exists():
         last = torch.load(paths.last, map_location="cpu", weights_only=False)
