@@ -17,7 +17,8 @@ from genderfusion.heads.second_stage import KnnSecondStage, in_band
 from .features import FusionData, Outputs, load_sources
 from .images import decode_inputs
 from .second_stage import descriptors
-from .protocol import global_blocks, global_matrix, global_test_matrix, per_fold_matrix, per_fold_test_matrix
+from .protocol import (PROTOCOLS, global_blocks, global_matrix, global_test_matrix, per_fold_matrix,
+                       per_fold_test_matrix, pooled_blocks, pooled_matrix, pooled_test_matrix)
 
 FORMAT = "genderfusion-fusion-v2"  # v2: source recipes of extract.sources.spec
 
@@ -44,6 +45,8 @@ class FusionClassifier:
 
     protocol "per-fold": one head per fold, each in its fold model's feature space; a prediction averages them.
     protocol "global": one head on frozen features plus the fine-tuned sources' logits.
+    protocol "pooled": one head on frozen features plus the fine-tuned sources' features and logits, the fold models'
+    features read as one space; a prediction averages the head over the K fold models' features.
     A second stage (fit_second_stage) re-examines the predictions whose P(female) falls in `band`.
     """
 
@@ -61,16 +64,20 @@ class FusionClassifier:
     # ---- fitting on cached features ----------------------------------------------------------------------
     def fit(self, data: FusionData | None = None) -> "FusionClassifier":
         """Fit on the caches of `sources` in `workdir` (or on already loaded FusionData)."""
-        if self.protocol not in ("per-fold", "global"):
-            raise ValueError(f"protocol must be 'per-fold' or 'global', got {self.protocol!r}")
+        if self.protocol not in PROTOCOLS:
+            raise ValueError(f"protocol must be one of {PROTOCOLS}, got {self.protocol!r}")
         data = data if data is not None else load_sources(self.workdir, list(self.sources))
         make = head_factory(self.head, self.head_params)
-        self.per_fold_ = self.protocol == "per-fold" and any(s.kind == FINETUNED for s in data.sources)
+        has_finetuned = any(s.kind == FINETUNED for s in data.sources)
+        self.per_fold_ = self.protocol == "per-fold" and has_finetuned
+        self.pooled_ = self.protocol == "pooled" and has_finetuned
         use = data.trainable
         if self.per_fold_:
             blocks = [s.width for s in data.sources]
             rows = [np.flatnonzero((data.fold == k) & use) for k in range(data.k)]
             self.heads_ = [make(blocks).fit(per_fold_matrix(data.sources, r), data.y[r]) for r in rows]
+        elif self.pooled_:
+            self.heads_ = [make(pooled_blocks(data.sources)).fit(pooled_matrix(data.sources)[use], data.y[use])]
         else:
             self.heads_ = [make(global_blocks(data.sources)).fit(global_matrix(data.sources)[use], data.y[use])]
         self.recipes_ = [s.attrs["recipe"] for s in data.sources]
@@ -92,6 +99,9 @@ class FusionClassifier:
         """P(female) of the first stage and the final one (the second stage's inside the band, when fitted)."""
         if self.per_fold_:
             p = np.mean([h.predict_proba(per_fold_test_matrix(outputs, k))[:, 1] for k, h in enumerate(self.heads_)],
+                        axis=0)
+        elif self.pooled_:
+            p = np.mean([self.heads_[0].predict_proba(pooled_test_matrix(outputs, k))[:, 1] for k in range(self.k_)],
                         axis=0)
         else:
             p = self.heads_[0].predict_proba(global_test_matrix(outputs))[:, 1]
@@ -187,6 +197,7 @@ class FusionClassifier:
     def __setstate__(self, state):
         state.setdefault("band", (0.45, 0.55))  # saved before the second stage existed
         state.setdefault("second_stage_", None)
+        state.setdefault("pooled_", False)  # saved before the pooled protocol existed
         self.__dict__.update(state)
 
     def __getstate__(self):

@@ -4,6 +4,10 @@
   from the fold-k model, which never trained on them); its accuracy comes from inner CV within the fold.
 - global: frozen features plus the fine-tuned sources' out-of-fold logits, which mean the same in every fold;
   ordinary CV over the shared folds.
+- pooled: global, plus the fine-tuned sources' features, each training row's from the fold model that held it out,
+  read as one space across the fold models (they start from the same pretrained weights and the weight average keeps
+  them near it); a prediction averages the head over the K fold models' features. Every row is still scored by a head
+  and a fold model that never trained on it, so the CV measures honestly how well the spaces agree.
 """
 from __future__ import annotations
 
@@ -18,6 +22,7 @@ from genderfusion.extract.sources.base import FINETUNED, FROZEN
 
 from .features import FusionData, Outputs, Source
 
+PROTOCOLS = ("per-fold", "global", "pooled")
 HeadFactory = Callable[[list[int]], object]  # block widths -> unfitted estimator
 
 
@@ -45,6 +50,27 @@ def global_test_matrix(outputs: list[Outputs]) -> np.ndarray:
     """Frozen features of rows to predict and the fine-tuned sources' logits averaged over the fold models."""
     return np.hstack([o.features[0].astype(np.float32) if o.kind == FROZEN else o.logits.mean(0)[:, None]
                       for o in outputs])
+
+
+def _pooled_parts(kind: str, features: np.ndarray, logit: np.ndarray | None) -> list[np.ndarray]:
+    if kind == FROZEN:
+        return [features.astype(np.float32)]
+    return [features.astype(np.float32), logit.astype(np.float32)[:, None]]
+
+
+def pooled_blocks(sources: list[Source]) -> list[int]:
+    return [w for s in sources for w in ((s.width,) if s.kind == FROZEN else (s.width, 1))]
+
+
+def pooled_matrix(sources: list[Source]) -> np.ndarray:
+    """Frozen features; each fine-tuned source's out-of-fold features and logit."""
+    return np.hstack([a for s in sources for a in _pooled_parts(s.kind, s.train, s.train_logit)])
+
+
+def pooled_test_matrix(outputs: list[Outputs], space: int) -> np.ndarray:
+    """Rows to predict as fold model `space` sees them (frozen sources: their one space)."""
+    return np.hstack([a for o in outputs for a in _pooled_parts(
+        o.kind, o.features[0 if o.kind == FROZEN else space], None if o.kind == FROZEN else o.logits[space])])
 
 
 def cv_per_fold(data: FusionData, make_head: HeadFactory, inner_splits: int = 3, seed: int = 0) -> np.ndarray:
@@ -100,7 +126,8 @@ def _timed(method: str, protocol: str, fn: Callable[[], np.ndarray]) -> Result:
     return Result(method, protocol, probs, time.time() - t)
 
 
-def evaluate(data: FusionData, heads: dict[str, HeadFactory], protocols: tuple[str, ...] = ("per-fold", "global"),
+def evaluate(data: FusionData, heads: dict[str, HeadFactory],
+             protocols: tuple[str, ...] = PROTOCOLS,
              probe: HeadFactory | None = None, log: Callable[[str], None] = print) -> list[Result]:
     """Every source alone, both votes and every head under each protocol, on the same folds."""
     from genderfusion.heads import MajorityVote, WeightedVote
@@ -126,10 +153,14 @@ def evaluate(data: FusionData, heads: dict[str, HeadFactory], protocols: tuple[s
         add(_timed("vote", "global", lambda: cv_global(data, lambda b: MajorityVote(), L, None)))
         add(_timed("weighted-vote", "global", lambda: cv_global(data, lambda b: WeightedVote(), L, None)))
     has_finetuned = any(s.kind == FINETUNED for s in data.sources)
+    pooled = (pooled_matrix(data.sources), pooled_blocks(data.sources)) if has_finetuned and "pooled" in protocols \
+        else None
     for name, factory in heads.items():
         for protocol in protocols:
             if protocol == "per-fold" and has_finetuned:
                 add(_timed(name, "per-fold", lambda: cv_per_fold(data, factory)))
             elif protocol == "global":
                 add(_timed(name, "global", lambda: cv_global(data, factory)))
+            elif protocol == "pooled" and pooled is not None:
+                add(_timed(name, "pooled", lambda: cv_global(data, factory, *pooled)))
     return results

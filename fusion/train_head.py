@@ -18,11 +18,9 @@ from .card import write_card
 from .classifier import FusionClassifier, head_factory
 from genderfusion.extract.data.exclusion import exclusion_mask, read_ids
 from .features import load_sources
-from .protocol import Result, evaluate
+from .protocol import PROTOCOLS, Result, evaluate
 from .report import write_report
 from .second_stage import band_report, descriptors, second_stage_cv
-
-PROTOCOLS = ("per-fold", "global")
 
 
 def _fingerprint(workdir: Path, features: list[str], heads: list[str], protocols: tuple[str, ...], band,

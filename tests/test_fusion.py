@@ -13,7 +13,7 @@ from genderfusion.extract.models.training import TrainConfig
 from genderfusion.fusion.classifier import FusionClassifier
 from genderfusion.fusion.features import FeatureMismatchError, load_sources
 from genderfusion.fusion.predict import predict_submission
-from genderfusion.fusion.protocol import cv_global, cv_per_fold, per_fold_matrix
+from genderfusion.fusion.protocol import cv_global, cv_per_fold, per_fold_matrix, pooled_blocks, pooled_matrix
 from genderfusion.fusion.train_head import train_head
 from genderfusion.heads import LogisticHead
 
@@ -78,7 +78,7 @@ def test_train_head_table_model_and_cached_rerun(work):
     report = train_head(ws, SOURCES, ["logistic", "knn"], log=lambda s: None)
     methods = {(r["method"], r["protocol"]) for r in report["rows"]}
     assert {("cnn-small", "out-of-fold logit"), ("logistic", "per-fold"), ("logistic", "global"),
-            ("knn", "per-fold"), ("knn", "global")} <= methods
+            ("logistic", "pooled"), ("knn", "per-fold"), ("knn", "global"), ("knn", "pooled")} <= methods
     assert (ws / "heads/fusion/model.pkl").exists() and (ws / "heads/fusion/report.md").exists()
     for png in ("accuracy.png", "confusion.png", "histogram.png", "groups.png"):
         assert (ws / "heads/fusion" / png).stat().st_size > 1000
@@ -88,8 +88,56 @@ def test_train_head_table_model_and_cached_rerun(work):
     assert again["cached"] and again["rows"] == report["rows"]
 
 
+def _h5(ws, source: str, name: str) -> np.ndarray:
+    with h5py.File(ws / "features" / f"{source}.h5", "r") as f:
+        return f[name][()]
+
+
+def test_pooled_protocol_reads_held_out_features_and_averages_the_fold_models(work):
+    _, ws = work
+    data = load_sources(ws, SOURCES)
+    fine, frozen = SOURCES
+    # a training row's fine-tuned block is the cache's own row (the fold model that held it out) and its logit
+    X = pooled_matrix(data.sources)
+    assert pooled_blocks(data.sources) == [data.source(fine).width, 1, data.source(frozen).width] == \
+        [_h5(ws, fine, "train/features").shape[1], 1, _h5(ws, frozen, "train/features").shape[1]]
+    order = {i.decode(): n for n, i in enumerate(_h5(ws, fine, "train/ids"))}
+    rows = [order[i] for i in data.ids]
+    w = data.source(fine).width
+    assert np.array_equal(X[:, :w], _h5(ws, fine, "train/features")[rows])
+    assert np.array_equal(X[:, w], _h5(ws, fine, "train/logits")[rows])
+    # the CV: each fold scored by a head that never saw it
+    seen = []
+
+    class Spy(LogisticHead):
+        def fit(self, X, y):
+            seen.append({tuple(r) for r in X.round(4)})
+            return super().fit(X, y)
+
+        def predict_proba(self, X):
+            assert not {tuple(r) for r in X.round(4)} & seen[-1], "a head predicted rows it was trained on"
+            return super().predict_proba(X)
+
+    cv_global(data, lambda b: Spy(blocks=b), X, pooled_blocks(data.sources))
+    assert len(seen) == data.k
+    # a test row: the mean over the fold models of the head on that fold model's features and logit
+    clf = FusionClassifier(SOURCES, "logistic", "pooled", workdir=ws).fit(data)
+    ids, p = clf.predict_proba_cached()
+    assert [i.decode() for i in _h5(ws, fine, "test/ids")] == list(ids)
+    feats, logits, other = _h5(ws, fine, "test/features"), _h5(ws, fine, "test/logits"), _h5(ws, frozen, "test/features")
+    by_model = [clf.heads_[0].predict_proba(np.hstack([feats[k], logits[k][:, None], other[0]]))[:, 1]
+                for k in range(data.k)]
+    assert not np.allclose(by_model[0], by_model[1])  # the fold models differ, so the average matters
+    assert np.allclose(p[:, 1], np.mean(by_model, 0), atol=1e-6)
+
+
 def test_classifier_predicts_images_like_the_cache(work, built):
     data_dir, ws = work
+    for protocol in ("global", "pooled"):
+        clf = FusionClassifier.load(FusionClassifier(SOURCES, "logistic", protocol, workdir=ws).fit().save(ws / "m.pkl"))
+        ids, cached = clf.predict_proba_cached()
+        paths = [data_dir / "test" / f"{i}.jpg" for i in ids[:3]]
+        assert np.allclose(clf.predict_proba(paths)[:, 1], cached[:3, 1], atol=1e-4), protocol
     clf = FusionClassifier(SOURCES, "logistic", "per-fold", workdir=ws).fit()
     path = clf.save(ws / "m.pkl")
     clf = FusionClassifier.load(path)
