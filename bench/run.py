@@ -274,7 +274,8 @@ def results_markdown(result: dict, report: dict, command: str) -> str:
         s2 = result["second_stage"]
         lines += ["", f"Second stage in the band {s2['band']}: {s2['rows_in_band']} rows, out-of-fold accuracy "
                   f"{s2['band_accuracy_first']:.4f} -> {s2['band_accuracy_second']:.4f}; overall "
-                  f"{s2['accuracy_first']:.4f} -> {s2['accuracy_second']:.4f}."]
+                  f"{s2['accuracy_first']:.4f} -> {s2['accuracy_second']:.4f}"
+                  + ("." if s2.get("kept", True) else "; not kept in the model.")]
     if "audit" in result:
         a = result["audit"]
         lines += ["", f"Label audit ({a['seconds']} s): {a['exact_groups']} exact-duplicate groups "

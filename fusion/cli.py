@@ -18,7 +18,7 @@ def train_head_main(argv: list[str] | None = None) -> None:
     p = make_parser("train-head", "Train and compare fusion heads on cached features.")
     p.add_argument("--features", required=True, help="comma-separated sources, e.g. cnn-deep,face-resnet-flip,dlib-face-flip")
     p.add_argument("--head", default="logistic", help="logistic, mlp, knn, a comma list, or all")
-    p.add_argument("--protocol", default="per-fold,global,pooled",
+    p.add_argument("--protocol", default="per-fold,global",
                    help="per-fold, global, pooled, or a comma list of them")
     p.add_argument("--workdir", default="data")
     p.add_argument("--out", default="fusion", help="name of the saved model under <workdir>/heads/")

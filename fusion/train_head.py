@@ -18,7 +18,7 @@ from .card import write_card
 from .classifier import FusionClassifier, head_factory
 from genderfusion.extract.data.exclusion import exclusion_mask, read_ids
 from .features import load_sources
-from .protocol import PROTOCOLS, Result, evaluate
+from .protocol import DEFAULT_PROTOCOLS, PROTOCOLS, Result, evaluate
 from .report import write_report
 from .second_stage import band_report, descriptors, second_stage_cv
 
@@ -65,14 +65,14 @@ def refuse_stale_caches(workdir: Path, features: list[str]) -> None:
                             "to retrain)")
 
 
-def train_head(workdir: str | Path, features: list[str], heads: list[str], protocols: tuple[str, ...] = PROTOCOLS,
+def train_head(workdir: str | Path, features: list[str], heads: list[str], protocols: tuple[str, ...] = DEFAULT_PROTOCOLS,
                name: str = "fusion", band: tuple[float, float] = (0.45, 0.55), refit: bool = False,
                exclude: str | Path | None = None, second_stage: bool = False,
                log: Callable[[str], None] = print) -> dict:
     """Evaluate every source alone, both votes and each head, then fit and save the best head by CV.
     exclude: a file of training ids no head trains on (every row is still evaluated, on its given label).
     second_stage: re-examine the best head's predictions inside `band` by a kNN vote of the nearest training faces
-    (measured on out-of-fold rows, then fitted into the saved model)."""
+    (measured on out-of-fold rows; fitted into the saved model when it raises the out-of-fold accuracy)."""
     t0 = time.time()
     workdir = Path(workdir)
     for p in protocols:
@@ -112,13 +112,16 @@ def train_head(workdir: str | Path, features: list[str], heads: list[str], proto
         X, blocks = descriptors(data)
         final = second_stage_cv(X, blocks, data.y, data.fold, best.probs, band, data.trainable)
         stage2 = band_report(data.y, best.probs, final, band)
+        stage2["kept"] = stage2["accuracy_second"] > stage2["accuracy_first"]
         log(f"  second stage in the band {band}: {stage2['rows_in_band']} rows, accuracy "
             f"{stage2['band_accuracy_first']:.4f} -> {stage2['band_accuracy_second']:.4f}; overall "
-            f"{stage2['accuracy_first']:.4f} -> {stage2['accuracy_second']:.4f}")
-        chosen = Result(f"{best.method} + second stage", best.protocol, final, 0.0)  # what the saved model predicts
-        results.append(chosen)
+            f"{stage2['accuracy_first']:.4f} -> {stage2['accuracy_second']:.4f}"
+            + ("" if stage2["kept"] else "; not kept in the model (it does not raise the out-of-fold accuracy)"))
+        results.append(Result(f"{best.method} + second stage", best.protocol, final, 0.0))
         coverage[f"{best.method} [{best.protocol}] + second stage"] = final
-        clf.fit_second_stage(data, best.probs)
+        if stage2["kept"]:  # like the head itself, chosen by out-of-fold accuracy
+            chosen = results[-1]
+            clf.fit_second_stage(data, best.probs)
     clf.save(out_dir / "model.pkl")
     ages, races = train_meta(workdir, data.ids)
     wv = next((r for r in results if r.method == "weighted-vote"), None)

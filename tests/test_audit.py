@@ -17,8 +17,10 @@ from genderfusion.extract.data.exclusion import exclusion_mask, read_ids
 from genderfusion.fusion.features import load_sources
 from genderfusion.fusion.predict import predict_submission
 from genderfusion.fusion.protocol import cv_global
+from genderfusion.fusion import train_head as train_head_module
 from genderfusion.fusion.train_head import train_head
 from genderfusion.heads import LogisticHead
+from genderfusion.heads.second_stage import in_band
 
 FROZEN = "timm:mobilenetv3_small_050"
 SOURCE = f"{FROZEN}-frozen".replace(":", "_")
@@ -130,8 +132,33 @@ def test_duplicate_aware_folds(audited):
         duplicate_groups(ws / "audit/duplicates.csv", ids[:5])
 
 
-def test_second_stage_is_saved_and_used_by_predict(audited, tmp_path):
+def _second_stage_cv_that(helps: bool):
+    """A stand-in for the measured second stage: inside the band, every row right (helps) or every row wrong."""
+    def cv(X, blocks, y, fold, p_first, band, trainable=None):
+        p = np.asarray(p_first, np.float64).copy()
+        m = in_band(p, band)
+        p[m] = np.where(y[m] == (1 if helps else 0), 0.9, 0.1)
+        return p
+    return cv
+
+
+def test_second_stage_is_kept_only_when_it_raises_the_out_of_fold_accuracy(audited, monkeypatch):
+    _, ws, *_ = audited
+    for helps in (True, False):
+        monkeypatch.setattr(train_head_module, "second_stage_cv", _second_stage_cv_that(helps))
+        report = train_head(ws, [SOURCE], ["logistic"], ("global",), f"s2-{helps}", band=(0.3, 0.7),
+                            second_stage=True, log=lambda s: None)
+        s2 = report["second_stage"]
+        assert s2["rows_in_band"] > 0 and s2["band_accuracy_first"] < 1.0
+        assert s2["kept"] is helps and (s2["accuracy_second"] > s2["accuracy_first"]) is helps
+        assert report["best_method"] == ("logistic + second stage [global]" if helps else "logistic [global]")
+        assert any(r["method"] == "logistic + second stage" for r in report["rows"])  # reported either way
+        assert (FusionClassifier.load(ws / f"heads/s2-{helps}/model.pkl").second_stage_ is not None) is helps
+
+
+def test_second_stage_is_saved_and_used_by_predict(audited, tmp_path, monkeypatch):
     data, ws, *_ = audited
+    monkeypatch.setattr(train_head_module, "second_stage_cv", _second_stage_cv_that(True))
     report = train_head(ws, [SOURCE], ["logistic"], ("global",), "s2", band=(0.3, 0.7), second_stage=True,
                         log=lambda s: None)
     s2 = report["second_stage"]

@@ -75,7 +75,7 @@ def test_per_fold_protocol_never_trains_on_the_row_it_predicts(work, monkeypatch
 
 def test_train_head_table_model_and_cached_rerun(work):
     _, ws = work
-    report = train_head(ws, SOURCES, ["logistic", "knn"], log=lambda s: None)
+    report = train_head(ws, SOURCES, ["logistic", "knn"], ("per-fold", "global", "pooled"), log=lambda s: None)
     methods = {(r["method"], r["protocol"]) for r in report["rows"]}
     assert {("cnn-small", "out-of-fold logit"), ("logistic", "per-fold"), ("logistic", "global"),
             ("logistic", "pooled"), ("knn", "per-fold"), ("knn", "global"), ("knn", "pooled")} <= methods
@@ -84,7 +84,7 @@ def test_train_head_table_model_and_cached_rerun(work):
         assert (ws / "heads/fusion" / png).stat().st_size > 1000
     assert sum(map(sum, report["confusion"])) == 60
     assert "age 0-2" in report["rows"][0]["groups"]
-    again = train_head(ws, SOURCES, ["logistic", "knn"], log=lambda s: None)
+    again = train_head(ws, SOURCES, ["logistic", "knn"], ("per-fold", "global", "pooled"), log=lambda s: None)
     assert again["cached"] and again["rows"] == report["rows"]
 
 
