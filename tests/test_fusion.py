@@ -38,23 +38,27 @@ def work(built, tmp_path):
 SOURCES = ["cnn-small", f"{FROZEN}-frozen".replace(":", "_")]
 
 
-def test_per_fold_protocol_never_trains_on_the_row_it_predicts(work, monkeypatch):
-    _, ws = work
-    data = load_sources(ws, ["cnn-small"])
-    fold_rows = [{tuple(r) for r in per_fold_matrix(data.sources, np.flatnonzero(data.fold == k)).round(4)}
-                 for k in range(data.k)]
-    seen = []
-
+def _spy(seen: list) -> type:
+    """A logistic head that records the rows it is fitted on (in `seen`) and refuses to predict any of them."""
     class Spy(LogisticHead):
         def fit(self, X, y):
             seen.append({tuple(r) for r in X.round(4)})
             return super().fit(X, y)
 
         def predict_proba(self, X):
-            rows = {tuple(r) for r in X.round(4)}
-            assert not rows & seen[-1], "a head predicted rows it was trained on"
+            assert not {tuple(r) for r in X.round(4)} & seen[-1], "a head predicted rows it was trained on"
             return super().predict_proba(X)
 
+    return Spy
+
+
+def test_per_fold_protocol_never_trains_on_the_row_it_predicts(work, monkeypatch):
+    _, ws = work
+    data = load_sources(ws, ["cnn-small"])
+    fold_rows = [{tuple(r) for r in per_fold_matrix(data.sources, np.flatnonzero(data.fold == k)).round(4)}
+                 for k in range(data.k)]
+    seen = []
+    Spy = _spy(seen)
     probs = cv_per_fold(data, lambda b: Spy(blocks=b))
     assert probs.shape == data.y.shape and len(seen) == data.k * 3
     for n, rows in enumerate(seen):  # inner CV: 3 heads per fold, fold by fold
@@ -108,17 +112,7 @@ def test_pooled_protocol_reads_held_out_features_and_averages_the_fold_models(wo
     assert np.array_equal(X[:, w], _h5(ws, fine, "train/logits")[rows])
     # the CV: each fold scored by a head that never saw it
     seen = []
-
-    class Spy(LogisticHead):
-        def fit(self, X, y):
-            seen.append({tuple(r) for r in X.round(4)})
-            return super().fit(X, y)
-
-        def predict_proba(self, X):
-            assert not {tuple(r) for r in X.round(4)} & seen[-1], "a head predicted rows it was trained on"
-            return super().predict_proba(X)
-
-    cv_global(data, lambda b: Spy(blocks=b), X, pooled_blocks(data.sources))
+    cv_global(data, lambda b: _spy(seen)(blocks=b), X, pooled_blocks(data.sources))
     assert len(seen) == data.k
     # a test row: the mean over the fold models of the head on that fold model's features and logit
     clf = FusionClassifier(SOURCES, "logistic", "pooled", workdir=ws).fit(data)
