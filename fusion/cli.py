@@ -29,7 +29,8 @@ def train_head_main(argv: list[str] | None = None) -> None:
                         "a line); every row is still evaluated on its given label")
     p.add_argument("--second-stage", action="store_true",
                    help="re-examine predictions inside --band by a kNN vote of the nearest training faces (frozen "
-                        "sources' features); measured on out-of-fold rows and saved in the model")
+                        "sources' features); measured on out-of-fold rows; saved in the model when it raises the "
+                        "out-of-fold accuracy")
     args = p.parse_args(argv)
 
     def body():
