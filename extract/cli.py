@@ -11,8 +11,12 @@ from .errors import DataError, UnknownBackboneError, WeightsError, WorkspaceErro
 USER_ERRORS = (ImportError, DataError, WorkspaceError, WeightsError, UnknownBackboneError, ValueError, OSError)
 
 
-def run_cli(main) -> None:
-    """Run a CLI body; user errors print one clear line and exit 2 instead of a traceback."""
+RESUMES = "interrupted; what was finished is saved and a re-run resumes from it"
+
+
+def run_cli(main, interrupted: str = RESUMES) -> None:
+    """Run a CLI body; user errors print one clear line and exit 2 instead of a traceback; Ctrl-C prints
+    `interrupted` (what is kept) and exits 130."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         main()
@@ -20,8 +24,36 @@ def run_cli(main) -> None:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
-        print("interrupted; finished epochs are saved and a re-run resumes", file=sys.stderr)
+        print(interrupted, file=sys.stderr)
         sys.exit(130)
+
+
+def _number(kind: type, lowest: float, inclusive: bool, what: str):
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+        if value < lowest or (value == lowest and not inclusive) or value != value:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}")
+        return value
+    return parse
+
+
+positive_int = _number(int, 1, True, "a positive integer")
+non_negative_int = _number(int, 0, True, "an integer >= 0")
+non_negative_float = _number(float, 0.0, True, "a number >= 0")
+
+
+def shard_arg(text: str) -> str:
+    """--shard I/N with 0 <= I < N."""
+    try:
+        i, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected I/N, e.g. 0/4") from None
+    if not 0 <= i < n:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected I/N with 0 <= I < N")
+    return text
 
 
 def make_parser(prog: str, description: str) -> argparse.ArgumentParser:
@@ -75,8 +107,8 @@ def train_backbone_main(argv: list[str] | None = None) -> None:
     p.add_argument("--trunk-views", type=int, default=d.trunk_views,
                    help="above a trunk cut: views per image in the trunk cache: the image and its mirror (2), plus "
                         "augmented copies (rotation, brightness, contrast, grayscale, mirror) drawn once")
-    p.add_argument("--epochs", type=int, default=d.epochs)
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--epochs", type=positive_int, default=d.epochs)
+    p.add_argument("--batch-size", type=positive_int, default=d.batch_size)
     p.add_argument("--optimizer", choices=("adamw", "sgd"), default=d.optimizer)
     p.add_argument("--lr", type=float, default=None, help="default: the backbone's (1e-3; 3e-4 for the face networks)")
     p.add_argument("--weight-decay", type=float, default=d.weight_decay)
@@ -177,10 +209,10 @@ def extract_main(argv: list[str] | None = None) -> None:
     p.add_argument("--img-size", type=int, default=None, help="input size for --frozen (default 224)")
     p.add_argument("--pool", choices=POOLS, default=None,
                    help="how the last conv map becomes a vector (default: the backbone's; flatten, avg for face-resnet)")
-    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--batch-size", type=positive_int, default=256)
     p.add_argument("--dtype", choices=("float16", "float32"), default="float16")
     p.add_argument("--force", action="store_true", help="recompute everything")
-    p.add_argument("--shard", default=None, metavar="I/N", help="extract slice I of N into its own file")
+    p.add_argument("--shard", type=shard_arg, default=None, metavar="I/N", help="extract slice I of N into its own file")
     p.add_argument("--merge", action="store_true", help="join the shard files into one cache")
     p.add_argument("--align", choices=("landmarks", "resize"), default=None,
                    help="frozen face networks: align with 5-point landmarks, or plainly resize (default: landmarks; "

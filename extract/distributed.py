@@ -57,7 +57,7 @@ def agree(value: str, what: str) -> None:
 def _dataset_fingerprint(data_dir: str | Path) -> str:
     from .data.dataset import CompetitionData
 
-    return CompetitionData.load(data_dir).fingerprint(labels=True, mtimes=True)
+    return CompetitionData.load(data_dir).fingerprint(labels=True, content=True)
 
 
 def extract_ranks(data_dir: str | Path, backbone: str, workdir: str | Path = "data", device: str = "auto",

@@ -126,6 +126,12 @@ def audit_labels(workdir: str | Path = "data", data_dir: str | Path | None = Non
     if data_dir is None and bound is None:
         raise WorkspaceError(f"{ws.root} is not bound to a readable data folder; pass --data")
     data = CompetitionData.load(data_dir if data_dir is not None else bound.root)
+    theirs = ws.dataset_fingerprint()
+    if data_dir is not None and theirs is not None and data.fingerprint(("train",)) != theirs:
+        raise WorkspaceError(f"--data {data_dir}: its training ids, labels or image sizes are not the ones workspace "
+                             f"{ws.root} was made for ({theirs}, {ws.bound_data_path()}); the audit compares a "
+                             "folder's labels with this workspace's out-of-fold probabilities: pass the --workdir "
+                             "made for that folder, or rerun `extract` there first")
     ids, y = list(data.train.ids), data.train.labels
     p, method = oof_probabilities(ws, model, ids)
     t_hash = time.time()

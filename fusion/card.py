@@ -34,7 +34,7 @@ def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
     p = k / n
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return centre - half, centre + half
+    return min(centre - half, p), max(centre + half, p)  # rounding must not put p outside its own interval
 
 
 def calibration(y: np.ndarray, p: np.ndarray, bins: int = 10) -> tuple[list[dict], float]:
@@ -175,10 +175,10 @@ def _second_stage(clf) -> str:
 
 
 def write_card(head_dir: str | Path, workdir: str | Path, speed: dict | None = None, n_gallery: int = 12,
-               speed_chart: str | Path | None = None) -> Path:
+               speed_chart: str | Path | None = None, name: str | None = None) -> Path:
     """Write <head_dir>/card.html from the head's report, CV probabilities and saved model; speed: img/s figures
     measured by the benchmark (name -> value) and speed_chart: a PNG of candidate models' accuracy against speed
-    (bench/speed_accuracy.py), shown when given."""
+    (bench/speed_accuracy.py), shown when given; name: the model's name (default the folder's)."""
     import pickle
 
     from genderfusion.extract.sources.base import library_versions
@@ -250,9 +250,9 @@ def write_card(head_dir: str | Path, workdir: str | Path, speed: dict | None = N
     versions = ", ".join(f"{k} {v}" for k, v in library_versions().items())
     n_fem = int(y.sum())
     page = f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>Model card: {html.escape(head_dir.name)}</title>
+<html lang="en"><head><meta charset="utf-8"><title>Model card: {html.escape(name or head_dir.name)}</title>
 <style>{CSS}</style></head><body>
-<h1>Model card: {html.escape(head_dir.name)}</h1>
+<h1>Model card: {html.escape(name or head_dir.name)}</h1>
 <p class="muted">genderfusion; written {dt.date.today().isoformat()}; {html.escape(versions)}</p>
 <h2>What it is</h2>
 <p>Head <b>{html.escape(clf.head)}</b>, protocol <b>{html.escape(clf.protocol)}</b>{_second_stage(clf)}, over {len(clf.recipes_)} source(s),

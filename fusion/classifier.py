@@ -84,6 +84,8 @@ class FusionClassifier:
         self.source_names_ = [s.name for s in data.sources]
         self.workdir_ = str(Path(self.workdir).resolve())
         self.k_ = data.k
+        self.train_labels_ = (np.asarray(data.ids, dtype=str), np.asarray(data.y, dtype=np.int8),
+                              np.asarray(data.skipped_ids, dtype=str))  # rows trained on, and rows skipped as corrupt
         self.second_stage_ = None  # fit_second_stage adds one
         return self
 
@@ -198,6 +200,7 @@ class FusionClassifier:
         state.setdefault("band", (0.45, 0.55))  # saved before the second stage existed
         state.setdefault("second_stage_", None)
         state.setdefault("pooled_", False)  # saved before the pooled protocol existed
+        state.setdefault("train_labels_", None)  # saved before the training labels were recorded
         self.__dict__.update(state)
 
     def __getstate__(self):
@@ -230,6 +233,9 @@ class FusionClassifier:
             except (ModuleNotFoundError, AttributeError) as exc:  # saved by an older layout of the package
                 raise ValueError(f"{path}: a fusion model of an older version ({exc}); retrain it with train-head"
                                  ) from exc
+            except Exception as exc:  # pickle raises many types for truncated or corrupt bytes
+                raise ValueError(f"{path}: not a readable fusion model (truncated or corrupt: "
+                                 f"{type(exc).__name__}: {exc}); retrain it with train-head") from exc
         if not isinstance(obj, dict) or obj.get("format") != FORMAT:
             raise ValueError(f"{path}: not a {FORMAT} artifact (format {obj.get('format') if isinstance(obj, dict) else '?'}"
                              "); retrain it with train-head")

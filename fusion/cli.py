@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from genderfusion.extract.cli import make_parser, run_cli
+from genderfusion.extract.cli import make_parser, non_negative_float, non_negative_int, positive_int, run_cli
 
 
 def _band(text: str) -> tuple[float, float]:
@@ -52,16 +52,17 @@ def train_head_main(argv: list[str] | None = None) -> None:
 def predict_main(argv: list[str] | None = None) -> None:
     p = make_parser("predict", "Predict with a trained fusion model: a competition's test rows (--data) or any photos "
                                "(--images).")
-    p.add_argument("--model", default="fusion", help="a name under <workdir>/heads/, or a model.pkl path")
+    p.add_argument("--model", default="fusion", help="a name under <workdir>/heads/, or a model.pkl path (its "
+                                                     "workspace: --workdir when given, else the one it was saved in)")
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--data", help="competition folder: a submission for its test.csv rows (cached features)")
     what.add_argument("--images", nargs="+", metavar="PATH",
                       help="photos: folders (recursive), globs, text files of paths (.txt), or files")
-    p.add_argument("--workdir", default="data")
+    p.add_argument("--workdir", default=None, help="workspace (default data)")
     p.add_argument("--out", default=None, help="default submission.csv (--data) or predictions.csv (--images; "
                                                ".parquet writes Parquet)")
     p.add_argument("--band", type=_band, default=(0.45, 0.55), help="doubtful band LO,HI of P(female)")
-    p.add_argument("--batch-size", type=int, default=256, help="--images: photos held in memory at once")
+    p.add_argument("--batch-size", type=positive_int, default=256, help="--images: photos held in memory at once")
     p.add_argument("--skip-bad", action="store_true", help="--images: write unreadable files with an error column "
                                                            "instead of stopping")
     p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda …")
@@ -81,7 +82,7 @@ def predict_main(argv: list[str] | None = None) -> None:
                                  args.batch_size, args.skip_bad, args.band, args.device, not args.no_progress)
         print(json.dumps(out, indent=2))
 
-    run_cli(body)
+    run_cli(body, interrupted="interrupted; no output file was written (nothing else changed)")
 
 
 def audit_labels_main(argv: list[str] | None = None) -> None:
@@ -95,10 +96,10 @@ def audit_labels_main(argv: list[str] | None = None) -> None:
                                                       "dlib-face-flip, else dlib-face)")
     p.add_argument("--confidence", type=float, default=0.9,
                    help="a row whose out-of-fold P(its label) <= 1 - confidence is a confident disagreement")
-    p.add_argument("--threshold", type=float, default=None,
+    p.add_argument("--threshold", type=non_negative_float, default=None,
                    help="near-duplicate descriptor distance (default: read off the data's nearest-neighbour "
                         "distances)")
-    p.add_argument("--top", type=int, default=48, help="suspects shown in suspects.png")
+    p.add_argument("--top", type=non_negative_int, default=48, help="suspects shown in suspects.png")
     p.add_argument("--skip-bad", action="store_true", help="leave corrupt images out of the pixel hashing")
     args = p.parse_args(argv)
 

@@ -12,19 +12,29 @@ from genderfusion.extract.errors import BadImageError
 
 
 def decode_one(item, index: int) -> np.ndarray:
-    """One input (path, PIL image, array, tensor) as an HWC uint8 RGB array; errors name its index or path."""
+    """One input (path, PIL image, array, tensor) as an HWC uint8 RGB array; errors name its index or path.
+
+    One rule for every kind of input: an alpha channel is composited on black (an RGBA PIL image and its
+    HxWx4 array give the same pixels)."""
     if isinstance(item, (str, os.PathLike)):
         if not Path(item).is_file():
-            raise FileNotFoundError(f"image {index}: {item} not found")
+            raise FileNotFoundError(f"image {index}: {item} not found" + (" (a broken symbolic link)"
+                                                                          if Path(item).is_symlink() else ""))
         return load_rgb(item)
     if isinstance(item, Image.Image):
-        return np.asarray(to_rgb(ImageOps.exif_transpose(item)), dtype=np.uint8).copy()
+        try:
+            return np.asarray(to_rgb(ImageOps.exif_transpose(item)), dtype=np.uint8).copy()
+        except Exception as exc:  # a lazily opened image decodes here: PIL raises many types for corrupt data
+            raise BadImageError(f"<image {index}>", f"{type(exc).__name__}: {exc}") from exc
     if type(item).__module__.startswith("torch"):
         t = item.detach().cpu()
-        if t.ndim == 3 and t.shape[0] in (1, 3) and t.shape[-1] not in (1, 3):
+        if t.ndim == 3 and t.shape[0] in (1, 3, 4) and t.shape[-1] not in (1, 3, 4):
             t = t.permute(1, 2, 0)  # CHW -> HWC
         item = t.numpy()
         if item.dtype != np.uint8:  # float tensors in [0, 1]
+            if item.size and not np.isfinite(item).all():
+                raise ValueError(f"image {index}: the tensor holds {int((~np.isfinite(item)).sum())} NaN or "
+                                 "infinite value(s)")
             if item.size and (item.min() < 0 or item.max() > 1):
                 raise ValueError(f"image {index}: a float tensor must hold values in [0, 1], found "
                                  f"{item.min():.3g}..{item.max():.3g}; divide by 255, or pass uint8")
@@ -32,9 +42,13 @@ def decode_one(item, index: int) -> np.ndarray:
     if isinstance(item, np.ndarray):
         if item.dtype != np.uint8 or item.ndim not in (2, 3) or (item.ndim == 3 and item.shape[2] not in (1, 3, 4)):
             raise ValueError(f"image {index}: expected an HWC uint8 array, got dtype {item.dtype} shape {item.shape}")
+        if item.size == 0:
+            raise ValueError(f"image {index}: an empty array (shape {item.shape})")
         if item.ndim == 2 or item.shape[2] == 1:
             item = np.repeat(item.reshape(item.shape[0], item.shape[1], 1), 3, axis=2)
-        return np.ascontiguousarray(item[..., :3])
+        if item.shape[2] == 4:
+            return np.asarray(to_rgb(Image.fromarray(np.ascontiguousarray(item), "RGBA")), dtype=np.uint8).copy()
+        return np.ascontiguousarray(item)
     raise TypeError(f"image {index}: unsupported type {type(item).__name__}; "
                     "give a path, PIL image, HWC uint8 array or tensor")
 

@@ -18,22 +18,49 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".g
 COLUMNS = ("path", "p_female", "label", "doubtful", "stage", "error")
 
 
+def _walk(folder: Path) -> list[Path]:
+    """Image files under a folder, sorted, following symbolic links to files and folders (each real folder once:
+    a link cycle ends); a broken link with an image suffix is kept, so that it is reported, not dropped."""
+    found, seen = [], set()
+    for root, dirs, files in os.walk(folder, followlinks=True):
+        real = os.path.realpath(root)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        found += [Path(root) / f for f in files if Path(f).suffix.lower() in IMAGE_SUFFIXES]
+    return sorted(found)
+
+
+def _listed(path: Path) -> list[Path]:
+    """The paths a .txt list names, one a line (relative to the list's folder); an unreadable or empty list is an
+    error naming it."""
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path}: not a UTF-8 text file of image paths ({exc.reason} at byte {exc.start}); "
+                         "save it as UTF-8") from None
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if not lines:
+        raise FileNotFoundError(f"{path}: lists no image paths")
+    return [Path(line) if Path(line).is_absolute() else path.parent / line for line in lines]
+
+
 def expand_paths(items: Sequence[str | os.PathLike]) -> list[Path]:
-    """Image files from folders (recursively, by suffix, sorted), glob patterns, text files listing one path a line
-    (.txt), or image files; a path that does not exist, a glob without a match or an empty folder is an error
-    naming it."""
+    """Image files from folders (recursively, by suffix, sorted, symbolic links followed), glob patterns, text
+    files listing one path a line (.txt), or image files; a path that does not exist, a glob without a match, an
+    empty folder or an empty list is an error naming it."""
     out: list[Path] = []
     for item in items:
         text = str(item)
         path = Path(text)
         if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+            found = _walk(path)
             if not found:
                 raise FileNotFoundError(f"{path}: no images in this folder (looked for {', '.join(IMAGE_SUFFIXES)})")
             out += found
         elif path.is_file() and path.suffix.lower() == ".txt":
-            lines = [line.strip() for line in path.read_text().splitlines() if line.strip()]
-            out += [Path(line) if Path(line).is_absolute() else path.parent / line for line in lines]
+            out += _listed(path)
         elif path.is_file():
             out.append(path)
         elif any(c in text for c in "*?["):
@@ -54,7 +81,7 @@ def _rows(clf, items: Sequence, names: Sequence[str], band: tuple[float, float],
         try:
             arrays.append(decode_one(item, i))
             rows.append({"path": name})
-        except (BadImageError, FileNotFoundError, ValueError) as exc:
+        except (BadImageError, FileNotFoundError, ValueError, TypeError) as exc:
             if not skip_bad:
                 raise
             rows.append({"path": name, "p_female": math.nan, "label": -1, "doubtful": True, "stage": 0,

@@ -18,8 +18,8 @@ from .classifier import FusionClassifier
 
 def _check_test_images(ws: Workspace, sources: list[str], data: CompetitionData) -> set[str]:
     """Refuse cached test rows whose image is not the one in the data folder (the cache's key: file size and
-    modification time); return the test ids skipped at extraction as corrupt (--skip-bad)."""
-    key = dict(zip(data.test.ids, zip(data.test.sizes.tolist(), data.test.mtimes.tolist())))
+    content digest); return the test ids skipped at extraction as corrupt (--skip-bad)."""
+    key = dict(zip(data.test.ids, zip(data.test.sizes.tolist(), data.test.digests.tolist())))
     skipped: set[str] = set()
     for name in sources:
         path = ws.features_path(name)
@@ -27,7 +27,7 @@ def _check_test_images(ws: Workspace, sources: list[str], data: CompetitionData)
         changed = [i for i, k in zip(ids, keys) if i in key and key[i] != k]
         if changed:
             raise DataError(f"{len(changed)} test image(s) in {data.test.folder} are not the ones {name}'s features "
-                            f"were computed from (file size or time differs), e.g. ids {changed[:5]}; rerun `extract` "
+                            f"were computed from (file size or content differs), e.g. ids {changed[:5]}; rerun `extract` "
                             "for every source, then predict. No submission written.")
         skipped |= set(fc.read_attrs(path).get("notes", {}).get("skipped_ids", [])) & set(key)
     return skipped
@@ -42,23 +42,41 @@ def _default_labels(data: CompetitionData) -> dict[str, str]:
         return {r["id"]: r.get("label", "") for r in csv.DictReader(fh)}
 
 
-def load_model(model: str, workdir: str | Path = "data") -> FusionClassifier:
-    """A saved fusion model: a name under <workdir>/heads/ (in that workspace), or a model.pkl path (in its own)."""
+def load_model(model: str, workdir: str | Path | None = None) -> FusionClassifier:
+    """A saved fusion model: a name under <workdir>/heads/ (default workspace data), or a model.pkl path (in
+    `workdir` when given, else in the workspace it was saved in)."""
     if Path(model).suffix == ".pkl":
-        return FusionClassifier.load(model)
+        return FusionClassifier.load(model, workdir=workdir)
+    workdir = "data" if workdir is None else workdir
     return FusionClassifier.load(Workspace(workdir).head_model(model), workdir=workdir)
 
 
-def predict_submission(model: str, data_dir: str | Path, out: str | Path, workdir: str | Path = "data",
+def _refuse_changed_labels(clf: FusionClassifier, model: str, data: CompetitionData) -> None:
+    """The model must have been trained on train.csv's ids and labels as they are now."""
+    if clf.train_labels_ is None:
+        return
+    ids, labels, skipped = (a.tolist() for a in clf.train_labels_)
+    then = dict(zip(ids, labels))
+    now = dict(zip(data.train.ids, data.train.labels.tolist()))
+    changed = sorted(i for i in set(then) | set(now) if then.get(i) != now.get(i) and not (i in skipped and i in now))
+    if changed:
+        i = changed[0]
+        raise DataError(f"{len(changed)} training row(s) of {data.root / 'train.csv'} changed since model {model} was "
+                        f"trained (e.g. id {i}: label then {then.get(i, 'absent')}, now {now.get(i, 'absent')}); "
+                        "rerun `extract` for every source and `train-head`. No submission written.")
+
+
+def predict_submission(model: str, data_dir: str | Path, out: str | Path, workdir: str | Path | None = None,
                        band: tuple[float, float] = (0.45, 0.55)) -> dict:
     """Write `out` (id,label for every test id in test.csv order) and `<out stem>_details.csv`.
 
     A test image skipped as corrupt at extraction gets no label from a blank image: the sample submission's
     label (empty without one), flagged doubtful in the details file with the reason."""
-    ws = Workspace(workdir)
     clf = load_model(model, workdir)
+    ws = Workspace(clf.workdir_)
     data = CompetitionData.load(data_dir, check_images=False)
-    ids, det = clf.details_cached(workdir, band)
+    _refuse_changed_labels(clf, model, data)
+    ids, det = clf.details_cached(clf.workdir_, band)
     pos = {i: n for n, i in enumerate(ids)}
     missing = [i for i in data.test.ids if i not in pos]
     if missing:
@@ -82,4 +100,6 @@ def predict_submission(model: str, data_dir: str | Path, out: str | Path, workdi
     predicted = np.array([y == "1" for i, y in zip(data.test.ids, labels) if i not in skipped])
     return {"submission": str(out), "details": str(details), "rows": len(labels),
             "female_fraction": float(predicted.mean()) if len(predicted) else None,
-            "doubtful": int(sum(doubtful)), "second_stage": int((stage == 2).sum()), "skipped": len(skipped)}
+            "doubtful": int(sum(doubtful)), "second_stage": int((stage == 2).sum()), "skipped": len(skipped),
+            "test_images_checked": "ids, byte size and content digest (BLAKE2b) of every test image against each "
+                                   "source's cache"}

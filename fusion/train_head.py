@@ -9,7 +9,7 @@ from typing import Callable
 
 import numpy as np
 
-from genderfusion.extract.atomic import read_json, write_json
+from genderfusion.extract.atomic import atomic_dir, read_json, write_json
 from genderfusion.extract.cache import format as fc
 from genderfusion.extract.data.workspace import Workspace
 from genderfusion.extract.errors import DataError
@@ -44,9 +44,14 @@ def train_meta(workdir: Path, ids: np.ndarray) -> tuple[np.ndarray | None, np.nd
 
 def refuse_stale_caches(workdir: Path, features: list[str]) -> None:
     """Each cache must hold the workspace's training rows with train.csv's labels now: a cache of another dataset
-    or a corrected label is never trained on silently."""
-    data = Workspace(workdir).bound_data()
+    or a corrected label is never trained on silently. Without the data folder (moved or deleted), the caches'
+    training ids must be the ones the workspace was made for."""
+    ws = Workspace(workdir)
+    data = ws.bound_data()
     if data is None:
+        for name in features:
+            cached = fc.load(ws.features_path(name), with_features=False).train
+            ws.check_training_ids(list(cached.ids), f"{name}'s cache")
         return
     now = dict(zip(data.train.ids, data.train.labels.tolist()))
     for name in features:
@@ -122,21 +127,22 @@ def train_head(workdir: str | Path, features: list[str], heads: list[str], proto
         if stage2["kept"]:  # like the head itself, chosen by out-of-fold accuracy
             chosen = results[-1]
             clf.fit_second_stage(data, best.probs)
-    clf.save(out_dir / "model.pkl")
-    ages, races = train_meta(workdir, data.ids)
-    wv = next((r for r in results if r.method == "weighted-vote"), None)
-    extra = {"features": features, "heads": heads, "best_method": f"{chosen.method} [{chosen.protocol}]",
-             "best_cv_accuracy": chosen.accuracy(data.y),
-             "weighted_vote_cv_accuracy": wv.accuracy(data.y) if wv else None,
-             "gain_over_weighted_vote": chosen.accuracy(data.y) - wv.accuracy(data.y) if wv else None,
-             "excluded_from_training": int(data.excluded.sum()) if data.excluded is not None else 0,
-             "second_stage": stage2 or None, "fingerprint": fp}
-    report = write_report(out_dir, results, chosen, data.y, ages, races, band,
-                          title=f"Fusion of {', '.join(features)}", extra=extra, coverage=coverage)
-    np.savez_compressed(out_dir / "cv_probs.npz", ids=data.ids.astype(str), y=data.y,
-                        **{f"{r.method} [{r.protocol}]": r.probs for r in results})
-    write_card(out_dir, workdir)
-    report["seconds_total"] = round(time.time() - t0, 2)
-    report["cached"] = False
-    write_json(out_dir / "results.json", {"fingerprint": fp, "seconds_total": report["seconds_total"]})
+    with atomic_dir(out_dir) as tmp_dir:  # the model, its report and card replace the old ones as a whole
+        clf.save(tmp_dir / "model.pkl")
+        ages, races = train_meta(workdir, data.ids)
+        wv = next((r for r in results if r.method == "weighted-vote"), None)
+        extra = {"features": features, "heads": heads, "best_method": f"{chosen.method} [{chosen.protocol}]",
+                 "best_cv_accuracy": chosen.accuracy(data.y),
+                 "weighted_vote_cv_accuracy": wv.accuracy(data.y) if wv else None,
+                 "gain_over_weighted_vote": chosen.accuracy(data.y) - wv.accuracy(data.y) if wv else None,
+                 "excluded_from_training": int(data.excluded.sum()) if data.excluded is not None else 0,
+                 "second_stage": stage2 or None, "fingerprint": fp}
+        report = write_report(tmp_dir, results, chosen, data.y, ages, races, band,
+                              title=f"Fusion of {', '.join(features)}", extra=extra, coverage=coverage)
+        np.savez_compressed(tmp_dir / "cv_probs.npz", ids=data.ids.astype(str), y=data.y,
+                            **{f"{r.method} [{r.protocol}]": r.probs for r in results})
+        write_card(tmp_dir, workdir, name=out_dir.name)
+        report["seconds_total"] = round(time.time() - t0, 2)
+        report["cached"] = False
+        write_json(tmp_dir / "results.json", {"fingerprint": fp, "seconds_total": report["seconds_total"]})
     return report

@@ -12,8 +12,13 @@ def commands() -> dict[str, EntryPoint]:
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     known = commands()
+    if argv[:1] == ["--version"]:
+        from genderfusion import __version__
+
+        print(f"genderfusion {__version__}")
+        return
     if not argv or argv[0] not in known:
-        print(f"usage: python -m genderfusion {{{','.join(sorted(known))}}} [options]\n"
+        print(f"usage: python -m genderfusion {{{','.join(sorted(known))}}} [options] | --version\n"
               "       python -m genderfusion COMMAND --help", file=sys.stderr)
         sys.exit(0 if argv[:1] in (["-h"], ["--help"]) else 2)
     known[argv[0]].load()(argv[1:])

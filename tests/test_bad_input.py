@@ -223,7 +223,8 @@ extract_features({str(synth)!r}, "cnn-small", {str(ws)!r}, progress=False, froze
 
 
 def test_an_image_replaced_by_one_of_the_same_byte_size_is_seen(pipeline):
-    """The cache keys an image by (size, modification time): other pixels under the same size are recomputed."""
+    """The cache keys an image by (size, content digest): other pixels under the same size and modification time
+    are recomputed."""
     import os
 
     import numpy as np
@@ -234,11 +235,11 @@ def test_an_image_replaced_by_one_of_the_same_byte_size_is_seen(pipeline):
     sizes = {p: p.stat().st_size for p in (data / "test").glob("*.jpg")}
     small, big = min(sizes, key=sizes.get), max(sizes, key=sizes.get)
     before = fc.load(ws / "features/cnn-small-frozen.h5")
-    raw = small.read_bytes()
+    raw, times = small.read_bytes(), (big.stat().st_atime_ns, big.stat().st_mtime_ns)
     big.write_bytes(raw + b"\0" * (sizes[big] - len(raw)))  # a JPEG decoder ignores what follows its end marker
-    os.utime(big, ns=(big.stat().st_atime_ns, big.stat().st_mtime_ns + 10**9))  # a clock that did not move on
-    assert big.stat().st_size == sizes[big]
-    with pytest.raises(DataError, match=f"file size or time differs.*'{big.stem}'"):
+    os.utime(big, ns=times)  # its modification time restored
+    assert big.stat().st_size == sizes[big] and big.stat().st_mtime_ns == times[1]
+    with pytest.raises(DataError, match=f"file size or content differs.*'{big.stem}'"):
         predict_submission("fusion", data, sub, ws)
     out = extract_features(data, "cnn-small", ws, progress=False, dtype="float16", **FROZEN)
     assert out.status == "appended" and out.computed_rows == 1

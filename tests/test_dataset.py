@@ -62,7 +62,8 @@ def _mode_case(mode: str) -> tuple[Image.Image, np.ndarray]:
     if mode in ("I;16", "I", "F"):
         v = np.arange(480).reshape(20, 24).astype(np.float64) * 100
         im = Image.fromarray(v.astype(np.uint16)).convert(mode)
-        return im, np.repeat(((v - v.min()) / (v.max() - v.min()) * 255)[..., None], 3, axis=2)
+        scaled = np.clip(v, 0, 255) if mode == "F" else v / 257  # 16 bits as every library scales them (65535 -> 255)
+        return im, np.repeat(scaled[..., None], 3, axis=2)
     if mode in ("L", "1"):
         im = Image.fromarray(chan().astype(np.uint8), "L").convert(mode)
         return im, np.repeat(np.asarray(im, dtype=np.float64)[..., None] * (255 if mode == "1" else 1), 3, axis=2)

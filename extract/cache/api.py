@@ -20,14 +20,15 @@ log = logging.getLogger(__name__)
 
 def dataset_rows(data: CompetitionData, fold: np.ndarray) -> Rows:
     return Rows(list(data.train.ids), data.train.labels, fold, data.train.sizes, list(data.test.ids), data.test.sizes,
-                data.train.mtimes, data.test.mtimes)
+                data.train.digests, data.test.digests)
 
 
-def _resolve(data_dir: str | Path, workdir: str | Path, spec: dict):
-    """The data, the workspace bound to it, its folds, and the source's recipe."""
+def _resolve(data_dir: str | Path, workdir: str | Path, spec: dict, record: bool = True):
+    """The data, the workspace bound to it (recorded now, or by the caller once it succeeded), its folds, and the
+    source's recipe."""
     data = CompetitionData.load(data_dir)
     ws = Workspace(workdir)
-    ws.bind(data)
+    ws.bind(data, record)
     folds = ensure_folds(ws, data)
     return data, ws, folds, source_recipe(spec, ws, folds.k, folds.fingerprint)
 
@@ -54,7 +55,7 @@ def extract_features(data_dir: str | Path, backbone: str, workdir: str | Path = 
     """
     t0 = time.time()
     data, ws, folds, recipe = _resolve(data_dir, workdir, source_spec(backbone, frozen, pool, img_size, weights,
-                                                                      pretrained, align, layer, tta))
+                                                                      pretrained, align, layer, tta), record=False)
     rows = dataset_rows(data, folds.for_ids(data.train.ids).copy())
     images = RowInputs(ws, data, skip_bad=skip_bad, progress=progress)
     skipped: list[str] = []
@@ -68,13 +69,17 @@ def extract_features(data_dir: str | Path, backbone: str, workdir: str | Path = 
                 rows.train_fold[bad] = -1  # excluded from every head
     path = ws.features_path(recipe["source"])
     if shard:
-        i, n = (int(v) for v in shard.split("/"))
+        try:
+            i, n = (int(v) for v in shard.split("/"))
+        except ValueError:
+            i, n = -1, 0
         if not 0 <= i < n:
-            raise ValueError(f"--shard {shard}: expected i/n with 0 <= i < n")
+            raise ValueError(f"shard {shard!r}: expected I/N with 0 <= I < N, e.g. 0/4")
         rows = rows.shard(i, n)
         path = ws.shard_path(recipe["source"], i, n)
     update = plan_update(path, recipe, rows, dtype, force)
     if update.hit:
+        ws.bind(data)
         return Outcome(path, "hit", update.reason, 0, time.time() - t0, None)
     source = build_source(recipe, ws, batch_size, device)
     notes: dict = {"skipped_ids": skipped}
@@ -82,8 +87,10 @@ def extract_features(data_dir: str | Path, backbone: str, workdir: str | Path = 
         for split in ("train", "test"):
             images.all(split, source.input)
         notes["alignment_fallbacks"] = sum(images.fallbacks[split, source.input] for split in ("train", "test"))
-    return extract_to_cache(source, rows, path, update, images, dtype=dtype, batch_size=batch_size,
-                            progress=progress, shard=shard, notes=notes)
+    out = extract_to_cache(source, rows, path, update, images, dtype=dtype, batch_size=batch_size,
+                           progress=progress, shard=shard, notes=notes)
+    ws.bind(data)  # the workspace names this data folder once its cache is written
+    return out
 
 
 def merge_features(workdir: str | Path, backbone: str, frozen: bool = False, align: bool | None = None,

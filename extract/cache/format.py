@@ -6,13 +6,14 @@ Layout of ``features/<source>.h5``::
            recipe (JSON: everything that produced the features, extract.sources.spec.source_recipe), and each
            recipe entry on its own: spec, backbone, layer, pooling, img_size, mean, std,
            checkpoint_sha256 (JSON list, one per space), folds_fingerprint, extra; versions, notes (JSON)
-    train/ids [N] utf-8, labels [N], fold [N], filesize [N], mtime [N] (the image's key: size, mtime in ns),
+    train/ids [N] utf-8, labels [N], fold [N], filesize [N], digest [N] (the image's key: size, content digest),
           features [N, D]   (row i from the fold model that held row i out; frozen: the one model)
           logits [N]        (when has_logits)
-    test/ids [M], filesize [M], mtime [M], features [S, M, D], logits [S, M]   (S = n_spaces: K or 1)
+    test/ids [M], filesize [M], digest [M], features [S, M, D], logits [S, M]   (S = n_spaces: K or 1)
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from dataclasses import dataclass
@@ -61,18 +62,10 @@ def _decode_ids(ds) -> np.ndarray:
     return np.array([v.decode() if isinstance(v, bytes) else str(v) for v in ds[()]], dtype=object)
 
 
-def test_rows(path: str | os.PathLike) -> tuple[np.ndarray, list[tuple[int, int]]]:
-    """(ids, image keys (file size, mtime ns)) of a cache's test rows: what its rows were computed from."""
-    import h5py
-
-    with h5py.File(path, "r") as f:
-        n = len(f["test/ids"])
-        mtimes = f["test/mtime"][()].tolist() if "test/mtime" in f else [None] * n
-        return _decode_ids(f["test/ids"]), list(zip(f["test/filesize"][()].tolist(), mtimes))
-
-
-def read_attrs(path: str | os.PathLike) -> dict:
-    """Attributes of a cache file, JSON fields decoded; CacheError if it cannot be opened."""
+@contextlib.contextmanager
+def opened(path: str | os.PathLike):
+    """The cache file open for reading; any failure to open or read it (a truncated file, a damaged block: h5py
+    raises OSError, KeyError, ValueError or RuntimeError) is a CacheError naming the file."""
     import h5py
 
     path = Path(path)
@@ -81,9 +74,26 @@ def read_attrs(path: str | os.PathLike) -> dict:
                          f"{', '.join(sorted(p.stem for p in path.parent.glob('*.h5'))) or 'none yet'})")
     try:
         with h5py.File(path, "r") as f:
-            return _attrs(f)
-    except OSError as exc:
-        raise CacheError(f"{path}: not a readable HDF5 cache (truncated or corrupt: {exc})") from exc
+            yield f
+    except CacheError:
+        raise
+    except (OSError, KeyError, ValueError, RuntimeError, TypeError) as exc:
+        raise CacheError(f"{path}: not a readable HDF5 cache (truncated or corrupt: {type(exc).__name__}: {exc}); "
+                         "rerun `extract` for this source: it rebuilds the file") from exc
+
+
+def test_rows(path: str | os.PathLike) -> tuple[np.ndarray, list[tuple[int, int]]]:
+    """(ids, image keys (file size, content digest)) of a cache's test rows: what its rows were computed from."""
+    with opened(path) as f:
+        n = len(f["test/ids"])
+        digests = f["test/digest"][()].tolist() if "test/digest" in f else [None] * n
+        return _decode_ids(f["test/ids"]), list(zip(f["test/filesize"][()].tolist(), digests))
+
+
+def read_attrs(path: str | os.PathLike) -> dict:
+    """Attributes of a cache file, JSON fields decoded; CacheError if it cannot be opened."""
+    with opened(path) as f:
+        return _attrs(f)
 
 
 def _attrs(f) -> dict:
@@ -127,17 +137,9 @@ def validate(path: Path, f) -> dict:
 
 
 def load(path: str | os.PathLike, with_features: bool = True) -> FeatureSet:
-    """Open, validate and read a feature cache."""
-    import h5py
-
+    """Open, validate and read a feature cache (with_features=False: all but the features)."""
     path = Path(path)
-    if not path.exists():
-        raise CacheError(f"{path}: no feature cache; run `extract --backbone …` first")
-    try:
-        f = h5py.File(path, "r")
-    except OSError as exc:
-        raise CacheError(f"{path}: not a readable HDF5 cache (truncated or corrupt: {exc})") from exc
-    with f:
+    with opened(path) as f:
         a = validate(path, f)
 
         def read(name):

@@ -27,11 +27,11 @@ class Rows:
     train_ids: list[str]
     train_labels: np.ndarray
     train_fold: np.ndarray
-    train_size: np.ndarray  # image file sizes and modification times (ns): a replaced image is recomputed
+    train_size: np.ndarray  # image file sizes and content digests: a replaced image is recomputed
     test_ids: list[str]
     test_size: np.ndarray
-    train_mtime: np.ndarray
-    test_mtime: np.ndarray
+    train_digest: np.ndarray
+    test_digest: np.ndarray
     train_index: np.ndarray = field(default=None)  # positions in the dataset split (for shards)
     test_index: np.ndarray = field(default=None)
 
@@ -46,13 +46,13 @@ class Rows:
         tr = np.array_split(np.arange(len(self.train_ids)), n)[i]
         te = np.array_split(np.arange(len(self.test_ids)), n)[i]
         return Rows([self.train_ids[j] for j in tr], self.train_labels[tr], self.train_fold[tr], self.train_size[tr],
-                    [self.test_ids[j] for j in te], self.test_size[te], self.train_mtime[tr], self.test_mtime[te],
+                    [self.test_ids[j] for j in te], self.test_size[te], self.train_digest[tr], self.test_digest[te],
                     self.train_index[tr], self.test_index[te])
 
     def digest(self) -> str:
         h = hashlib.sha256()
-        for x in (self.train_ids, self.train_labels, self.train_size, self.test_ids, self.test_size, self.train_mtime,
-                  self.test_mtime):
+        for x in (self.train_ids, self.train_labels, self.train_size, self.test_ids, self.test_size, self.train_digest,
+                  self.test_digest):
             h.update(json.dumps([str(v) for v in x]).encode())
         return h.hexdigest()[:16]
 
@@ -85,18 +85,16 @@ def _keep_map(old_ids, old_key, new_ids, new_key) -> np.ndarray:
 
 def _match_rows(old: fc.FeatureSet, rows: Rows) -> tuple[np.ndarray, np.ndarray, bool]:
     """For each wanted row, the index of the identical cached row or -1; and whether the cache holds exactly them."""
-    import h5py
+    def digests(f, split):  # caches written before content digests were recorded: every row counts as changed
+        return f[f"{split}/digest"][()].tolist() if f"{split}/digest" in f else [None] * len(f[f"{split}/ids"])
 
-    def mtimes(f, split):  # caches written before mtimes were recorded: every row counts as changed
-        return f[f"{split}/mtime"][()].tolist() if f"{split}/mtime" in f else [None] * len(f[f"{split}/ids"])
-
-    with h5py.File(old.path, "r") as f:
-        old_train_key = list(zip(f["train/labels"][()].tolist(), f["train/filesize"][()].tolist(), mtimes(f, "train")))
-        old_test_key = list(zip(f["test/filesize"][()].tolist(), mtimes(f, "test")))
+    with fc.opened(old.path) as f:
+        old_train_key = list(zip(f["train/labels"][()].tolist(), f["train/filesize"][()].tolist(), digests(f, "train")))
+        old_test_key = list(zip(f["test/filesize"][()].tolist(), digests(f, "test")))
     keep_tr = _keep_map(old.train.ids, old_train_key, rows.train_ids,
-                        list(zip(rows.train_labels.tolist(), rows.train_size.tolist(), rows.train_mtime.tolist())))
+                        list(zip(rows.train_labels.tolist(), rows.train_size.tolist(), rows.train_digest.tolist())))
     keep_te = _keep_map(old.test.ids, old_test_key, rows.test_ids,
-                        list(zip(rows.test_size.tolist(), rows.test_mtime.tolist())))
+                        list(zip(rows.test_size.tolist(), rows.test_digest.tolist())))
     same_rows = (len(old.train.ids) == len(rows.train_ids) and len(old.test.ids) == len(rows.test_ids)
                  and (keep_tr == np.arange(len(keep_tr))).all() and (keep_te == np.arange(len(keep_te))).all())
     # a frozen source's features do not depend on folds, but the file records them for the heads
@@ -125,7 +123,8 @@ def plan_update(path: Path, recipe: dict, rows: Rows, dtype: str = "float16", fo
         none_kept.reason = "no cache yet"
         return none_kept
     try:
-        old = fc.load(path, with_features=False)
+        old = fc.load(path)  # every block read once: a damaged file is rebuilt, not reused or appended to
+        old.train.features = old.test.features = None
     except fc.CacheError as exc:
         log.warning("%s", exc)
         none_kept.reason = str(exc)
@@ -136,7 +135,12 @@ def plan_update(path: Path, recipe: dict, rows: Rows, dtype: str = "float16", fo
     if old.attrs.get("dtype") != dtype:
         none_kept.reason = f"dtype changed ({old.attrs.get('dtype')} -> {dtype})"
         return none_kept
-    keep_tr, keep_te, same = _match_rows(old, rows)
+    try:
+        keep_tr, keep_te, same = _match_rows(old, rows)
+    except fc.CacheError as exc:
+        log.warning("%s", exc)
+        none_kept.reason = str(exc)
+        return none_kept
     new_n = int((keep_tr < 0).sum() + (keep_te < 0).sum())
     reason = ("same recipe and rows" if same else
               f"{new_n} new or changed row(s)" if new_n else "rows removed or folds renumbered")
@@ -235,6 +239,8 @@ def _extract(source: FeatureSource, rows: Rows, path: Path, update: Update,
                       f"from the parts already written in {parts_dir}") from exc
     finally:
         bar.close()
+        if parts_dir.is_dir() and not any(parts_dir.glob("*.npz")):
+            shutil.rmtree(parts_dir, ignore_errors=True)  # nothing to resume from: leave no empty plan behind
     status = "computed" if update.old is None else "appended"
     rate = computed / t_compute if t_compute > 0 else None
     return Outcome(path, status, update.reason, computed, time.time() - t0, rate)
@@ -259,17 +265,19 @@ def _create(f, source: FeatureSource, rows: Rows, s: int, d: int, dtype: str, pl
     str_dt = h5py.string_dtype("utf-8")
     n, m = len(rows.train_ids), len(rows.test_ids)
     chunk_rows = max(1, min(1024, (1 << 20) // max(1, d * np.dtype(dtype).itemsize)))
-    comp = {"compression": "gzip", "compression_opts": 1, "shuffle": True}
+
+    def comp(rows: int, chunks: tuple) -> dict:  # a split without rows (no test images) has nothing to chunk
+        return {"chunks": chunks, "compression": "gzip", "compression_opts": 1, "shuffle": True} if rows else {}
     f.create_dataset("train/ids", data=np.array(rows.train_ids, dtype=object), dtype=str_dt)
     f.create_dataset("train/labels", data=rows.train_labels.astype(np.int8))
     f.create_dataset("train/fold", data=rows.train_fold.astype(np.int8))
     f.create_dataset("train/filesize", data=rows.train_size.astype(np.int64))
-    f.create_dataset("train/mtime", data=rows.train_mtime.astype(np.int64))
-    f.create_dataset("train/features", shape=(n, d), dtype=dtype, chunks=(max(1, min(n, chunk_rows)), d), **comp)
+    f.create_dataset("train/digest", data=rows.train_digest.astype(np.int64))
+    f.create_dataset("train/features", shape=(n, d), dtype=dtype, **comp(n, (max(1, min(n, chunk_rows)), d)))
     f.create_dataset("test/ids", data=np.array(rows.test_ids, dtype=object), dtype=str_dt)
     f.create_dataset("test/filesize", data=rows.test_size.astype(np.int64))
-    f.create_dataset("test/mtime", data=rows.test_mtime.astype(np.int64))
-    f.create_dataset("test/features", shape=(s, m, d), dtype=dtype, chunks=(1, max(1, min(m, chunk_rows)), d), **comp)
+    f.create_dataset("test/digest", data=rows.test_digest.astype(np.int64))
+    f.create_dataset("test/features", shape=(s, m, d), dtype=dtype, **comp(m, (1, max(1, min(m, chunk_rows)), d)))
     if source.has_logits:
         f.create_dataset("train/logits", shape=(n,), dtype="float32", fillvalue=np.nan)
         f.create_dataset("test/logits", shape=(s, m), dtype="float32", fillvalue=np.nan)
@@ -282,9 +290,7 @@ def _create(f, source: FeatureSource, rows: Rows, s: int, d: int, dtype: str, pl
 
 
 def _copy_kept(old_path: Path, f, keep_tr: np.ndarray, keep_te: np.ndarray, has_logits: bool) -> None:
-    import h5py
-
-    with h5py.File(old_path, "r") as old:
+    with fc.opened(old_path) as old:
         for split, keep in (("train", keep_tr), ("test", keep_te)):
             dst = np.flatnonzero(keep >= 0)
             if not len(dst):
@@ -332,7 +338,7 @@ def merge_shards(shards: list[Path], path: Path) -> Path:
             sizes = {}
             for x in sets:
                 with h5py.File(x.path, "r") as g:
-                    for name in ("train/filesize", "test/filesize", "train/mtime", "test/mtime"):
+                    for name in ("train/filesize", "test/filesize", "train/digest", "test/digest"):
                         sizes.setdefault(name, []).append(g[name][()])
             for name, parts in sizes.items():
                 f.create_dataset(name, data=cat(parts))

@@ -61,30 +61,37 @@ def _parse_labels(path: Path, rows: list[dict[str, str]]) -> np.ndarray:
     return np.array([int(r["label"]) for r in rows], dtype=np.int64)
 
 
-def image_stats(folder: Path, ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """Byte size and modification time (ns) of folder/<id>.jpg per id, -1 where missing: one directory scan
-    instead of a lookup per id."""
-    found: dict[str, tuple[int, int]] = {}
+def image_sizes(folder: Path, ids: list[str]) -> np.ndarray:
+    """Byte size of folder/<id>.jpg per id, -1 where missing: one directory scan instead of a lookup per id."""
+    found: dict[str, int] = {}
     if folder.is_dir():
         with os.scandir(folder) as entries:
             for e in entries:
                 if e.name.endswith(".jpg") and e.is_file():
-                    st = e.stat()
-                    found[e.name[:-4]] = (st.st_size, st.st_mtime_ns)
-    stats = np.array([found.get(i, (-1, -1)) for i in ids], dtype=np.int64).reshape(len(ids), 2)
-    return stats[:, 0].copy(), stats[:, 1].copy()
+                    found[e.name[:-4]] = e.stat().st_size
+    return np.array([found.get(i, -1) for i in ids], dtype=np.int64)
+
+
+def content_digests(paths: list[Path], sizes: np.ndarray) -> np.ndarray:
+    """A 64-bit BLAKE2b digest of each file's bytes (-1 where missing): an image replaced by another of the same
+    size, whatever its modification time, gets another key (about 0.5 s for 24,000 faces of 7 KB here)."""
+    out = np.full(len(paths), -1, dtype=np.int64)
+    for n, (path, size) in enumerate(zip(paths, sizes.tolist())):
+        if size >= 0:
+            digest = hashlib.blake2b(path.read_bytes(), digest_size=8).digest()
+            out[n] = int.from_bytes(digest, "little", signed=True)
+    return out
 
 
 @dataclass
 class Split:
-    """One split of the competition: ids, image folder, image sizes and modification times (ns; -1: missing)
-    and (for train) labels. An image's key is (size, mtime): a replaced file gets a new one."""
+    """One split of the competition: ids, image folder, image sizes (-1: missing) and (for train) labels. An
+    image's key is (size, content digest), the digests read when first needed: a replaced file gets a new key."""
 
     name: str
     ids: list[str]
     folder: Path
     sizes: np.ndarray
-    mtimes: np.ndarray
     labels: np.ndarray | None = None
 
     def __len__(self) -> int:
@@ -93,6 +100,10 @@ class Split:
     @cached_property
     def paths(self) -> list[Path]:
         return [self.folder / f"{i}.jpg" for i in self.ids]
+
+    @cached_property
+    def digests(self) -> np.ndarray:
+        return content_digests(self.paths, self.sizes)
 
 
 @dataclass
@@ -115,16 +126,16 @@ class CompetitionData:
         train_ids = [r["id"] for r in train_rows]
         _check_unique(train_csv, train_ids)
         labels = _parse_labels(train_csv, train_rows)
-        if test_csv.exists():
-            test_ids = [r["id"] for r in read_csv(test_csv, ("id",))]
-            _check_unique(test_csv, test_ids)
-        else:
-            test_ids = []
+        if not test_csv.exists():
+            raise DataError(f"{test_csv}: not found; a competition folder has train.csv and test.csv (a test.csv "
+                            "of the header `id` alone for no test rows)")
+        test_ids = [r["id"] for r in read_csv(test_csv, ("id",))]
+        _check_unique(test_csv, test_ids)
         both = set(train_ids) & set(test_ids)
         if both:
             raise DataError(f"{test_csv}: id(s) also in {train_csv}: {_first(sorted(both))}")
-        train = Split("train", train_ids, root / "train", *image_stats(root / "train", train_ids), labels)
-        test = Split("test", test_ids, root / "test", *image_stats(root / "test", test_ids))
+        train = Split("train", train_ids, root / "train", image_sizes(root / "train", train_ids), labels)
+        test = Split("test", test_ids, root / "test", image_sizes(root / "test", test_ids))
         if check_images:
             for split in (train, test):
                 missing = [str(split.folder / f"{i}.jpg") for i, n in zip(split.ids, split.sizes) if n < 0]
@@ -155,15 +166,15 @@ class CompetitionData:
         return self.meta_of(self.train.ids)[0]
 
     def fingerprint(self, splits: tuple[str, ...] = ("train", "test"), labels: bool = True,
-                    mtimes: bool = False) -> str:
-        """sha256 over ids, labels (unless labels=False: the images alone), image file sizes and, with mtimes=True,
-        modification times (for caches of pixels; a workspace is bound without them, so that a copied data folder
-        stays the same data) of the given splits: changes when they do."""
+                    content: bool = False) -> str:
+        """sha256 over ids, labels (unless labels=False: the images alone), image file sizes and, with content=True,
+        the images' content digests (for caches of pixels; a workspace is bound without them, which are read only
+        when needed) of the given splits: changes when they do."""
         h = hashlib.sha256()
         for split in (getattr(self, s) for s in splits):
             h.update(split.name.encode())
             labels_ = split.labels if labels and split.labels is not None else [""] * len(split)
-            times = split.mtimes.tolist() if mtimes else [""] * len(split)
-            for i, size, y, t in zip(split.ids, split.sizes.tolist(), labels_, times):
-                h.update(f"{i},{y},{size}{f',{t}' if mtimes else ''}\n".encode())
+            digests = split.digests.tolist() if content else [""] * len(split)
+            for i, size, y, t in zip(split.ids, split.sizes.tolist(), labels_, digests):
+                h.update(f"{i},{y},{size}{f',{t}' if content else ''}\n".encode())
         return h.hexdigest()[:16]

@@ -55,7 +55,7 @@ def cached_images(ws: Workspace, data: CompetitionData, split: str, size: int,
         arr, bad = decode_many(part.paths, size, skip_bad=skip_bad, progress=progress, desc=f"decode {split}@{size}")
         return arr, {"bad": bad}
 
-    key = {"dataset_fingerprint": data.fingerprint(labels=False, mtimes=True),  # pixels: not labels, but a
+    key = {"dataset_fingerprint": data.fingerprint(labels=False, content=True),  # pixels: not labels, but a
            "ids_n": len(part), "size": size}                                    # replaced file
     arr, meta = cached_array(ws.image_cache(split, size), key, part.paths, build, skip_bad, "image cache")
     return arr, list(meta["bad"])

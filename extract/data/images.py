@@ -14,14 +14,15 @@ ImageFile.LOAD_TRUNCATED_IMAGES = False
 
 
 def to_rgb(im: Image.Image) -> Image.Image:
-    """Convert any PIL mode (L, LA, P, RGBA, CMYK, I;16, I, F …) to RGB."""
+    """Convert any PIL mode (L, LA, P, RGBA, CMYK, I;16, I, F …) to RGB: 16-bit values divided by 257 (65535 ->
+    255, as libpng and OpenCV scale them), 32-bit float values clipped to 0..255 (PIL's own rule), transparency
+    composited on black."""
     if im.mode == "RGB":
         return im
     if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         arr = np.asarray(im, dtype=np.float64)
-        lo, hi = float(arr.min()), float(arr.max())
-        arr = (arr - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(arr)
-        return Image.fromarray(arr.astype(np.uint8), "L").convert("RGB")
+        arr = arr if im.mode == "F" else arr / 257.0
+        return Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8), "L").convert("RGB")
     if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
         rgba = im.convert("RGBA")
         bg = Image.new("RGB", rgba.size, (0, 0, 0))

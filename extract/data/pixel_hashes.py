@@ -46,7 +46,7 @@ def cached_pixel_hashes(ws: Workspace, data: CompetitionData, split: str = "trai
         arr, bad = pixel_hashes(part.paths, skip_bad=skip_bad, progress=progress)
         return arr, {"bad": bad}
 
-    key = {"dataset_fingerprint": data.fingerprint(labels=False, mtimes=True), "ids_n": len(part), "digest": "sha256"}
+    key = {"dataset_fingerprint": data.fingerprint(labels=False, content=True), "ids_n": len(part), "digest": "sha256"}
     arr, meta = cached_array(ws.root / "cache" / "hashes" / f"{split}.npy", key, part.paths, build, skip_bad,
                              "pixel-hash cache")
     return arr, list(meta["bad"])

@@ -69,8 +69,9 @@ class Workspace:
     def info_path(self) -> Path:
         return self.root / "workspace.json"
 
-    def bind(self, data: CompetitionData) -> str:
-        """Record the training set's fingerprint, or refuse if the workspace holds another training set.
+    def bind(self, data: CompetitionData, record: bool = True) -> str:
+        """Record the training set's fingerprint, or refuse if the workspace holds another training set (with
+        record=False only the check: a run records its data folder once it has succeeded).
 
         A workspace belongs to one set of training ids; test ids may be added, and labels or images corrected
         (caches recompute the changed rows; fold models trained on other labels or images are refused by name).
@@ -85,10 +86,23 @@ class Workspace:
                 f"workspace {self.root} was made for another training set "
                 f"(fingerprint {theirs or info.get('dataset_fingerprint')}, data {info.get('data')}); "
                 f"{data.root} has fingerprint {ids}. Use another --workdir.")
-        if info.get("dataset_fingerprint") != fp or theirs is None:
+        if record and (info.get("dataset_fingerprint") != fp or theirs is None):
             write_json(self.info_path, {"dataset_fingerprint": fp, "ids_fingerprint": ids,
                                         "data": str(data.root.resolve())})
         return fp
+
+    def check_training_ids(self, ids: list[str], what: str) -> None:
+        """Refuse training ids (in dataset order) other than the ones this workspace was made for."""
+        theirs = read_json(self.info_path).get("ids_fingerprint") if self.info_path.exists() else None
+        ours = hashlib.sha256("\n".join(ids).encode()).hexdigest()[:16]
+        if theirs is not None and theirs != ours:
+            raise WorkspaceError(f"{what} holds other training ids (fingerprint {ours}) than workspace {self.root} "
+                                 f"was made for ({theirs}, {self.bound_data_path()}); rerun `extract` in this "
+                                 "workspace")
+
+    def bound_data_path(self) -> str | None:
+        """The data folder the workspace was last bound to, as recorded (it may be gone)."""
+        return read_json(self.info_path).get("data") if self.info_path.exists() else None
 
     def dataset_fingerprint(self) -> str | None:
         """The fingerprint (ids, labels, image sizes) of the training set the workspace was last bound to."""

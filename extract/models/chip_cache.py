@@ -53,7 +53,7 @@ def cached_chips(ws: Workspace, data: CompetitionData, split: str, size: int, pa
         log.info("%d %s chips, %d fell back to a plain resize, %d corrupt", len(paths), split, fallbacks, len(bad))
         return chips, {"bad": bad, "fallbacks": fallbacks}
 
-    key = {"dataset_fingerprint": data.fingerprint(labels=False, mtimes=True), "ids_n": len(part), "size": size,
+    key = {"dataset_fingerprint": data.fingerprint(labels=False, content=True), "ids_n": len(part), "size": size,
            "padding": padding, "shape_predictor_sha256": shape_predictor_sha256}
     chips, meta = cached_array(ws.chip_cache(split, size, padding), key, paths, build, skip_bad, "chip cache")
     return chips, list(meta["bad"]), meta["fallbacks"]

@@ -85,7 +85,7 @@ def cached_trunk(ws: Workspace, data: CompetitionData, split: str, model: Backbo
                                  desc=f"trunk {split}@{cut}", views=views, augment_cfg=augment_cfg, seed=seed)
         return acts, {"bad": bad, "seconds": round(time.time() - t0, 1), "bytes": int(acts.nbytes)}
 
-    key = {"dataset_fingerprint": data.fingerprint(labels=False, mtimes=True), "ids_n": len(getattr(data, split)),
+    key = {"dataset_fingerprint": data.fingerprint(labels=False, content=True), "ids_n": len(getattr(data, split)),
            "weights_sha256": weights_sha256, "cut": cut, **inputs, "mean": list(pre.mean), "std": list(pre.std)}
     if views > 2:  # caches of the two plain views keep their key
         key.update(views=views, augment=(augment_cfg or AugmentConfig()).as_dict(), seed=seed)
