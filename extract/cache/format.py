@@ -25,6 +25,9 @@ from ..errors import WorkspaceError
 from ..sources.base import FROZEN, KINDS
 
 FORMAT_VERSION = 1
+SEAL = b"genderfusion cache blake2b "  # the 512-byte user block (which HDF5 skips) holds the digest of the rest
+USERBLOCK = 512
+_verified: dict[tuple, bool] = {}  # (path, size, mtime, inode) of files checked in this process
 
 
 class CacheError(WorkspaceError):
@@ -62,6 +65,46 @@ def _decode_ids(ds) -> np.ndarray:
     return np.array([v.decode() if isinstance(v, bytes) else str(v) for v in ds[()]], dtype=object)
 
 
+def _digest(path: Path) -> bytes:
+    import hashlib
+
+    h = hashlib.blake2b(digest_size=32)
+    with open(path, "rb") as fh:
+        fh.seek(USERBLOCK)
+        for block in iter(lambda: fh.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest().encode()
+
+
+@contextlib.contextmanager
+def writing(path: str | os.PathLike):
+    """A new cache file open for writing; once closed, its user block is sealed with the digest of the rest, so
+    that a damaged block is found before HDF5 reads it (a zeroed block can send HDF5 into an endless loop)."""
+    import h5py
+
+    with h5py.File(path, "w", userblock_size=USERBLOCK) as f:
+        yield f
+    with open(path, "r+b") as fh:
+        fh.write(SEAL + _digest(Path(path)))
+
+
+def verify(path: Path) -> None:
+    """Refuse a sealed cache file whose bytes changed since it was written (checked once per file version and
+    process); files written before the seal existed are read unchecked."""
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns, st.st_ino)
+    if key in _verified:
+        return
+    with open(path, "rb") as fh:
+        head = fh.read(USERBLOCK)
+    if head.startswith(SEAL):
+        want = head[len(SEAL):len(SEAL) + 64]
+        if _digest(path) != want:
+            raise CacheError(f"{path}: damaged feature cache (its bytes changed since it was written: checksum "
+                             "mismatch); rerun `extract` for this source: it rebuilds the file")
+    _verified[key] = True
+
+
 @contextlib.contextmanager
 def opened(path: str | os.PathLike):
     """The cache file open for reading; any failure to open or read it (a truncated file, a damaged block: h5py
@@ -72,6 +115,7 @@ def opened(path: str | os.PathLike):
     if not path.exists():
         raise CacheError(f"{path}: no feature cache; run `extract --backbone …` first (cache names: "
                          f"{', '.join(sorted(p.stem for p in path.parent.glob('*.h5'))) or 'none yet'})")
+    verify(path)
     try:
         with h5py.File(path, "r") as f:
             yield f

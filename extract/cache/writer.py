@@ -167,7 +167,6 @@ def _extract(source: FeatureSource, rows: Rows, path: Path, update: Update,
     is not safe to reopen after a kill); the cache is assembled from them and renamed into place at the end."""
     import shutil
 
-    import h5py
     from tqdm.auto import tqdm
 
     t0 = time.time()
@@ -222,7 +221,7 @@ def _extract(source: FeatureSource, rows: Rows, path: Path, update: Update,
                 with open(tmp, "wb") as fh:
                     np.savez(fh, feats=feats, **({} if logits is None else {"logits": logits}))
         with atomic_path(path) as tmp:
-            with h5py.File(tmp, "w") as f:
+            with fc.writing(tmp) as f:
                 _create(f, source, rows, s, d, dtype, plan, shard)
                 if update.old is not None:
                     _copy_kept(path, f, keep_tr, keep_te, source.has_logits)
@@ -321,8 +320,8 @@ def merge_shards(shards: list[Path], path: Path) -> Path:
     sets.sort(key=lambda x: int(x.attrs["shard"].split("/")[0]))
     a = sets[0].attrs
     with atomic_path(path) as tmp:
-        with h5py.File(tmp, "w") as f:
-            with h5py.File(sets[0].path, "r") as first:
+        with fc.writing(tmp) as f:
+            with fc.opened(sets[0].path) as first:
                 for k, v in first.attrs.items():
                     f.attrs[k] = v
             f.attrs["shard"] = ""
@@ -337,7 +336,7 @@ def merge_shards(shards: list[Path], path: Path) -> Path:
             f.create_dataset("test/features", data=cat([x.test.features for x in sets], axis=1), **comp)
             sizes = {}
             for x in sets:
-                with h5py.File(x.path, "r") as g:
+                with fc.opened(x.path) as g:
                     for name in ("train/filesize", "test/filesize", "train/digest", "test/digest"):
                         sizes.setdefault(name, []).append(g[name][()])
             for name, parts in sizes.items():
