@@ -34,7 +34,7 @@ def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
     p = k / n
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return min(centre - half, p), max(centre + half, p)  # rounding must not put p outside its own interval
+    return max(0.0, min(centre - half, p)), min(1.0, max(centre + half, p))  # rounding must not put p outside
 
 
 def calibration(y: np.ndarray, p: np.ndarray, bins: int = 10) -> tuple[list[dict], float]:

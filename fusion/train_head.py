@@ -50,8 +50,10 @@ def refuse_stale_caches(workdir: Path, features: list[str]) -> None:
     data = ws.bound_data()
     if data is None:
         for name in features:
+            with fc.opened(ws.features_path(name)) as f:
+                sizes = f["train/filesize"][()].tolist()
             cached = fc.load(ws.features_path(name), with_features=False).train
-            ws.check_training_ids(list(cached.ids), f"{name}'s cache")
+            ws.check_training_rows(list(cached.ids), cached.labels.tolist(), sizes, f"{name}'s cache")
         return
     now = dict(zip(data.train.ids, data.train.labels.tolist()))
     for name in features:

@@ -123,8 +123,7 @@ def plan_update(path: Path, recipe: dict, rows: Rows, dtype: str = "float16", fo
         none_kept.reason = "no cache yet"
         return none_kept
     try:
-        old = fc.load(path)  # every block read once: a damaged file is rebuilt, not reused or appended to
-        old.train.features = old.test.features = None
+        old = fc.load(path, with_features=False)  # a damaged (sealed) file is rebuilt, not reused or appended to
     except fc.CacheError as exc:
         log.warning("%s", exc)
         none_kept.reason = str(exc)

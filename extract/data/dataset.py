@@ -21,8 +21,9 @@ def _first(values, n: int = MAX_LISTED) -> str:
     return shown + (f" … ({len(values)} in all)" if len(values) > n else "")
 
 
-def read_csv(path: Path, required: tuple[str, ...]) -> list[dict[str, str]]:
-    """Read a CSV file, checking that the required columns are present."""
+def read_csv(path: Path, required: tuple[str, ...], allow_empty: bool = False) -> list[dict[str, str]]:
+    """Read a CSV file, checking that the required columns are present (and that it has rows, unless
+    allow_empty)."""
     if not path.is_file():
         raise DataError(f"{path}: file not found")
     try:
@@ -35,7 +36,7 @@ def read_csv(path: Path, required: tuple[str, ...]) -> list[dict[str, str]]:
             rows = [{k.strip(): (v or "").strip() for k, v in row.items() if k is not None} for row in reader]
     except UnicodeDecodeError as exc:
         raise DataError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); save it as a UTF-8 CSV") from None
-    if not rows:
+    if not rows and not allow_empty:
         raise DataError(f"{path}: no rows")
     return rows
 
@@ -129,7 +130,7 @@ class CompetitionData:
         if not test_csv.exists():
             raise DataError(f"{test_csv}: not found; a competition folder has train.csv and test.csv (a test.csv "
                             "of the header `id` alone for no test rows)")
-        test_ids = [r["id"] for r in read_csv(test_csv, ("id",))]
+        test_ids = [r["id"] for r in read_csv(test_csv, ("id",), allow_empty=True)]
         _check_unique(test_csv, test_ids)
         both = set(train_ids) & set(test_ids)
         if both:
@@ -172,9 +173,15 @@ class CompetitionData:
         when needed) of the given splits: changes when they do."""
         h = hashlib.sha256()
         for split in (getattr(self, s) for s in splits):
-            h.update(split.name.encode())
-            labels_ = split.labels if labels and split.labels is not None else [""] * len(split)
-            digests = split.digests.tolist() if content else [""] * len(split)
-            for i, size, y, t in zip(split.ids, split.sizes.tolist(), labels_, digests):
-                h.update(f"{i},{y},{size}{f',{t}' if content else ''}\n".encode())
+            labels_ = split.labels.tolist() if labels and split.labels is not None else None
+            hash_rows(h, split.name, split.ids, labels_, split.sizes.tolist(),
+                      split.digests.tolist() if content else None)
         return h.hexdigest()[:16]
+
+
+def hash_rows(h, name: str, ids, labels, sizes, digests=None) -> None:
+    """Feed one split's rows into a sha256 (CompetitionData.fingerprint; also recomputed from a cache's rows)."""
+    h.update(name.encode())
+    for n, (i, size) in enumerate(zip(ids, sizes)):
+        y = "" if labels is None else labels[n]
+        h.update(f"{i},{y},{size}{'' if digests is None else f',{digests[n]}'}\n".encode())

@@ -91,14 +91,19 @@ class Workspace:
                                         "data": str(data.root.resolve())})
         return fp
 
-    def check_training_ids(self, ids: list[str], what: str) -> None:
-        """Refuse training ids (in dataset order) other than the ones this workspace was made for."""
-        theirs = read_json(self.info_path).get("ids_fingerprint") if self.info_path.exists() else None
-        ours = hashlib.sha256("\n".join(ids).encode()).hexdigest()[:16]
+    def check_training_rows(self, ids: list[str], labels: list[int], sizes: list[int], what: str) -> None:
+        """Refuse training rows (ids, labels, image sizes in dataset order) other than the ones this workspace was
+        last bound to (what its data folder held: checked without the folder)."""
+        from .dataset import hash_rows
+
+        theirs = self.dataset_fingerprint()
+        h = hashlib.sha256()
+        hash_rows(h, "train", ids, labels, sizes)
+        ours = h.hexdigest()[:16]
         if theirs is not None and theirs != ours:
-            raise WorkspaceError(f"{what} holds other training ids (fingerprint {ours}) than workspace {self.root} "
-                                 f"was made for ({theirs}, {self.bound_data_path()}); rerun `extract` in this "
-                                 "workspace")
+            raise WorkspaceError(f"{what} holds other training rows (ids, labels or image sizes; fingerprint {ours}) "
+                                 f"than workspace {self.root} was made for ({theirs}, {self.bound_data_path()}); "
+                                 "rerun `extract` in this workspace")
 
     def bound_data_path(self) -> str | None:
         """The data folder the workspace was last bound to, as recorded (it may be gone)."""

@@ -1,0 +1,447 @@
+"""The reliability issue's second round, case by case (numbered as in the issue's table): each bad input gives one
+clear line (exit 2) or the right result, and loses nothing computed before (sha256 before and after)."""
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from genderfusion.extract.cache.api import extract_features
+from genderfusion.extract.errors import DataError, WorkspaceError
+from genderfusion.extract.models.training import TrainConfig, train_backbone
+from genderfusion.fusion.predict import predict_submission
+from genderfusion.fusion.train_head import train_head
+
+FROZEN = dict(frozen=True, img_size=32, pool="avg", weights="random")
+SOURCES = ["cnn-small", "cnn-small-frozen"]
+
+
+def sha(path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def quiet(msg):
+    pass
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory, synth_master):
+    """A workspace with cnn-small (2 folds), a frozen source, a trained head `fusion` and a submission; built once."""
+    root = tmp_path_factory.mktemp("built")
+    data, ws = Path(shutil.copytree(synth_master, root / "comp")), root / "ws"
+    train_backbone(data, TrainConfig("cnn-small", img_size=32, epochs=1, batch_size=16), ws, k=2, progress=False)
+    extract_features(data, "cnn-small", ws, progress=False)
+    extract_features(data, "cnn-small", ws, progress=False, **FROZEN)
+    train_head(ws, SOURCES, ["logistic"], protocols=("global",), log=quiet)
+    predict_submission("fusion", data, root / "sub.csv", ws)
+    return root
+
+
+@pytest.fixture
+def pipe(built, tmp_path):
+    """A private copy of `built`: (data folder, workspace, submission)."""
+    root = Path(shutil.copytree(built, tmp_path / "p"))
+    info = json.loads((root / "ws/workspace.json").read_text())
+    info["data"] = str((root / "comp").resolve())  # the copy's workspace names the copy's data
+    (root / "ws/workspace.json").write_text(json.dumps(info))
+    return root / "comp", root / "ws", root / "sub.csv"
+
+
+def fails(main, argv, capsys, code: int = 2) -> str:
+    """Run a console script that must stop: its exit code, and the one line it printed (no traceback)."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    err = capsys.readouterr().err.strip()
+    assert exit_.value.code == code, err
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if not line.startswith(("usage:", "  ", "INFO", "WARNING"))]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+def predict_main(argv):
+    from genderfusion.fusion.cli import predict_main as main
+
+    main(argv)
+
+
+# ---- tracebacks -------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("how", ["truncated", "empty"])
+def test_01_a_truncated_or_empty_model_pkl(pipe, capsys, tmp_path, how):
+    data, ws, sub = pipe
+    model = ws / "heads/fusion/model.pkl"
+    raw = model.read_bytes()
+    model.write_bytes(raw[:len(raw) // 2] if how == "truncated" else b"")
+    copy = tmp_path / "x.pkl"
+    shutil.copy(model, copy)
+    before = sha(sub)
+    line = fails(predict_main, ["--model", str(copy), "--data", str(data), "--out", str(sub)], capsys)
+    assert line.startswith(f"error: {copy}: not a readable fusion model (truncated or corrupt")
+    line = fails(predict_main, ["--model", "fusion", "--workdir", str(ws), "--data", str(data), "--out", str(sub)],
+                 capsys)
+    assert f"{model}: not a readable fusion model" in line
+    assert sha(sub) == before
+
+
+def test_02_a_cache_with_a_zeroed_block_is_one_line_and_extract_rebuilds_it(pipe, capsys):
+    from genderfusion.extract.cli import extract_main
+    from genderfusion.fusion.cli import train_head_main
+
+    data, ws, sub = pipe
+    cache = ws / "features/cnn-small-frozen.h5"
+    raw = bytearray(cache.read_bytes())
+    raw[4096:8192] = bytes(4096)  # same size; without the seal, HDF5 loops forever on this file
+    cache.write_bytes(bytes(raw))
+    model, before = sha(ws / "heads/fusion/model.pkl"), sha(sub)
+    line = fails(train_head_main, ["--features", ",".join(SOURCES), "--workdir", str(ws), "--head", "logistic",
+                                   "--protocol", "global", "--refit"], capsys)
+    assert "cnn-small-frozen.h5: damaged feature cache" in line and "rerun `extract`" in line
+    line = fails(predict_main, ["--model", "fusion", "--workdir", str(ws), "--data", str(data), "--out", str(sub)],
+                 capsys)
+    assert "cnn-small-frozen.h5: damaged feature cache" in line
+    assert sha(ws / "heads/fusion/model.pkl") == model and sha(sub) == before
+    capsys.readouterr()
+    extract_main(["--backbone", "cnn-small", "--frozen", "--img-size", "32", "--pool", "avg", "--weights", "random",
+                  "--data", str(data), "--workdir", str(ws), "--no-progress"])
+    assert "computed (" in capsys.readouterr().out  # rebuilt without --force, saying why
+    from genderfusion.extract.cache import format as fc
+
+    assert fc.load(cache).train.features.shape[0] == 60
+
+
+# ---- silent wrong results ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("value", ["-5", "0"])
+def test_03_predict_batch_size_must_be_positive(pipe, capsys, value, tmp_path):
+    data, ws, sub = pipe
+    out = tmp_path / "p.csv"
+    line = fails(predict_main, ["--model", "fusion", "--workdir", str(ws), "--images", str(data / "test"),
+                                "--batch-size", value, "--out", str(out)], capsys)
+    assert f"argument --batch-size: '{value}' is not a positive integer" in line
+    assert not out.exists()
+
+
+def test_04_a_label_changed_after_train_head_stops_predict(pipe, capsys):
+    data, ws, sub = pipe
+    lines = (data / "train.csv").read_text().splitlines()
+    i, y = lines[3].split(",")
+    (data / "train.csv").write_text("\n".join([*lines[:3], f"{i},{1 - int(y)}", *lines[4:]]) + "\n")
+    before = sha(sub)
+    line = fails(predict_main, ["--model", "fusion", "--workdir", str(ws), "--data", str(data), "--out", str(sub)],
+                 capsys)
+    assert f"1 training row(s) of {data / 'train.csv'} changed since model fusion was trained (e.g. id {i}: label " \
+           f"then {y}, now {1 - int(y)})" in line and "No submission written" in line
+    assert sha(sub) == before
+
+
+def test_05_a_test_image_replaced_with_its_size_and_mtime_kept_is_seen(pipe):
+    data, ws, sub = pipe
+    target, other = data / "test/200003.jpg", data / "test/200004.jpg"
+    times, size = (target.stat().st_atime_ns, target.stat().st_mtime_ns), target.stat().st_size
+    raw = other.read_bytes()
+    target.write_bytes(raw[:size] + b"\0" * (size - len(raw)))  # another face, padded or cut to the same size
+    os.utime(target, ns=times)
+    assert target.stat().st_size == size and target.stat().st_mtime_ns == times[1]
+    before = sha(sub)
+    with pytest.raises(DataError, match=r"not the ones cnn-small's features were computed from \(file size or "
+                                        r"content differs\), e.g. ids \['200003'\]"):
+        predict_submission("fusion", data, sub, ws)
+    assert sha(sub) == before
+    out = extract_features(data, "cnn-small", ws, progress=False, **FROZEN)
+    assert out.status == "appended" and out.computed_rows == 1
+
+
+def _model(pipe):
+    from genderfusion.fusion.predict import load_model
+
+    return load_model("fusion", pipe[1])
+
+
+def test_06_predict_images_follows_symbolic_links_and_names_broken_ones(pipe, tmp_path, capsys):
+    data, ws, _ = pipe
+    photos = tmp_path / "photos"
+    (photos / "real").mkdir(parents=True)
+    shutil.copy(data / "test/200000.jpg", photos / "real/a.jpg")
+    os.symlink(data / "test", photos / "linked_folder")  # 12 images through a linked folder
+    os.symlink(data / "test/200001.jpg", photos / "linked_file.jpg")
+    os.symlink(photos / "real", photos / "real/loop")  # a cycle ends
+    out = tmp_path / "p.csv"
+    predict_main(["--model", "fusion", "--workdir", str(ws), "--images", str(photos), "--out", str(out),
+                  "--no-progress"])
+    rows = out.read_text().splitlines()[1:]
+    assert len(rows) == 1 + 12 + 1
+    os.symlink(tmp_path / "gone.jpg", photos / "broken.jpg")
+    line = fails(predict_main, ["--model", "fusion", "--workdir", str(ws), "--images", str(photos), "--out",
+                                str(tmp_path / "q.csv"), "--no-progress"], capsys)
+    assert f"{photos / 'broken.jpg'} not found (a broken symbolic link)" in line
+    predict_main(["--model", "fusion", "--workdir", str(ws), "--images", str(photos), "--out", str(out),
+                  "--no-progress", "--skip-bad"])
+    broken = [r for r in out.read_text().splitlines() if r.startswith(str(photos / "broken.jpg"))]
+    assert len(broken) == 1 and "broken symbolic link" in broken[0]
+
+
+def test_07_one_rule_for_alpha(pipe):
+    from genderfusion.fusion.images import decode_one
+
+    rng = np.random.default_rng(0)
+    rgba = rng.integers(0, 256, (20, 24, 4), dtype=np.uint8)
+    expected = np.rint(rgba[..., :3] * (rgba[..., 3:] / 255.0))  # composited on black, by a numpy formula
+    from_pil, from_array = decode_one(Image.fromarray(rgba, "RGBA"), 0), decode_one(rgba, 0)
+    assert np.abs(from_pil.astype(float) - expected).max() <= 1
+    assert (from_pil == from_array).all()
+    clf = _model(pipe)
+    assert np.array_equal(clf.predict_proba([Image.fromarray(rgba, "RGBA")]), clf.predict_proba([rgba]))
+
+
+@pytest.mark.parametrize("case", ["zero-size array", "all-NaN tensor", "one NaN tensor"])
+def test_08_empty_and_nan_images_are_errors_naming_the_image(pipe, case):
+    import torch
+
+    clf = _model(pipe)
+    good = np.zeros((32, 32, 3), dtype=np.uint8)
+    bad = {"zero-size array": np.zeros((0, 5, 3), dtype=np.uint8),
+           "all-NaN tensor": torch.full((3, 8, 8), float("nan")),
+           "one NaN tensor": torch.rand(3, 8, 8).index_put_((torch.tensor(0), torch.tensor(1), torch.tensor(2)),
+                                                             torch.tensor(float("nan")))}[case]
+    with pytest.raises(ValueError, match=r"image 1: (an empty array|the tensor holds \d+ NaN)"):
+        clf.predict_proba([good, bad])
+
+
+def test_09_train_head_refuses_a_foreign_cache_when_the_data_folder_is_gone(pipe, tmp_path):
+    from genderfusion.extract.data.synthetic import make_synthetic
+
+    data, ws, _ = pipe
+    other = make_synthetic(tmp_path / "other", n_train=60, n_test=12, size=32, seed=9)  # same ids, other faces
+    extract_features(other, "cnn-small", tmp_path / "ws2", progress=False, **FROZEN)
+    cache = ws / "features/cnn-small-frozen.h5"
+    shutil.copy(tmp_path / "ws2/features/cnn-small-frozen.h5", cache)
+    shutil.rmtree(data)
+    with pytest.raises(WorkspaceError, match=r"cnn-small-frozen's cache holds other training rows \(ids, labels or "
+                                             r"image sizes; .*\) than workspace .* was made for"):
+        train_head(ws, ["cnn-small-frozen"], ["logistic"], protocols=("global",), log=quiet, name="new")
+    assert not (ws / "heads/new").exists()
+
+
+def test_10_audit_labels_refuses_another_data_folder(pipe, tmp_path):
+    from genderfusion.fusion.audit import audit_labels
+
+    data, ws, _ = pipe
+    other = Path(shutil.copytree(data, tmp_path / "other"))
+    lines = (other / "train.csv").read_text().splitlines()
+    i, y = lines[1].split(",")
+    (other / "train.csv").write_text("\n".join([lines[0], f"{i},{1 - int(y)}", *lines[2:]]) + "\n")
+    with pytest.raises(WorkspaceError, match=r"--data .*other: its training ids, labels or image sizes are not the "
+                                             r"ones workspace .* was made for"):
+        audit_labels(ws, other, "fusion", log=quiet)
+    assert not (ws / "audit").exists()
+
+
+# ---- lost or half-written ---------------------------------------------------------------------------------------
+def test_11_train_head_failing_at_the_card_leaves_the_old_folder_whole(pipe, monkeypatch):
+    import genderfusion.fusion.train_head as th
+
+    data, ws, _ = pipe
+    out = ws / "heads/fusion"
+    before = {p.name: sha(p) for p in out.iterdir() if p.is_file()}
+
+    def broken_card(*a, **kw):
+        raise RuntimeError("the card failed")
+
+    monkeypatch.setattr(th, "write_card", broken_card)
+    with pytest.raises(RuntimeError, match="the card failed"):
+        train_head(ws, SOURCES, ["logistic", "knn"], protocols=("global",), log=quiet, refit=True)
+    assert {p.name: sha(p) for p in out.iterdir() if p.is_file()} == before
+    assert [p.name for p in (ws / "heads").iterdir()] == ["fusion"]  # no temporary folder left
+
+
+def test_12_wilson_interval_holds_its_estimate_and_the_card_renders_on_small_sets(pipe):
+    from genderfusion.fusion.card import wilson, write_card
+
+    for n in range(1, 80):
+        for k in range(n + 1):
+            lo, hi = wilson(k, n)
+            assert 0 <= lo <= k / n <= hi <= 1, (k, n, lo, hi)
+    z, p, n = 1.96, 0.75, 40  # against the textbook formula away from the bounds
+    c = (p + z * z / (2 * n)) / (1 + z * z / n)
+    h = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    assert np.allclose(wilson(30, 40), (c - h, c + h))
+    data, ws, _ = pipe  # 60 rows: age groups of a few faces each, some all right
+    assert "<h1>Model card: fusion</h1>" in write_card(ws / "heads/fusion", ws).read_text()
+
+
+def test_13_a_killed_writer_leaves_no_temporaries_behind(pipe, tmp_path):
+    from genderfusion.extract.atomic import write_text
+
+    proc = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = int(proc.stdout)  # a pid whose process has ended
+    out = tmp_path / "out.csv"
+    stale = [tmp_path / f".out.csv.{dead}.abc123.tmp", tmp_path / f".out.csv.{dead}.def456.tmp"]
+    stale[0].write_text("half a prediction")
+    stale[1].mkdir()
+    mine = tmp_path / f".out.csv.{os.getpid()}.live.tmp"  # a live writer's file is kept
+    mine.write_text("in progress")
+    write_text(out, "id,label\n")
+    assert not any(p.exists() for p in stale) and mine.exists() and out.read_text() == "id,label\n"
+
+
+def test_13b_sigkill_of_predict_then_a_rerun_cleans_up(pipe, tmp_path):
+    """A real predict process killed while writing: its hidden temporary file is removed by the next run."""
+    import signal
+    import time
+
+    data, ws, _ = pipe
+    out = tmp_path / "p.csv"
+    code = ("import sys, time; import genderfusion.fusion.photos as ph; w = ph._Writer.write\n"
+            "def slow(self, rows):\n    w(self, rows); sys.stdout.write('wrote\\n'); sys.stdout.flush(); time.sleep(60)\n"
+            "ph._Writer.write = slow\nfrom genderfusion.fusion.cli import predict_main\n"
+            f"predict_main(['--model', 'fusion', '--workdir', {str(ws)!r}, '--images', {str(data / 'test')!r}, "
+            f"'--out', {str(out)!r}, '--batch-size', '4', '--no-progress'])")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "wrote"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    left = list(tmp_path.glob(".p.csv.*.tmp"))
+    assert len(left) == 1 and not out.exists()
+    time.sleep(0.1)
+    predict_main(["--model", "fusion", "--workdir", str(ws), "--images", str(data / "test"), "--out", str(out),
+                  "--no-progress"])
+    assert not list(tmp_path.glob(".p.csv.*.tmp")) and len(out.read_text().splitlines()) == 13
+
+
+def test_14_a_failed_extract_keeps_workspace_json_and_leaves_no_parts(pipe, tmp_path, capsys):
+    from genderfusion.extract.cli import extract_main
+
+    data, ws, _ = pipe
+    broken = Path(shutil.copytree(data, tmp_path / "broken"))
+    (broken / "test/200002.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+    info = sha(ws / "workspace.json")
+    line = fails(extract_main, ["--backbone", "cnn-small", "--frozen", "--img-size", "32", "--pool", "max",
+                                "--weights", "random", "--data", str(broken), "--workdir", str(ws),
+                                "--no-progress"], capsys)
+    assert "200002.jpg: cannot decode image" in line
+    assert sha(ws / "workspace.json") == info
+    assert not list((ws / "features").glob("*.parts"))
+
+
+# ---- other ------------------------------------------------------------------------------------------------------
+def test_15_test_csv_missing_is_named_and_a_header_only_one_works(synth, tmp_path):
+    (synth / "test.csv").unlink()
+    with pytest.raises(DataError, match=r"test.csv: not found; a competition folder has train.csv and test.csv"):
+        extract_features(synth, "cnn-small", tmp_path / "ws", progress=False, **FROZEN)
+    (synth / "test.csv").write_text("id\n")
+    out = extract_features(synth, "cnn-small", tmp_path / "ws", progress=False, **FROZEN)
+    from genderfusion.extract.cache import format as fc
+
+    fs = fc.load(out.path)
+    assert fs.train.features.shape[0] == 60 and fs.test.features.shape == (1, 0, fs.train.features.shape[1])
+
+
+@pytest.mark.parametrize("what", ["empty list", "empty folder", "utf-16 list"])
+def test_16_17_empty_lists_and_folders_agree_and_bad_lists_are_named(pipe, tmp_path, capsys, what):
+    data, ws, _ = pipe
+    target = tmp_path / ("photos" if what == "empty folder" else "list.txt")
+    if what == "empty folder":
+        target.mkdir()
+    elif what == "empty list":
+        target.write_text("\n  \n")
+    else:
+        target.write_bytes(str(data / "test/200000.jpg").encode("utf-16"))
+    line = fails(predict_main, ["--model", "fusion", "--workdir", str(ws), "--images", str(target), "--out",
+                                str(tmp_path / "p.csv")], capsys)
+    assert line.startswith(f"error: {target}: ")
+    assert not (tmp_path / "p.csv").exists()
+
+
+def test_18_predict_frame_with_skip_bad_writes_error_rows(pipe, tmp_path):
+    import io
+
+    data, _, _ = pipe
+    clf = _model(pipe)
+    frame = clf.predict_frame([data / "test/200000.jpg", 42], skip_bad=True)
+    assert frame["label"].tolist()[1] == -1 and "image 1: unsupported type int" in frame["error"][1]
+    raw = (data / "test/200001.jpg").read_bytes()
+    lazy = Image.open(io.BytesIO(raw[:len(raw) // 2]))  # opened lazily: decoding fails only when used
+    frame = clf.predict_frame([data / "test/200000.jpg", lazy], skip_bad=True)
+    assert frame["label"].tolist()[1] == -1 and frame["error"][1].startswith("<image 1>: cannot decode image")
+    from genderfusion.extract.errors import BadImageError
+
+    with pytest.raises(BadImageError, match=r"<image 1>: cannot decode image"):
+        clf.predict_proba([data / "test/200000.jpg", Image.open(io.BytesIO(raw[:len(raw) // 2]))])
+
+
+def test_19_predict_model_path_honours_workdir(pipe, tmp_path):
+    data, ws, sub = pipe
+    model = tmp_path / "x.pkl"
+    shutil.copy(ws / "heads/fusion/model.pkl", model)
+    moved = ws.rename(tmp_path / "moved")  # the model's own workspace is gone; --workdir names the new place
+    out = tmp_path / "s.csv"
+    predict_main(["--model", str(model), "--workdir", str(moved), "--data", str(data), "--out", str(out)])
+    assert out.read_text() == sub.read_text()
+
+
+@pytest.mark.parametrize("arg,value", [("--threshold", "-5"), ("--top", "-3")])
+def test_20_audit_labels_rejects_negative_arguments(pipe, capsys, arg, value):
+    from genderfusion.fusion.cli import audit_labels_main
+
+    data, ws, _ = pipe
+    line = fails(audit_labels_main, ["--workdir", str(ws), arg, value], capsys)
+    assert f"argument {arg}: '{value}' is not" in line
+    assert not (ws / "audit").exists()
+
+
+def test_21_python_m_genderfusion_version():
+    from genderfusion import __version__
+
+    proc = subprocess.run([sys.executable, "-m", "genderfusion", "--version"], capture_output=True, text=True)
+    assert proc.returncode == 0 and proc.stdout.strip() == f"genderfusion {__version__}"
+
+
+@pytest.mark.parametrize("value", ["abc", "3/2", "1"])
+def test_22_extract_shard_must_be_i_of_n(pipe, capsys, value):
+    from genderfusion.extract.cli import extract_main
+
+    data, ws, _ = pipe
+    line = fails(extract_main, ["--backbone", "cnn-small", "--data", str(data), "--workdir", str(ws), "--shard",
+                                value], capsys)
+    assert f"argument --shard: '{value}': expected I/N" in line
+
+
+def test_23_ctrl_c_in_predict_says_what_it_keeps(pipe, capsys, monkeypatch):
+    import genderfusion.fusion.photos as photos
+
+    data, ws, _ = pipe
+
+    def interrupted(*a, **kw):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(photos, "predict_images", interrupted)
+    line = fails(predict_main, ["--model", "fusion", "--workdir", str(ws), "--images", str(data / "test")], capsys,
+                 code=130)
+    assert line == "interrupted; no output file was written (nothing else changed)"
+
+
+def test_24_16_bit_images_are_scaled_by_257(tmp_path):
+    from genderfusion.extract.data.images import load_rgb
+
+    v8 = np.random.default_rng(0).integers(0, 256, (20, 24), dtype=np.uint8)
+    path8, path16 = tmp_path / "a8.png", tmp_path / "a16.png"
+    Image.fromarray(v8, "L").save(path8)
+    Image.fromarray((v8.astype(np.uint16) * 257)).save(path16)  # the same picture at 16 bits
+    assert (load_rgb(path16) == load_rgb(path8)).all()
+    dark = (v8.astype(np.uint16) // 4) * 257  # a dark 16-bit picture stays dark (no per-image stretch)
+    Image.fromarray(dark).save(path16)
+    assert abs(load_rgb(path16).mean() - (v8 // 4).mean()) < 0.5
+
+
+def test_25_readme_lists_the_prediction_columns():
+    from genderfusion.fusion.photos import COLUMNS
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert f"`{','.join(COLUMNS)}`" in readme
+    assert "`path,p_female,label,doubtful,error`" not in readme
