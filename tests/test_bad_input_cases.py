@@ -377,12 +377,18 @@ def test_18_predict_frame_with_skip_bad_writes_error_rows(pipe, tmp_path):
 
 def test_19_predict_model_path_honours_workdir(pipe, tmp_path):
     data, ws, sub = pipe
-    model = tmp_path / "x.pkl"
-    shutil.copy(ws / "heads/fusion/model.pkl", model)
+    from genderfusion.fusion.classifier import FusionClassifier
+
+    model = FusionClassifier.load(ws / "heads/fusion/model.pkl", workdir=ws).save(tmp_path / "x.pkl")  # saved in ws
     moved = ws.rename(tmp_path / "moved")  # the model's own workspace is gone; --workdir names the new place
     out = tmp_path / "s.csv"
     predict_main(["--model", str(model), "--workdir", str(moved), "--data", str(data), "--out", str(out)])
     assert out.read_text() == sub.read_text()
+    photos = tmp_path / "p.csv"  # from the images: the fold checkpoints are read from --workdir too
+    predict_main(["--model", str(model), "--workdir", str(moved), "--images", str(data / "test"), "--out",
+                  str(photos), "--no-progress"])
+    labels = {Path(r.split(",")[0]).stem: r.split(",")[2] for r in photos.read_text().splitlines()[1:]}
+    assert labels == dict(r.split(",") for r in sub.read_text().splitlines()[1:])
 
 
 @pytest.mark.parametrize("arg,value", [("--threshold", "-5"), ("--top", "-3")])
