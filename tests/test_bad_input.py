@@ -331,7 +331,7 @@ def test_a_truncated_cache_is_one_line_for_train_head_and_recomputed_by_extract(
         train_head_main(["--features", "cnn-small,cnn-small-frozen", "--workdir", str(ws), "--head", "logistic"])
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1
-    assert "cnn-small-frozen.h5: not a readable HDF5 cache (truncated or corrupt" in err
+    assert "cnn-small-frozen.h5: damaged feature cache (its bytes changed since it was written" in err
     assert sha(ws / "heads/fusion/model.pkl") == model
     out = extract_features(data, "cnn-small", ws, progress=False, **FROZEN)
     assert out.status == "computed" and "truncated" in out.reason

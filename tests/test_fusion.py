@@ -6,6 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
+from genderfusion.extract.cache import format as fc
 from genderfusion.extract.cache.api import extract_features
 from genderfusion.extract.errors import BadImageError, WorkspaceError
 from genderfusion.extract.models.training import train_backbone
@@ -178,6 +179,7 @@ def test_mismatched_or_broken_caches_are_refused(work):
         ids[0] = b"999999"
         del f["train/ids"]
         f.create_dataset("train/ids", data=ids, dtype=h5py.string_dtype("utf-8"))
+    fc.seal(path)  # a sealed file whose content contradicts itself
     with pytest.raises(FeatureMismatchError, match="train rows differ between sources: id 100000 is in cnn-small"):
         load_sources(ws, SOURCES)
     with h5py.File(path, "r+") as f:
@@ -185,6 +187,7 @@ def test_mismatched_or_broken_caches_are_refused(work):
         del f["train/ids"]
         f.create_dataset("train/ids", data=ids, dtype=h5py.string_dtype("utf-8"))
         f["train/features"][5, 0] = np.nan
+    fc.seal(path)  # a sealed file whose content contradicts itself
     first_ids = [i.decode() for i in ids]
     with pytest.raises(ValueError, match=f"source {SOURCES[1]}: non-finite .* row id {first_ids[5]}"):
         load_sources(ws, SOURCES)
@@ -198,6 +201,7 @@ def test_rows_in_another_order_are_aligned(work):
         for name in ("ids", "labels", "fold", "features", "filesize"):
             arr = f[f"train/{name}"][()]
             f[f"train/{name}"][...] = arr[::-1]
+    fc.seal(path)  # a valid file, its rows in another order
     after = load_sources(ws, SOURCES).source(SOURCES[1]).train
     assert np.array_equal(before, after)
 

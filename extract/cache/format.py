@@ -84,6 +84,11 @@ def writing(path: str | os.PathLike):
 
     with h5py.File(path, "w", userblock_size=USERBLOCK) as f:
         yield f
+    seal(path)
+
+
+def seal(path: str | os.PathLike) -> None:
+    """Write the digest of a cache file (created with its user block) into that block."""
     with open(path, "r+b") as fh:
         fh.write(SEAL + _digest(Path(path)))
 
