@@ -11,10 +11,7 @@ from .errors import DataError, UnknownBackboneError, WeightsError, WorkspaceErro
 USER_ERRORS = (ImportError, DataError, WorkspaceError, WeightsError, UnknownBackboneError, ValueError, OSError)
 
 
-RESUMES = "interrupted; what was finished is saved and a re-run resumes from it"
-
-
-def run_cli(main, interrupted: str = RESUMES) -> None:
+def run_cli(main, interrupted: str) -> None:
     """Run a CLI body; user errors print one clear line and exit 2 instead of a traceback; Ctrl-C prints
     `interrupted` (what is kept) and exits 130."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -164,7 +161,7 @@ def train_backbone_main(argv: list[str] | None = None) -> None:
             print(f"{args.backbone}: {summary['k']}-fold out-of-fold accuracy {summary['oof_accuracy']:.4f}")
         print(json.dumps({"skipped_images": summary["skipped_images"]}) if summary["skipped_images"] else "", end="")
 
-    run_cli(body)
+    run_cli(body, "interrupted; finished epochs are saved and a re-run resumes after the last one")
 
 
 def make_synthetic_main(argv: list[str] | None = None) -> None:
@@ -180,7 +177,7 @@ def make_synthetic_main(argv: list[str] | None = None) -> None:
 
         print(make_synthetic(args.out, args.n_train, args.n_test, seed=args.seed))
 
-    run_cli(body)
+    run_cli(body, "interrupted; run it again to write the whole folder")
 
 
 def fetch_faceres_main(argv: list[str] | None = None) -> None:
@@ -191,7 +188,8 @@ def fetch_faceres_main(argv: list[str] | None = None) -> None:
     p.add_argument("--dest", default=None, help=f"folder (default {faceres.model_dir()}; extraction looks there, or "
                                                 "in $GENDERFUSION_FACERES_DIR)")
     args = p.parse_args(argv)
-    run_cli(lambda: print(f"FaceRes models in {faceres.fetch(args.dest)}"))
+    run_cli(lambda: print(f"FaceRes models in {faceres.fetch(args.dest)}"),
+            "interrupted; no partial model file was written")
 
 
 def extract_main(argv: list[str] | None = None) -> None:
@@ -257,4 +255,4 @@ def extract_main(argv: list[str] | None = None) -> None:
         print(f"{out.path}: {out.status} ({out.reason}); {out.computed_rows} row(s) computed in "
               f"{out.seconds:.1f} s{rate}; {size:.1f} MiB")
 
-    run_cli(body)
+    run_cli(body, "interrupted; finished parts are saved and a re-run resumes from them")

@@ -46,7 +46,7 @@ def train_head_main(argv: list[str] | None = None) -> None:
         print(f"saved {out / 'model.pkl'}; {report['seconds_total']:.1f} s"
               + (" (cached results)" if report["cached"] else ""))
 
-    run_cli(body)
+    run_cli(body, "interrupted; the saved model and its report are unchanged")
 
 
 def predict_main(argv: list[str] | None = None) -> None:
@@ -110,4 +110,4 @@ def audit_labels_main(argv: list[str] | None = None) -> None:
                               args.top, args.skip_bad)
         print(json.dumps(counts, indent=2))
 
-    run_cli(body)
+    run_cli(body, "interrupted; each file in audit/ is the old one or a complete new one")

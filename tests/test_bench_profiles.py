@@ -28,8 +28,8 @@ def test_profile_dry_run_commands_parse(profile, tmp_path, monkeypatch, capsys):
         if argv[0] in parsers:
             seen.add(argv[0])
             # parse the arguments (an unknown option exits with an error), but run nothing
-            monkeypatch.setattr(ecli, "run_cli", lambda body, **kw: None)
-            monkeypatch.setattr(fcli, "run_cli", lambda body, **kw: None)
+            monkeypatch.setattr(ecli, "run_cli", lambda body, *a, **kw: None)
+            monkeypatch.setattr(fcli, "run_cli", lambda body, *a, **kw: None)
             parsers[argv[0]](argv[1:])
     assert seen == set(parsers)
     assert not (tmp_path / "ws").exists()  # a dry run writes nothing
