@@ -84,6 +84,7 @@ class FusionClassifier:
         self.source_names_ = [s.name for s in data.sources]
         self.workdir_ = str(Path(self.workdir).resolve())
         self.k_ = data.k
+        self.exported_ = None
         self.train_labels_ = (np.asarray(data.ids, dtype=str), np.asarray(data.y, dtype=np.int8),
                               np.asarray(data.skipped_ids, dtype=str))  # rows trained on, and rows skipped as corrupt
         self.second_stage_ = None  # fit_second_stage adds one
@@ -141,19 +142,34 @@ class FusionClassifier:
         return ids, self._details(outputs, band)
 
     # ---- predicting from images --------------------------------------------------------------------------
-    def _sources(self, batch_size: int, device: str) -> list[FeatureSource]:
-        """The sources, built once per model object after checking that their recipes are unchanged."""
-        if getattr(self, "_built", None) is None:
-            from genderfusion.extract.data.workspace import Workspace
-            from genderfusion.extract.sources.spec import build_source, source_recipe
+    def check_sources(self) -> list[dict]:
+        """The sources' recipes now, in the model's workspace, each refused if it differs from the one the heads
+        were trained on (a changed checkpoint, weights file or preprocessing)."""
+        from genderfusion.extract.data.workspace import Workspace
+        from genderfusion.extract.sources.spec import source_recipe
 
-            ws = Workspace(self.workdir_)
-            built = []
-            for then in self.recipes_:
-                now = source_recipe(then["spec"], ws, len(then["checkpoint_sha256"]), then.get("folds_fingerprint"))
-                _refuse_changed(then["source"], now, then)
-                built.append(build_source(now, ws, batch_size, device))
-            self._built = built
+        ws = Workspace(self.workdir_)
+        recipes = []
+        for then in self.recipes_:
+            now = source_recipe(then["spec"], ws, len(then["checkpoint_sha256"]), then.get("folds_fingerprint"))
+            _refuse_changed(then["source"], now, then)
+            recipes.append(now)
+        return recipes
+
+    def _sources(self, batch_size: int, device: str) -> list[FeatureSource]:
+        """The sources, built once per model object: from an exported file, or from the workspace after checking
+        that their recipes are unchanged."""
+        if getattr(self, "_built", None) is None:
+            if self.exported_ is not None:
+                from .export import exported_sources
+
+                self._built = exported_sources(self, batch_size, device)
+            else:
+                from genderfusion.extract.data.workspace import Workspace
+                from genderfusion.extract.sources.spec import build_source
+
+                ws = Workspace(self.workdir_)
+                self._built = [build_source(now, ws, batch_size, device) for now in self.check_sources()]
         return self._built
 
     def predict_proba(self, images, batch_size: int = 256, device: str = "auto") -> np.ndarray:
@@ -201,6 +217,7 @@ class FusionClassifier:
         state.setdefault("second_stage_", None)
         state.setdefault("pooled_", False)  # saved before the pooled protocol existed
         state.setdefault("train_labels_", None)  # saved before the training labels were recorded
+        state.setdefault("exported_", None)  # a model in its workspace (export.load_export sets the file)
         self.__dict__.update(state)
 
     def __getstate__(self):
@@ -208,6 +225,12 @@ class FusionClassifier:
         state.pop("_built", None)  # loaded models are rebuilt (and re-verified) after loading
         state.pop("_inputs", None)
         return state
+
+    def detached(self) -> "FusionClassifier":
+        """A copy bound to no workspace (what an exported file holds)."""
+        clf = pickle.loads(pickle.dumps(self))
+        clf.workdir_ = None
+        return clf
 
     # ---- artifact ----------------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> Path:
@@ -227,6 +250,12 @@ class FusionClassifier:
             path = path / "model.pkl"
         if not path.exists():
             raise FileNotFoundError(f"{path}: no fusion model; train one with `train-head`")
+        from .export import is_export, load_export
+
+        if is_export(path):  # a self-contained file: predicts from images; its workspace only for cached rows
+            clf = load_export(path)
+            clf.workdir_ = None if workdir is None else str(Path(workdir).resolve())
+            return clf
         with open(path, "rb") as fh:
             try:
                 obj = pickle.load(fh)

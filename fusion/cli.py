@@ -85,6 +85,29 @@ def predict_main(argv: list[str] | None = None) -> None:
     run_cli(body, interrupted="interrupted; no output file was written (nothing else changed)")
 
 
+def export_model_main(argv: list[str] | None = None) -> None:
+    p = make_parser("export-model", "Write a trained fusion model as one self-contained file (.gfm) that predicts "
+                                    "from images without its workspace.")
+    p.add_argument("--model", default="fusion", help="a name under <workdir>/heads/, or a model.pkl path")
+    p.add_argument("--workdir", default=None, help="workspace (default data)")
+    p.add_argument("--out", required=True, help="the file to write, e.g. model.gfm")
+    args = p.parse_args(argv)
+
+    def body():
+        from pathlib import Path
+
+        from .export import export_model
+        from .predict import load_model
+
+        clf = load_model(args.model, args.workdir)
+        card = Path(args.model).parent if Path(args.model).suffix == ".pkl" else None
+        card = (card or Path(clf.workdir_) / "heads" / args.model) / "card.html"
+        out = export_model(clf, args.out, card)
+        print(json.dumps({k: out[k] for k in ("out", "megabytes", "sources", "folds", "frozen_files")}, indent=2))
+
+    run_cli(body, "interrupted; no file was written")
+
+
 def audit_labels_main(argv: list[str] | None = None) -> None:
     p = make_parser("audit-labels", "Find training faces whose label is in doubt: confident out-of-fold disagreement "
                                     "and duplicate images (exact and near) with another label.")

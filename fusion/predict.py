@@ -11,7 +11,7 @@ from genderfusion.extract.atomic import write_text
 from genderfusion.extract.cache import format as fc
 from genderfusion.extract.data.dataset import CompetitionData
 from genderfusion.extract.data.workspace import Workspace
-from genderfusion.extract.errors import DataError
+from genderfusion.extract.errors import DataError, WorkspaceError
 
 from .classifier import FusionClassifier
 
@@ -44,8 +44,8 @@ def _default_labels(data: CompetitionData) -> dict[str, str]:
 
 def load_model(model: str, workdir: str | Path | None = None) -> FusionClassifier:
     """A saved fusion model: a name under <workdir>/heads/ (default workspace data), or a model.pkl path (in
-    `workdir` when given, else in the workspace it was saved in)."""
-    if Path(model).suffix == ".pkl":
+    `workdir` when given, else in the workspace it was saved in), or an exported .gfm file (export-model)."""
+    if Path(model).suffix in (".pkl", ".gfm"):
         return FusionClassifier.load(model, workdir=workdir)
     workdir = "data" if workdir is None else workdir
     return FusionClassifier.load(Workspace(workdir).head_model(model), workdir=workdir)
@@ -73,6 +73,9 @@ def predict_submission(model: str, data_dir: str | Path, out: str | Path, workdi
     A test image skipped as corrupt at extraction gets no label from a blank image: the sample submission's
     label (empty without one), flagged doubtful in the details file with the reason."""
     clf = load_model(model, workdir)
+    if clf.workdir_ is None:
+        raise WorkspaceError(f"{model}: an exported model predicts from images (--images); --data reads the cached "
+                             "features of a workspace: pass its --workdir")
     ws = Workspace(clf.workdir_)
     data = CompetitionData.load(data_dir, check_images=False)
     _refuse_changed_labels(clf, model, data)

@@ -263,3 +263,63 @@ def test_a_fused_model_runs_the_shared_dlib_trunk_once(trained, monkeypatch):
     net = FaceNet(dlib.cfg)  # dlib's descriptor network whole, on the chips and their mirrors
     ref = (net.run(chips)[0] + net.run(np.ascontiguousarray(chips[:, :, ::-1]))[0]) / 2
     assert np.abs(together[1][0][0] - ref).max() <= 1e-4 and np.ptp(ref) > 0.1
+
+
+def test_an_exported_model_predicts_without_its_workspace(trained, tmp_path):
+    """export-model writes one file: face-resnet's fold tensors without dlib's frozen trunk (read from the package
+    again), gender-cnn's whole; loaded in another process, from another folder, with the workspace gone, it gives
+    the workspace model's P within 1e-5. A frozen file of another sha256 and another format are refused."""
+    import json
+    import subprocess
+    import sys
+    import zipfile
+
+    from genderfusion.fusion.classifier import FusionClassifier
+    from genderfusion.fusion.cli import export_model_main
+    from genderfusion.fusion.export import read_manifest
+    from genderfusion.fusion.train_head import train_head
+
+    data_dir, ws_dir, out = trained
+    names = [out[n][1].path.stem for n in ("face-resnet", "gender-cnn")] + ["dlib-face-flip"]
+    from genderfusion.extract.cache.api import extract_features
+
+    extract_features(data_dir, "dlib-face", ws_dir, progress=False)
+    train_head(ws_dir, names, ["logistic"], protocols=("per-fold",), name="exp", log=lambda m: None)
+    paths = sorted(str(p) for p in (data_dir / "test").glob("*.jpg"))
+    ref = FusionClassifier.load(ws_dir / "heads/exp/model.pkl").predict_proba(paths, device="cpu")[:, 1]
+    gfm = tmp_path / "model.gfm"
+    export_model_main(["--model", "exp", "--workdir", str(ws_dir), "--out", str(gfm)])
+    m = read_manifest(gfm)
+    resnet = m["folds"]["face-resnet"]
+    assert len(resnet) == 2 and all(f["over_pretrained"] and f["tensors"] < f["of"] for f in resnet)
+    assert {"dlib-face:model", "dlib-face:shape_predictor", "gender-cnn:model"} <= set(m["frozen_files"])
+    moved = ws_dir.rename(tmp_path / "gone")  # no workspace anywhere the model could find
+    try:
+        code = ("import json, sys; from genderfusion import FusionClassifier; "
+                "clf = FusionClassifier.load(sys.argv[1]); "
+                "print(json.dumps(clf.predict_proba(sys.argv[2:], device='cpu')[:, 1].tolist()))")
+        elsewhere = tmp_path / "elsewhere"
+        elsewhere.mkdir()
+        proc = subprocess.run([sys.executable, "-c", code, str(gfm), *paths], cwd=elsewhere, capture_output=True,
+                              text=True)
+        assert proc.returncode == 0, proc.stderr
+        assert np.abs(np.array(json.loads(proc.stdout)) - ref).max() <= 1e-5
+    finally:
+        moved.rename(ws_dir)
+    for what in ("sha256", "format"):
+        bad = tmp_path / f"{what}.gfm"
+        with zipfile.ZipFile(gfm) as src, zipfile.ZipFile(bad, "w") as dst:
+            for item in src.infolist():
+                body = src.read(item)
+                if item.filename == "manifest.json":
+                    doc = json.loads(body)
+                    if what == "sha256":
+                        doc["frozen_files"]["gender-cnn:model"] = "0" * 64
+                    else:
+                        doc["format"] = "genderfusion-export-v0"
+                    body = json.dumps(doc).encode()
+                dst.writestr(item, body)
+        expected = (r"the installed gender-cnn:model has sha256 [0-9a-f]{64}, the model was exported with 0{64}"
+                    if what == "sha256" else r"an exported model of format 'genderfusion-export-v0'")
+        with pytest.raises((ValueError, RuntimeError), match=expected):
+            FusionClassifier.load(bad)

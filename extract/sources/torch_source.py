@@ -76,16 +76,33 @@ def _same_trunk(a: Backbone, b: Backbone, cut: str) -> bool:
 def finetuned_source(recipe: dict, ws: Workspace, batch_size: int = 256, device: str = "auto") -> TorchSource:
     """The K fold checkpoints written by train-backbone (their sha256 checked by the recipe); each is normalised with
     the preprocessing saved with it (the recipe's: folds that differ are refused there)."""
+    def fold(f: int) -> tuple[dict, dict]:
+        ckpt = torch.load(ws.fold_files(recipe["backbone"], f).best, map_location="cpu", weights_only=False)
+        return ckpt["identity"]["config"], ckpt["state_dict"]
+
+    return fold_source(recipe, fold, pretrained_base=False, batch_size=batch_size, device=device)
+
+
+def fold_source(recipe: dict, fold: Callable[[int], tuple[dict, dict]], pretrained_base: bool,
+                batch_size: int = 256, device: str = "auto") -> TorchSource:
+    """A fine-tuned source from its K fold models: fold(f) -> (training config, state dict). pretrained_base: the
+    state dicts hold only what training changed, laid over the backbone's default (pretrained) weights."""
     backbone, pre = recipe["backbone"], Preprocess.from_dict(recipe)
 
-    def build(cfg: dict) -> Backbone:
-        return create(backbone, cfg["img_size"], weights="random", dropout=cfg["dropout"])
+    def build(cfg: dict, weights: str | None = "random") -> Backbone:
+        return create(backbone, cfg["img_size"], weights=weights, dropout=cfg["dropout"])
 
     def loader(f: int) -> Callable[[], Backbone]:
         def load() -> Backbone:
-            ckpt = torch.load(ws.fold_files(backbone, f).best, map_location="cpu", weights_only=False)
-            m = build(ckpt["identity"]["config"])
-            m.load_state_dict(ckpt["state_dict"])
+            cfg, state = fold(f)
+            m = build(cfg, None if pretrained_base else "random")
+            if pretrained_base:
+                full = m.state_dict()
+                unknown = sorted(set(state) - set(full))
+                if unknown:
+                    raise WorkspaceError(f"{recipe['source']} fold {f}: tensors {unknown[:3]} are not in {backbone}")
+                state = {**full, **state}
+            m.load_state_dict(state)
             m.preprocess = pre
             return m.eval()
         return load
