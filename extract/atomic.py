@@ -38,6 +38,13 @@ def remove_stale_temporaries(path: Path) -> list[Path]:
     return gone
 
 
+def _allow_group_and_others(path: str | os.PathLike, mode: int) -> None:
+    """mkstemp and mkdtemp make private files and folders; give workspace files the mode the umask allows."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, mode & ~umask)
+
+
 def _prefix(path: Path) -> str:
     """Temporary names carry the writer's pid, so that a later writer can tell a dead writer's leftovers."""
     return f".{path.name}.{os.getpid()}."
@@ -52,9 +59,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     remove_stale_temporaries(path)
     fd, tmp = tempfile.mkstemp(prefix=_prefix(path), suffix=".tmp", dir=path.parent)
     os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would make workspace files private
+    _allow_group_and_others(tmp, 0o666)
     try:
         yield Path(tmp)
         os.replace(tmp, path)
@@ -74,9 +79,7 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(path)
     tmp = Path(tempfile.mkdtemp(prefix=_prefix(path), suffix=".tmp", dir=path.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp's 0700 would make the folder private
+    _allow_group_and_others(tmp, 0o777)
     try:
         yield tmp
     except BaseException:

@@ -43,13 +43,13 @@ non_negative_float = _number(float, 0.0, True, "a number >= 0")
 
 
 def shard_arg(text: str) -> str:
-    """--shard I/N with 0 <= I < N."""
+    """--shard I/N with 0 <= I < N (checked by the library's parser)."""
+    from .cache.api import parse_shard
+
     try:
-        i, n = (int(v) for v in text.split("/"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected I/N, e.g. 0/4") from None
-    if not 0 <= i < n:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected I/N with 0 <= I < N")
+        parse_shard(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("shard ")) from None
     return text
 
 

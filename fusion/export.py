@@ -35,13 +35,9 @@ def _sha(data: bytes) -> str:
 def frozen_files(recipe: dict) -> dict[str, str]:
     """'<net>:<role>' -> sha256 of each packaged model file a source reads (checked against the published sha256)."""
     from genderfusion.extract.models.face_files import checked_sha256
-    from genderfusion.extract.sources.spec import FROZEN_FACE
+    from genderfusion.extract.sources.preflight import face_nets
 
-    spec = recipe["spec"]
-    net = spec["net"] if spec["type"] == "face" else FROZEN_FACE.get(spec.get("backbone"))
-    if net is None:
-        return {}
-    return {f"{net}:{role}": sha for role, sha in checked_sha256(net).items()}
+    return {f"{net}:{role}": sha for net in face_nets(recipe["spec"]) for role, sha in checked_sha256(net).items()}
 
 
 def _trained_part(backbone: str, config: dict, state: dict) -> tuple[dict, bool]:

