@@ -18,8 +18,9 @@ from bench._report import emit  # noqa: E402
 
 
 def measure(model: str, paths: list[Path]) -> dict:
-    """Images/s of predict_proba on `paths`: the first call of a loaded model, then a warm call, then a warm call
-    timed step by step (milliseconds an image: decoding, each input view, each source's networks, the heads)."""
+    """Images/s of predict_proba on `paths`: the first call of a loaded model, then a warm call (with its cascade,
+    when it has one; then warm calls with and without it), then a warm call timed step by step (milliseconds an
+    image: decoding, each input view, each source's networks, the heads)."""
     from genderfusion import FusionClassifier
 
     clf = FusionClassifier.load(model)
@@ -30,9 +31,14 @@ def measure(model: str, paths: list[Path]) -> dict:
     again = clf.predict_proba(paths)
     warm = len(paths) / (time.perf_counter() - t)
     assert np.array_equal(first, again)
-    return {"model": str(model), "images": len(paths), "sources": clf.source_names_,
-            "first_call_img_per_s": round(cold, 1), "warm_img_per_s": round(warm, 1),
-            "ms_per_image": step_times(clf, paths)}
+    out = {"model": str(model), "images": len(paths), "sources": clf.source_names_,
+           "first_call_img_per_s": round(cold, 1), "warm_img_per_s": round(warm, 1)}
+    if clf.cascade_ is not None:
+        from genderfusion.fusion.speed import cascade_speed
+
+        out["cascade"] = cascade_speed(clf, paths)
+    out["ms_per_image"] = step_times(clf, paths)
+    return out
 
 
 def step_times(clf, paths: list[Path]) -> dict[str, float]:

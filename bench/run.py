@@ -193,7 +193,8 @@ def main(argv=None) -> dict:
         extra, src = extract_args(prof["extract"][0])
         runner.run("extract (cached re-run)", ["extract", *extra, *common])
     head_cmd = ["train-head", "--features", ",".join(sources), "--head", ",".join(prof["heads"]),
-                "--workdir", str(ws), "--out", "best"] + (["--second-stage"] if prof.get("second_stage") else [])
+                "--workdir", str(ws), "--out", "best"] + (["--second-stage"] if prof.get("second_stage") else []) \
+        + (["--cascade", ",".join(prof["cascade"])] if prof.get("cascade") else [])
     runner.run("heads", head_cmd + ["--refit"])
     runner.run("heads (cached re-run)", head_cmd)
     if prof.get("audit"):
@@ -255,6 +256,12 @@ def main(argv=None) -> dict:
               "predict_images": face["predict"]["images"], "predict_ms_per_image": face["predict"]["ms_per_image"]}
     if report.get("second_stage"):
         result["second_stage"] = report["second_stage"]
+    if report.get("cascade"):
+        c, speed = report["cascade"], face["predict"]["cascade"]
+        result["cascade"] = {"sources": c["sources"], "head": c["head"], "band": c["band"], "cv": c["cv_accuracy"],
+                             "full_cv": c["full_cv_accuracy"], "exit_share": speed["exit_share"],
+                             "cv_exit_share": c["exit_share"], "img_per_s": speed["cascade_img_per_s"],
+                             "full_img_per_s": speed["full_img_per_s"], "speedup": speed["speedup"]}
     if prof.get("audit"):
         result["audit"] = read_json(ws / "audit" / "audit.json")
     best_probs = cv[best_key]
@@ -317,6 +324,13 @@ def results_markdown(result: dict, report: dict, command: str) -> str:
                   f"{s2['band_accuracy_first']:.4f} -> {s2['band_accuracy_second']:.4f}; overall "
                   f"{s2['accuracy_first']:.4f} -> {s2['accuracy_second']:.4f}"
                   + ("." if s2.get("kept", True) else "; not kept in the model.")]
+    if "cascade" in result:
+        c = result["cascade"]
+        lines += ["", f"Cascade ({' + '.join(c['sources'])}, {c['head']}; band {c['band'][0]:.4f}..{c['band'][1]:.4f}): "
+                  f"CV {c['cv']:.4f} against {c['full_cv']:.4f} for the full model, {c['cv_exit_share']:.3f} of the "
+                  f"training rows decided early out of fold; on {result['predict_images']} test images "
+                  f"{c['exit_share']:.3f} decided early, {c['img_per_s']} img/s against {c['full_img_per_s']} with every "
+                  f"source (x{c['speedup']}), warm, in one process."]
     if "audit" in result:
         a = result["audit"]
         lines += ["", f"Label audit ({a['seconds']} s): {a['exact_groups']} exact-duplicate groups "

@@ -174,6 +174,19 @@ def _second_stage(clf) -> str:
             "faces in the frozen sources' features")
 
 
+def _cascade(report: dict) -> str:
+    """The cascade in words, when the model has one."""
+    c = report.get("cascade")
+    if not c:
+        return ""
+    return (f"<p>A <b>cascade</b> goes first: a {html.escape(c['head'])} head on "
+            f"{html.escape(' + '.join(c['sources']))} decides the faces whose P(female) lies outside "
+            f"[{c['band'][0]:.4f}, {c['band'][1]:.4f}]; only the others run every source. Out of fold it decided "
+            f"<span id='cascade-exit'>{c['exit_share']:.1%}</span> of the training faces early, with accuracy "
+            f"<span id='cascade-cv'>{c['cv_accuracy']:.4f}</span> against {c['full_cv_accuracy']:.4f} for every "
+            "source on every face.</p>")
+
+
 def write_card(head_dir: str | Path, workdir: str | Path, speed: dict | None = None, n_gallery: int = 12,
                speed_chart: str | Path | None = None, name: str | None = None) -> Path:
     """Write <head_dir>/card.html from the head's report, CV probabilities and saved model; speed: img/s figures
@@ -257,6 +270,7 @@ def write_card(head_dir: str | Path, workdir: str | Path, speed: dict | None = N
 <h2>What it is</h2>
 <p>Head <b>{html.escape(clf.head)}</b>, protocol <b>{html.escape(clf.protocol)}</b>{_second_stage(clf)}, over {len(clf.recipes_)} source(s),
 {clf.k_} folds. Trained on <b>{len(y)}</b> faces: {len(y) - n_fem} male, {n_fem} female ({n_fem / len(y):.1%}).</p>
+{_cascade(report)}
 {_table(["source", "kind", "network", "layer", "pooling", "input px", "mean / std", "weights sha256"], src_rows)}
 <h2>Out-of-fold accuracy</h2>
 <p>Every figure is on rows that neither the backbones nor the head trained on. This model:

@@ -11,23 +11,16 @@ import numpy as np
 from genderfusion.extract.atomic import atomic_path
 from genderfusion.extract.errors import WorkspaceError
 from genderfusion.extract.sources.base import FINETUNED, FROZEN, FeatureSource
-from genderfusion.heads import HEADS
 from genderfusion.heads.second_stage import KnnSecondStage, in_band
 
+from .cascade import DEFAULT_TOLERANCE, Cascade, exits
 from .features import FusionData, Outputs, load_sources
 from .images import decode_inputs
 from .second_stage import descriptors
 from .protocol import (PROTOCOLS, global_blocks, global_matrix, global_test_matrix, per_fold_matrix,
-                       per_fold_test_matrix, pooled_blocks, pooled_matrix, pooled_test_matrix)
+                       per_fold_test_matrix, pooled_blocks, pooled_matrix, pooled_test_matrix, head_factory)
 
 FORMAT = "genderfusion-fusion-v2"  # v2: source recipes of extract.sources.spec
-
-
-def head_factory(head: str, params: dict | None = None):
-    """block widths -> an unfitted head of the given kind."""
-    if head not in HEADS:
-        raise ValueError(f"unknown head {head!r}; choose one of {sorted(HEADS)}")
-    return lambda blocks: HEADS[head](blocks=blocks, **(params or {}))
 
 
 def _refuse_changed(name: str, now: dict, then: dict) -> None:
@@ -38,6 +31,15 @@ def _refuse_changed(name: str, now: dict, then: dict) -> None:
             + ("" if now.get("checkpoint_sha256") != then.get("checkpoint_sha256") else
                f" (other changes: {sorted(k for k in set(now) | set(then) if now.get(k) != then.get(k))})")
             + "; retrain the head with train-head")
+
+
+def _rows(o: Outputs, rows: np.ndarray) -> Outputs:
+    """A source's outputs on some of the rows."""
+    return Outputs(o.kind, o.features[:, rows], None if o.logits is None else o.logits[:, rows])
+
+
+def _two_columns(p: np.ndarray) -> np.ndarray:
+    return np.column_stack([1 - p, p])
 
 
 class FusionClassifier:
@@ -88,6 +90,7 @@ class FusionClassifier:
         self.train_labels_ = (np.asarray(data.ids, dtype=str), np.asarray(data.y, dtype=np.int8),
                               np.asarray(data.skipped_ids, dtype=str))  # rows trained on, and rows skipped as corrupt
         self.second_stage_ = None  # fit_second_stage adds one
+        self.cascade_ = None  # and fit_cascade a cheap first stage
         return self
 
     def fit_second_stage(self, data: FusionData, p_first: np.ndarray) -> "FusionClassifier":
@@ -96,6 +99,18 @@ class FusionClassifier:
         use = data.trainable
         self.second_stage_ = KnnSecondStage(self.band, blocks=blocks).fit(X[use], data.y[use], p_first[use],
                                                                           data.fold[use])
+        return self
+
+    def fit_cascade(self, data: FusionData, p_full: np.ndarray, sources: Sequence[str], head: str = "logistic",
+                    tolerance: float = DEFAULT_TOLERANCE) -> "FusionClassifier":
+        """Put a cheap stage in front: a `head` on `sources` (some of the model's) decides the images outside a band
+        chosen on the training rows' out-of-fold P(female) of the cheap head and of the full model (`p_full`), so
+        that at most `tolerance` x rows errors are added."""
+        unknown = [s for s in sources if s not in self.source_names_]
+        if unknown or not sources:
+            raise ValueError(f"cascade sources {list(sources)}: each must be one of the model's sources "
+                             f"{self.source_names_}" + (f" ({unknown[0]} is not)" if unknown else ""))
+        self.cascade_ = Cascade(list(sources), head, tolerance).fit(data, p_full)
         return self
 
     def _stages(self, outputs: list[Outputs]) -> tuple[np.ndarray, np.ndarray]:
@@ -113,14 +128,27 @@ class FusionClassifier:
         X = np.hstack([o.features[0].astype(np.float32) for o in outputs if o.kind == FROZEN])
         return p, self.second_stage_.predict_proba(X, p)
 
-    def _proba(self, outputs: list[Outputs]) -> np.ndarray:
-        p = self._stages(outputs)[1]
-        return np.column_stack([1 - p, p])
-
-    def _details(self, outputs: list[Outputs], band: tuple[float, float] | None = None) -> dict[str, np.ndarray]:
-        first, final = self._stages(outputs)
-        redone = in_band(first, self.band) & (self.second_stage_ is not None)
-        return {"p_female": final, "p_first_stage": first, "stage": np.where(redone, 2, 1),
+    def _decide(self, outputs_of, n: int, band: tuple[float, float] | None = None, cascade: bool = True
+                ) -> dict[str, np.ndarray]:
+        """p_female, p_first_stage (before the second stage), stage (which of the model's stages decided, 1 the
+        first: the cascade's cheap stage when there is one, then the full head, then the second stage) and
+        doubtful, for n rows. outputs_of(source indices, rows): those sources' Outputs on those rows; with the
+        cascade, every source but the cheap ones runs only on the rows that go on to the full head."""
+        first, final, stage = np.empty(n), np.empty(n), np.ones(n, np.int64)
+        rows = np.arange(n)
+        c = self.cascade_ if cascade else None
+        if c is not None:
+            p = c.predict_proba(outputs_of([self.source_names_.index(s) for s in c.sources], rows))
+            out = exits(p, c.band_)
+            first[out] = final[out] = p[out]
+            rows = rows[~out]
+            stage[rows] += 1
+        if len(rows):
+            head, done = self._stages(outputs_of(range(len(self.source_names_)), rows))
+            first[rows], final[rows] = head, done
+            if self.second_stage_ is not None:
+                stage[rows[in_band(head, self.band)]] += 1
+        return {"p_female": final, "p_first_stage": first, "stage": stage,
                 "doubtful": in_band(first, self.band if band is None else band)}
 
     def _cached_outputs(self, workdir: str | os.PathLike | None) -> tuple[np.ndarray, list[Outputs]]:
@@ -130,16 +158,17 @@ class FusionClassifier:
             _refuse_changed(s.name, s.attrs["recipe"], then)
         return data.test_ids, [s.test_outputs for s in data.sources]
 
-    def predict_proba_cached(self, workdir: str | os.PathLike | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """(test ids, P) for the test rows of the feature caches."""
-        ids, outputs = self._cached_outputs(workdir)
-        return ids, self._proba(outputs)
-
-    def details_cached(self, workdir: str | os.PathLike | None = None, band: tuple[float, float] | None = None
-                       ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    def details_cached(self, workdir: str | os.PathLike | None = None, band: tuple[float, float] | None = None,
+                       cascade: bool = True) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """(test ids, {p_female, p_first_stage, stage, doubtful}) for the test rows of the feature caches."""
         ids, outputs = self._cached_outputs(workdir)
-        return ids, self._details(outputs, band)
+        return ids, self._decide(lambda idx, rows: [_rows(outputs[i], rows) for i in idx], len(ids), band, cascade)
+
+    def predict_proba_cached(self, workdir: str | os.PathLike | None = None, cascade: bool = True
+                             ) -> tuple[np.ndarray, np.ndarray]:
+        """(test ids, P) for the test rows of the feature caches."""
+        ids, d = self.details_cached(workdir, cascade=cascade)
+        return ids, _two_columns(d["p_female"])
 
     # ---- predicting from images --------------------------------------------------------------------------
     def check_sources(self) -> list[dict]:
@@ -172,45 +201,69 @@ class FusionClassifier:
                 self._built = [build_source(now, ws, batch_size, device) for now in self.check_sources()]
         return self._built
 
-    def predict_proba(self, images, batch_size: int = 256, device: str = "auto") -> np.ndarray:
-        """P(male), P(female) for images: paths, PIL images, HWC uint8 arrays, tensors, or a list mixing them."""
-        return self._proba(self._outputs(images, batch_size, device))
+    def predict_proba(self, images, batch_size: int = 256, device: str = "auto", cascade: bool = True
+                      ) -> np.ndarray:
+        """P(male), P(female) for images: paths, PIL images, HWC uint8 arrays, tensors, or a list mixing them.
+        cascade=False runs every source on every image even when the model has a cascade."""
+        return _two_columns(self.predict_details(images, batch_size, device, cascade=cascade)["p_female"])
 
     def predict_details(self, images, batch_size: int = 256, device: str = "auto",
-                        band: tuple[float, float] | None = None) -> dict[str, np.ndarray]:
-        """Per image: p_female (final), p_first_stage, stage (2 where the second stage re-examined it) and doubtful
-        (the first stage's P(female) inside `band`, default the model's)."""
-        return self._details(self._outputs(images, batch_size, device), band)
+                        band: tuple[float, float] | None = None, cascade: bool = True) -> dict[str, np.ndarray]:
+        """Per image: p_female (final), p_first_stage (before the second stage), stage (which of the model's stages
+        decided) and doubtful (p_first_stage inside `band`, default the model's)."""
+        arrays = decode_inputs(images)  # all or nothing: a bad image raises before any work
+        return self._decide(self._image_outputs(arrays, batch_size, device), len(arrays), band, cascade)
 
-    def _outputs(self, images, batch_size: int, device: str) -> list[Outputs]:
+    def _image_outputs(self, arrays: list[np.ndarray], batch_size: int, device: str):
+        """outputs_of(source indices, rows) for decoded images: each source runs once on the rows first asked
+        of it; a later request for a subset of them is a slice. Each resized view or chip set of a set of rows is
+        made once, and so is each shared computation (a frozen trunk two sources share)."""
         from genderfusion.extract.sources.inputs import MemoryInputs
 
-        arrays = decode_inputs(images)  # all or nothing: a bad image raises before any work
         if getattr(self, "_inputs", None) is None:
             self._inputs = MemoryInputs()
-        views: dict = {}  # each resized view or chip set is made once per call
-        memo: dict = {}  # and each shared computation (a frozen trunk two sources share)
-        outputs = []
-        for src in self._sources(batch_size, device):
-            if src.input not in views:
-                views[src.input] = self._inputs(arrays, src.input)
-            batch = views[src.input]
-            feats, logits = zip(*src.compute_spaces(batch, range(src.n_spaces), memo))
-            outputs.append(Outputs(src.kind, np.stack(feats), None if logits[0] is None else np.stack(logits)))
-        return outputs
+        sources = self._sources(batch_size, device)
+        done: dict[int, tuple[np.ndarray, Outputs]] = {}
+        per_rows: dict[bytes, tuple[dict, dict]] = {}  # rows -> (views, memo)
+
+        def outputs_of(indices, rows: np.ndarray) -> list[Outputs]:
+            views, memo = per_rows.setdefault(rows.tobytes(), ({}, {}))
+            out = []
+            for i in indices:
+                if i in done and np.isin(rows, done[i][0]).all():
+                    had, o = done[i]
+                    out.append(_rows(o, np.searchsorted(had, rows)))
+                    continue
+                src = sources[i]
+                if src.input not in views:
+                    views[src.input] = self._inputs([arrays[r] for r in rows], src.input)
+                feats, logits = zip(*src.compute_spaces(views[src.input], range(src.n_spaces), memo))
+                done[i] = rows, Outputs(src.kind, np.stack(feats), None if logits[0] is None else np.stack(logits))
+                out.append(done[i][1])
+            return out
+
+        return outputs_of
 
     def predict(self, images, **kw) -> np.ndarray:
         """0 = male, 1 = female."""
         return (self.predict_proba(images, **kw)[:, 1] >= self.threshold).astype(np.int64)
 
     def predict_frame(self, images, band: tuple[float, float] = (0.45, 0.55), skip_bad: bool = False,
-                      batch_size: int = 256, device: str = "auto"):
+                      batch_size: int = 256, device: str = "auto", cascade: bool = True):
         """A pandas DataFrame, one row per image: path ('<image i>' for one in memory), p_female, label (-1 where
-        unreadable), doubtful (first-stage P(female) inside `band`), stage (2: re-examined by the second stage; 0:
-        unreadable), error (with skip_bad: why the image could not be read)."""
+        unreadable), doubtful (P(female) before the second stage inside `band`), stage (which of the model's stages
+        decided: see stage_names(); 0: unreadable), error (with skip_bad: why the image could not be read)."""
         from .photos import predict_frame
 
-        return predict_frame(self, images, band, skip_bad, batch_size, device)
+        return predict_frame(self, images, band, skip_bad, batch_size, device, cascade)
+
+    def stage_names(self, cascade: bool = True) -> dict[int, str]:
+        """What each value of `stage` means for this model."""
+        names = [f"cascade: {' + '.join(self.cascade_.sources)}"] if cascade and self.cascade_ is not None else []
+        names.append(f"{self.head} [{self.protocol}] on every source")
+        if self.second_stage_ is not None:
+            names.append(f"second stage in the band {list(self.band)}")
+        return {0: "unreadable image", **{k: n for k, n in enumerate(names, 1)}}
 
     def __setstate__(self, state):
         state.setdefault("band", (0.45, 0.55))  # saved before the second stage existed
@@ -218,6 +271,7 @@ class FusionClassifier:
         state.setdefault("pooled_", False)  # saved before the pooled protocol existed
         state.setdefault("train_labels_", None)  # saved before the training labels were recorded
         state.setdefault("exported_", None)  # a model in its workspace (export.load_export sets the file)
+        state.setdefault("cascade_", None)  # saved before the cascade existed
         self.__dict__.update(state)
 
     def __getstate__(self):

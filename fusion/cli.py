@@ -31,6 +31,15 @@ def train_head_main(argv: list[str] | None = None) -> None:
                    help="re-examine predictions inside --band by a kNN vote of the nearest training faces (frozen "
                         "sources' features); measured on out-of-fold rows; saved in the model when it raises the "
                         "out-of-fold accuracy")
+    p.add_argument("--cascade", default=None, metavar="A,B",
+                   help="put a cheap first stage in front: a head on these sources (some of --features; choose the "
+                        "cheapest strong ones from bench/predict_speed.py) decides the images it is sure of, the rest "
+                        "go on to every source")
+    p.add_argument("--cascade-tolerance", type=non_negative_float, default=0.0005,
+                   help="accuracy the cascade may lose against the full model, out of fold (default 0.0005: 0.05 "
+                        "points)")
+    p.add_argument("--cascade-speed", type=non_negative_int, default=256, metavar="N",
+                   help="measure the cascade's img/s on N test images of the workspace's data folder (0: not)")
     args = p.parse_args(argv)
 
     def body():
@@ -40,9 +49,19 @@ def train_head_main(argv: list[str] | None = None) -> None:
 
         heads = ["logistic", "mlp", "knn"] if args.head == "all" else args.head.split(",")
         report = train_head(args.workdir, args.features.split(","), heads, tuple(args.protocol.split(",")),
-                            args.out, args.band, args.refit, args.exclude, args.second_stage)
+                            args.out, args.band, args.refit, args.exclude, args.second_stage,
+                            args.cascade.split(",") if args.cascade else None, args.cascade_tolerance,
+                            args.cascade_speed)
         out = Workspace(args.workdir).head_dir(args.out)
         print((out / "report.md").read_text())
+        c = report.get("cascade")
+        if c:
+            speed = c.get("speed")
+            print(f"cascade {' + '.join(c['sources'])} ({c['head']}, band {c['band'][0]:.4f}..{c['band'][1]:.4f}): CV "
+                  f"{c['cv_accuracy']:.4f} against {c['full_cv_accuracy']:.4f}, {c['exit_share']:.1%} of the rows "
+                  "decided early out of fold" + (f"; {speed['cascade_img_per_s']} img/s against "
+                                                 f"{speed['full_img_per_s']} on {speed['images']} test images "
+                                                 f"(x{speed['speedup']})" if speed else ""))
         print(f"saved {out / 'model.pkl'}; {report['seconds_total']:.1f} s"
               + (" (cached results)" if report["cached"] else ""))
 
@@ -67,19 +86,23 @@ def predict_main(argv: list[str] | None = None) -> None:
                                                            "instead of stopping")
     p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda …")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-cascade", action="store_true", help="run every source on every image even when the model "
+                                                             "has a cascade")
     args = p.parse_args(argv)
 
     def body():
         if args.data:
             from .predict import predict_submission
 
-            out = predict_submission(args.model, args.data, args.out or "submission.csv", args.workdir, args.band)
+            out = predict_submission(args.model, args.data, args.out or "submission.csv", args.workdir, args.band,
+                                     not args.no_cascade)
         else:
             from .photos import predict_images
             from .predict import load_model
 
             out = predict_images(load_model(args.model, args.workdir), args.images, args.out or "predictions.csv",
-                                 args.batch_size, args.skip_bad, args.band, args.device, not args.no_progress)
+                                 args.batch_size, args.skip_bad, args.band, args.device, not args.no_progress,
+                                 not args.no_cascade)
         print(json.dumps(out, indent=2))
 
     run_cli(body, interrupted="interrupted; no output file was written (nothing else changed)")

@@ -69,7 +69,15 @@ class FusionData:
         return np.ones(len(self.y), bool) if self.excluded is None else ~self.excluded
 
     def source(self, name: str) -> Source:
-        return next(s for s in self.sources if s.name == name)
+        for s in self.sources:
+            if s.name == name:
+                return s
+        raise ValueError(f"no source {name!r} among {[s.name for s in self.sources]}")
+
+    def only(self, names: list[str]) -> "FusionData":
+        """The same rows with only the sources `names`, in that order."""
+        return FusionData(self.ids, self.y, self.fold, self.test_ids, [self.source(n) for n in names],
+                          self.skipped_ids, self.excluded)
 
 
 def _check_finite(name: str, ids: np.ndarray, arr: np.ndarray | None, what: str, row_axis: int) -> None:

@@ -74,7 +74,7 @@ def expand_paths(items: Sequence[str | os.PathLike]) -> list[Path]:
 
 
 def _rows(clf, items: Sequence, names: Sequence[str], band: tuple[float, float], skip_bad: bool,
-          batch_size: int, device: str) -> list[dict]:
+          batch_size: int, device: str, cascade: bool = True) -> list[dict]:
     """One row per item, in order; an unreadable item is an error naming it, or (skip_bad) a row with the error."""
     arrays, rows = [], []
     for i, (item, name) in enumerate(zip(items, names)):
@@ -86,7 +86,8 @@ def _rows(clf, items: Sequence, names: Sequence[str], band: tuple[float, float],
                 raise
             rows.append({"path": name, "p_female": math.nan, "label": -1, "doubtful": True, "stage": 0,
                          "error": str(exc)})
-    d = clf.predict_details(arrays, batch_size=batch_size, device=device, band=band) if arrays else None
+    d = clf.predict_details(arrays, batch_size=batch_size, device=device, band=band, cascade=cascade) if arrays \
+        else None
     n = -1
     for row in rows:
         if "error" not in row:
@@ -98,16 +99,16 @@ def _rows(clf, items: Sequence, names: Sequence[str], band: tuple[float, float],
 
 
 def predict_frame(clf, images, band: tuple[float, float] = (0.45, 0.55), skip_bad: bool = False,
-                  batch_size: int = 256, device: str = "auto"):
-    """A pandas DataFrame with the columns path, p_female, label, doubtful, error: one row per image (paths,
-    PIL images, arrays or tensors; an in-memory image's path is '<image i>')."""
+                  batch_size: int = 256, device: str = "auto", cascade: bool = True):
+    """A pandas DataFrame with the columns path, p_female, label, doubtful, stage, error: one row per image
+    (paths, PIL images, arrays or tensors; an in-memory image's path is '<image i>')."""
     import pandas as pd
 
     single = isinstance(images, (str, os.PathLike)) or getattr(images, "ndim", None) in (2, 3) \
         or type(images).__name__ == "Image"
     items = [images] if single else list(images)
     names = [str(x) if isinstance(x, (str, os.PathLike)) else f"<image {i}>" for i, x in enumerate(items)]
-    return pd.DataFrame(_rows(clf, items, names, band, skip_bad, batch_size, device), columns=list(COLUMNS))
+    return pd.DataFrame(_rows(clf, items, names, band, skip_bad, batch_size, device, cascade), columns=list(COLUMNS))
 
 
 def _chunks(paths: list[Path], n: int) -> Iterator[list[Path]]:
@@ -160,7 +161,7 @@ class _Writer:
 
 def predict_images(clf, images: Sequence[str | os.PathLike], out: str | os.PathLike, batch_size: int = 256,
                    skip_bad: bool = False, band: tuple[float, float] = (0.45, 0.55), device: str = "auto",
-                   progress: bool = True) -> dict:
+                   progress: bool = True, cascade: bool = True) -> dict:
     """Predict every photo of `images` (folders, globs, lists, files) into `out` (.csv, or .parquet), batch by
     batch: memory holds one batch. Without skip_bad, the first unreadable file stops the run, naming it, and no
     output is left; with it, the file's row carries the error."""
@@ -175,7 +176,7 @@ def predict_images(clf, images: Sequence[str | os.PathLike], out: str | os.PathL
         try:
             with tqdm(total=len(paths), desc="predict", unit="img", disable=not progress) as bar:
                 for chunk in _chunks(paths, batch_size):
-                    rows = _rows(clf, chunk, [str(p) for p in chunk], band, skip_bad, batch_size, device)
+                    rows = _rows(clf, chunk, [str(p) for p in chunk], band, skip_bad, batch_size, device, cascade)
                     writer.write(rows)
                     n_err += sum(bool(r["error"]) for r in rows)
                     n_female += sum(r["label"] == 1 for r in rows)

@@ -67,7 +67,7 @@ def _refuse_changed_labels(clf: FusionClassifier, model: str, data: CompetitionD
 
 
 def predict_submission(model: str, data_dir: str | Path, out: str | Path, workdir: str | Path | None = None,
-                       band: tuple[float, float] = (0.45, 0.55)) -> dict:
+                       band: tuple[float, float] = (0.45, 0.55), cascade: bool = True) -> dict:
     """Write `out` (id,label for every test id in test.csv order) and `<out stem>_details.csv`.
 
     A test image skipped as corrupt at extraction gets no label from a blank image: the sample submission's
@@ -79,7 +79,7 @@ def predict_submission(model: str, data_dir: str | Path, out: str | Path, workdi
     ws = Workspace(clf.workdir_)
     data = CompetitionData.load(data_dir, check_images=False)
     _refuse_changed_labels(clf, model, data)
-    ids, det = clf.details_cached(clf.workdir_, band)
+    ids, det = clf.details_cached(clf.workdir_, band, cascade)
     pos = {i: n for n, i in enumerate(ids)}
     missing = [i for i in data.test.ids if i not in pos]
     if missing:
@@ -103,6 +103,8 @@ def predict_submission(model: str, data_dir: str | Path, out: str | Path, workdi
     predicted = np.array([y == "1" for i, y in zip(data.test.ids, labels) if i not in skipped])
     return {"submission": str(out), "details": str(details), "rows": len(labels),
             "female_fraction": float(predicted.mean()) if len(predicted) else None,
-            "doubtful": int(sum(doubtful)), "second_stage": int((stage == 2).sum()), "skipped": len(skipped),
+            "doubtful": int(sum(doubtful)), "stages": {name: int((stage == k).sum()) for k, name in
+                                                       clf.stage_names(cascade).items() if k},
+            "skipped": len(skipped),
             "test_images_checked": "ids, byte size and content digest (BLAKE2b) of every test image against each "
                                    "source's cache"}

@@ -27,6 +27,15 @@ DEFAULT_PROTOCOLS = ("per-fold", "global")  # pooled measured below global on th
 HeadFactory = Callable[[list[int]], object]  # block widths -> unfitted estimator
 
 
+def head_factory(head: str, params: dict | None = None) -> HeadFactory:
+    """block widths -> an unfitted head of the given kind."""
+    from genderfusion.heads import HEADS
+
+    if head not in HEADS:
+        raise ValueError(f"unknown head {head!r}; choose one of {sorted(HEADS)}")
+    return lambda blocks: HEADS[head](blocks=blocks, **(params or {}))
+
+
 def per_fold_matrix(sources: list[Source], rows: np.ndarray) -> np.ndarray:
     """Concatenated train features of `rows`, all of them in fold model `space`'s feature space."""
     return np.hstack([s.train[rows].astype(np.float32) for s in sources])

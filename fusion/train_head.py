@@ -18,13 +18,14 @@ from .card import write_card
 from .classifier import FusionClassifier, head_factory
 from genderfusion.extract.data.exclusion import exclusion_mask, read_ids
 from .features import load_sources
+from .cascade import DEFAULT_TOLERANCE
 from .protocol import DEFAULT_PROTOCOLS, PROTOCOLS, Result, evaluate
 from .report import write_report
 from .second_stage import band_report, descriptors, second_stage_cv
 
 
 def _fingerprint(workdir: Path, features: list[str], heads: list[str], protocols: tuple[str, ...], band,
-                 excluded: list[str], second_stage: bool) -> str:
+                 excluded: list[str], second_stage: bool, cascade: dict | None) -> str:
     """Identifies the inputs of a train-head run from the caches' attributes alone (no features read)."""
     h = hashlib.sha256()
     ws = Workspace(workdir)
@@ -32,7 +33,8 @@ def _fingerprint(workdir: Path, features: list[str], heads: list[str], protocols
         a = fc.read_attrs(ws.features_path(name))
         h.update(json.dumps([name, a.get("recipe"), a.get("plan"), a.get("complete")], sort_keys=True).encode())
     h.update(json.dumps([heads, list(protocols), list(band), 1] + ([sorted(set(excluded))] if excluded else [])
-                        + (["second stage"] if second_stage else [])).encode())  # unchanged without either
+                        + (["second stage"] if second_stage else [])
+                        + ([cascade] if cascade else [])).encode())  # unchanged without these
     return h.hexdigest()[:16]
 
 
@@ -74,12 +76,15 @@ def refuse_stale_caches(workdir: Path, features: list[str]) -> None:
 
 def train_head(workdir: str | Path, features: list[str], heads: list[str], protocols: tuple[str, ...] = DEFAULT_PROTOCOLS,
                name: str = "fusion", band: tuple[float, float] = (0.45, 0.55), refit: bool = False,
-               exclude: str | Path | None = None, second_stage: bool = False,
+               exclude: str | Path | None = None, second_stage: bool = False, cascade: list[str] | None = None,
+               cascade_tolerance: float = DEFAULT_TOLERANCE, cascade_speed_n: int = 256,
                log: Callable[[str], None] = print) -> dict:
     """Evaluate every source alone, both votes and each head, then fit and save the best head by CV.
     exclude: a file of training ids no head trains on (every row is still evaluated, on its given label).
     second_stage: re-examine the best head's predictions inside `band` by a kNN vote of the nearest training faces
-    (measured on out-of-fold rows; fitted into the saved model when it raises the out-of-fold accuracy)."""
+    (measured on out-of-fold rows; fitted into the saved model when it raises the out-of-fold accuracy).
+    cascade: sources of a cheap first stage (fit_cascade), reported out of fold and, on `cascade_speed_n` test
+    images of the workspace's data folder, in measured img/s."""
     t0 = time.time()
     workdir = Path(workdir)
     for p in protocols:
@@ -89,10 +94,14 @@ def train_head(workdir: str | Path, features: list[str], heads: list[str], proto
         head_factory(h)  # unknown heads fail before any work
     if not band[0] <= band[1]:
         raise ValueError(f"band {band}: expected LO <= HI")
+    unknown = [c for c in cascade or [] if c not in features]
+    if unknown:
+        raise ValueError(f"--cascade {','.join(cascade)}: {unknown[0]} is not one of --features {','.join(features)}")
     out_dir = Workspace(workdir).head_dir(name)
     refuse_stale_caches(workdir, features)
     excluded = read_ids(exclude) if exclude is not None else []
-    fp = _fingerprint(workdir, features, heads, protocols, band, excluded, second_stage)
+    casc_args = {"sources": cascade, "tolerance": cascade_tolerance, "speed_n": cascade_speed_n} if cascade else None
+    fp = _fingerprint(workdir, features, heads, protocols, band, excluded, second_stage, casc_args)
     if not refit and (out_dir / "results.json").exists() and (out_dir / "model.pkl").exists():
         cached = read_json(out_dir / "results.json")
         if cached.get("fingerprint") == fp:
@@ -129,6 +138,11 @@ def train_head(workdir: str | Path, features: list[str], heads: list[str], proto
         if stage2["kept"]:  # like the head itself, chosen by out-of-fold accuracy
             chosen = results[-1]
             clf.fit_second_stage(data, best.probs)
+    casc = fit_cascade(clf, data, chosen.probs, cascade, heads, cascade_tolerance, cascade_speed_n, workdir, log) \
+        if cascade else None
+    if casc:
+        results.append(Result(f"cascade: {' + '.join(cascade)} ({casc['head']})", "global", casc.pop("probs"), 0.0))
+        coverage[results[-1].method] = results[-1].probs
     with atomic_dir(out_dir) as tmp_dir:  # the model, its report and card replace the old ones as a whole
         clf.save(tmp_dir / "model.pkl")
         ages, races = train_meta(workdir, data.ids)
@@ -138,7 +152,7 @@ def train_head(workdir: str | Path, features: list[str], heads: list[str], proto
                  "weighted_vote_cv_accuracy": wv.accuracy(data.y) if wv else None,
                  "gain_over_weighted_vote": chosen.accuracy(data.y) - wv.accuracy(data.y) if wv else None,
                  "excluded_from_training": int(data.excluded.sum()) if data.excluded is not None else 0,
-                 "second_stage": stage2 or None, "fingerprint": fp}
+                 "second_stage": stage2 or None, "cascade": casc, "fingerprint": fp}
         report = write_report(tmp_dir, results, chosen, data.y, ages, races, band,
                               title=f"Fusion of {', '.join(features)}", extra=extra, coverage=coverage)
         np.savez_compressed(tmp_dir / "cv_probs.npz", ids=data.ids.astype(str), y=data.y,
@@ -148,3 +162,44 @@ def train_head(workdir: str | Path, features: list[str], heads: list[str], proto
         report["cached"] = False
         write_json(tmp_dir / "results.json", {"fingerprint": fp, "seconds_total": report["seconds_total"]})
     return report
+
+
+def fit_cascade(clf: FusionClassifier, data, p_full: np.ndarray, sources: list[str], heads: list[str],
+                tolerance: float, speed_n: int, workdir: Path, log: Callable[[str], None]) -> dict:
+    """Fit the cascade whose cheap head (one of `heads`) lets the most rows exit out of fold, and report it: nested
+    CV accuracy against the full model's, exit share, and warm img/s with and without it on test images."""
+    y = data.y
+    full_acc = float(((p_full >= 0.5) == y).mean())
+    best = None
+    for head in heads:
+        c = clf.fit_cascade(data, p_full, sources, head, tolerance).cascade_
+        acc = float(((c.cv_ >= 0.5) == y).mean())
+        log(f"  cascade {' + '.join(sources)} ({head}): exit share {c.cv_exits_.mean():.3f}, CV accuracy {acc:.4f} "
+            f"(full {full_acc:.4f}); band {c.band_[0]:.4f}..{c.band_[1]:.4f}")
+        if best is None or (c.cv_exits_.mean(), acc) > (best.cv_exits_.mean(), best_acc):
+            best, best_acc = c, acc
+    clf.cascade_ = best
+    cheap_acc = float(((best.oof_ >= 0.5) == y).mean())
+    out = {"sources": list(sources), "head": best.head, "tolerance": tolerance, "band": [float(b) for b in best.band_],
+           "cv_accuracy": best_acc, "full_cv_accuracy": full_acc, "cheap_stage_cv_accuracy": cheap_acc,
+           "exit_share": float(best.cv_exits_.mean()),
+           "exit_accuracy": float(((best.cv_[best.cv_exits_] >= 0.5) == y[best.cv_exits_]).mean())
+           if best.cv_exits_.any() else None, "probs": best.cv_}
+    paths = _speed_images(workdir, speed_n)
+    if paths:
+        from .speed import cascade_speed
+
+        out["speed"] = cascade_speed(clf, paths)
+        s = out["speed"]
+        log(f"  cascade speed on {s['images']} test images: {s['cascade_img_per_s']} img/s against "
+            f"{s['full_img_per_s']} with every source (x{s['speedup']}), {s['exit_share']:.3f} decided early")
+    return out
+
+
+def _speed_images(workdir: Path, n: int) -> list[Path]:
+    """Up to n test images (else training images) of the workspace's data folder, for the speed measurement."""
+    data = Workspace(workdir).bound_data() if n else None
+    if data is None:
+        return []
+    split = data.test if len(data.test.ids) else data.train
+    return [p for p, size in zip(split.paths, split.sizes) if size >= 0][:n]

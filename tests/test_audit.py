@@ -174,7 +174,9 @@ def test_second_stage_is_saved_and_used_by_predict(audited, tmp_path, monkeypatc
     assert np.allclose(d["p_female"], det["p_female"][:6], atol=1e-4) and np.array_equal(d["stage"], det["stage"][:6])
     out = predict_submission("s2", data, tmp_path / "sub.csv", ws)
     rows = list(csv.DictReader(open(tmp_path / "sub_details.csv")))
-    assert out["second_stage"] == int(inside.sum()) and {r["stage"] for r in rows} <= {"1", "2"}
+    assert out["stages"] == {"logistic [global] on every source": int((~inside).sum()),
+                             "second stage in the band [0.3, 0.7]": int(inside.sum())}
+    assert {r["stage"] for r in rows} <= {"1", "2"}
 
 
 def test_train_backbone_exclude_never_trains_on_those_rows(synth, tmp_path):

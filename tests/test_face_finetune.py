@@ -284,9 +284,12 @@ def test_an_exported_model_predicts_without_its_workspace(trained, tmp_path):
     from genderfusion.extract.cache.api import extract_features
 
     extract_features(data_dir, "dlib-face", ws_dir, progress=False)
-    train_head(ws_dir, names, ["logistic"], protocols=("per-fold",), name="exp", log=lambda m: None)
+    train_head(ws_dir, names, ["logistic"], protocols=("per-fold",), name="exp", cascade=names[1:2],
+               cascade_tolerance=0.2, cascade_speed_n=0, log=lambda m: None)
     paths = sorted(str(p) for p in (data_dir / "test").glob("*.jpg"))
-    ref = FusionClassifier.load(ws_dir / "heads/exp/model.pkl").predict_proba(paths, device="cpu")[:, 1]
+    clf = FusionClassifier.load(ws_dir / "heads/exp/model.pkl")
+    assert clf.cascade_ is not None
+    ref = [clf.predict_proba(paths, device="cpu", cascade=c)[:, 1] for c in (True, False)]
     gfm = tmp_path / "model.gfm"
     export_model_main(["--model", "exp", "--workdir", str(ws_dir), "--out", str(gfm)])
     m = read_manifest(gfm)
@@ -297,13 +300,14 @@ def test_an_exported_model_predicts_without_its_workspace(trained, tmp_path):
     try:
         code = ("import json, sys; from genderfusion import FusionClassifier; "
                 "clf = FusionClassifier.load(sys.argv[1]); "
-                "print(json.dumps(clf.predict_proba(sys.argv[2:], device='cpu')[:, 1].tolist()))")
+                "print(json.dumps([clf.predict_proba(sys.argv[2:], device='cpu', cascade=c)[:, 1].tolist() "
+                "for c in (True, False)]))")
         elsewhere = tmp_path / "elsewhere"
         elsewhere.mkdir()
         proc = subprocess.run([sys.executable, "-c", code, str(gfm), *paths], cwd=elsewhere, capture_output=True,
                               text=True)
         assert proc.returncode == 0, proc.stderr
-        assert np.abs(np.array(json.loads(proc.stdout)) - ref).max() <= 1e-5
+        assert np.abs(np.array(json.loads(proc.stdout)) - np.array(ref)).max() <= 1e-5  # with the cascade, without
     finally:
         moved.rename(ws_dir)
     for what in ("sha256", "format"):

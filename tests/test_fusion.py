@@ -218,3 +218,57 @@ def test_a_saved_model_survives_moving_its_workspace(work, tmp_path):
     with pytest.raises(WorkspaceError, match=r"m.pkl: its workspace .* is gone .*workdir="):
         FusionClassifier.load(copy)
     assert np.allclose(FusionClassifier.load(copy, workdir=moved).predict_proba(paths), before)
+
+
+def test_a_cascade_decides_confident_images_with_its_cheap_sources_and_runs_the_rest_only_on_the_others(work):
+    data_dir, ws = work
+    data = load_sources(ws, SOURCES)
+    full = FusionClassifier(SOURCES, "logistic", "global", workdir=ws).fit(data)
+    cheap = FusionClassifier(["cnn-small"], "logistic", "global", workdir=ws).fit(data.only(["cnn-small"]))
+    p_full = cv_global(data, lambda b: LogisticHead(blocks=b))
+    clf = FusionClassifier.load(FusionClassifier(SOURCES, "logistic", "global", workdir=ws).fit(data)
+                                .fit_cascade(data, p_full, ["cnn-small"], tolerance=0.05).save(ws / "c.pkl"))
+    # the reference: two independently fitted models, composed by the band
+    q_cheap, q_full = cheap.predict_proba_cached()[1][:, 1], full.predict_proba_cached()[1][:, 1]
+    # the synthetic faces are easy (the fitted band lets all exit): a band holding the middle half of the test rows
+    lo, hi = clf.cascade_.band_ = tuple(np.quantile(q_cheap, [0.25, 0.75]))
+    ids, det = clf.details_cached()
+    early = (q_cheap < lo) | (q_cheap > hi)
+    assert 0 < early.sum() < len(ids)
+    assert np.allclose(det["p_female"], np.where(early, q_cheap, q_full), atol=1e-6)
+    assert np.array_equal(det["stage"], np.where(early, 1, 2))
+    assert np.allclose(clf.details_cached(cascade=False)[1]["p_female"], q_full, atol=1e-6)
+    assert clf.stage_names() == {0: "unreadable image", 1: "cascade: cnn-small",
+                                 2: "logistic [global] on every source"}
+    # from images: the frozen source runs only on the images that go on to the full head
+    paths = [data_dir / "test" / f"{i}.jpg" for i in ids]
+    frozen = clf._sources(256, "cpu")[1]
+    seen, compute = [], frozen.compute_spaces
+    frozen.compute_spaces = lambda batch, *a: seen.append(len(batch)) or compute(batch, *a)
+    d = clf.predict_details(paths)
+    assert np.allclose(d["p_female"], det["p_female"], atol=1e-4) and np.array_equal(d["stage"], det["stage"])
+    assert seen == [int((~early).sum())]
+    frame = clf.predict_frame(paths[:4], cascade=False)
+    assert frame["stage"].tolist() == [1] * 4 and seen[-1] == 4
+    assert np.allclose(frame["p_female"], q_full[:4], atol=1e-4)
+    with pytest.raises(ValueError, match="cascade sources .*nope is not"):
+        clf.fit_cascade(data, p_full, ["nope"])
+
+
+def test_train_head_cascade_reports_out_of_fold_accuracy_exit_share_and_speed(work, tmp_path):
+    data_dir, ws = work
+    with pytest.raises(ValueError, match="--cascade nope: nope is not one of --features"):
+        train_head(ws, SOURCES, ["logistic"], ("global",), cascade=["nope"], log=lambda s: None)
+    report = train_head(ws, SOURCES, ["logistic", "knn"], ("global",), cascade=["cnn-small"], cascade_tolerance=0.05,
+                        cascade_speed_n=12, log=lambda s: None)
+    c = report["cascade"]
+    cv = np.load(ws / "heads/fusion/cv_probs.npz")
+    y, p = cv["y"], cv[f"cascade: cnn-small ({c['head']}) [global]"]
+    assert c["cv_accuracy"] == pytest.approx(((p >= 0.5) == y).mean())
+    assert c["cv_accuracy"] >= c["full_cv_accuracy"] - 0.05 - 1e-9 and 0 <= c["exit_share"] <= 1
+    assert c["speed"]["images"] == 12 and c["speed"]["cascade_img_per_s"] > 0
+    clf = FusionClassifier.load(ws / "heads/fusion/model.pkl")
+    assert clf.cascade_.band_ == tuple(c["band"]) and clf.cascade_.head == c["head"]
+    assert f"<span id='cascade-cv'>{c['cv_accuracy']:.4f}</span>" in (ws / "heads/fusion/card.html").read_text()
+    out = predict_submission("fusion", data_dir, tmp_path / "sub.csv", ws)
+    assert sum(out["stages"].values()) == 12 and "cascade: cnn-small" in out["stages"]

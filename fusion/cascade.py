@@ -1,0 +1,99 @@
+"""A confidence cascade: a cheap head on a few sources decides the images it is sure of, and only the others go on
+to every source and the full head.
+
+The band of the cheap head's P(female) that sends an image on is chosen on out-of-fold predictions: the widest
+exit (most rows decided early) that adds at most `tolerance` x rows errors to the full head's. Its accuracy is
+measured nested: each fold's rows are decided with a band chosen on the other folds' rows.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from genderfusion.heads.second_stage import in_band
+
+from .features import FusionData, Outputs
+from .protocol import cv_global, global_blocks, global_matrix, global_test_matrix, head_factory
+
+DEFAULT_TOLERANCE = 0.0005  # 0.05 accuracy points
+
+
+def _cuts(p: np.ndarray, d: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For rows taken in the order of `p` (most confident first): the thresholds that let the first i rows exit
+    (i = 0..n), the errors added by those rows (cumulative `d`), and whether a cut between tied values is possible
+    (it is not: a threshold cannot split equal P)."""
+    added = np.concatenate([[0], np.cumsum(d)])
+    ok = np.ones(len(p) + 1, bool)
+    ok[1:-1] = p[1:] != p[:-1]
+    return np.concatenate([p, [0.5]]), added, ok
+
+
+def choose_band(p_cheap: np.ndarray, p_full: np.ndarray, y: np.ndarray,
+                tolerance: float = DEFAULT_TOLERANCE) -> tuple[float, float]:
+    """(lo, hi): rows with lo <= P <= hi go on to the full head, the others exit with the cheap head's label. The
+    band lets the most rows exit whose added errors (cheap head wrong where the full head is right, minus the
+    reverse) stay within tolerance x rows; ties go to the fewer added errors."""
+    y = np.asarray(y).astype(bool)
+    d = ((p_cheap >= 0.5) != y).astype(np.int64) - ((p_full >= 0.5) != y)
+    budget = int(np.floor(tolerance * len(y) + 1e-9))
+    low = np.flatnonzero(p_cheap < 0.5)
+    low = low[np.argsort(p_cheap[low], kind="stable")]  # exit from the lowest P up
+    high = np.flatnonzero(p_cheap > 0.5)
+    high = high[np.argsort(-p_cheap[high], kind="stable")]  # and from the highest P down
+    lo_at, lo_added, lo_ok = _cuts(p_cheap[low], d[low])
+    hi_at, hi_added, hi_ok = _cuts(p_cheap[high], d[high])
+    hi_cost = np.where(hi_ok, hi_added, np.iinfo(np.int64).max // 2)
+    suffix_min = np.minimum.accumulate(hi_cost[::-1])[::-1]  # non-decreasing: the last j whose cost fits a budget
+    spare = budget - lo_added
+    j = np.searchsorted(suffix_min, spare, side="right") - 1
+    valid = lo_ok & (j >= 0)  # (0, 0) always is: nothing exits
+    n_exit = np.where(valid, np.arange(len(lo_added)) + j, -1)
+    cost = np.where(valid, lo_added + hi_cost[np.maximum(j, 0)], np.iinfo(np.int64).max)
+    i = int(np.lexsort((cost, -n_exit))[0])
+    return float(lo_at[i]), float(hi_at[j[i]])  # the first row kept on each side (0.5 when all of a side exit)
+
+
+def exits(p_cheap: np.ndarray, band: tuple[float, float]) -> np.ndarray:
+    """Rows the cheap head decides (P outside the band)."""
+    return ~in_band(p_cheap, band)
+
+
+def cascade_cv(p_cheap: np.ndarray, p_full: np.ndarray, y: np.ndarray, fold: np.ndarray,
+               tolerance: float = DEFAULT_TOLERANCE, trainable: np.ndarray | None = None
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """Held-out P(female) of the cascade and its exit mask: each fold's rows decided with a band chosen on the
+    other folds' out-of-fold predictions (of `trainable` rows only)."""
+    p, out = np.asarray(p_full, np.float64).copy(), np.zeros(len(y), bool)
+    trainable = np.ones(len(y), bool) if trainable is None else trainable
+    for f in np.unique(fold):
+        rest, here = (fold != f) & trainable, fold == f
+        band = choose_band(p_cheap[rest], p_full[rest], y[rest], tolerance)
+        out[here] = exits(p_cheap[here], band)
+    p[out] = p_cheap[out]
+    return p, out
+
+
+class Cascade:
+    """The cheap stage of a cascade: a head in the global protocol (frozen features, fine-tuned logits) on a few
+    of the model's sources, and the band of its P(female) inside which an image goes on to the full head."""
+
+    def __init__(self, sources: Sequence[str], head: str = "logistic", tolerance: float = DEFAULT_TOLERANCE):
+        self.sources = sources
+        self.head = head
+        self.tolerance = tolerance
+
+    def fit(self, data: FusionData, p_full: np.ndarray) -> "Cascade":
+        """Fit on the training rows; `p_full`: the full model's out-of-fold P(female) of each row."""
+        cheap = data.only(list(self.sources))
+        make = head_factory(self.head)
+        use = data.trainable
+        self.oof_ = cv_global(cheap, make)
+        self.head_ = make(global_blocks(cheap.sources)).fit(global_matrix(cheap.sources)[use], data.y[use])
+        self.band_ = choose_band(self.oof_[use], p_full[use], data.y[use], self.tolerance)
+        self.cv_, self.cv_exits_ = cascade_cv(self.oof_, p_full, data.y, data.fold, self.tolerance, use)
+        return self
+
+    def predict_proba(self, outputs: list[Outputs]) -> np.ndarray:
+        """P(female) of the cheap head from its sources' outputs (in `sources` order)."""
+        return self.head_.predict_proba(global_test_matrix(outputs))[:, 1]
