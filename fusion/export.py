@@ -63,7 +63,7 @@ def export_model(clf, out: str | Path, card: Path | None = None) -> dict:
     clf.check_sources()  # the workspace's checkpoints and model files are the ones the heads were trained on
     ws = Workspace(clf.workdir_)
     manifest = {"format": FORMAT, "genderfusion": _version(), "sources": clf.source_names_, "frozen_files": {},
-                "folds": {}}
+                "folds": {}, "stages": {str(k): v for k, v in clf.stage_names().items() if k}}
     out = Path(out)
     with atomic_path(out) as tmp:
         with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as z:

@@ -11,7 +11,7 @@ bench_run = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(bench_run)
 
 
-@pytest.mark.parametrize("profile", ["cpu", "gpu", "demo"])
+@pytest.mark.parametrize("profile", ["cpu", "cpu-short", "gpu", "demo"])
 def test_profile_dry_run_commands_parse(profile, tmp_path, monkeypatch, capsys):
     from genderfusion.extract import cli as ecli
     from genderfusion.fusion import cli as fcli
@@ -35,7 +35,14 @@ def test_profile_dry_run_commands_parse(profile, tmp_path, monkeypatch, capsys):
     assert not (tmp_path / "ws").exists()  # a dry run writes nothing
 
 
-@pytest.mark.parametrize("profile", ["cpu", "gpu", "demo"])
+@pytest.mark.parametrize("profile", ["cpu", "cpu-short", "gpu", "demo"])
+def test_a_profiles_cascade_runs_on_sources_it_extracts(profile):
+    prof = bench_run.load_profile(profile)
+    extracted = [bench_run.extract_args(e)[1] for e in prof["extract"]]
+    assert set(prof.get("cascade", [])) <= set(extracted), (prof.get("cascade"), extracted)
+
+
+@pytest.mark.parametrize("profile", ["cpu", "cpu-short", "gpu", "demo"])
 def test_every_fine_tuned_source_of_a_profile_is_trained_first(profile):
     """A fine-tuned source needs its fold checkpoints: its backbone must be in the profile's train list."""
     from genderfusion.extract.sources.spec import source_spec
@@ -47,7 +54,7 @@ def test_every_fine_tuned_source_of_a_profile_is_trained_first(profile):
         assert s["type"] != "finetuned" or e["backbone"] in trained, (profile, e)
 
 
-@pytest.mark.parametrize("profile", ["cpu", "gpu", "demo"])
+@pytest.mark.parametrize("profile", ["cpu", "cpu-short", "gpu", "demo"])
 def test_a_profile_needs_no_model_hub(profile):
     """The benchmark machines are offline: no backbone of a profile asks for hub weights (--pretrained)."""
     prof = bench_run.load_profile(profile)

@@ -293,6 +293,7 @@ def test_an_exported_model_predicts_without_its_workspace(trained, tmp_path):
     gfm = tmp_path / "model.gfm"
     export_model_main(["--model", "exp", "--workdir", str(ws_dir), "--out", str(gfm)])
     m = read_manifest(gfm)
+    assert m["stages"] == {"1": f"cascade: {names[1]}", "2": "logistic [per-fold] on every source"}
     resnet = m["folds"]["face-resnet"]
     assert len(resnet) == 2 and all(f["over_pretrained"] and f["tensors"] < f["of"] for f in resnet)
     assert {"dlib-face:model", "dlib-face:shape_predictor", "gender-cnn:model"} <= set(m["frozen_files"])

@@ -1,3 +1,4 @@
+import csv
 import shutil
 
 import h5py
@@ -272,3 +273,11 @@ def test_train_head_cascade_reports_out_of_fold_accuracy_exit_share_and_speed(wo
     assert f"<span id='cascade-cv'>{c['cv_accuracy']:.4f}</span>" in (ws / "heads/fusion/card.html").read_text()
     out = predict_submission("fusion", data_dir, tmp_path / "sub.csv", ws)
     assert sum(out["stages"].values()) == 12 and "cascade: cnn-small" in out["stages"]
+    from genderfusion.fusion.cli import predict_main
+
+    for flag, cascade in (([], True), (["--no-cascade"], False)):
+        predict_main(["--model", "fusion", "--workdir", str(ws), "--images", str(data_dir / "test"), "--out",
+                      str(tmp_path / "p.csv"), "--no-progress", *flag])
+        rows = list(csv.DictReader(open(tmp_path / "p.csv")))
+        want = clf.predict_proba([r["path"] for r in rows], cascade=cascade)[:, 1]
+        assert np.allclose([float(r["p_female"]) for r in rows], want, atol=1e-5), flag
