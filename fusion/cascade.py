@@ -2,8 +2,9 @@
 to every source and the full head.
 
 The band of the cheap head's P(female) that sends an image on is chosen on out-of-fold predictions: the widest
-exit (most rows decided early) that adds at most `tolerance` x rows errors to the full head's. Its accuracy is
-measured nested: each fold's rows are decided with a band chosen on the other folds' rows.
+exit (most rows decided early, from the most confident in) that never adds more than `tolerance` x rows errors to
+the full head's on the way. Its accuracy is measured nested: each fold's rows are decided with a band chosen on the
+other folds' rows.
 """
 from __future__ import annotations
 
@@ -19,37 +20,46 @@ from .protocol import cv_global, global_blocks, global_matrix, global_test_matri
 DEFAULT_TOLERANCE = 0.0005  # 0.05 accuracy points
 
 
-def _cuts(p: np.ndarray, d: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """For rows taken in the order of `p` (most confident first): the thresholds that let the first i rows exit
-    (i = 0..n), the errors added by those rows (cumulative `d`), and whether a cut between tied values is possible
-    (it is not: a threshold cannot split equal P)."""
-    added = np.concatenate([[0], np.cumsum(d)])
-    ok = np.ones(len(p) + 1, bool)
-    ok[1:-1] = p[1:] != p[:-1]
-    return np.concatenate([p, [0.5]]), added, ok
+def _cuts(p: np.ndarray, d: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For rows taken in the order of `p` (most confident first): the threshold that lets the first i rows exit
+    (i = 0..n; 0.5 after the last) and the cost of cutting there: the most errors added by any cut on the way
+    (the running maximum of cumulative `d`, so a cut never reaches past a stretch where the cheap head is worse by
+    hoping that rows further in make up for it); infinite between tied values, which no threshold can split."""
+    tied = np.zeros(len(p) + 1, bool)
+    tied[1:-1] = p[1:] == p[:-1]
+    added = np.concatenate([[0], np.cumsum(d)]).astype(np.float64)
+    cost = np.maximum.accumulate(np.where(tied, -np.inf, added))  # over the cuts a threshold can make
+    cost[tied] = np.inf
+    return np.concatenate([p, [0.5]]), cost
 
 
 def choose_band(p_cheap: np.ndarray, p_full: np.ndarray, y: np.ndarray,
                 tolerance: float = DEFAULT_TOLERANCE) -> tuple[float, float]:
-    """(lo, hi): rows with lo <= P <= hi go on to the full head, the others exit with the cheap head's label. The
-    band lets the most rows exit whose added errors (cheap head wrong where the full head is right, minus the
-    reverse) stay within tolerance x rows; ties go to the fewer added errors."""
+    """(lo, hi): rows with lo <= P <= hi go on to the full head, the others exit with the cheap head's label.
+
+    Rows exit from the most confident in, on each side of 0.5. d = 1 where the cheap head is wrong and the full one
+    right, -1 for the reverse; the band lets the most rows exit such that no narrower exit on the way (no pair of
+    shallower cuts) adds more than tolerance x rows errors; ties go to the lower cost."""
     y = np.asarray(y).astype(bool)
     d = ((p_cheap >= 0.5) != y).astype(np.int64) - ((p_full >= 0.5) != y)
-    budget = int(np.floor(tolerance * len(y) + 1e-9))
+    budget = np.floor(tolerance * len(y) + 1e-9)
     low = np.flatnonzero(p_cheap < 0.5)
     low = low[np.argsort(p_cheap[low], kind="stable")]  # exit from the lowest P up
     high = np.flatnonzero(p_cheap > 0.5)
     high = high[np.argsort(-p_cheap[high], kind="stable")]  # and from the highest P down
-    lo_at, lo_added, lo_ok = _cuts(p_cheap[low], d[low])
-    hi_at, hi_added, hi_ok = _cuts(p_cheap[high], d[high])
-    hi_cost = np.where(hi_ok, hi_added, np.iinfo(np.int64).max // 2)
-    suffix_min = np.minimum.accumulate(hi_cost[::-1])[::-1]  # non-decreasing: the last j whose cost fits a budget
-    spare = budget - lo_added
-    j = np.searchsorted(suffix_min, spare, side="right") - 1
-    valid = lo_ok & (j >= 0)  # (0, 0) always is: nothing exits
-    n_exit = np.where(valid, np.arange(len(lo_added)) + j, -1)
-    cost = np.where(valid, lo_added + hi_cost[np.maximum(j, 0)], np.iinfo(np.int64).max)
+    lo_at, lo_cost = _cuts(p_cheap[low], d[low])
+    hi_at, hi_cost = _cuts(p_cheap[high], d[high])
+    # the last cut on the high side within what the low side leaves: the finite costs are non-decreasing
+    reach = np.maximum.accumulate(np.where(np.isfinite(hi_cost), hi_cost, -np.inf))
+    j = np.searchsorted(reach, budget - lo_cost, side="right") - 1
+    while True:  # step back over tied cuts (infinite cost)
+        tied = (j >= 0) & ~np.isfinite(hi_cost[np.maximum(j, 0)])
+        if not tied.any():
+            break
+        j = np.where(tied, j - 1, j)
+    valid = np.isfinite(lo_cost) & (j >= 0)  # (0, 0) always is: nothing exits
+    n_exit = np.where(valid, np.arange(len(lo_cost)) + j, -1)
+    cost = np.where(valid, lo_cost + hi_cost[np.maximum(j, 0)], np.inf)
     i = int(np.lexsort((cost, -n_exit))[0])
     return float(lo_at[i]), float(hi_at[j[i]])  # the first row kept on each side (0.5 when all of a side exit)
 

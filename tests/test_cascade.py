@@ -6,19 +6,22 @@ from genderfusion.fusion.cascade import cascade_cv, choose_band, exits
 
 
 def _brute_force(p_cheap, p_full, y, tolerance):
-    """(rows that exit, errors added) of the best band, trying every pair of thresholds."""
+    """(rows that exit, errors added) of the best band, trying every pair of thresholds: a band qualifies when no
+    pair of shallower thresholds (fewer rows exiting on either side) adds more errors than the budget."""
     budget = int(np.floor(tolerance * len(y) + 1e-9))
     err_full = ((p_full >= 0.5) != y).sum()
-    cand = np.unique(np.concatenate([p_cheap, [0.5]]))
-    best = (0, 0)
-    for lo in cand[cand <= 0.5]:
-        for hi in cand[cand >= 0.5]:
+    los = np.append(np.unique(p_cheap[p_cheap < 0.5]), 0.5)  # more rows exit as lo grows
+    his = np.append(np.unique(p_cheap[p_cheap > 0.5])[::-1], 0.5)  # and as hi shrinks
+    added, exits_n = np.zeros((len(los), len(his)), int), np.zeros((len(los), len(his)), int)
+    for a, lo in enumerate(los):
+        for b, hi in enumerate(his):
             out = (p_cheap < lo) | (p_cheap > hi)
-            p = np.where(out, p_cheap, p_full)
-            added = int(((p >= 0.5) != y).sum() - err_full)
-            if added <= budget and (out.sum(), -added) > (best[0], -best[1]):
-                best = (int(out.sum()), added)
-    return best
+            added[a, b] = ((np.where(out, p_cheap, p_full) >= 0.5) != y).sum() - err_full
+            exits_n[a, b] = out.sum()
+    worst = np.maximum.accumulate(np.maximum.accumulate(added, axis=0), axis=1)
+    ok = worst <= budget
+    best = max(zip(exits_n[ok], -added[ok]))
+    return int(best[0]), int(-best[1])
 
 
 @pytest.mark.parametrize("seed", range(6))
@@ -28,7 +31,7 @@ def test_choose_band_lets_as_many_rows_exit_as_a_brute_force_search(seed):
     y = rng.integers(0, 2, n)
     p_full = np.clip(y + rng.normal(0, 0.35, n), 0, 1)
     p_cheap = np.clip(y + rng.normal(0, 0.5, n), 0, 1).round(2)  # rounded: tied values, and 0, 1 and 0.5
-    tolerance = [0.0, 0.02, 0.05][seed % 3]
+    tolerance = [0.0, 0.03, 0.08][seed % 3]
     lo, hi = choose_band(p_cheap, p_full, y, tolerance)
     out = exits(p_cheap, (lo, hi))
     p = np.where(out, p_cheap, p_full)
