@@ -277,7 +277,7 @@ def test_train_head_cascade_reports_out_of_fold_accuracy_exit_share_and_speed(wo
 
     for flag, cascade in (([], True), (["--no-cascade"], False)):
         predict_main(["--model", "fusion", "--workdir", str(ws), "--images", str(data_dir / "test"), "--out",
-                      str(tmp_path / "p.csv"), "--no-progress", *flag])
+                      str(tmp_path / "p.csv"), "--no-progress", "--batch-size", "5", *flag])  # 3 chunks
         rows = list(csv.DictReader(open(tmp_path / "p.csv")))
         want = clf.predict_proba([r["path"] for r in rows], cascade=cascade)[:, 1]
         assert np.allclose([float(r["p_female"]) for r in rows], want, atol=1e-5), flag
