@@ -192,15 +192,14 @@ def write_card(head_dir: str | Path, workdir: str | Path, speed: dict | None = N
     """Write <head_dir>/card.html from the head's report, CV probabilities and saved model; speed: img/s figures
     measured by the benchmark (name -> value) and speed_chart: a PNG of candidate models' accuracy against speed
     (bench/speed_accuracy.py), shown when given; name: the model's name (default the folder's)."""
-    import pickle
-
     from genderfusion.extract.sources.base import library_versions
+
+    from .model_file import FILE_NAME, load
 
     head_dir, ws = Path(head_dir), Workspace(workdir)
     report = read_json(head_dir / "report.json")
     cv = np.load(head_dir / "cv_probs.npz")
-    with open(head_dir / "model.pkl", "rb") as fh:
-        clf = pickle.load(fh)["model"]
+    clf = load(head_dir / FILE_NAME)
     ids, y = [str(i) for i in cv["ids"]], cv["y"].astype(int)
     key = report["best_method"]
     p = cv[key]

@@ -12,7 +12,9 @@ from typing import Sequence
 
 import numpy as np
 
+from genderfusion.heads import HEADS
 from genderfusion.heads.second_stage import in_band
+from genderfusion.heads.state import Arrays, Stateful
 
 from .features import FusionData, Outputs
 from .protocol import cv_global, global_blocks, global_matrix, global_test_matrix, head_factory
@@ -84,7 +86,7 @@ def cascade_cv(p_cheap: np.ndarray, p_full: np.ndarray, y: np.ndarray, fold: np.
     return p, out
 
 
-class Cascade:
+class Cascade(Stateful):
     """The cheap stage of a cascade: a head in the global protocol (frozen features, fine-tuned logits) on a few
     of the model's sources, and the band of its P(female) inside which an image goes on to the full head."""
 
@@ -92,6 +94,13 @@ class Cascade:
         self.sources = sources
         self.head = head
         self.tolerance = tolerance
+
+    _state_json = ("band_",)
+    _state_arrays = ("oof_", "cv_", "cv_exits_")
+    _state_children = {"head_": tuple(HEADS.values())}
+
+    def _restore(self, meta: dict, arrays: Arrays) -> None:
+        self.band_ = tuple(self.band_)
 
     def fit(self, data: FusionData, p_full: np.ndarray) -> "Cascade":
         """Fit on the training rows; `p_full`: the full model's out-of-fold P(female) of each row."""

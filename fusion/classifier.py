@@ -2,16 +2,16 @@
 from __future__ import annotations
 
 import os
-import pickle
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from genderfusion.extract.atomic import atomic_path
 from genderfusion.extract.errors import WorkspaceError
 from genderfusion.extract.sources.base import FINETUNED, FROZEN, FeatureSource
+from genderfusion.heads import HEADS
 from genderfusion.heads.second_stage import KnnSecondStage, in_band
+from genderfusion.heads.state import Arrays, State, StateError, Stateful
 
 from .cascade import DEFAULT_TOLERANCE, Cascade, exits
 from .features import FusionData, Outputs, load_sources
@@ -19,9 +19,6 @@ from .images import decode_inputs
 from .second_stage import descriptors
 from .protocol import (PROTOCOLS, global_blocks, global_matrix, global_test_matrix, per_fold_matrix,
                        per_fold_test_matrix, pooled_blocks, pooled_matrix, pooled_test_matrix, head_factory)
-
-FORMAT = "genderfusion-fusion-v2"  # v2: source recipes of extract.sources.spec
-
 
 def _refuse_changed(name: str, now: dict, then: dict) -> None:
     if now != then:
@@ -42,7 +39,7 @@ def _two_columns(p: np.ndarray) -> np.ndarray:
     return np.column_stack([1 - p, p])
 
 
-class FusionClassifier:
+class FusionClassifier(Stateful):
     """Stacked fusion of several feature sources.
 
     protocol "per-fold": one head per fold, each in its fold model's feature space; a prediction averages them.
@@ -62,6 +59,9 @@ class FusionClassifier:
         self.threshold = threshold
         self.workdir = workdir
         self.band = band
+
+    _state_json = ("per_fold_", "pooled_", "k_", "source_names_", "recipes_", "workdir_")
+    _state_children = {"heads_": tuple(HEADS.values()), "second_stage_": (KnnSecondStage,), "cascade_": (Cascade,)}
 
     # ---- fitting on cached features ----------------------------------------------------------------------
     def fit(self, data: FusionData | None = None) -> "FusionClassifier":
@@ -265,68 +265,66 @@ class FusionClassifier:
             names.append(f"second stage in the band {list(self.band)}")
         return {0: "unreadable image", **{k: n for k, n in enumerate(names, 1)}}
 
-    def __setstate__(self, state):
-        state.setdefault("band", (0.45, 0.55))  # saved before the second stage existed
-        state.setdefault("second_stage_", None)
-        state.setdefault("pooled_", False)  # saved before the pooled protocol existed
-        state.setdefault("train_labels_", None)  # saved before the training labels were recorded
-        state.setdefault("exported_", None)  # a model in its workspace (export.load_export sets the file)
-        state.setdefault("cascade_", None)  # saved before the cascade existed
-        self.__dict__.update(state)
+    def _extra_state(self) -> State:
+        if self.train_labels_ is None:
+            return {"train_ids": None}, {}
+        ids, labels, skipped = self.train_labels_
+        return {"train_ids": ids.tolist(), "skipped_ids": skipped.tolist()}, {"train_labels": labels}
 
-    def __getstate__(self):
-        state = self.__dict__.copy()
-        state.pop("_built", None)  # loaded models are rebuilt (and re-verified) after loading
-        state.pop("_inputs", None)
-        return state
+    def _restore(self, meta: dict, arrays: Arrays) -> None:
+        self.workdir = str(self.workdir)
+        self.band = tuple(self.band)
+        self.exported_ = None  # a model in its workspace (export.load_export sets the file)
+        ids = meta.get("train_ids")
+        self.train_labels_ = None if ids is None else (
+            np.asarray(ids, dtype=str), np.asarray(arrays["train_labels"], np.int8),
+            np.asarray(meta.get("skipped_ids", []), dtype=str))
+        if self.train_labels_ is not None and len(self.train_labels_[0]) != len(self.train_labels_[1]):
+            raise StateError(f"{len(ids)} training ids for {len(self.train_labels_[1])} labels")
+        if len(self.recipes_) != len(self.source_names_) or not self.heads_:
+            raise StateError(f"{len(self.recipes_)} recipes for sources {self.source_names_}, "
+                             f"{len(self.heads_)} head(s)")
 
     def detached(self) -> "FusionClassifier":
         """A copy bound to no workspace (what an exported file holds)."""
-        clf = pickle.loads(pickle.dumps(self))
+        clf = FusionClassifier.from_state(*self.to_state())
         clf.workdir_ = None
         return clf
 
     # ---- artifact ----------------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> Path:
-        """One file: heads, source recipes (checkpoint/weights sha256, preprocessing), threshold."""
-        path = Path(path)
-        with atomic_path(path) as tmp:
-            with open(tmp, "wb") as fh:
-                pickle.dump({"format": FORMAT, "model": self}, fh)
-        return path
+        """One file of data (fusion.model_file): heads, source recipes (checkpoint/weights sha256,
+        preprocessing), threshold, cascade and second stage."""
+        from .model_file import save
+
+        return save(self, path)
 
     @classmethod
     def load(cls, path: str | os.PathLike, workdir: str | os.PathLike | None = None) -> "FusionClassifier":
-        """A saved model. Its workspace is `workdir`, else the one it was trained in, else - for a workspace that
-        was moved - the one holding the model file (<workdir>/heads/<name>/model.pkl)."""
-        path = Path(path)
-        if path.is_dir():
-            path = path / "model.pkl"
-        if not path.exists():
-            raise FileNotFoundError(f"{path}: no fusion model; train one with `train-head`")
+        """A saved model: a model file, the folder holding one, or an exported .gfm. Loading runs no code from the
+        file. Its workspace is `workdir`, else the one it was trained in, else - for a workspace that was moved -
+        the one holding the model file (<workdir>/heads/<name>/model.safetensors)."""
+        from . import model_file
         from .export import is_export, load_export
 
+        path = Path(path)
+        if path.is_dir():
+            if not (path / model_file.FILE_NAME).exists() and (path / model_file.LEGACY_NAME).exists():
+                raise model_file.legacy_error(path / model_file.LEGACY_NAME, "a pickle")
+            path = path / model_file.FILE_NAME
+        if not path.exists():
+            if (path.parent / model_file.LEGACY_NAME).exists() and path.name == model_file.FILE_NAME:
+                raise model_file.legacy_error(path.parent / model_file.LEGACY_NAME, "a pickle")
+            raise FileNotFoundError(f"{path}: no fusion model; train one with `train-head`")
         if is_export(path):  # a self-contained file: predicts from images; its workspace only for cached rows
             clf = load_export(path)
             clf.workdir_ = None if workdir is None else str(Path(workdir).resolve())
             return clf
-        with open(path, "rb") as fh:
-            try:
-                obj = pickle.load(fh)
-            except (ModuleNotFoundError, AttributeError) as exc:  # saved by an older layout of the package
-                raise ValueError(f"{path}: a fusion model of an older version ({exc}); retrain it with train-head"
-                                 ) from exc
-            except Exception as exc:  # pickle raises many types for truncated or corrupt bytes
-                raise ValueError(f"{path}: not a readable fusion model (truncated or corrupt: "
-                                 f"{type(exc).__name__}: {exc}); retrain it with train-head") from exc
-        if not isinstance(obj, dict) or obj.get("format") != FORMAT:
-            raise ValueError(f"{path}: not a {FORMAT} artifact (format {obj.get('format') if isinstance(obj, dict) else '?'}"
-                             "); retrain it with train-head")
-        clf = obj["model"]
+        clf = model_file.load(path)
         if workdir is not None:
             clf.workdir_ = str(Path(workdir).resolve())
-        elif not (Path(clf.workdir_) / "features").is_dir():
-            moved = path.resolve().parents[2]
+        elif clf.workdir_ is None or not (Path(clf.workdir_) / "features").is_dir():
+            moved = path.resolve().parents[2] if len(path.resolve().parents) > 2 else path.resolve().parent
             if not (moved / "features").is_dir():
                 raise WorkspaceError(f"{path}: its workspace {clf.workdir_} is gone and {moved} holds no features; "
                                      "pass the workspace: FusionClassifier.load(path, workdir=...)")

@@ -62,7 +62,7 @@ def train_head_main(argv: list[str] | None = None) -> None:
                   "decided early out of fold" + (f"; {speed['cascade_img_per_s']} img/s against "
                                                  f"{speed['full_img_per_s']} on {speed['images']} test images "
                                                  f"(x{speed['speedup']})" if speed else ""))
-        print(f"saved {out / 'model.pkl'}; {report['seconds_total']:.1f} s"
+        print(f"saved {Workspace(args.workdir).head_model(args.out)}; {report['seconds_total']:.1f} s"
               + (" (cached results)" if report["cached"] else ""))
 
     run_cli(body, "interrupted; the saved model and its report are unchanged")
@@ -71,8 +71,9 @@ def train_head_main(argv: list[str] | None = None) -> None:
 def predict_main(argv: list[str] | None = None) -> None:
     p = make_parser("predict", "Predict with a trained fusion model: a competition's test rows (--data) or any photos "
                                "(--images).")
-    p.add_argument("--model", default="fusion", help="a name under <workdir>/heads/, or a model.pkl path (its "
-                                                     "workspace: --workdir when given, else the one it was saved in)")
+    p.add_argument("--model", default="fusion", help="a name under <workdir>/heads/, or a model file "
+                                                     "(model.safetensors, or an exported .gfm; its workspace: "
+                                                     "--workdir when given, else the one it was saved in)")
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--data", help="competition folder: a submission for its test.csv rows (cached features)")
     what.add_argument("--images", nargs="+", metavar="PATH",
@@ -111,7 +112,7 @@ def predict_main(argv: list[str] | None = None) -> None:
 def export_model_main(argv: list[str] | None = None) -> None:
     p = make_parser("export-model", "Write a trained fusion model as one self-contained file (.gfm) that predicts "
                                     "from images without its workspace.")
-    p.add_argument("--model", default="fusion", help="a name under <workdir>/heads/, or a model.pkl path")
+    p.add_argument("--model", default="fusion", help="a name under <workdir>/heads/, or a model.safetensors path")
     p.add_argument("--workdir", default=None, help="workspace (default data)")
     p.add_argument("--out", required=True, help="the file to write, e.g. model.gfm")
     args = p.parse_args(argv)
@@ -123,8 +124,8 @@ def export_model_main(argv: list[str] | None = None) -> None:
         from .predict import load_model
 
         clf = load_model(args.model, args.workdir)
-        card = Path(args.model).parent if Path(args.model).suffix == ".pkl" else None
-        card = (card or Path(clf.workdir_) / "heads" / args.model) / "card.html"
+        beside = Path(args.model).parent if Path(args.model).is_file() else None
+        card = None if clf.exported_ else (beside or Path(clf.workdir_) / "heads" / args.model) / "card.html"
         out = export_model(clf, args.out, card)
         print(json.dumps({k: out[k] for k in ("out", "megabytes", "sources", "folds", "frozen_files")}, indent=2))
 

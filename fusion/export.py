@@ -1,21 +1,24 @@
 """A fitted fusion model as one self-contained file (`export-model`): it predicts from images on another machine,
-without the workspace it was trained in.
+without the workspace it was trained in. Like the model file inside it, it is data: loading it runs no code from it.
 
 The file is a zip archive (`.gfm`) of:
     manifest.json   format, package version, the model's sources, the sha256 of every frozen model file it needs
-                    from the installed packages, and of every fold tensor file it holds
-    model.pkl       the FusionClassifier (heads, recipes, threshold, second stage)
-    folds/<backbone>/fold<k>.safetensors + fold<k>.json
+                    from the installed packages, each fine-tuned source's fold entries with their training config,
+                    and the size and sha256 of every entry
+    model.safetensors
+                    the FusionClassifier (fusion.model_file: JSON structure and safetensors arrays)
+    folds/<backbone>/fold<k>.safetensors
                     what fine-tuning changed in each fold model (tensors equal to the pretrained weights, such as
-                    dlib's frozen trunk under the face-resnet tops, are left out and read from the package again),
-                    and its training config
+                    dlib's frozen trunk under the face-resnet tops, are left out and read from the package again)
     card.html       the model card, when the model has one
+Entries are read by name and never extracted; names the manifest does not list are ignored; an entry is refused
+before it is read when its declared size is beyond MAX_ENTRY (MAX_MANIFEST for the manifest) or its compression
+ratio beyond MAX_RATIO, and after it is read when its sha256 is not the manifest's.
 """
 from __future__ import annotations
 
 import hashlib
 import json
-import pickle
 import zipfile
 from pathlib import Path
 
@@ -24,8 +27,16 @@ from genderfusion.extract.data.workspace import Workspace
 from genderfusion.extract.errors import WorkspaceError
 from genderfusion.extract.sources.base import FINETUNED
 
-FORMAT = "genderfusion-export-v1"
+from . import model_file
+from .model_file import ModelFileError, one_line
+
+FORMAT = "genderfusion-export-v2"
+LEGACY_FORMATS = ("genderfusion-export-v1",)  # its model entry was a pickle
 SUFFIX = ".gfm"
+MODEL_ENTRY = "model.safetensors"
+MAX_MANIFEST = 2**20
+MAX_ENTRY = 2**31
+MAX_RATIO = 100  # deflate of tensors gives about 1.1, of JSON about 5
 
 
 def _sha(data: bytes) -> str:
@@ -57,14 +68,22 @@ def _trained_part(backbone: str, config: dict, state: dict) -> tuple[dict, bool]
 
 def export_model(clf, out: str | Path, card: Path | None = None) -> dict:
     """Write `clf` (fitted, in its workspace) as one file; returns its manifest plus size."""
-    import torch
     from safetensors.torch import save as save_tensors
 
+    from genderfusion.extract.models.checkpoints import read_checkpoint
+
+    if clf.exported_ is not None:
+        raise ModelFileError(f"{clf.exported_} is an exported model already; copy the file as it is")
     clf.check_sources()  # the workspace's checkpoints and model files are the ones the heads were trained on
     ws = Workspace(clf.workdir_)
     manifest = {"format": FORMAT, "genderfusion": _version(), "sources": clf.source_names_, "frozen_files": {},
-                "folds": {}, "stages": {str(k): v for k, v in clf.stage_names().items() if k}}
+                "folds": {}, "stages": {str(k): v for k, v in clf.stage_names().items() if k}, "entries": {}}
     out = Path(out)
+
+    def put(z: zipfile.ZipFile, name: str, data: bytes) -> None:
+        z.writestr(name, data)
+        manifest["entries"][name] = {"bytes": len(data), "sha256": _sha(data)}
+
     with atomic_path(out) as tmp:
         with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as z:
             for recipe in clf.recipes_:
@@ -73,20 +92,17 @@ def export_model(clf, out: str | Path, card: Path | None = None) -> dict:
                     continue
                 backbone, folds = recipe["backbone"], []
                 for f, want in enumerate(recipe["checkpoint_sha256"]):
-                    path = ws.fold_files(backbone, f).best
-                    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+                    ckpt = read_checkpoint(ws.fold_files(backbone, f).best)
                     config = ckpt["identity"]["config"]
                     part, over = _trained_part(backbone, config, ckpt["state_dict"])
-                    data = save_tensors({k: v.contiguous() for k, v in part.items()})
-                    name = f"folds/{backbone}/fold{f}"
-                    z.writestr(f"{name}.safetensors", data)
-                    z.writestr(f"{name}.json", json.dumps({"config": config, "checkpoint_sha256": want}))
-                    folds.append({"file": f"{name}.safetensors", "sha256": _sha(data), "over_pretrained": over,
+                    name = f"folds/{backbone}/fold{f}.safetensors"
+                    put(z, name, save_tensors({k: v.contiguous() for k, v in part.items()}))
+                    folds.append({"file": name, "config": config, "checkpoint_sha256": want, "over_pretrained": over,
                                   "tensors": len(part), "of": len(ckpt["state_dict"])})
                 manifest["folds"][backbone] = folds
-            z.writestr("model.pkl", pickle.dumps({"format": "export", "model": clf.detached()}))
+            put(z, MODEL_ENTRY, model_file.dumps(clf.detached()))
             if card is not None and card.is_file():
-                z.write(card, "card.html")
+                put(z, "card.html", card.read_bytes())
             z.writestr("manifest.json", json.dumps(manifest, indent=2))
     return {**manifest, "out": str(out), "megabytes": round(out.stat().st_size / 2**20, 2)}
 
@@ -101,21 +117,72 @@ def is_export(path: Path) -> bool:
     return path.is_file() and zipfile.is_zipfile(path)
 
 
+def _read(z: zipfile.ZipFile, path: Path, name: str, manifest: dict | None, limit: int = MAX_ENTRY) -> bytes:
+    """An entry's bytes, refused before reading when missing or beyond the size bounds, and after when its sha256
+    is not the manifest's (manifest None: the manifest itself)."""
+    try:
+        info = z.getinfo(name)
+    except KeyError:
+        raise ModelFileError(f"{path}: the entry {name} is missing; export the model again") from None
+    if info.file_size > limit or (info.file_size > 2**20 and info.file_size > MAX_RATIO * max(info.compress_size, 1)):
+        raise ModelFileError(f"{path}: the entry {name} declares {info.file_size} bytes ({info.compress_size} "
+                             f"compressed), beyond the bound of {limit} bytes and a ratio of {MAX_RATIO}; not read")
+    with z.open(info) as fh:
+        data = fh.read(limit + 1)
+    if manifest is not None and _sha(data) != manifest["entries"][name]["sha256"]:
+        raise ModelFileError(f"{path}: the entry {name} is damaged (sha256 {_sha(data)}, manifest "
+                             f"{manifest['entries'][name]['sha256']}); export the model again")
+    return data
+
+
+def _check_manifest(m, path: Path) -> dict:
+    """The manifest, after checking its format and the shape of what it names."""
+    if not isinstance(m, dict):
+        raise ModelFileError(f"{path}: manifest.json is not an object; export the model again")
+    if m.get("format") in LEGACY_FORMATS:
+        raise model_file.legacy_error(path, "its model entry is a pickle")
+    if m.get("format") != FORMAT:
+        raise ModelFileError(f"{path}: an exported model of format {m.get('format')!r} (genderfusion "
+                             f"{m.get('genderfusion')}); this genderfusion {_version()} reads {FORMAT}: export it "
+                             "again with this version")
+    entries, folds, frozen = m.get("entries"), m.get("folds"), m.get("frozen_files")
+    ok = (isinstance(entries, dict) and MODEL_ENTRY in entries
+          and all(isinstance(e, dict) and isinstance(e.get("sha256"), str) for e in entries.values())
+          and isinstance(frozen, dict) and all(isinstance(v, str) for v in frozen.values())
+          and isinstance(folds, dict) and all(
+              isinstance(v, list) and v and all(isinstance(f, dict) and f.get("file") in entries
+                                                and isinstance(f.get("config"), dict) for f in v)
+              for v in folds.values()))
+    if not ok:
+        raise ModelFileError(f"{path}: manifest.json lacks its entries, frozen files or folds, or names a fold "
+                             "file it does not list; export the model again")
+    return m
+
+
 def load_export(path: Path):
-    """The FusionClassifier of an exported file, after checking its format and that every frozen model file it
-    needs is installed with the sha256 it was exported with."""
+    """The FusionClassifier of an exported file, after checking its manifest, the size and sha256 of every entry
+    it lists, that its folds are the model's, and that every frozen model file it needs is installed with the
+    sha256 it was exported with."""
     try:
         with zipfile.ZipFile(path) as z:
-            manifest = json.loads(z.read("manifest.json"))
-            if manifest.get("format") != FORMAT:
-                raise ValueError(f"{path}: an exported model of format {manifest.get('format')!r} (genderfusion "
-                                 f"{manifest.get('genderfusion')}); this genderfusion {_version()} reads {FORMAT}: "
-                                 "export it again with this version")
-            obj = pickle.loads(z.read("model.pkl"))
-    except (zipfile.BadZipFile, KeyError, json.JSONDecodeError, pickle.UnpicklingError, EOFError) as exc:
-        raise ValueError(f"{path}: not a readable exported model ({type(exc).__name__}: {exc})") from exc
-    clf = obj["model"]
+            raw = _read(z, path, "manifest.json", None, MAX_MANIFEST)
+            try:
+                manifest = _check_manifest(json.loads(raw), path)
+            except ValueError as exc:  # not JSON
+                raise ModelFileError(f"{path}: manifest.json is not valid JSON ({one_line(exc)})") from None
+            for name in manifest["entries"]:
+                _read(z, path, name, manifest)
+            clf = model_file.loads(_read(z, path, MODEL_ENTRY, manifest), f"{path}:{MODEL_ENTRY}")
+    except ModelFileError:
+        raise
+    except Exception as exc:  # zipfile and zlib raise many types for damaged archives
+        raise ModelFileError(f"{path}: not a readable exported model ({one_line(exc)}); export it again") from None
     for recipe in clf.recipes_:
+        if recipe["kind"] == FINETUNED:
+            have, want = len(manifest["folds"].get(recipe["backbone"], [])), len(recipe["checkpoint_sha256"])
+            if have != want:
+                raise ModelFileError(f"{path}: the manifest holds {have} fold(s) of {recipe['backbone']}, the model "
+                                     f"has {want}; export the model again")
         for key, sha in frozen_files(recipe).items():
             if manifest["frozen_files"].get(key) not in (None, sha):
                 raise WorkspaceError(f"{path}: the installed {key} has sha256 {sha}, the model was exported with "
@@ -124,38 +191,38 @@ def load_export(path: Path):
     return clf
 
 
-def exported_sources(clf, batch_size: int, device: str) -> list:
-    """The sources of an exported model: face and frozen ones from the installed packages, fine-tuned ones from the
-    fold tensors in the file (each checked against its sha256 in the manifest)."""
+def fold_states(clf) -> dict[str, tuple[bool, list[tuple[dict, dict]]]]:
+    """backbone -> (laid over the pretrained weights?, [(training config, tensors)] of each fold), from the exported
+    file (each entry checked again)."""
     from safetensors.torch import load as load_tensors
-
-    from genderfusion.extract.sources.spec import build_source
-    from genderfusion.extract.sources.torch_source import fold_source
 
     path = Path(clf.exported_)
     with zipfile.ZipFile(path) as z:
-        manifest = json.loads(z.read("manifest.json"))
-        built = []
-        for recipe in clf.recipes_:
-            if recipe["kind"] != FINETUNED:
-                built.append(build_source(recipe, Workspace(path.parent), batch_size, device))
-                continue
-            folds = manifest["folds"][recipe["backbone"]]
-            states = []
-            for f, entry in enumerate(folds):
-                data = z.read(entry["file"])
-                if _sha(data) != entry["sha256"]:
-                    raise WorkspaceError(f"{path}: {entry['file']} is damaged (sha256 {_sha(data)}, manifest "
-                                         f"{entry['sha256']}); export the model again")
-                config = json.loads(z.read(entry["file"].replace(".safetensors", ".json")))["config"]
-                states.append((config, load_tensors(data)))
-            over = all(entry["over_pretrained"] for entry in folds)
-            built.append(fold_source(recipe, states.__getitem__, pretrained_base=over, batch_size=batch_size,
-                                     device=device))
+        manifest = _check_manifest(json.loads(_read(z, path, "manifest.json", None, MAX_MANIFEST)), path)
+        return {backbone: (all(f["over_pretrained"] for f in folds),
+                           [(f["config"], load_tensors(_read(z, path, f["file"], manifest))) for f in folds])
+                for backbone, folds in manifest["folds"].items()}
+
+
+def exported_sources(clf, batch_size: int, device: str) -> list:
+    """The sources of an exported model: face and frozen ones from the installed packages, fine-tuned ones from the
+    fold tensors in the file."""
+    from genderfusion.extract.sources.spec import build_source
+    from genderfusion.extract.sources.torch_source import fold_source
+
+    folds = fold_states(clf)
+    built = []
+    for recipe in clf.recipes_:
+        if recipe["kind"] != FINETUNED:
+            built.append(build_source(recipe, Workspace(Path(clf.exported_).parent), batch_size, device))
+            continue
+        over, states = folds[recipe["backbone"]]
+        built.append(fold_source(recipe, states.__getitem__, pretrained_base=over, batch_size=batch_size,
+                                 device=device))
     return built
 
 
 def read_manifest(path: str | Path) -> dict:
+    path = Path(path)
     with zipfile.ZipFile(path) as z:
-        return json.loads(z.read("manifest.json"))
-
+        return _check_manifest(json.loads(_read(z, path, "manifest.json", None, MAX_MANIFEST)), path)

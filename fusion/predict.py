@@ -42,10 +42,14 @@ def _default_labels(data: CompetitionData) -> dict[str, str]:
         return {r["id"]: r.get("label", "") for r in csv.DictReader(fh)}
 
 
+MODEL_SUFFIXES = (".safetensors", ".gfm", ".pkl")  # .pkl: to refuse an earlier version's pickle by name
+
+
 def load_model(model: str, workdir: str | Path | None = None) -> FusionClassifier:
-    """A saved fusion model: a name under <workdir>/heads/ (default workspace data), or a model.pkl path (in
-    `workdir` when given, else in the workspace it was saved in), or an exported .gfm file (export-model)."""
-    if Path(model).suffix in (".pkl", ".gfm"):
+    """A saved fusion model: a name under <workdir>/heads/ (default workspace data), or the path of a model file
+    (in `workdir` when given, else in the workspace it was saved in) or of an exported .gfm file (export-model): an
+    existing file, or a name with a folder or a model file's suffix."""
+    if Path(model).is_file() or Path(model).suffix in MODEL_SUFFIXES or "/" in model or "\\" in model:
         return FusionClassifier.load(model, workdir=workdir)
     workdir = "data" if workdir is None else workdir
     return FusionClassifier.load(Workspace(workdir).head_model(model), workdir=workdir)

@@ -18,6 +18,7 @@ from .card import write_card
 from .classifier import FusionClassifier, head_factory
 from genderfusion.extract.data.exclusion import exclusion_mask, read_ids
 from .features import load_sources
+from .model_file import FILE_NAME as MODEL_FILE
 from .cascade import DEFAULT_TOLERANCE
 from .protocol import DEFAULT_PROTOCOLS, PROTOCOLS, Result, evaluate
 from .report import write_report
@@ -102,7 +103,7 @@ def train_head(workdir: str | Path, features: list[str], heads: list[str], proto
     excluded = read_ids(exclude) if exclude is not None else []
     casc_args = {"sources": cascade, "tolerance": cascade_tolerance, "speed_n": cascade_speed_n} if cascade else None
     fp = _fingerprint(workdir, features, heads, protocols, band, excluded, second_stage, casc_args)
-    if not refit and (out_dir / "results.json").exists() and (out_dir / "model.pkl").exists():
+    if not refit and (out_dir / "results.json").exists() and (out_dir / MODEL_FILE).exists():
         cached = read_json(out_dir / "results.json")
         if cached.get("fingerprint") == fp:
             log(f"cached results for these caches and heads ({out_dir}); --refit recomputes")
@@ -144,7 +145,7 @@ def train_head(workdir: str | Path, features: list[str], heads: list[str], proto
         results.append(Result(f"cascade: {' + '.join(cascade)} ({casc['head']})", "global", casc.pop("probs"), 0.0))
         coverage[results[-1].method] = results[-1].probs
     with atomic_dir(out_dir) as tmp_dir:  # the model, its report and card replace the old ones as a whole
-        clf.save(tmp_dir / "model.pkl")
+        clf.save(tmp_dir / MODEL_FILE)
         ages, races = train_meta(workdir, data.ids)
         wv = next((r for r in results if r.method == "weighted-vote"), None)
         extra = {"features": features, "heads": heads, "best_method": f"{chosen.method} [{chosen.protocol}]",

@@ -56,4 +56,12 @@ class FaissIndexPickle:
         self.__dict__.update(state)
 
 
-__all__ = ["fit_input", "predict_input", "BinaryMixin", "FaissIndexPickle", "check_array", "check_X_y"]
+def index_vectors(index) -> np.ndarray:
+    """The vectors a faiss index holds, in the order of their ids (an IVF index gets a direct map for it)."""
+    if hasattr(index, "make_direct_map"):
+        index.make_direct_map()
+    return index.reconstruct_n(0, index.ntotal)
+
+
+__all__ = ["fit_input", "predict_input", "BinaryMixin", "FaissIndexPickle", "index_vectors", "check_array",
+           "check_X_y"]

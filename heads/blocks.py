@@ -6,8 +6,10 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.decomposition import PCA
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from .state import Arrays, State, StateError, Stateful
 
-class BlockScaler(TransformerMixin, BaseEstimator):
+
+class BlockScaler(Stateful, TransformerMixin, BaseEstimator):
     """Standardise each feature, then optionally reduce each source block by PCA and weight it.
 
     blocks: widths of the consecutive source blocks (sum = n_features); None means one block.
@@ -22,6 +24,9 @@ class BlockScaler(TransformerMixin, BaseEstimator):
         self.balance = balance
         self.random_state = random_state
 
+    _state_json = ("n_features_in_", "widths_", "weights_")
+    _state_arrays = ("mean_", "scale_")
+
     def _widths(self, n_features: int) -> list[int]:
         widths = list(self.blocks) if self.blocks is not None else [n_features]
         if sum(widths) != n_features:
@@ -35,15 +40,16 @@ class BlockScaler(TransformerMixin, BaseEstimator):
         self.scale_ = X.std(0)
         self.scale_[self.scale_ < 1e-12] = 1.0
         Z = (X - self.mean_) / self.scale_
-        self.pcas_, self.weights_ = [], []
+        self.projections_, self.weights_ = [], []  # per block: None, or the PCA's (mean, components)
         start = 0
         for w in self.widths_:
             block = Z[:, start:start + w]
-            pca = None
+            projection = None
             if self.pca is not None and w > self.pca and min(block.shape) > self.pca:
                 pca = PCA(self.pca, random_state=self.random_state).fit(block)
-                block = pca.transform(block)
-            self.pcas_.append(pca)
+                projection = (pca.mean_, pca.components_)
+                block = _project(block, projection)
+            self.projections_.append(projection)
             var = float(block.var(0).sum()) or 1.0
             self.weights_.append(1.0 / np.sqrt(var) if self.balance else 1.0)
             start += w
@@ -54,8 +60,28 @@ class BlockScaler(TransformerMixin, BaseEstimator):
         X = validate_data(self, X, reset=False, dtype=np.float64)
         Z = (X - self.mean_) / self.scale_
         out, start = [], 0
-        for w, pca, weight in zip(self.widths_, self.pcas_, self.weights_):
+        for w, projection, weight in zip(self.widths_, self.projections_, self.weights_):
             block = Z[:, start:start + w]
-            out.append((pca.transform(block) if pca is not None else block) * weight)
+            out.append((block if projection is None else _project(block, projection)) * weight)
             start += w
         return np.hstack(out)
+
+    def _extra_state(self) -> State:
+        arrays = {}
+        for i, projection in enumerate(self.projections_):
+            if projection is not None:
+                arrays[f"pca{i}.mean"], arrays[f"pca{i}.components"] = projection
+        return {}, arrays
+
+    def _restore(self, meta: dict, arrays: Arrays) -> None:
+        if sum(self.widths_) != self.n_features_in_ or len(self.weights_) != len(self.widths_) or \
+                self.mean_.shape != (self.n_features_in_,) or self.scale_.shape != self.mean_.shape:
+            raise StateError(f"BlockScaler: widths {self.widths_}, {len(self.weights_)} weights and means of shape "
+                             f"{self.mean_.shape} do not fit {self.n_features_in_} features")
+        self.projections_ = [(arrays[f"pca{i}.mean"], arrays[f"pca{i}.components"]) if f"pca{i}.mean" in arrays
+                             else None for i in range(len(self.widths_))]
+
+
+def _project(block: np.ndarray, projection: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    mean, components = projection
+    return (block - mean) @ components.T

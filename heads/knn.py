@@ -5,8 +5,9 @@ import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.validation import check_is_fitted
 
-from ._checks import BinaryMixin, FaissIndexPickle, fit_input, predict_input
+from ._checks import BinaryMixin, FaissIndexPickle, fit_input, index_vectors, predict_input
 from .blocks import BlockScaler
+from .state import Arrays, State, StateError, Stateful
 
 
 SEARCH_BLOCK = 32  # queries per faiss search at prediction
@@ -17,7 +18,7 @@ def _normalise(Z: np.ndarray) -> np.ndarray:
     return Z / np.maximum(np.linalg.norm(Z, axis=1, keepdims=True), 1e-12)
 
 
-class KNNHead(FaissIndexPickle, BinaryMixin, ClassifierMixin, BaseEstimator):
+class KNNHead(Stateful, FaissIndexPickle, BinaryMixin, ClassifierMixin, BaseEstimator):
     """ks / weightings: candidates, chosen by leave-one-out accuracy on the training rows.
 
     An exact index (IndexFlatIP) by default; an IVF index when rows exceed ivf_threshold.
@@ -34,20 +35,47 @@ class KNNHead(FaissIndexPickle, BinaryMixin, ClassifierMixin, BaseEstimator):
         self.balance = balance
         self.random_state = random_state
 
-    def _index(self, Z: np.ndarray):
+    _state_json = ("n_features_in_", "k_", "weighting_")
+    _state_arrays = ("classes_", "y_")
+    _state_children = {"scaler_": (BlockScaler,)}
+
+    def _index(self, Z: np.ndarray, centroids: np.ndarray | None = None):
+        """An exact index of Z; an IVF one above ivf_threshold rows, or when its `centroids` are given (a saved
+        index rebuilt: the same lists, so the same neighbours)."""
         import faiss
 
         d = Z.shape[1]
-        if len(Z) > self.ivf_threshold:
-            nlist = int(np.sqrt(len(Z)))
-            index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
-            index.cp.seed = self.random_state
-            index.train(Z)
-            index.nprobe = self.nprobe
-        else:
+        if centroids is None and len(Z) <= self.ivf_threshold:
             index = faiss.IndexFlatIP(d)
+        else:
+            quantizer = faiss.IndexFlatIP(d)
+            nlist = int(np.sqrt(len(Z))) if centroids is None else len(centroids)
+            index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
+            if centroids is None:
+                index.cp.seed = self.random_state
+                index.train(Z)
+            else:
+                quantizer.add(np.ascontiguousarray(centroids, np.float32))
+                index.is_trained = True
+            index.nprobe = self.nprobe
         index.add(Z)
         return index
+
+    def _extra_state(self) -> State:
+        import faiss
+
+        index = faiss.downcast_index(self.index_)
+        arrays = {"vectors": index_vectors(index)}
+        if isinstance(index, faiss.IndexIVF):
+            arrays["centroids"] = index_vectors(faiss.downcast_index(index.quantizer))
+        return {"cv_scores_": [[k, w, acc] for (k, w), acc in self.cv_scores_.items()]}, arrays
+
+    def _restore(self, meta: dict, arrays: Arrays) -> None:
+        self.cv_scores_ = {(k, w): acc for k, w, acc in meta.get("cv_scores_", [])}
+        vectors = np.ascontiguousarray(arrays["vectors"], np.float32)
+        if vectors.ndim != 2 or len(vectors) != len(self.y_):
+            raise StateError(f"KNNHead: {vectors.shape} vectors for {len(self.y_)} labels")
+        self.index_ = self._index(vectors, arrays["centroids"] if "centroids" in arrays else None)
 
     @staticmethod
     def _vote(sims: np.ndarray, labels: np.ndarray, k: int, weighting: str) -> np.ndarray:

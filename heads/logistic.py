@@ -9,9 +9,10 @@ from sklearn.utils.validation import check_is_fitted
 
 from ._checks import BinaryMixin, fit_input, predict_input
 from .blocks import BlockScaler
+from .state import Arrays, State, Stateful
 
 
-class LogisticHead(BinaryMixin, ClassifierMixin, BaseEstimator):
+class LogisticHead(Stateful, BinaryMixin, ClassifierMixin, BaseEstimator):
     """Cs: candidate inverse regularisation strengths; the best by inner_cv-fold accuracy is refit on all rows."""
 
     def __init__(self, Cs=(0.001, 0.01, 0.1, 1.0), inner_cv: int = 3, blocks=None, pca=None, balance: bool = True,
@@ -23,6 +24,11 @@ class LogisticHead(BinaryMixin, ClassifierMixin, BaseEstimator):
         self.balance = balance
         self.max_iter = max_iter
         self.random_state = random_state
+
+    _state_json = ("n_features_in_", "C_", "cv_scores_")
+    _state_arrays = ("classes_", "n_iter_")
+    _state_children = {"scaler_": (BlockScaler,)}
+    _state_optional = ("cv_scores_",)
 
     def _model(self, C: float) -> LogisticRegression:
         return LogisticRegression(C=C, max_iter=self.max_iter)
@@ -54,3 +60,12 @@ class LogisticHead(BinaryMixin, ClassifierMixin, BaseEstimator):
     def decision_function(self, X):
         check_is_fitted(self)
         return self.model_.decision_function(self.scaler_.transform(predict_input(self, X)))
+
+    def _extra_state(self) -> State:
+        return {}, {"coef": self.model_.coef_, "intercept": self.model_.intercept_}
+
+    def _restore(self, meta: dict, arrays: Arrays) -> None:
+        self.model_ = self._model(self.C_)  # fitted on the labels' indices 0, 1
+        self.model_.classes_, self.model_.n_features_in_ = np.arange(2), arrays["coef"].shape[1]
+        self.model_.coef_, self.model_.intercept_, self.model_.n_iter_ = arrays["coef"], arrays["intercept"], \
+            self.n_iter_

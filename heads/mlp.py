@@ -10,6 +10,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from ._checks import BinaryMixin, fit_input, predict_input
 from .blocks import BlockScaler
+from .state import Arrays, State, StateError, Stateful
 
 
 @contextlib.contextmanager
@@ -25,7 +26,7 @@ def _threads(n: int):
         torch.set_num_threads(old)
 
 
-class MLPHead(BinaryMixin, ClassifierMixin, BaseEstimator):
+class MLPHead(Stateful, BinaryMixin, ClassifierMixin, BaseEstimator):
     """Early stopping watches the loss on an inner validation split (val_fraction of the training rows)."""
 
     def __init__(self, hidden: int = 256, dropout: float = 0.3, weight_decay: float = 1e-3, lr: float = 1e-3,
@@ -44,6 +45,10 @@ class MLPHead(BinaryMixin, ClassifierMixin, BaseEstimator):
         self.balance = balance
         self.n_threads = n_threads
         self.random_state = random_state
+
+    _state_json = ("n_features_in_", "history_", "n_epochs_")
+    _state_arrays = ("classes_",)
+    _state_children = {"scaler_": (BlockScaler,)}
 
     def _net(self, d: int):
         from torch import nn
@@ -98,6 +103,19 @@ class MLPHead(BinaryMixin, ClassifierMixin, BaseEstimator):
         self.net_ = net.eval()
         self.n_epochs_ = len(self.history_)
         return self
+
+    def _extra_state(self) -> State:
+        return {}, {f"net.{k}": v.detach().cpu().numpy() for k, v in self.net_.state_dict().items()}
+
+    def _restore(self, meta: dict, arrays: Arrays) -> None:
+        import torch
+
+        net = self._net(self.scaler_.transform(np.zeros((1, self.n_features_in_))).shape[1])
+        try:
+            net.load_state_dict({k: torch.from_numpy(np.array(arrays[f"net.{k}"])) for k in net.state_dict()})
+        except RuntimeError as exc:  # a shape that does not fit
+            raise StateError(f"MLPHead: {str(exc).splitlines()[-1].strip()}") from None
+        self.net_ = net.eval()
 
     def decision_function(self, X):
         import torch

@@ -7,8 +7,9 @@ import numpy as np
 from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_is_fitted
 
-from ._checks import FaissIndexPickle
+from ._checks import FaissIndexPickle, index_vectors
 from .blocks import BlockScaler
+from .state import Arrays, State, StateError, Stateful
 
 SEARCH_BLOCK = 32  # queries per faiss search: a row's neighbours do not depend on the call's size
 
@@ -38,7 +39,7 @@ def vote(d2: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
     return (w * labels[:, :k]).sum(1) / w.sum(1)
 
 
-class KnnSecondStage(FaissIndexPickle, BaseEstimator):
+class KnnSecondStage(Stateful, FaissIndexPickle, BaseEstimator):
     """fit(X, y, p_first, fold): X descriptors of the training rows (blocks: widths of its sources), p_first their out-of-fold first-stage P(female),
     fold their folds. k is chosen among `ks` by the accuracy on the training rows inside the band, each voted on by
     the rows of the other folds; predict_proba replaces P inside the band by the vote of all training rows."""
@@ -48,6 +49,10 @@ class KnnSecondStage(FaissIndexPickle, BaseEstimator):
         self.band = band
         self.ks = ks
         self.blocks = blocks
+
+    _state_json = ("k_", "n_selection_rows_")
+    _state_arrays = ("y_",)
+    _state_children = {"scaler_": (BlockScaler,)}
 
     def fit(self, X, y, p_first, fold) -> "KnnSecondStage":
         self.scaler_ = BlockScaler(self.blocks).fit(X)
@@ -71,6 +76,19 @@ class KnnSecondStage(FaissIndexPickle, BaseEstimator):
         self.index_ = _index(X)
         self.y_ = y.astype(np.float64)
         return self
+
+    def _extra_state(self) -> State:
+        return ({"selection_accuracy_": [[k, a] for k, a in self.selection_accuracy_.items()]},
+                {"vectors": index_vectors(self.index_),
+                 **{f"scores.{k}": np.array(v, bool) for k, v in self.scores_.items()}})
+
+    def _restore(self, meta: dict, arrays: Arrays) -> None:
+        self.selection_accuracy_ = {k: a for k, a in meta.get("selection_accuracy_", [])}
+        self.scores_ = {k: arrays[f"scores.{k}"].tolist() for k in self.ks}
+        vectors = arrays["vectors"]
+        if vectors.ndim != 2 or len(vectors) != len(self.y_):
+            raise StateError(f"KnnSecondStage: {vectors.shape} vectors for {len(self.y_)} labels")
+        self.index_ = _index(vectors)
 
     def predict_proba(self, X, p_first) -> np.ndarray:
         """Final P(female) [M]: the first stage's outside the band, the vote inside."""

@@ -6,10 +6,14 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.validation import check_is_fitted
 
 from ._checks import BinaryMixin, fit_input, predict_input
+from .state import Stateful
 
 
-class MajorityVote(BinaryMixin, ClassifierMixin, BaseEstimator):
+class MajorityVote(Stateful, BinaryMixin, ClassifierMixin, BaseEstimator):
     """Each source votes with the sign of its logit; ties go to the mean logit's sign."""
+
+    _state_json = ("n_features_in_",)
+    _state_arrays = ("classes_", "weights_")
 
     def fit(self, X, y):
         fit_input(self, X, y)
@@ -32,6 +36,8 @@ class MajorityVote(BinaryMixin, ClassifierMixin, BaseEstimator):
 
 class WeightedVote(MajorityVote):
     """Better sources get more votes: weight = log-odds of the source's accuracy on the training rows."""
+
+    _state_arrays = ("classes_", "weights_", "accuracies_")
 
     def fit(self, X, y):
         X, y_idx = fit_input(self, X, y)

@@ -153,7 +153,7 @@ def test_second_stage_is_kept_only_when_it_raises_the_out_of_fold_accuracy(audit
         assert s2["kept"] is helps and (s2["accuracy_second"] > s2["accuracy_first"]) is helps
         assert report["best_method"] == ("logistic + second stage [global]" if helps else "logistic [global]")
         assert any(r["method"] == "logistic + second stage" for r in report["rows"])  # reported either way
-        assert (FusionClassifier.load(ws / f"heads/s2-{helps}/model.pkl").second_stage_ is not None) is helps
+        assert (FusionClassifier.load(ws / f"heads/s2-{helps}/model.safetensors").second_stage_ is not None) is helps
 
 
 def test_second_stage_is_saved_and_used_by_predict(audited, tmp_path, monkeypatch):
@@ -164,7 +164,7 @@ def test_second_stage_is_saved_and_used_by_predict(audited, tmp_path, monkeypatc
     s2 = report["second_stage"]
     assert s2["rows_in_band"] > 0 and {"band_accuracy_first", "band_accuracy_second"} <= set(s2)
     assert (ws / "heads/s2/coverage.png").stat().st_size > 1000
-    clf = FusionClassifier.load(ws / "heads/s2/model.pkl")
+    clf = FusionClassifier.load(ws / "heads/s2/model.safetensors")
     ids, det = clf.details_cached()
     inside = (det["p_first_stage"] >= 0.3) & (det["p_first_stage"] <= 0.7)
     assert np.array_equal(det["stage"] == 2, inside) and np.array_equal(det["p_female"][~inside],

@@ -65,7 +65,7 @@ def test_skip_bad_works_end_to_end(synth, tmp_path):
 
 def test_a_corrected_label_is_never_trained_on_silently(pipeline):
     data, ws, sub = pipeline
-    model = ws / "heads/fusion/model.pkl"
+    model = ws / "heads/fusion/model.safetensors"
     before = sha(model)
     lines = (data / "train.csv").read_text().splitlines()
     i, y = lines[4].split(",")
@@ -325,14 +325,14 @@ def test_a_truncated_cache_is_one_line_for_train_head_and_recomputed_by_extract(
     data, ws, sub = pipeline
     cache = ws / "features/cnn-small-frozen.h5"
     cache.write_bytes(cache.read_bytes()[:2000])
-    model = sha(ws / "heads/fusion/model.pkl")
+    model = sha(ws / "heads/fusion/model.safetensors")
     capsys.readouterr()
     with pytest.raises(SystemExit) as exit_:
         train_head_main(["--features", "cnn-small,cnn-small-frozen", "--workdir", str(ws), "--head", "logistic"])
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert "cnn-small-frozen.h5: damaged feature cache (its bytes changed since it was written" in err
-    assert sha(ws / "heads/fusion/model.pkl") == model
+    assert sha(ws / "heads/fusion/model.safetensors") == model
     out = extract_features(data, "cnn-small", ws, progress=False, **FROZEN)
     assert out.status == "computed" and "truncated" in out.reason
 

@@ -74,19 +74,20 @@ def predict_main(argv):
 
 # ---- tracebacks -------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("how", ["truncated", "empty"])
-def test_01_a_truncated_or_empty_model_pkl(pipe, capsys, tmp_path, how):
+def test_01_a_truncated_or_empty_model_file(pipe, capsys, tmp_path, how):
     data, ws, sub = pipe
-    model = ws / "heads/fusion/model.pkl"
+    model = ws / "heads/fusion/model.safetensors"
     raw = model.read_bytes()
     model.write_bytes(raw[:len(raw) // 2] if how == "truncated" else b"")
-    copy = tmp_path / "x.pkl"
+    copy = tmp_path / "x.safetensors"
     shutil.copy(model, copy)
     before = sha(sub)
     line = fails(predict_main, ["--model", str(copy), "--data", str(data), "--out", str(sub)], capsys)
-    assert line.startswith(f"error: {copy}: not a readable fusion model (truncated or corrupt")
+    why = "damaged model file" if how == "truncated" else "not a genderfusion model file"
+    assert line.startswith(f"error: {copy}: {why}")
     line = fails(predict_main, ["--model", "fusion", "--workdir", str(ws), "--data", str(data), "--out", str(sub)],
                  capsys)
-    assert f"{model}: not a readable fusion model" in line
+    assert f"{model}: {why}" in line
     assert sha(sub) == before
 
 
@@ -99,14 +100,14 @@ def test_02_a_cache_with_a_zeroed_block_is_one_line_and_extract_rebuilds_it(pipe
     raw = bytearray(cache.read_bytes())
     raw[4096:8192] = bytes(4096)  # same size; without the seal, HDF5 loops forever on this file
     cache.write_bytes(bytes(raw))
-    model, before = sha(ws / "heads/fusion/model.pkl"), sha(sub)
+    model, before = sha(ws / "heads/fusion/model.safetensors"), sha(sub)
     line = fails(train_head_main, ["--features", ",".join(SOURCES), "--workdir", str(ws), "--head", "logistic",
                                    "--protocol", "global", "--refit"], capsys)
     assert "cnn-small-frozen.h5: damaged feature cache" in line and "rerun `extract`" in line
     line = fails(predict_main, ["--model", "fusion", "--workdir", str(ws), "--data", str(data), "--out", str(sub)],
                  capsys)
     assert "cnn-small-frozen.h5: damaged feature cache" in line
-    assert sha(ws / "heads/fusion/model.pkl") == model and sha(sub) == before
+    assert sha(ws / "heads/fusion/model.safetensors") == model and sha(sub) == before
     capsys.readouterr()
     extract_main(["--backbone", "cnn-small", "--frozen", "--img-size", "32", "--pool", "avg", "--weights", "random",
                   "--data", str(data), "--workdir", str(ws), "--no-progress"])
@@ -379,7 +380,7 @@ def test_19_predict_model_path_honours_workdir(pipe, tmp_path):
     data, ws, sub = pipe
     from genderfusion.fusion.classifier import FusionClassifier
 
-    model = FusionClassifier.load(ws / "heads/fusion/model.pkl", workdir=ws).save(tmp_path / "x.pkl")  # saved in ws
+    model = FusionClassifier.load(ws / "heads/fusion/model.safetensors", workdir=ws).save(tmp_path / "x.safetensors")  # saved in ws
     moved = ws.rename(tmp_path / "moved")  # the model's own workspace is gone; --workdir names the new place
     out = tmp_path / "s.csv"
     predict_main(["--model", str(model), "--workdir", str(moved), "--data", str(data), "--out", str(out)])

@@ -287,7 +287,7 @@ def test_an_exported_model_predicts_without_its_workspace(trained, tmp_path):
     train_head(ws_dir, names, ["logistic"], protocols=("per-fold",), name="exp", cascade=names[1:2],
                cascade_tolerance=0.2, cascade_speed_n=0, log=lambda m: None)
     paths = sorted(str(p) for p in (data_dir / "test").glob("*.jpg"))
-    clf = FusionClassifier.load(ws_dir / "heads/exp/model.pkl")
+    clf = FusionClassifier.load(ws_dir / "heads/exp/model.safetensors")
     assert clf.cascade_ is not None
     ref = [clf.predict_proba(paths, device="cpu", cascade=c)[:, 1] for c in (True, False)]
     gfm = tmp_path / "model.gfm"

@@ -85,7 +85,7 @@ def test_train_head_table_model_and_cached_rerun(work):
     methods = {(r["method"], r["protocol"]) for r in report["rows"]}
     assert {("cnn-small", "out-of-fold logit"), ("logistic", "per-fold"), ("logistic", "global"),
             ("logistic", "pooled"), ("knn", "per-fold"), ("knn", "global"), ("knn", "pooled")} <= methods
-    assert (ws / "heads/fusion/model.pkl").exists() and (ws / "heads/fusion/report.md").exists()
+    assert (ws / "heads/fusion/model.safetensors").exists() and (ws / "heads/fusion/report.md").exists()
     for png in ("accuracy.png", "confusion.png", "histogram.png", "groups.png"):
         assert (ws / "heads/fusion" / png).stat().st_size > 1000
     assert sum(map(sum, report["confusion"])) == 60
@@ -130,12 +130,12 @@ def test_pooled_protocol_reads_held_out_features_and_averages_the_fold_models(wo
 def test_classifier_predicts_images_like_the_cache(work, built):
     data_dir, ws = work
     for protocol in ("global", "pooled"):
-        clf = FusionClassifier.load(FusionClassifier(SOURCES, "logistic", protocol, workdir=ws).fit().save(ws / "m.pkl"))
+        clf = FusionClassifier.load(FusionClassifier(SOURCES, "logistic", protocol, workdir=ws).fit().save(ws / "m.safetensors"))
         ids, cached = clf.predict_proba_cached()
         paths = [data_dir / "test" / f"{i}.jpg" for i in ids[:3]]
         assert np.allclose(clf.predict_proba(paths)[:, 1], cached[:3, 1], atol=1e-4), protocol
     clf = FusionClassifier(SOURCES, "logistic", "per-fold", workdir=ws).fit()
-    path = clf.save(ws / "m.pkl")
+    path = clf.save(ws / "m.safetensors")
     clf = FusionClassifier.load(path)
     ids, cached = clf.predict_proba_cached()
     paths = [data_dir / "test" / f"{i}.jpg" for i in ids[:4]]
@@ -211,12 +211,12 @@ def test_a_saved_model_survives_moving_its_workspace(work, tmp_path):
     data_dir, ws = work
     train_head(ws, SOURCES, ["logistic"], protocols=("global",), log=lambda s: None)
     paths = [data_dir / "test" / f"{i}.jpg" for i in ("200000", "200001", "200002")]
-    before = FusionClassifier.load(ws / "heads/fusion/model.pkl").predict_proba(paths)
+    before = FusionClassifier.load(ws / "heads/fusion/model.safetensors").predict_proba(paths)
     moved = shutil.move(str(ws), str(tmp_path / "elsewhere"))
-    clf = FusionClassifier.load(f"{moved}/heads/fusion/model.pkl")
+    clf = FusionClassifier.load(f"{moved}/heads/fusion/model.safetensors")
     assert clf.workdir_ == str(tmp_path / "elsewhere") and np.allclose(clf.predict_proba(paths), before)
-    copy = shutil.copy(f"{moved}/heads/fusion/model.pkl", tmp_path / "m.pkl")
-    with pytest.raises(WorkspaceError, match=r"m.pkl: its workspace .* is gone .*workdir="):
+    copy = shutil.copy(f"{moved}/heads/fusion/model.safetensors", tmp_path / "m.safetensors")
+    with pytest.raises(WorkspaceError, match=r"m.safetensors: its workspace .* is gone .*workdir="):
         FusionClassifier.load(copy)
     assert np.allclose(FusionClassifier.load(copy, workdir=moved).predict_proba(paths), before)
 
@@ -228,7 +228,7 @@ def test_a_cascade_decides_confident_images_with_its_cheap_sources_and_runs_the_
     cheap = FusionClassifier(["cnn-small"], "logistic", "global", workdir=ws).fit(data.only(["cnn-small"]))
     p_full = cv_global(data, lambda b: LogisticHead(blocks=b))
     clf = FusionClassifier.load(FusionClassifier(SOURCES, "logistic", "global", workdir=ws).fit(data)
-                                .fit_cascade(data, p_full, ["cnn-small"], tolerance=0.05).save(ws / "c.pkl"))
+                                .fit_cascade(data, p_full, ["cnn-small"], tolerance=0.05).save(ws / "c.safetensors"))
     # the reference: two independently fitted models, composed by the band
     q_cheap, q_full = cheap.predict_proba_cached()[1][:, 1], full.predict_proba_cached()[1][:, 1]
     # the synthetic faces are easy (the fitted band lets all exit): a band holding the middle half of the test rows
@@ -268,7 +268,7 @@ def test_train_head_cascade_reports_out_of_fold_accuracy_exit_share_and_speed(wo
     assert c["cv_accuracy"] == pytest.approx(((p >= 0.5) == y).mean())
     assert c["cv_accuracy"] >= c["full_cv_accuracy"] - 0.05 - 1e-9 and 0 <= c["exit_share"] <= 1
     assert c["speed"]["images"] == 12 and c["speed"]["cascade_img_per_s"] > 0
-    clf = FusionClassifier.load(ws / "heads/fusion/model.pkl")
+    clf = FusionClassifier.load(ws / "heads/fusion/model.safetensors")
     assert clf.cascade_.band_ == tuple(c["band"]) and clf.cascade_.head == c["head"]
     assert f"<span id='cascade-cv'>{c['cv_accuracy']:.4f}</span>" in (ws / "heads/fusion/card.html").read_text()
     out = predict_submission("fusion", data_dir, tmp_path / "sub.csv", ws)

@@ -20,7 +20,7 @@ def model(synth_master, tmp_path_factory, cnn_small_workspace):
     root = tmp_path_factory.mktemp("photos")
     ws = cnn_small_workspace(synth_master, root / "ws")
     clf = FusionClassifier(["cnn-small"], "logistic", "per-fold", workdir=ws).fit()
-    clf.save(ws / "heads" / "mine" / "model.pkl")
+    clf.save(ws / "heads" / "mine" / "model.safetensors")
     photos = root / "photos"
     (photos / "sub").mkdir(parents=True)
     files = sorted((synth_master / "test").glob("*.jpg"))
@@ -36,14 +36,14 @@ def _read(path):
 
 def test_predict_images_streams_batches_and_matches_predict_proba(model, tmp_path):
     ws, photos, files = model
-    clf = FusionClassifier.load(ws / "heads/mine/model.pkl")
+    clf = FusionClassifier.load(ws / "heads/mine/model.safetensors")
     one = predict_images(clf, [photos], tmp_path / "a.csv", batch_size=256, progress=False)
     many = predict_images(clf, [photos], tmp_path / "b.csv", batch_size=5, progress=False)  # 3 batches
     a, b = _read(tmp_path / "a.csv"), _read(tmp_path / "b.csv")
     assert one["images"] == many["images"] == len(files) == 12 and list(a[0]) == ["path", "p_female", "label",
                                                                                    "doubtful", "stage", "error"]
     assert [r["path"] for r in a] == [str(p) for p in expand_paths([photos])]  # sorted, recursive
-    ref = FusionClassifier.load(ws / "heads/mine/model.pkl").predict_proba([r["path"] for r in a])[:, 1]
+    ref = FusionClassifier.load(ws / "heads/mine/model.safetensors").predict_proba([r["path"] for r in a])[:, 1]
     for got in (a, b):
         assert np.abs(np.array([float(r["p_female"]) for r in got]) - ref).max() <= 1e-5
         assert [int(r["label"]) for r in got] == [int(q >= 0.5) for q in ref]
@@ -55,7 +55,7 @@ def test_a_bad_photo_stops_the_run_or_is_written_with_its_error(model, tmp_path)
     ws, photos, _ = model
     bad = shutil.copytree(photos, tmp_path / "photos")
     (bad / "zz_broken.jpg").write_bytes(b"not a jpeg")
-    clf = FusionClassifier.load(ws / "heads/mine/model.pkl")
+    clf = FusionClassifier.load(ws / "heads/mine/model.safetensors")
     with pytest.raises(Exception, match="zz_broken.jpg"):
         predict_images(clf, [bad], tmp_path / "out.csv", batch_size=5, progress=False)
     assert not (tmp_path / "out.csv").exists() and not list(tmp_path.glob(".out.csv*"))  # nothing half-written
@@ -69,7 +69,7 @@ def test_a_bad_photo_stops_the_run_or_is_written_with_its_error(model, tmp_path)
 
 def test_predict_frame_has_the_same_rows(model):
     ws, photos, files = model
-    clf = FusionClassifier.load(ws / "heads/mine/model.pkl")
+    clf = FusionClassifier.load(ws / "heads/mine/model.safetensors")
     arrays = [np.asarray(Image.open(f).convert("RGB")) for f in files[:3]]
     frame = clf.predict_frame([str(files[0]), *arrays])
     assert list(frame.columns) == ["path", "p_female", "label", "doubtful", "stage", "error"] and len(frame) == 4
@@ -107,7 +107,7 @@ def test_a_text_file_lists_photos_and_parquet_needs_pyarrow(model, tmp_path):
     listing = tmp_path / "list.txt"
     listing.write_text("\n".join(str(f) for f in files[:4]) + "\n")
     assert expand_paths([listing]) == files[:4]
-    clf = FusionClassifier.load(ws / "heads/mine/model.pkl")
+    clf = FusionClassifier.load(ws / "heads/mine/model.safetensors")
     import importlib.util
 
     if importlib.util.find_spec("pyarrow") is None:

@@ -158,4 +158,4 @@ class Workspace:
         return self.root / "heads" / safe_name(name)
 
     def head_model(self, name: str) -> Path:
-        return self.head_dir(name) / "model.pkl"
+        return self.head_dir(name) / "model.safetensors"

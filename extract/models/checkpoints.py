@@ -1,4 +1,4 @@
-"""The K fold checkpoints written by train-backbone, checked against the workspace's folds (without torch)."""
+"""The K fold checkpoints written by train-backbone: checked against the workspace's folds, and read safely."""
 from __future__ import annotations
 
 from ..atomic import read_json, sha256_file
@@ -6,13 +6,26 @@ from ..data.workspace import Workspace
 from ..errors import WorkspaceError
 
 
+def read_checkpoint(path) -> dict:
+    """A checkpoint written by train-backbone (tensors, numbers, strings, lists and dicts), read with torch's
+    weights-only unpickler: a file that holds anything else is refused unread, so loading one runs no code."""
+    import pickle
+
+    import torch
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, AttributeError) as exc:
+        reason = " ".join(str(exc).split())[:300]
+        raise WorkspaceError(f"{path}: not a checkpoint this package reads (it may hold code, or be truncated or "
+                             f"damaged: {reason}); delete it and run train-backbone again") from None
+
+
 def saved_preprocess(meta: dict, checkpoint) -> dict:
     """The preprocessing saved with a fold checkpoint (in its metadata; older runs only in the .pt file)."""
     if "preprocess" in meta:
         return meta["preprocess"]
-    import torch
-
-    return torch.load(checkpoint, map_location="cpu", weights_only=False)["preprocess"]
+    return read_checkpoint(checkpoint)["preprocess"]
 
 
 def fold_checkpoints(ws: Workspace, backbone: str, k: int, folds_fingerprint: str) -> list[dict]:

@@ -22,6 +22,7 @@ from ..data.image_cache import cached_images
 from ..data.workspace import FoldFiles, Workspace
 from .augment import AugmentConfig, augment, normalize, to_float
 from .backbone import Backbone, check_cut, create
+from .checkpoints import read_checkpoint
 from .ema import WeightAverage
 from .inference import autocast, infer, resolve_device
 from .registry import REGISTRY, lookup, weights_identity
@@ -223,7 +224,7 @@ def train_fold(paths: FoldFiles, feed: ImageFeed | TrunkFeed, labels: np.ndarray
                     k, cfg.backbone, cfg.ema, round(1 / (1 - cfg.ema)), steps)
     state = {"epoch": 0, "history": [], "best_val_loss": float("inf"), "bad_epochs": 0}
     if paths.last.exists():
-        last = torch.load(paths.last, map_location="cpu", weights_only=False)
+        last = read_checkpoint(paths.last)
         if last["identity"] == identity:
             model.load_state_dict(last["model"])
             if average is not None:
@@ -290,7 +291,7 @@ def train_fold(paths: FoldFiles, feed: ImageFeed | TrunkFeed, labels: np.ndarray
                **({} if average is None else {"average": average.model.state_dict()})}, paths.last)
         _write_history(paths, state["history"])
         log.info("%s fold %d epoch %d: %s", cfg.backbone, k, epoch, row)
-    best = torch.load(paths.best, map_location="cpu", weights_only=False)
+    best = read_checkpoint(paths.best)
     model.load_state_dict(best["state_dict"])
     hold = np.flatnonzero(folds == k)
     oof_logit = feed.logits(model, hold, dev, progress=progress, desc=f"oof fold {k}")

@@ -9,6 +9,7 @@ import torch
 from ..data.workspace import Workspace
 from ..errors import WorkspaceError
 from ..models.backbone import Backbone, create, trunk_key
+from ..models.checkpoints import read_checkpoint
 from ..models.inference import feature_dim, infer, infer_above, resolve_device
 from ..models.registry import Preprocess
 from ..models.trunk_cache import trunk_activations
@@ -77,7 +78,7 @@ def finetuned_source(recipe: dict, ws: Workspace, batch_size: int = 256, device:
     """The K fold checkpoints written by train-backbone (their sha256 checked by the recipe); each is normalised with
     the preprocessing saved with it (the recipe's: folds that differ are refused there)."""
     def fold(f: int) -> tuple[dict, dict]:
-        ckpt = torch.load(ws.fold_files(recipe["backbone"], f).best, map_location="cpu", weights_only=False)
+        ckpt = read_checkpoint(ws.fold_files(recipe["backbone"], f).best)
         return ckpt["identity"]["config"], ckpt["state_dict"]
 
     return fold_source(recipe, fold, pretrained_base=False, batch_size=batch_size, device=device)

@@ -1,0 +1,124 @@
+"""The saved fusion model: one safetensors file. Its header's metadata holds the model's structure as JSON (format,
+package version, sources and recipes, protocol, heads and their hyperparameters, threshold, bands, cascade, second
+stage, training ids) and a sha256 of it all; its tensors are every array the model fitted (coefficients, scalers,
+MLP weights, kNN vectors, training labels).
+
+Loading reads data only: it never unpickles, evaluates or imports anything named in the file, and builds each
+estimator from the classes its field allows (`heads.state`). A pickle of an earlier version is refused unread.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+
+from genderfusion.extract.atomic import atomic_path
+
+FORMAT = "genderfusion-model-v3"
+FILE_NAME = "model.safetensors"  # in <workdir>/heads/<name>/
+LEGACY_NAME = "model.pkl"
+MAX_HEADER = 100 * 2**20  # safetensors' own bound on its JSON header
+
+
+class ModelFileError(ValueError):
+    """A file that is not a readable fusion model; the message names the file and what is wrong, in one line."""
+
+
+def one_line(exc: BaseException) -> str:
+    return " ".join(f"{type(exc).__name__}: {exc}".split())
+
+
+def legacy_error(path: Path | str, what: str) -> ModelFileError:
+    return ModelFileError(f"{path}: made by genderfusion 0.1.0 or earlier with a format that could run code ({what}); "
+                          "it is not read: retrain the model with train-head, or re-export it with export-model from "
+                          "its workspace with this version")
+
+
+def _digest(model_json: str, arrays: dict[str, np.ndarray]) -> str:
+    h = hashlib.sha256(model_json.encode())
+    for name in sorted(arrays):
+        a = np.ascontiguousarray(arrays[name])
+        h.update(f"\0{name}\0{a.dtype.str}\0{a.shape}\0".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def dumps(clf) -> bytes:
+    """A fitted FusionClassifier as the bytes of a model file."""
+    from safetensors.numpy import save
+
+    from genderfusion import __version__
+
+    meta, arrays = clf.to_state()
+    model_json = json.dumps(meta, sort_keys=True)
+    arrays = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
+    return save(arrays, metadata={"format": FORMAT, "genderfusion": __version__, "model": model_json,
+                                  "sha256": _digest(model_json, arrays)})
+
+
+def save(clf, path: str | Path) -> Path:
+    path = Path(path)
+    data = dumps(clf)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return path
+
+
+def is_pickle(data: bytes) -> bool:
+    """Whether bytes begin like a pickle of protocol 2 to 5."""
+    return len(data) >= 2 and data[0] == 0x80 and 2 <= data[1] <= 5
+
+
+def _header(data: bytes, name: str) -> dict:
+    """The metadata of a safetensors file's header (checked to be ours, of this format)."""
+    n = int.from_bytes(data[:8], "little") if len(data) >= 8 else -1
+    if 2 <= n <= MAX_HEADER and data[8:9] == b"{" and len(data) < 8 + n:
+        raise ModelFileError(f"{name}: damaged model file (truncated: {len(data)} bytes, less than its header's "
+                             f"{8 + n}); retrain or export it again")
+    if not 2 <= n <= MAX_HEADER or data[8:9] != b"{":
+        if is_pickle(data):
+            raise legacy_error(name, "a pickle")
+        raise ModelFileError(f"{name}: not a genderfusion model file (no safetensors header; truncated, or another "
+                             "kind of file)")
+    try:
+        meta = json.loads(data[8:8 + n])["__metadata__"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ModelFileError(f"{name}: not a genderfusion model file (its header: {one_line(exc)})") from None
+    fmt = meta.get("format") if isinstance(meta, dict) else None
+    if fmt != FORMAT:
+        raise ModelFileError(f"{name}: a model file of format {fmt!r} (genderfusion "
+                             f"{meta.get('genderfusion') if isinstance(meta, dict) else '?'}); this version reads "
+                             f"{FORMAT}: retrain it with train-head or export it again")
+    return meta
+
+
+def loads(data: bytes, name: str | Path):
+    """The FusionClassifier of a model file's bytes (`name` for messages)."""
+    from safetensors import SafetensorError
+    from safetensors.numpy import load
+
+    from genderfusion.heads import StateError
+
+    from .classifier import FusionClassifier
+
+    meta = _header(data, name)
+    try:
+        arrays = load(data)
+    except SafetensorError as exc:
+        raise ModelFileError(f"{name}: damaged model file ({one_line(exc)}); retrain or export it again") from None
+    model_json = meta.get("model")
+    if not isinstance(model_json, str) or meta.get("sha256") != _digest(model_json, arrays):
+        raise ModelFileError(f"{name}: damaged model file (its sha256 does not match its contents); retrain or "
+                             "export it again")
+    try:
+        return FusionClassifier.from_state(json.loads(model_json), arrays)
+    except (StateError, ValueError, KeyError, TypeError, IndexError, AttributeError) as exc:
+        raise ModelFileError(f"{name}: not a valid fusion model ({one_line(exc)})") from None
+
+
+def load(path: str | Path):
+    """The FusionClassifier saved in `path` (no workspace resolved: see FusionClassifier.load)."""
+    path = Path(path)
+    return loads(path.read_bytes(), path)
