@@ -6,7 +6,7 @@ the project ran it before) or the project's dlib-face network (`FaceNet`: the Re
 torch, batches of 64). Only the descriptor differs. With CUDA, the torch network runs in this process on the GPU
 while the workers make the chips.
 
-    python bench/face_speed.py --data ../shared/data/faces --n 2048 --model data/bench-cpu/heads/best/model.pkl
+    python bench/face_speed.py --data ../shared/data/faces --n 2048 --model data/bench-cpu/heads/best/model.safetensors
 """
 from __future__ import annotations
 
@@ -94,7 +94,8 @@ def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", default="../shared/data/faces")
     p.add_argument("--n", type=int, default=2048, help="training faces for the descriptor paths")
-    p.add_argument("--model", default=None, help="a fusion model.pkl for the predict measurement")
+    p.add_argument("--model", default=None,
+                   help="a fusion model file (model.safetensors or .gfm) for the predict measurement")
     p.add_argument("--predict-n", type=int, default=1024, help="test image paths for FusionClassifier.predict")
     p.add_argument("--device", default="auto")
     p.add_argument("--json", default=None)

@@ -1,6 +1,6 @@
 """FusionClassifier.predict throughput on image paths: first call (loads and verifies every model) and warm calls.
 
-    python bench/predict_speed.py --model data/heads/fusion/model.pkl --data ../shared/data/faces --n 1024
+    python bench/predict_speed.py --model data/heads/fusion/model.safetensors --data ../shared/data/faces --n 1024
 """
 from __future__ import annotations
 

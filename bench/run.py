@@ -212,7 +212,7 @@ def main(argv=None) -> dict:
     best_dir = Workspace(ws).head_dir("best")
     face_json = ws / "face_speed.json"
     runner.run("face speed", [sys.executable, str(ROOT / "bench" / "face_speed.py"), "--data", str(data),
-                              "--n", str(sp["face_n"]), "--model", str(best_dir / "model.pkl"),
+                              "--n", str(sp["face_n"]), "--model", str(Workspace(ws).head_model("best")),
                               "--predict-n", str(sp["predict_images"]), "--json", str(face_json)])
     if args.dry_run:
         print("\n(dry run: nothing was executed)")

@@ -45,17 +45,35 @@ def _digest(model_json: str, arrays: dict[str, np.ndarray]) -> str:
     return h.hexdigest()
 
 
+DTYPES = {"f8": "F64", "f4": "F32", "f2": "F16", "i8": "I64", "i4": "I32", "i2": "I16", "i1": "I8", "u8": "U64",
+          "u4": "U32", "u2": "U16", "u1": "U8", "b1": "BOOL"}
+
+
+def _safetensors(arrays: dict[str, np.ndarray], metadata: dict[str, str]) -> bytes:
+    """The safetensors serialisation of `arrays`, tensors and header keys in sorted order: the same model gives the
+    same bytes (the safetensors library writes its metadata in hash order)."""
+    header: dict = {"__metadata__": dict(sorted(metadata.items()))}
+    offset, blobs = 0, []
+    for name in sorted(arrays):
+        a = np.ascontiguousarray(arrays[name])
+        data = a.astype(a.dtype.newbyteorder("<"), copy=False).tobytes()
+        header[name] = {"dtype": DTYPES[a.dtype.str[1:]], "shape": list(a.shape),
+                        "data_offsets": [offset, offset + len(data)]}
+        offset += len(data)
+        blobs.append(data)
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    return len(text).to_bytes(8, "little") + text + b"".join(blobs)
+
+
 def dumps(clf) -> bytes:
     """A fitted FusionClassifier as the bytes of a model file."""
-    from safetensors.numpy import save
-
     from genderfusion import __version__
 
     meta, arrays = clf.to_state()
     model_json = json.dumps(meta, sort_keys=True)
-    arrays = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
-    return save(arrays, metadata={"format": FORMAT, "genderfusion": __version__, "model": model_json,
-                                  "sha256": _digest(model_json, arrays)})
+    return _safetensors(arrays, {"format": FORMAT, "genderfusion": __version__, "model": model_json,
+                                 "sha256": _digest(model_json, arrays)})
 
 
 def save(clf, path: str | Path) -> Path:

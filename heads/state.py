@@ -120,7 +120,7 @@ class Stateful:
             if name in self._state_json:
                 meta[name] = to_json(value)
             else:
-                arrays[name] = np.ascontiguousarray(value)
+                arrays[name] = value
         for name in self._state_children:
             value = getattr(self, name)
             if value is None or isinstance(value, list):
@@ -131,7 +131,7 @@ class Stateful:
         extra_meta, extra_arrays = self._extra_state()
         meta.update(extra_meta)
         arrays.update(extra_arrays)
-        return meta, arrays
+        return meta, {k: np.ascontiguousarray(v) for k, v in arrays.items()}  # safetensors writes C order
 
     def _extra_state(self) -> State:
         return {}, {}

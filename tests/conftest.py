@@ -1,3 +1,4 @@
+import hashlib
 import os
 from pathlib import Path
 
@@ -38,3 +39,44 @@ def train_cnn_small(data: Path, ws: Path, epochs: int = 1) -> Path:
 def cnn_small_workspace():
     """train_cnn_small, for module-scoped fixtures that build on a fine-tuned source."""
     return train_cnn_small
+
+
+FROZEN = "timm:mobilenetv3_small_050"
+SOURCES = ["cnn-small", f"{FROZEN}-frozen".replace(":", "_")]  # the sources of `built`
+
+
+@pytest.fixture(scope="module")
+def built(synth_master, tmp_path_factory, cnn_small_workspace):
+    """Synthetic data with a 2-fold cnn-small and a frozen timm source extracted."""
+    from genderfusion.extract.cache.api import extract_features
+
+    ws = cnn_small_workspace(synth_master, tmp_path_factory.mktemp("fusion") / "ws", epochs=2)
+    extract_features(synth_master, FROZEN, ws, frozen=True, img_size=32, pool="avg", dtype="float32",
+                     progress=False)
+    return synth_master, ws
+
+
+@pytest.fixture
+def work(built, tmp_path):
+    """A private, writable copy of `built`."""
+    import shutil
+
+    data, ws = built
+    return data, shutil.copytree(ws, tmp_path / "ws")
+
+
+def sha(path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def fails(main, argv, capsys, code: int = 2) -> str:
+    """Run a console script that must stop: its exit code, and the one line it printed (no traceback)."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    err = capsys.readouterr().err.strip()
+    assert exit_.value.code == code, err
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if not line.startswith(("usage:", "  ", "INFO", "WARNING"))]
+    assert len(lines) == 1, err
+    return lines[0]

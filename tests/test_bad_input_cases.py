@@ -1,6 +1,5 @@
 """The reliability issue's second round, case by case (numbered as in the issue's table): each bad input gives one
 clear line (exit 2) or the right result, and loses nothing computed before (sha256 before and after)."""
-import hashlib
 import json
 import os
 import shutil
@@ -18,12 +17,10 @@ from genderfusion.extract.models.training import TrainConfig, train_backbone
 from genderfusion.fusion.predict import predict_submission
 from genderfusion.fusion.train_head import train_head
 
+from conftest import fails, sha
+
 FROZEN = dict(frozen=True, img_size=32, pool="avg", weights="random")
 SOURCES = ["cnn-small", "cnn-small-frozen"]
-
-
-def sha(path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def quiet(msg):
@@ -51,19 +48,6 @@ def pipe(built, tmp_path):
     info["data"] = str((root / "comp").resolve())  # the copy's workspace names the copy's data
     (root / "ws/workspace.json").write_text(json.dumps(info))
     return root / "comp", root / "ws", root / "sub.csv"
-
-
-def fails(main, argv, capsys, code: int = 2) -> str:
-    """Run a console script that must stop: its exit code, and the one line it printed (no traceback)."""
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as exit_:
-        main(argv)
-    err = capsys.readouterr().err.strip()
-    assert exit_.value.code == code, err
-    assert "Traceback" not in err
-    lines = [line for line in err.splitlines() if not line.startswith(("usage:", "  ", "INFO", "WARNING"))]
-    assert len(lines) == 1, err
-    return lines[0]
 
 
 def predict_main(argv):

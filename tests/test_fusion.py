@@ -19,25 +19,7 @@ from genderfusion.fusion.protocol import cv_global, cv_per_fold, per_fold_matrix
 from genderfusion.fusion.train_head import train_head
 from genderfusion.heads import LogisticHead
 
-FROZEN = "timm:mobilenetv3_small_050"
-
-
-@pytest.fixture(scope="module")
-def built(synth_master, tmp_path_factory, cnn_small_workspace):
-    """Synthetic data with a 2-fold cnn-small and a frozen timm source extracted."""
-    ws = cnn_small_workspace(synth_master, tmp_path_factory.mktemp("fusion") / "ws", epochs=2)
-    extract_features(synth_master, FROZEN, ws, frozen=True, img_size=32, pool="avg", dtype="float32",
-                     progress=False)
-    return synth_master, ws
-
-
-@pytest.fixture
-def work(built, tmp_path):
-    data, ws = built
-    return data, shutil.copytree(ws, tmp_path / "ws")
-
-
-SOURCES = ["cnn-small", f"{FROZEN}-frozen".replace(":", "_")]
+from conftest import SOURCES
 
 
 def _spy(seen: list) -> type:
