@@ -31,9 +31,9 @@ def one_line(exc: BaseException) -> str:
 
 
 def legacy_error(path: Path | str, what: str) -> ModelFileError:
-    return ModelFileError(f"{path}: made by genderfusion 0.1.0 or earlier with a format that could run code ({what}); "
-                          "it is not read: retrain the model with train-head, or re-export it with export-model from "
-                          "its workspace with this version")
+    return ModelFileError(f"{path}: made by genderfusion 0.1.0 or earlier with a format that could run code "
+                          f"({what}); it is not read: retrain the model with train-head, or re-export it with "
+                          "export-model from its workspace with this version")
 
 
 def _digest(model_json: str, arrays: dict[str, np.ndarray]) -> str:

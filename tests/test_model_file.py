@@ -4,6 +4,7 @@ payload running; 1,000 damaged copies of an exported model each load equal or fa
 import ast
 import io
 import json
+import re
 import pickle
 import shutil
 import subprocess
@@ -265,6 +266,61 @@ def test_fold_checkpoints_with_a_payload_are_refused_by_extract_predict_and_a_re
                                        "--workdir", str(ws), "--no-progress"], capsys)
     assert "fold1.last.pt: not a checkpoint this package reads" in line
     assert not marker.exists()
+
+
+def _bzip2_bomb(path: Path, megabytes: int) -> Path:
+    """A zip whose manifest.json inflates to `megabytes` MiB of spaces from a few kilobytes (bzip2)."""
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_BZIP2) as z, z.open("manifest.json", "w", force_zip64=True) as fh:
+        for _ in range(megabytes):
+            fh.write(b" " * 2**20)
+    assert path.stat().st_size < 64 * 1024
+    return path
+
+
+def test_damaged_exported_files_are_refused_in_one_line_each(exported, tmp_path, capsys):
+    from genderfusion.fusion.cli import export_model_main, predict_main
+
+    data_dir, ws, gfm, _ = exported
+    entries = _entries(gfm)
+    manifest = json.loads(entries["manifest.json"])
+    fold1 = "folds/cnn-small/fold1.safetensors"
+
+    def with_doc(doc) -> dict[str, bytes]:
+        return {**entries, "manifest.json": json.dumps(doc).encode()}
+
+    one_fold = json.loads(entries["manifest.json"])
+    one_fold["folds"]["cnn-small"] = one_fold["folds"]["cnn-small"][:1]
+    cases = {  # name -> (archive entries or a file's bytes, what the line says)
+        "fewer-fold-entries": ({k: v for k, v in entries.items() if k != fold1}, f"the entry {fold1} is missing"),
+        "fewer-folds-in-manifest": (with_doc(one_fold), "holds 1 fold\\(s\\) of cnn-small, the model has 2"),
+        "manifest-list": (with_doc([manifest]), "manifest.json is not an object"),
+        "manifest-no-folds": (with_doc({k: v for k, v in manifest.items() if k != "folds"}), "lacks its entries"),
+        "manifest-not-json": ({**entries, "manifest.json": b"{nope"}, "manifest.json is not valid JSON"),
+        "halved-tensor": ({**entries, fold1: entries[fold1][:len(entries[fold1]) // 2]}, f"{fold1} is damaged"),
+        "no-model-entry": ({k: v for k, v in entries.items() if k != "model.safetensors"},
+                           "the entry model.safetensors is missing"),
+        "truncated": (gfm.read_bytes()[:len(gfm.read_bytes()) // 2], "not a readable exported model"),
+        "empty": (b"", "not a readable exported model"),
+    }
+    for name, (content, expected) in cases.items():
+        path = tmp_path / f"{name}.gfm"
+        if isinstance(content, dict):
+            _zip(path, content)
+        else:
+            path.write_bytes(content)
+        line = fails(predict_main, ["--model", str(path), "--images", str(data_dir / "test"), "--out",
+                                    str(tmp_path / "p.csv")], capsys)
+        assert str(path) in line and re.search(expected, line), (name, line)
+    t = time.time()
+    line = fails(predict_main, ["--model", str(_bzip2_bomb(tmp_path / "bomb.gfm", 512)), "--images",
+                                str(data_dir / "test")], capsys)
+    assert "manifest.json declares 536870912 bytes" in line and time.time() - t < 10
+    other = _zip(tmp_path / "photos.zip", {"a.txt": b"x"})  # a .zip path is a file, not a model name
+    assert "the entry manifest.json is missing" in fails(predict_main, ["--model", str(other), "--images",
+                                                                        str(data_dir / "test")], capsys)
+    assert "is an exported model already" in fails(export_model_main, ["--model", str(gfm), "--out",
+                                                                       str(tmp_path / "again.gfm")], capsys)
+    assert not (tmp_path / "p.csv").exists() and not (tmp_path / "again.gfm").exists()
 
 
 def _mutations(raw: bytes, entries: dict[str, bytes], rng: np.random.Generator, n: int):
