@@ -33,7 +33,8 @@ def load_profile(name_or_path: str) -> dict:
         path = ROOT / "bench" / "profiles" / f"{name_or_path}.json"
     if not path.exists():
         known = sorted(p.stem for p in (ROOT / "bench" / "profiles").glob("*.json"))
-        raise SystemExit(f"error: no profile {name_or_path!r}; known: {known}")
+        print(f"error: no profile {name_or_path!r}; known: {', '.join(known)}", file=sys.stderr)
+        sys.exit(2)
     return json.loads(path.read_text())
 
 

@@ -8,7 +8,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 
 def _alive(pid: int) -> bool:
@@ -130,7 +130,11 @@ def write_text(path: str | os.PathLike, text: str) -> None:
 
 
 def read_json(path: str | os.PathLike) -> Any:
-    return json.loads(Path(path).read_text())
+    """A JSON file; one that is not valid JSON is a ValueError naming it."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path}: not a valid JSON file ({exc}); restore it or remove it to start afresh") from None
 
 
 def sha256_file(path: str | os.PathLike) -> str:
@@ -139,3 +143,25 @@ def sha256_file(path: str | os.PathLike) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def check_output(out: str | os.PathLike, suffixes: tuple[str, ...], inputs: Iterable[str | os.PathLike] = ()) -> Path:
+    """Refuse, before any work, an output file whose suffix is not one of `suffixes`, that is one of the `inputs`,
+    or whose folder does not exist or cannot be written."""
+    out = Path(out)
+    if out.suffix.lower() not in suffixes:
+        raise ValueError(f"--out {out}: write a {' or '.join(suffixes)} file (the suffix says which)")
+    real = os.path.realpath(out)
+    if any(os.path.realpath(p) == real for p in inputs):
+        raise ValueError(f"--out {out} is one of the inputs; name another file")
+    folder = out.parent if str(out.parent) else Path(".")
+    if not folder.is_dir():
+        raise FileNotFoundError(f"--out {out}: the folder {folder} does not exist")
+    if out.is_dir():
+        raise IsADirectoryError(f"--out {out}: a folder; name a file")
+    try:  # the rename that finishes the real write needs a file created in that folder
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=f".{out.name}.{os.getpid()}.", suffix=".tmp"):
+            pass
+    except OSError as exc:
+        raise PermissionError(f"--out {out}: cannot write in {folder} ({exc.strerror})") from None
+    return out

@@ -6,8 +6,11 @@ import json
 import logging
 import sys
 
+from .arguments import (below_one, degrees, device, fold_count, image_size, non_negative_float, non_negative_int,
+                        number, positive_float, positive_int, probability, views)
 from .errors import DataError, UnknownBackboneError, WeightsError, WorkspaceError
 
+QUIET_LOGGERS = ("faiss", "matplotlib", "PIL", "h5py")
 USER_ERRORS = (ImportError, DataError, WorkspaceError, WeightsError, UnknownBackboneError, ValueError, OSError)
 
 
@@ -15,6 +18,8 @@ def run_cli(main, interrupted: str) -> None:
     """Run a CLI body; user errors print one clear line and exit 2 instead of a traceback; Ctrl-C prints
     `interrupted` (what is kept) and exits 130."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    for chatty in QUIET_LOGGERS:  # libraries' loader notes are not the user's business
+        logging.getLogger(chatty).setLevel(logging.WARNING)
     try:
         main()
     except USER_ERRORS as exc:
@@ -23,23 +28,6 @@ def run_cli(main, interrupted: str) -> None:
     except KeyboardInterrupt:
         print(interrupted, file=sys.stderr)
         sys.exit(130)
-
-
-def _number(kind: type, lowest: float, inclusive: bool, what: str):
-    def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
-        if value < lowest or (value == lowest and not inclusive) or value != value:
-            raise argparse.ArgumentTypeError(f"{text!r} is not {what}")
-        return value
-    return parse
-
-
-positive_int = _number(int, 1, True, "a positive integer")
-non_negative_int = _number(int, 0, True, "an integer >= 0")
-non_negative_float = _number(float, 0.0, True, "a number >= 0")
 
 
 def shard_arg(text: str) -> str:
@@ -69,7 +57,7 @@ def make_parser(prog: str, description: str) -> argparse.ArgumentParser:
 def add_data_args(p: argparse.ArgumentParser, data_required: bool = True) -> None:
     p.add_argument("--data", required=data_required, help="competition folder (train.csv, test.csv, train/, test/)")
     p.add_argument("--workdir", default="data", help="workspace for folds, caches, checkpoints, features")
-    p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:1 …")
+    p.add_argument("--device", type=device, default="auto", help="auto (CUDA if present), cpu, cuda, cuda:1 …")
     p.add_argument("--skip-bad", action="store_true", help="exclude corrupt images (listed) instead of failing")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -84,8 +72,8 @@ def train_backbone_main(argv: list[str] | None = None) -> None:
     p.add_argument("--backbone", required=True, help="cnn-small, cnn-deep, vgg16, resnet18/34/50, effnet-lite0, "
                    "face-resnet, gender-cnn, timm:NAME")
     add_data_args(p)
-    p.add_argument("--folds", type=int, default=None, help="K for a new fold assignment (default 5; existing folds are reused)")
-    p.add_argument("--fold", type=int, default=None, help="train only this fold (0-based)")
+    p.add_argument("--folds", type=fold_count, default=None, help="K for a new fold assignment (default 5; existing folds are reused)")
+    p.add_argument("--fold", type=non_negative_int, default=None, help="train only this fold (0-based)")
     p.add_argument("--fold-seed", type=int, default=None, help="seed of a new fold assignment (default 0)")
     p.add_argument("--new-folds", action="store_true", help="replace existing folds of another K or seed")
     p.add_argument("--no-group-duplicates", action="store_true",
@@ -94,37 +82,37 @@ def train_backbone_main(argv: list[str] | None = None) -> None:
     p.add_argument("--exclude", default=None, metavar="FILE",
                    help="training ids never trained on, still predicted out of fold (a CSV with an id column, e.g. "
                         "audit/suspects.csv, or one id a line)")
-    p.add_argument("--img-size", type=int, default=None,
+    p.add_argument("--img-size", type=image_size, default=None,
                    help="input size (default 64; the face networks take their own: 150 face-resnet, 32 gender-cnn, "
                         "224 faceres-mobilenet)")
     p.add_argument("--trunk-cut", default=None, help="face-resnet, faceres-mobilenet: the frozen trunk ends here and "
                    "the layers above train on its cached activations: face-resnet stage2 (64x17x17), stage3 "
                    "(128x8x8, default), stage4 (256x4x4); faceres-mobilenet pw11 (512x14x14), pw12 (1024x7x7, "
                    "default)")
-    p.add_argument("--trunk-views", type=int, default=d.trunk_views,
+    p.add_argument("--trunk-views", type=views, default=d.trunk_views,
                    help="above a trunk cut: views per image in the trunk cache: the image and its mirror (2), plus "
                         "augmented copies (rotation, brightness, contrast, grayscale, mirror) drawn once")
     p.add_argument("--epochs", type=positive_int, default=d.epochs)
     p.add_argument("--batch-size", type=positive_int, default=d.batch_size)
     p.add_argument("--optimizer", choices=("adamw", "sgd"), default=d.optimizer)
-    p.add_argument("--lr", type=float, default=None, help="default: the backbone's (1e-3; 3e-4 for the face networks)")
-    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
-    p.add_argument("--dropout", type=float, default=None,
+    p.add_argument("--lr", type=positive_float, default=None, help="default: the backbone's (1e-3; 3e-4 for the face networks)")
+    p.add_argument("--weight-decay", type=non_negative_float, default=d.weight_decay)
+    p.add_argument("--dropout", type=below_one, default=None,
                    help="default: the backbone's (0.5; 0.2 for the face networks)")
-    p.add_argument("--ema", type=float, default=None,
+    p.add_argument("--ema", type=below_one, default=None,
                    help="decay of the exponential weight average that is validated and saved, per step (0: off); "
                         "default: the backbone's (0.998 for the face networks, else 0)")
-    p.add_argument("--patience", type=int, default=d.patience, help="early-stopping patience in epochs")
-    p.add_argument("--lr-patience", type=int, default=d.lr_patience, help="ReduceLROnPlateau patience")
+    p.add_argument("--patience", type=positive_int, default=d.patience, help="early-stopping patience in epochs")
+    p.add_argument("--lr-patience", type=non_negative_int, default=d.lr_patience, help="ReduceLROnPlateau patience")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--pretrained", action="store_true", help="hub weights (needs network)")
     p.add_argument("--weights", default=None, help="local state dict; 'random' forces random initialisation")
-    p.add_argument("--brightness", type=float, default=a.brightness)
-    p.add_argument("--contrast", type=float, default=a.contrast)
-    p.add_argument("--grayscale", type=float, default=a.grayscale_p, help="probability of random grayscale")
-    p.add_argument("--rotation", type=float, default=a.rotation_deg, help="max rotation in degrees")
-    p.add_argument("--hflip", type=float, default=a.hflip_p)
-    p.add_argument("--vflip", type=float, default=a.vflip_p)
+    p.add_argument("--brightness", type=below_one, default=a.brightness, help="max relative brightness change")
+    p.add_argument("--contrast", type=below_one, default=a.contrast, help="max relative contrast change")
+    p.add_argument("--grayscale", type=probability, default=a.grayscale_p, help="probability of random grayscale")
+    p.add_argument("--rotation", type=degrees, default=a.rotation_deg, help="max rotation in degrees")
+    p.add_argument("--hflip", type=probability, default=a.hflip_p, help="probability of a horizontal flip")
+    p.add_argument("--vflip", type=probability, default=a.vflip_p, help="probability of a vertical flip")
     args = p.parse_args(argv)
 
     def body():
@@ -167,15 +155,17 @@ def train_backbone_main(argv: list[str] | None = None) -> None:
 def make_synthetic_main(argv: list[str] | None = None) -> None:
     p = make_parser("make-synthetic", "Write a small synthetic (not faces) competition folder.")
     p.add_argument("out", nargs="?", default="data/synthetic")
-    p.add_argument("--n-train", type=int, default=400)
-    p.add_argument("--n-test", type=int, default=100)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--n-train", type=number(int, 2, "a number of training images >= 2"), default=400)
+    p.add_argument("--n-test", type=non_negative_int, default=100)
+    p.add_argument("--seed", type=non_negative_int, default=0)
+    p.add_argument("--overwrite", action="store_true",
+                   help="write over a folder that make-synthetic wrote before (its own files only)")
     args = p.parse_args(argv)
 
     def body():
         from .data.synthetic import make_synthetic
 
-        print(make_synthetic(args.out, args.n_train, args.n_test, seed=args.seed))
+        print(make_synthetic(args.out, args.n_train, args.n_test, seed=args.seed, overwrite=args.overwrite))
 
     run_cli(body, "interrupted; run it again to write the whole folder")
 
@@ -204,7 +194,7 @@ def extract_main(argv: list[str] | None = None) -> None:
     p.add_argument("--frozen", action="store_true", help="pretrained features, no fine-tuning: one feature space")
     p.add_argument("--weights", default=None, help="local weights for --frozen")
     p.add_argument("--pretrained", action="store_true", help="hub weights for --frozen (needs network)")
-    p.add_argument("--img-size", type=int, default=None, help="input size for --frozen (default 224)")
+    p.add_argument("--img-size", type=image_size, default=None, help="input size for --frozen (default 224)")
     p.add_argument("--pool", choices=POOLS, default=None,
                    help="how the last conv map becomes a vector (default: the backbone's; flatten, avg for face-resnet)")
     p.add_argument("--batch-size", type=positive_int, default=256)

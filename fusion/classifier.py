@@ -1,6 +1,7 @@
 """FusionClassifier: fusion heads over cached features, saved as one artifact, predicting from images."""
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Sequence
@@ -15,10 +16,12 @@ from genderfusion.heads.state import Arrays, State, StateError, Stateful
 
 from .cascade import DEFAULT_TOLERANCE, Cascade, exits
 from .features import FusionData, Outputs, load_sources
-from .images import decode_inputs
+from .images import MAX_SIDE, decode_inputs
 from .second_stage import descriptors
 from .protocol import (PROTOCOLS, global_blocks, global_matrix, global_test_matrix, per_fold_matrix,
                        per_fold_test_matrix, pooled_blocks, pooled_matrix, pooled_test_matrix, head_factory)
+log = logging.getLogger(__name__)
+
 
 def _refuse_changed(name: str, now: dict, then: dict) -> None:
     if now != then:
@@ -211,7 +214,9 @@ class FusionClassifier(Stateful):
                         band: tuple[float, float] | None = None, cascade: bool = True) -> dict[str, np.ndarray]:
         """Per image: p_female (final), p_first_stage (before the second stage), stage (which of the model's stages
         decided) and doubtful (p_first_stage inside `band`, default the model's)."""
-        arrays = decode_inputs(images)  # all or nothing: a bad image raises before any work
+        if not isinstance(batch_size, (int, np.integer)) or isinstance(batch_size, bool) or batch_size < 1:
+            raise ValueError(f"batch_size {batch_size!r}: a positive integer")
+        arrays = decode_inputs(images, MAX_SIDE)  # all or nothing: a bad image raises before any work
         return self._decide(self._image_outputs(arrays, batch_size, device), len(arrays), band, cascade)
 
     def _image_outputs(self, arrays: list[np.ndarray], batch_size: int, device: str):
@@ -274,7 +279,7 @@ class FusionClassifier(Stateful):
     def _restore(self, meta: dict, arrays: Arrays) -> None:
         self.workdir = str(self.workdir)
         self.band = tuple(self.band)
-        self.exported_ = None  # a model in its workspace (export.load_export sets the file)
+        self.exported_ = None  # a model in its workspace (export.check_export sets the file)
         ids = meta.get("train_ids")
         self.train_labels_ = None if ids is None else (
             np.asarray(ids, dtype=str), np.asarray(arrays["train_labels"], np.int8),
@@ -284,6 +289,17 @@ class FusionClassifier(Stateful):
         if len(self.recipes_) != len(self.source_names_) or not self.heads_:
             raise StateError(f"{len(self.recipes_)} recipes for sources {self.source_names_}, "
                              f"{len(self.heads_)} head(s)")
+
+    @classmethod
+    def from_bytes(cls, data: bytes, name: str | os.PathLike) -> "FusionClassifier":
+        """The model a model file's bytes hold (fusion.model_file); `name` for messages. Runs no code from them."""
+        from .model_file import ModelFileError, one_line, read_state
+
+        meta, arrays = read_state(data, name)
+        try:
+            return cls.from_state(meta, arrays)
+        except (StateError, ValueError, KeyError, TypeError, IndexError, AttributeError) as exc:
+            raise ModelFileError(f"{name}: not a valid fusion model ({one_line(exc)})") from None
 
     def detached(self) -> "FusionClassifier":
         """A copy bound to no workspace (what an exported file holds)."""
@@ -305,7 +321,7 @@ class FusionClassifier(Stateful):
         file. Its workspace is `workdir`, else the one it was trained in, else - for a workspace that was moved -
         the one holding the model file (<workdir>/heads/<name>/model.safetensors)."""
         from . import model_file
-        from .export import is_export, load_export
+        from .export import MODEL_ENTRY, check_export, is_export, read_export
 
         path = Path(path)
         if path.is_dir():
@@ -317,16 +333,20 @@ class FusionClassifier(Stateful):
                 raise model_file.legacy_error(path.parent / model_file.LEGACY_NAME, "a pickle")
             raise FileNotFoundError(f"{path}: no fusion model; train one with `train-head`")
         if is_export(path):  # a self-contained file: predicts from images; its workspace only for cached rows
-            clf = load_export(path)
+            data, manifest = read_export(path)
+            clf = check_export(cls.from_bytes(data, f"{path}:{MODEL_ENTRY}"), manifest, path)
             clf.workdir_ = None if workdir is None else str(Path(workdir).resolve())
             return clf
-        clf = model_file.load(path)
+        clf = cls.from_bytes(path.read_bytes(), path)
+        own = path.resolve().parents[2] if len(path.resolve().parents) > 2 else path.resolve().parent
         if workdir is not None:
             clf.workdir_ = str(Path(workdir).resolve())
         elif clf.workdir_ is None or not (Path(clf.workdir_) / "features").is_dir():
-            moved = path.resolve().parents[2] if len(path.resolve().parents) > 2 else path.resolve().parent
-            if not (moved / "features").is_dir():
-                raise WorkspaceError(f"{path}: its workspace {clf.workdir_} is gone and {moved} holds no features; "
+            if not (own / "features").is_dir():
+                raise WorkspaceError(f"{path}: its workspace {clf.workdir_} is gone and {own} holds no features; "
                                      "pass the workspace: FusionClassifier.load(path, workdir=...)")
-            clf.workdir_ = str(moved)
+            clf.workdir_ = str(own)
+        elif Path(clf.workdir_) != own:  # a model file away from its workspace: say which features it will use
+            log.warning("%s: uses the workspace it was trained in, %s (pass --workdir / workdir= for another)", path,
+                        clf.workdir_)
         return clf

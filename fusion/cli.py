@@ -4,7 +4,9 @@ from __future__ import annotations
 import argparse
 import json
 
-from genderfusion.extract.cli import make_parser, non_negative_float, non_negative_int, positive_int, run_cli
+from genderfusion.extract.arguments import (below_one, device, model_name, non_negative_float, non_negative_int,
+                                           positive_int, source_list)
+from genderfusion.extract.cli import make_parser, run_cli
 
 
 def _band(text: str) -> tuple[float, float]:
@@ -16,12 +18,12 @@ def _band(text: str) -> tuple[float, float]:
 
 def train_head_main(argv: list[str] | None = None) -> None:
     p = make_parser("train-head", "Train and compare fusion heads on cached features.")
-    p.add_argument("--features", required=True, help="comma-separated sources, e.g. cnn-deep,face-resnet-flip,dlib-face-flip")
+    p.add_argument("--features", type=source_list, required=True, help="comma-separated sources, e.g. cnn-deep,face-resnet-flip,dlib-face-flip")
     p.add_argument("--head", default="logistic", help="logistic, mlp, knn, a comma list, or all")
     p.add_argument("--protocol", default="per-fold,global",
                    help="per-fold, global, pooled, or a comma list of them")
     p.add_argument("--workdir", default="data")
-    p.add_argument("--out", default="fusion", help="name of the saved model under <workdir>/heads/")
+    p.add_argument("--out", type=model_name, default="fusion", help="name of the saved model under <workdir>/heads/")
     p.add_argument("--band", type=_band, default=(0.45, 0.55), help="doubtful band LO,HI of P(female)")
     p.add_argument("--refit", action="store_true", help="recompute even when cached results match")
     p.add_argument("--exclude", default=None, metavar="FILE",
@@ -31,11 +33,11 @@ def train_head_main(argv: list[str] | None = None) -> None:
                    help="re-examine predictions inside --band by a kNN vote of the nearest training faces (frozen "
                         "sources' features); measured on out-of-fold rows; saved in the model when it raises the "
                         "out-of-fold accuracy")
-    p.add_argument("--cascade", default=None, metavar="A,B",
+    p.add_argument("--cascade", type=source_list, default=None, metavar="A,B",
                    help="put a cheap first stage in front: a head on these sources (some of --features; choose the "
                         "cheapest strong ones from bench/predict_speed.py) decides the images it is sure of, the rest "
                         "go on to every source")
-    p.add_argument("--cascade-tolerance", type=non_negative_float, default=0.0005,
+    p.add_argument("--cascade-tolerance", type=below_one, default=0.0005,
                    help="accuracy the cascade may lose against the full model, out of fold (default 0.0005: 0.05 "
                         "points)")
     p.add_argument("--cascade-speed", type=non_negative_int, default=256, metavar="N",
@@ -48,9 +50,9 @@ def train_head_main(argv: list[str] | None = None) -> None:
         from .train_head import train_head
 
         heads = ["logistic", "mlp", "knn"] if args.head == "all" else args.head.split(",")
-        report = train_head(args.workdir, args.features.split(","), heads, tuple(args.protocol.split(",")),
+        report = train_head(args.workdir, args.features, heads, tuple(args.protocol.split(",")),
                             args.out, args.band, args.refit, args.exclude, args.second_stage,
-                            args.cascade.split(",") if args.cascade else None, args.cascade_tolerance,
+                            args.cascade, args.cascade_tolerance,
                             args.cascade_speed)
         out = Workspace(args.workdir).head_dir(args.out)
         print((out / "report.md").read_text())
@@ -85,7 +87,7 @@ def predict_main(argv: list[str] | None = None) -> None:
     p.add_argument("--batch-size", type=positive_int, default=256, help="--images: photos held in memory at once")
     p.add_argument("--skip-bad", action="store_true", help="--images: write unreadable files with an error column "
                                                            "instead of stopping")
-    p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda …")
+    p.add_argument("--device", type=device, default="auto", help="auto (CUDA if present), cpu, cuda …")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--no-cascade", action="store_true", help="run every source on every image even when the model "
                                                              "has a cascade")
@@ -98,12 +100,14 @@ def predict_main(argv: list[str] | None = None) -> None:
             out = predict_submission(args.model, args.data, args.out or "submission.csv", args.workdir, args.band,
                                      not args.no_cascade)
         else:
-            from .photos import predict_images
+            from .photos import check_table, expand_paths, predict_images
             from .predict import load_model
 
-            out = predict_images(load_model(args.model, args.workdir), args.images, args.out or "predictions.csv",
-                                 args.batch_size, args.skip_bad, args.band, args.device, not args.no_progress,
-                                 not args.no_cascade)
+            out = args.out or "predictions.csv"
+            paths = expand_paths(args.images)
+            check_table(out, [*args.images, *paths])  # before the model is loaded
+            out = predict_images(load_model(args.model, args.workdir), paths, out, args.batch_size, args.skip_bad,
+                                 args.band, args.device, not args.no_progress, not args.no_cascade)
         print(json.dumps(out, indent=2))
 
     run_cli(body, interrupted="interrupted; no output file was written (nothing else changed)")
@@ -141,7 +145,7 @@ def audit_labels_main(argv: list[str] | None = None) -> None:
                                                      "probabilities)")
     p.add_argument("--descriptor", default=None, help="cached face descriptor for near duplicates (default: "
                                                       "dlib-face-flip, else dlib-face)")
-    p.add_argument("--confidence", type=float, default=0.9,
+    p.add_argument("--confidence", type=below_one, default=0.9,
                    help="a row whose out-of-fold P(its label) <= 1 - confidence is a confident disagreement")
     p.add_argument("--threshold", type=non_negative_float, default=None,
                    help="near-duplicate descriptor distance (default: read off the data's nearest-neighbour "

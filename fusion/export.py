@@ -165,10 +165,9 @@ def _check_manifest(m, path: Path) -> dict:
     return m
 
 
-def load_export(path: Path):
-    """The FusionClassifier of an exported file, after checking its manifest, the size and sha256 of every entry
-    it lists, that its folds are the model's, and that every frozen model file it needs is installed with the
-    sha256 it was exported with."""
+def read_export(path: Path) -> tuple[bytes, dict]:
+    """The model entry's bytes and the manifest of an exported file, after checking the manifest and the size and
+    sha256 of every entry it lists."""
     try:
         with zipfile.ZipFile(path) as z:
             raw = _read(z, path, "manifest.json", None, MAX_MANIFEST)
@@ -178,11 +177,16 @@ def load_export(path: Path):
                 raise ModelFileError(f"{path}: manifest.json is not valid JSON ({one_line(exc)})") from None
             for name in manifest["entries"]:
                 _read(z, path, name, manifest)
-            clf = model_file.loads(_read(z, path, MODEL_ENTRY, manifest), f"{path}:{MODEL_ENTRY}")
+            return _read(z, path, MODEL_ENTRY, manifest), manifest
     except ModelFileError:
         raise
     except Exception as exc:  # zipfile and zlib raise many types for damaged archives
         raise ModelFileError(f"{path}: not a readable exported model ({one_line(exc)}); export it again") from None
+
+
+def check_export(clf, manifest: dict, path: Path):
+    """`clf`, the model of an exported file, marked as exported after checking that the manifest's folds are its
+    folds and that every frozen model file it needs is installed with the sha256 it was exported with."""
     for recipe in clf.recipes_:
         if recipe["kind"] == FINETUNED:
             have, want = len(manifest["folds"].get(recipe["backbone"], [])), len(recipe["checkpoint_sha256"])

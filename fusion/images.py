@@ -1,6 +1,7 @@
 """Turning the inputs of FusionClassifier.predict into RGB uint8 arrays."""
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 
@@ -11,8 +12,28 @@ from genderfusion.extract.data.images import load_rgb, to_rgb
 from genderfusion.extract.errors import BadImageError
 
 
-def decode_one(item, index: int) -> np.ndarray:
-    """One input (path, PIL image, array, tensor) as an HWC uint8 RGB array; errors name its index or path.
+MAX_SIDE = 1024  # a photo file is reduced to this (long side) as it is decoded: memory per photo stays bounded
+KINDS = "a path, the bytes of an image file, a PIL image, an HWC uint8 array or a tensor"
+BYTES = (bytes, bytearray, memoryview)
+
+
+def as_items(images) -> list:
+    """The inputs as a list: one image (a path, bytes, a PIL image, a 2-D/3-D array or tensor) or a sequence of
+    them (a 4-D array or tensor: a batch)."""
+    if images is None:
+        raise TypeError(f"images: None; give {KINDS}, or a list of them")
+    single = isinstance(images, (str, os.PathLike, Image.Image, *BYTES)) or getattr(images, "ndim", None) in (2, 3)
+    if single:
+        return [images]
+    try:
+        return list(images)
+    except TypeError:
+        raise TypeError(f"images: a {type(images).__name__}; give {KINDS}, or a list of them") from None
+
+
+def decode_one(item, index: int, max_side: int | None = None) -> np.ndarray:
+    """One input (path, bytes of an image file, PIL image, array, tensor) as an HWC uint8 RGB array; errors name
+    its index or path. max_side: files are reduced as they are decoded so that neither side exceeds it.
 
     One rule for every kind of input: an alpha channel is composited on black (an RGBA PIL image and its
     HxWx4 array give the same pixels)."""
@@ -20,7 +41,12 @@ def decode_one(item, index: int) -> np.ndarray:
         if not Path(item).is_file():
             raise FileNotFoundError(f"image {index}: {item} not found" + (" (a broken symbolic link)"
                                                                           if Path(item).is_symlink() else ""))
-        return load_rgb(item)
+        return load_rgb(item, max_side=max_side)
+    if isinstance(item, BYTES):
+        try:
+            return load_rgb(io.BytesIO(bytes(item)), max_side=max_side)
+        except BadImageError as exc:
+            raise BadImageError(f"<image {index}>", exc.reason) from None
     if isinstance(item, Image.Image):
         try:
             return np.asarray(to_rgb(ImageOps.exif_transpose(item)), dtype=np.uint8).copy()
@@ -49,22 +75,20 @@ def decode_one(item, index: int) -> np.ndarray:
         if item.shape[2] == 4:
             return np.asarray(to_rgb(Image.fromarray(np.ascontiguousarray(item), "RGBA")), dtype=np.uint8).copy()
         return np.ascontiguousarray(item)
-    raise TypeError(f"image {index}: unsupported type {type(item).__name__}; "
-                    "give a path, PIL image, HWC uint8 array or tensor")
+    raise TypeError(f"image {index}: unsupported type {type(item).__name__}; give {KINDS}")
 
 
-def decode_inputs(images) -> list[np.ndarray]:
-    """A path, PIL image, array or tensor (2-D/3-D: one image; 4-D: a batch), or a list mixing them ->
-    list of HWC uint8 RGB arrays.
+def decode_inputs(images, max_side: int | None = None) -> list[np.ndarray]:
+    """A path, bytes of an image file, PIL image, array or tensor (2-D/3-D: one image; 4-D: a batch), or a list
+    mixing them -> list of HWC uint8 RGB arrays (files reduced to max_side as they are decoded).
 
     All inputs are decoded before any is used: one bad input raises an error naming its index or path.
     """
-    single = isinstance(images, (str, os.PathLike, Image.Image)) or getattr(images, "ndim", None) in (2, 3)
-    items = [images] if single else list(images)
+    items = as_items(images)
     out = []
     for i, item in enumerate(items):
         try:
-            out.append(decode_one(item, i))
+            out.append(decode_one(item, i, max_side))
         except BadImageError as exc:
             raise BadImageError(exc.path, f"image {i}: {exc.reason}") from exc
     if not out:

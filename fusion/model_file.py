@@ -112,14 +112,11 @@ def _header(data: bytes, name: str) -> dict:
     return meta
 
 
-def loads(data: bytes, name: str | Path):
-    """The FusionClassifier of a model file's bytes (`name` for messages)."""
+def read_state(data: bytes, name: str | Path) -> tuple[dict, dict[str, np.ndarray]]:
+    """The state (JSON structure, named arrays) a model file's bytes hold, after checking its format and sha256
+    (`name` for messages); FusionClassifier.from_state builds the model from it."""
     from safetensors import SafetensorError
     from safetensors.numpy import load
-
-    from genderfusion.heads import StateError
-
-    from .classifier import FusionClassifier
 
     meta = _header(data, name)
     try:
@@ -131,12 +128,6 @@ def loads(data: bytes, name: str | Path):
         raise ModelFileError(f"{name}: damaged model file (its sha256 does not match its contents); retrain or "
                              "export it again")
     try:
-        return FusionClassifier.from_state(json.loads(model_json), arrays)
-    except (StateError, ValueError, KeyError, TypeError, IndexError, AttributeError) as exc:
+        return json.loads(model_json), arrays
+    except ValueError as exc:
         raise ModelFileError(f"{name}: not a valid fusion model ({one_line(exc)})") from None
-
-
-def load(path: str | Path):
-    """The FusionClassifier saved in `path` (no workspace resolved: see FusionClassifier.load)."""
-    path = Path(path)
-    return loads(path.read_bytes(), path)

@@ -9,13 +9,28 @@ import time
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
-from genderfusion.extract.atomic import atomic_path
+from genderfusion.extract.atomic import atomic_path, check_output
 from genderfusion.extract.errors import BadImageError
 
-from .images import decode_one
+from .images import MAX_SIDE, as_items, decode_one
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")
 COLUMNS = ("path", "p_female", "label", "doubtful", "stage", "error")
+TABLES = (".csv", ".parquet")
+
+
+def printable(text: str) -> str:
+    """A file name as UTF-8 text: bytes that are not UTF-8 (which Python keeps as surrogates) written as \\xNN."""
+    try:
+        raw = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a lone surrogate of another kind
+        raw = text.encode("utf-8", "surrogatepass")
+    return raw.decode("utf-8", "backslashreplace")
+
+
+def check_table(out: str | os.PathLike, inputs: Sequence[str | os.PathLike]) -> Path:
+    """The output table: a .csv or .parquet file, none of the inputs, in a folder that can be written."""
+    return check_output(out, TABLES, inputs)
 
 
 def _walk(folder: Path) -> list[Path]:
@@ -61,7 +76,7 @@ def expand_paths(items: Sequence[str | os.PathLike]) -> list[Path]:
             out += found
         elif path.is_file() and path.suffix.lower() == ".txt":
             out += _listed(path)
-        elif path.is_file():
+        elif path.is_file() or path.is_symlink():  # a broken link is kept, to be reported as one
             out.append(path)
         elif any(c in text for c in "*?["):
             found = sorted(Path(p) for p in glob.glob(text, recursive=True) if Path(p).is_file())
@@ -79,7 +94,7 @@ def _rows(clf, items: Sequence, names: Sequence[str], band: tuple[float, float],
     arrays, rows = [], []
     for i, (item, name) in enumerate(zip(items, names)):
         try:
-            arrays.append(decode_one(item, i))
+            arrays.append(decode_one(item, i, MAX_SIDE))
             rows.append({"path": name})
         except (BadImageError, FileNotFoundError, ValueError, TypeError) as exc:
             if not skip_bad:
@@ -104,9 +119,7 @@ def predict_frame(clf, images, band: tuple[float, float] = (0.45, 0.55), skip_ba
     (paths, PIL images, arrays or tensors; an in-memory image's path is '<image i>')."""
     import pandas as pd
 
-    single = isinstance(images, (str, os.PathLike)) or getattr(images, "ndim", None) in (2, 3) \
-        or type(images).__name__ == "Image"
-    items = [images] if single else list(images)
+    items = as_items(images)
     names = [str(x) if isinstance(x, (str, os.PathLike)) else f"<image {i}>" for i, x in enumerate(items)]
     return pd.DataFrame(_rows(clf, items, names, band, skip_bad, batch_size, device, cascade), columns=list(COLUMNS))
 
@@ -137,6 +150,7 @@ class _Writer:
             import pyarrow as pa
             import pyarrow.parquet as pq
 
+            rows = [{**r, "path": printable(r["path"]), "error": printable(r["error"])} for r in rows]
             table = pa.Table.from_pylist(rows, schema=pa.schema([("path", pa.string()), ("p_female", pa.float64()),
                                                                  ("label", pa.int64()), ("doubtful", pa.bool_()),
                                                                  ("stage", pa.int64()), ("error", pa.string())]))
@@ -148,8 +162,8 @@ class _Writer:
 
         w = csv.writer(self._fh)
         for r in rows:
-            w.writerow([r["path"], "" if math.isnan(r["p_female"]) else f"{r['p_female']:.6f}", r["label"],
-                        int(r["doubtful"]), r["stage"], r["error"]])
+            w.writerow([printable(r["path"]), "" if math.isnan(r["p_female"]) else f"{r['p_female']:.6f}",
+                        r["label"], int(r["doubtful"]), r["stage"], printable(r["error"])])
 
     def close(self) -> None:
         if self.parquet:
@@ -168,7 +182,7 @@ def predict_images(clf, images: Sequence[str | os.PathLike], out: str | os.PathL
     from tqdm.auto import tqdm
 
     paths = expand_paths(images)
-    out = Path(out)
+    out = check_table(out, [*images, *paths])
     t0 = time.time()
     n_err = n_female = n_doubtful = 0
     with atomic_path(out) as tmp:

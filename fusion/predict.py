@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from genderfusion.extract.atomic import write_text
+from genderfusion.extract.atomic import check_output, write_text
 from genderfusion.extract.cache import format as fc
 from genderfusion.extract.data.dataset import CompetitionData
 from genderfusion.extract.data.workspace import Workspace
@@ -76,6 +76,11 @@ def predict_submission(model: str, data_dir: str | Path, out: str | Path, workdi
 
     A test image skipped as corrupt at extraction gets no label from a blank image: the sample submission's
     label (empty without one), flagged doubtful in the details file with the reason."""
+    out, root = Path(out), Path(data_dir)
+    details = out.with_name(out.stem + "_details.csv")
+    inputs = [root / name for name in ("train.csv", "test.csv", "train_meta.csv", "sampleSubmit.csv")]
+    for path in (out, details):
+        check_output(path, (".csv",), inputs)
     clf = load_model(model, workdir)
     if clf.workdir_ is None:
         raise WorkspaceError(f"{model}: an exported model predicts from images (--images); --data reads the cached "
@@ -95,9 +100,7 @@ def predict_submission(model: str, data_dir: str | Path, out: str | Path, workdi
     p, stage = det["p_female"][order], det["stage"][order]
     labels = [fallback.get(i, "") if i in skipped else str(int(q >= clf.threshold)) for i, q in zip(data.test.ids, p)]
     doubtful = [(i in skipped) or bool(d) for i, d in zip(data.test.ids, det["doubtful"][order])]
-    out = Path(out)
     write_text(out, "id,label\n" + "".join(f"{i},{y}\n" for i, y in zip(data.test.ids, labels)))
-    details = out.with_name(out.stem + "_details.csv")
     buf = io.StringIO()
     buf.write("id,label,p_female,doubtful,stage,reason\n")
     for i, y, q, d, st in zip(data.test.ids, labels, p, doubtful, stage):

@@ -98,6 +98,11 @@ def train_head(workdir: str | Path, features: list[str], heads: list[str], proto
     unknown = [c for c in cascade or [] if c not in features]
     if unknown:
         raise ValueError(f"--cascade {','.join(cascade)}: {unknown[0]} is not one of --features {','.join(features)}")
+    if cascade and set(cascade) >= set(features):
+        raise ValueError(f"--cascade {','.join(cascade)}: a cheap first stage leaves out some of --features "
+                         f"{','.join(features)} (the ones it saves running)")
+    if cascade and not 0 <= cascade_tolerance < 1:
+        raise ValueError(f"cascade tolerance {cascade_tolerance}: a number in [0, 1)")
     out_dir = Workspace(workdir).head_dir(name)
     refuse_stale_caches(workdir, features)
     excluded = read_ids(exclude) if exclude is not None else []

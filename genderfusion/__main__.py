@@ -18,6 +18,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"genderfusion {__version__}")
         return
     if not argv or argv[0] not in known:
+        if argv and argv[0] not in ("-h", "--help"):
+            print(f"error: unknown command {argv[0]!r}; the commands: {', '.join(sorted(known))}", file=sys.stderr)
         print(f"usage: python -m genderfusion {{{','.join(sorted(known))}}} [options] | --version\n"
               "       python -m genderfusion COMMAND --help", file=sys.stderr)
         sys.exit(0 if argv[:1] in (["-h"], ["--help"]) else 2)

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import os
-from typing import Callable, Sequence
+from typing import IO, Callable, Sequence
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps
@@ -31,16 +31,29 @@ def to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")
 
 
-def load_rgb(path: str | os.PathLike, size: int | None = None) -> np.ndarray:
-    """Decode one image file to an HWC uint8 RGB array, optionally resized to size×size."""
+def load_rgb(path: str | os.PathLike | IO[bytes], size: int | None = None, max_side: int | None = None
+             ) -> np.ndarray:
+    """Decode one image file to an HWC uint8 RGB array, optionally resized to size×size, or reduced as it is
+    decoded so that neither side exceeds max_side (JPEG's draft mode decodes at 1/2, 1/4 or 1/8 scale, then a
+    resize). An image of more pixels than PIL.Image.MAX_IMAGE_PIXELS (settable) is refused before it is decoded."""
     try:
         with Image.open(path) as im:
+            limit = Image.MAX_IMAGE_PIXELS
+            if limit is not None and im.size[0] * im.size[1] > limit:
+                raise BadImageError(path, f"{im.size[0]}x{im.size[1]} pixels, above the limit of {limit} "
+                                          "(PIL.Image.MAX_IMAGE_PIXELS: raise it to read such images)")
+            if max_side is not None and max(im.size) > max_side:
+                im.draft("RGB", (max_side, max_side))
             im.load()
             rgb = to_rgb(ImageOps.exif_transpose(im))  # a phone photo stands as it was taken
             if size is not None and rgb.size != (size, size):
                 rgb = rgb.resize((size, size), Image.BILINEAR, reducing_gap=None)
+            elif max_side is not None and max(rgb.size) > max_side:
+                scale = max_side / max(rgb.size)
+                rgb = rgb.resize((max(1, round(rgb.size[0] * scale)), max(1, round(rgb.size[1] * scale))),
+                                 Image.BILINEAR, reducing_gap=None)
             return np.asarray(rgb, dtype=np.uint8).copy()
-    except FileNotFoundError:
+    except (FileNotFoundError, BadImageError):
         raise
     except Exception as exc:  # PIL raises many types for corrupt data
         raise BadImageError(path, f"{type(exc).__name__}: {exc}") from exc

@@ -3,12 +3,25 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..atomic import read_json, write_json
 from ..errors import WorkspaceError
 from .dataset import CompetitionData
+
+
+NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*\Z")
+
+
+def check_name(name: str, what: str = "model name") -> str:
+    """A name the user gives to something saved under the workspace: one path component (letters, digits, '.',
+    '_', '-', not starting with '.'), so that nothing outside its own folder is ever written or removed."""
+    if not isinstance(name, str) or not NAME.match(name):
+        raise ValueError(f"{what} {name!r}: use one path component of letters, digits, '.', '_' and '-', not "
+                         "starting with '.'")
+    return name
 
 
 def safe_name(name: str) -> str:
@@ -77,6 +90,8 @@ class Workspace:
         (caches recompute the changed rows; fold models trained on other labels or images are refused by name).
         Returns the fingerprint of the training set with its labels and image sizes.
         """
+        for split in (data.train, data.test):
+            split.digest_cache = self.root / "cache" / "digests" / f"{split.name}.npz"
         fp = data.fingerprint(("train",))
         ids = hashlib.sha256("\n".join(data.train.ids).encode()).hexdigest()[:16]
         info = read_json(self.info_path) if self.info_path.exists() else {}
@@ -86,9 +101,11 @@ class Workspace:
                 f"workspace {self.root} was made for another training set "
                 f"(fingerprint {theirs or info.get('dataset_fingerprint')}, data {info.get('data')}); "
                 f"{data.root} has fingerprint {ids}. Use another --workdir.")
-        if record and (info.get("dataset_fingerprint") != fp or theirs is None):
-            write_json(self.info_path, {"dataset_fingerprint": fp, "ids_fingerprint": ids,
-                                        "data": str(data.root.resolve())})
+        if record:
+            content = data.fingerprint(("train",), content=True)
+            if (info.get("dataset_fingerprint"), info.get("content_fingerprint"), theirs) != (fp, content, ids):
+                write_json(self.info_path, {"dataset_fingerprint": fp, "ids_fingerprint": ids,
+                                            "content_fingerprint": content, "data": str(data.root.resolve())})
         return fp
 
     def check_training_rows(self, ids: list[str], labels: list[int], sizes: list[int], what: str) -> None:
@@ -108,6 +125,10 @@ class Workspace:
     def bound_data_path(self) -> str | None:
         """The data folder the workspace was last bound to, as recorded (it may be gone)."""
         return read_json(self.info_path).get("data") if self.info_path.exists() else None
+
+    def content_fingerprint(self) -> str | None:
+        """The fingerprint of the training set the workspace was last bound to, with its images' contents."""
+        return read_json(self.info_path).get("content_fingerprint") if self.info_path.exists() else None
 
     def dataset_fingerprint(self) -> str | None:
         """The fingerprint (ids, labels, image sizes) of the training set the workspace was last bound to."""
@@ -155,7 +176,7 @@ class Workspace:
         return self.root / "cache" / "trunk" / f"{split}_{safe_name(backbone)}_{cut}{suffix}.npy"
 
     def head_dir(self, name: str) -> Path:
-        return self.root / "heads" / safe_name(name)
+        return self.root / "heads" / check_name(name)
 
     def head_model(self, name: str) -> Path:
         return self.head_dir(name) / "model.safetensors"

@@ -48,8 +48,9 @@ def fold_checkpoints(ws: Workspace, backbone: str, k: int, folds_fingerprint: st
                 f"{files.best} was trained on another fold assignment (folds fingerprint {theirs}); "
                 f"the workspace's folds have fingerprint {folds_fingerprint}. Retrain with train-backbone.")
         done.append(meta)
-    now = ws.dataset_fingerprint()
-    stale = [f for f, m in enumerate(done) if now is not None and m["identity"]["dataset_fingerprint"] != now]
+    now, content = ws.dataset_fingerprint(), ws.content_fingerprint()
+    stale = [f for f, m in enumerate(done) if (now is not None and m["identity"]["dataset_fingerprint"] != now)
+             or m.get("content_fingerprint") not in (None, content)]  # None: trained before contents were recorded
     if stale:
         raise WorkspaceError(
             f"{backbone}: fold model(s) {stale} were trained on other training labels or images than the data "

@@ -193,19 +193,25 @@ def _write_history(paths: FoldFiles, history: list[dict]) -> None:
 
 def train_fold(paths: FoldFiles, feed: ImageFeed | TrunkFeed, labels: np.ndarray, ids: list[str], folds: np.ndarray,
                cfg: TrainConfig, provenance: dict, device: str = "auto", progress: bool = True,
-               excluded: np.ndarray | None = None) -> dict:
+               excluded: np.ndarray | None = None, content_fp: str | None = None) -> dict:
     """Train fold paths.k (rows with folds == k are held out; rows of fold -1, corrupt, and `excluded` rows are
     never trained on) on the feed's inputs and return its summary.
 
-    Resumes from fold<k>.last.pt when the config matches; a finished fold is returned as is.
+    Resumes from fold<k>.last.pt when the config matches; a finished fold is returned as is, unless the training
+    images' contents (content_fp) changed since it was trained.
     """
     k = paths.k
     identity = {"config": cfg.identity(), **provenance}
     if paths.done.exists():
         done = read_json(paths.done)
+        same_images = done.get("content_fingerprint") in (None, content_fp)  # None: recorded before contents were
         if done["identity"] == identity and done["epochs_requested"] >= cfg.epochs and paths.best.exists():
-            log.info("fold %d of %s is already trained (%s)", k, cfg.backbone, paths.done)
-            return done
+            if same_images:
+                log.info("fold %d of %s is already trained (%s)", k, cfg.backbone, paths.done)
+                return done
+            log.warning("fold %d of %s: training images changed since it was trained (same ids, labels and sizes, "
+                        "other contents); training it again", k, cfg.backbone)
+            paths.last.unlink(missing_ok=True)
     dev = resolve_device(device)
     torch.manual_seed(cfg.seed * 1000 + k)
     model = create(cfg.backbone, cfg.img_size, pretrained=cfg.pretrained, weights=cfg.weights, dropout=cfg.dropout)
@@ -303,6 +309,7 @@ def train_fold(paths: FoldFiles, feed: ImageFeed | TrunkFeed, labels: np.ndarray
     done = {"identity": identity, "fold": k, "epochs_requested": cfg.epochs, "epochs_run": state["epoch"],
             "best_epoch": best["epoch"], "oof_accuracy": oof_acc, "n_holdout": len(hold),
             "checkpoint": paths.best.name, "sha256": sha256_file(paths.best), "preprocess": best["preprocess"],
+            "content_fingerprint": content_fp,
             "seconds_per_epoch": round(float(np.mean([h["seconds"] for h in state["history"]])), 1)
             if state["history"] else None}
     write_json(paths.done, done)
@@ -368,7 +375,8 @@ def train_backbone(data_dir: str | Path, cfg: TrainConfig, workdir: str | Path =
     provenance = {"dataset_fingerprint": dataset_fp, "folds_fingerprint": folds.fingerprint, "k": folds.k}
     for f in todo:
         train_fold(ws.fold_files(cfg.backbone, f), feed, data.train.labels, data.train.ids, fold_of, cfg,
-                   provenance, device=device, progress=progress, excluded=excluded)
+                   provenance, device=device, progress=progress, excluded=excluded,
+                   content_fp=data.fingerprint(("train",), content=True))
     done = [ws.fold_files(cfg.backbone, f).done for f in range(folds.k)]
     results = {f: read_json(path) for f, path in enumerate(done) if path.exists()}
     summary = {"backbone": cfg.backbone, "k": folds.k, "folds": results,
