@@ -2,6 +2,7 @@
 clear line (exit 2) or the right result, and loses nothing computed before (sha256 before and after)."""
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -12,7 +13,7 @@ import pytest
 from PIL import Image
 
 from genderfusion.extract.cache.api import extract_features
-from genderfusion.extract.errors import DataError, WorkspaceError
+from genderfusion.extract.errors import BadImageError, DataError, WorkspaceError
 from genderfusion.extract.models.training import TrainConfig, train_backbone
 from genderfusion.fusion.predict import predict_submission
 from genderfusion.fusion.train_head import train_head
@@ -436,3 +437,157 @@ def test_25_readme_lists_the_prediction_columns():
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     assert f"`{','.join(COLUMNS)}`" in readme
     assert "`path,p_female,label,doubtful,error`" not in readme
+
+
+# ---- round three: the cases as data (tests/bad_inputs.json), one row a case -----------------------------------------
+TABLE = json.loads((Path(__file__).parent / "bad_inputs.json").read_text())["cases"]
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _main(name: str):
+    from genderfusion.__main__ import main as genderfusion
+    from genderfusion.extract import cli as e
+    from genderfusion.fusion import cli as f
+
+    return {"train-head": f.train_head_main, "predict": f.predict_main, "export-model": f.export_model_main,
+            "audit-labels": f.audit_labels_main, "extract": e.extract_main, "train-backbone": e.train_backbone_main,
+            "make-synthetic": e.make_synthetic_main, "genderfusion": genderfusion}[name]
+
+
+def _png_header(path: Path, width: int, height: int) -> None:
+    """A PNG that declares width x height pixels (its header alone: a reader must refuse it before decoding)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))
+
+
+def _setup(name: str, at: dict) -> None:
+    tmp, ws, photo = at["tmp"], at["ws"], at["photo"]
+    if name == "list_csv":
+        (tmp / "list.txt").write_text(f"{photo}\n")
+        (tmp / "x.csv").write_text("a table someone keeps\n")
+    elif name == "model_copy":
+        (tmp / "copy").mkdir()
+        shutil.copy(ws / "heads/fusion/model.safetensors", tmp / "copy/model.safetensors")
+    elif name == "broken_workspace_json":
+        (ws / "workspace.json").write_text('{"dataset_fingerprint": ')
+    elif name == "non_utf8_name":
+        (tmp / "photos").mkdir()
+        shutil.copy(photo, os.path.join(os.fsencode(tmp / "photos"), b"caf\xe9.jpg"))
+    elif name == "foreign_folder":  # a competition folder make-synthetic did not write
+        (at["data"] / ".make-synthetic").unlink()
+    elif name == "huge_png":
+        _png_header(tmp / "huge.png", 20000, 10000)
+    else:
+        raise KeyError(f"no setup {name!r}")
+
+
+def _digests(path: Path) -> dict[str, str] | None:
+    if not path.exists():
+        return None
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    return {str(p.relative_to(path)) if p != path else ".": sha(p) for p in files}
+
+
+@pytest.mark.parametrize("case", TABLE, ids=[c["id"] for c in TABLE])
+def test_table(case, pipe, tmp_path, capsys, caplog):
+    data, ws, sub = pipe
+    at = {"data": data, "ws": ws, "sub": sub, "tmp": tmp_path / "t", "photo": sorted((data / "test").glob("*.jpg"))[0]}
+    at["tmp"].mkdir()
+    if case.get("setup"):
+        _setup(case["setup"], at)
+    fill = lambda text: Path(text.format(**at))  # noqa: E731
+    before = {p: _digests(fill(p)) for p in case.get("unchanged", [])}
+    argv = [a.format(**at) for a in case["run"]]
+    capsys.readouterr()
+    if argv[0] == "bench/run.py":
+        proc = subprocess.run([sys.executable, str(ROOT / argv[0]), *argv[1:]], capture_output=True, text=True)
+        code, out, err = proc.returncode, proc.stdout, proc.stderr
+    else:
+        try:
+            _main(argv[0])(argv[1:])
+            code = 0
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 1
+        out, err = capsys.readouterr()
+        err += caplog.text  # log records (pytest holds the logging handlers)
+    assert code == case["exit"], (out, err)
+    assert "Traceback" not in err
+    if code:
+        lines = [line for line in err.splitlines() if not line.startswith(("usage:", "  ", "INFO", "WARNING"))]
+        assert len(lines) == 1 and re.search(case["says"], lines[0]), err
+    else:
+        assert re.search(case["says"], out + err), (out, err)
+    if "not_says" in case:
+        assert not re.search(case["not_says"], out + err), err
+    for p, digests in before.items():
+        assert _digests(fill(p)) == digests, f"{p} changed"
+    for p in case.get("absent", []):
+        assert not fill(p).exists(), p
+    if "output_has" in case:
+        path, text = case["output_has"]
+        assert text in fill(path).read_text(encoding="utf-8")
+
+
+def test_3_32_a_training_image_replaced_by_one_of_the_same_size_retrains_its_fold_models(pipe, capsys, caplog):
+    """Fold models record the training images' contents: a replaced image (same size, modification time restored)
+    makes extract refuse them by name and train-backbone train them again."""
+    from genderfusion.extract.cli import extract_main
+
+    data, ws, _ = pipe
+    sizes = {p: p.stat().st_size for p in (data / "train").glob("*.jpg")}
+    small, big = min(sizes, key=sizes.get), max(sizes, key=sizes.get)
+    times = (big.stat().st_atime_ns, big.stat().st_mtime_ns)
+    big.write_bytes(small.read_bytes() + b"\0" * (sizes[big] - sizes[small]))
+    os.utime(big, ns=times)
+    models = {p.name: sha(p) for p in (ws / "models/cnn-small").glob("fold*.pt")}
+    line = fails(extract_main, ["--backbone", "cnn-small", "--data", str(data), "--workdir", str(ws),
+                                "--no-progress"], capsys)
+    assert "cnn-small: fold model(s) [0, 1] were trained on other training labels or images" in line
+    assert {p.name: sha(p) for p in (ws / "models/cnn-small").glob("fold*.pt")} == models
+    caplog.set_level("WARNING")
+    train_backbone(data, TrainConfig("cnn-small", img_size=32, epochs=1, batch_size=16), ws, k=2, progress=False)
+    assert caplog.text.count("training images changed since it was trained") == 2
+    assert extract_features(data, "cnn-small", ws, progress=False).status != "hit"
+
+
+def test_3_33_the_python_api_takes_bytes_as_one_image_and_names_what_it_accepts(pipe):
+    from genderfusion.fusion.classifier import FusionClassifier
+
+    data, ws, _ = pipe
+    clf = FusionClassifier.load(ws / "heads/fusion", workdir=ws)
+    photo = sorted((data / "test").glob("*.jpg"))[0]
+    assert np.array_equal(clf.predict_proba(photo.read_bytes()), clf.predict_proba(str(photo)))
+    assert clf.predict_frame(bytearray(photo.read_bytes()))["path"].tolist() == ["<image 0>"]
+    with pytest.raises(TypeError, match="images: None; give a path, the bytes of an image file, a PIL image"):
+        clf.predict(None)
+    with pytest.raises(TypeError, match="images: a int; give a path"):
+        clf.predict(7)
+    with pytest.raises(ValueError, match="batch_size 0: a positive integer"):
+        clf.predict_proba([str(photo)], batch_size=0)
+    with pytest.raises(BadImageError, match="<image 0>: cannot decode image"):
+        clf.predict(b"not an image")
+
+
+def test_3_34_large_photos_are_reduced_as_they_are_decoded(tmp_path):
+    """Eight 6000 x 4000 JPEGs in one batch: memory holds each at the working size (1024 px), not 72 MB a photo."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    base = Image.fromarray(rng.integers(0, 255, (400, 600, 3), dtype=np.uint8)).resize((6000, 4000))
+    for i in range(8):
+        base.save(tmp_path / f"big{i}.jpg", quality=80)
+    code = ("import resource, sys, numpy as np; from genderfusion.fusion.images import decode_inputs, MAX_SIDE; "
+            "r0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss; "
+            "a = decode_inputs(sys.argv[1:], MAX_SIDE); "
+            "print(max(x.shape[1] for x in a), (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - r0) // 1024)")
+    out = subprocess.run([sys.executable, "-c", code, *map(str, sorted(tmp_path.glob("big*.jpg")))],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    side, grown_mb = map(int, out.stdout.split())
+    assert side == 1024 and grown_mb < 120, (side, grown_mb)  # full-size decodes: 8 x 72 MB

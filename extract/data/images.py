@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from typing import IO, Callable, Sequence
 
 import numpy as np
@@ -36,9 +37,12 @@ def load_rgb(path: str | os.PathLike | IO[bytes], size: int | None = None, max_s
     """Decode one image file to an HWC uint8 RGB array, optionally resized to size×size, or reduced as it is
     decoded so that neither side exceeds max_side (JPEG's draft mode decodes at 1/2, 1/4 or 1/8 scale, then a
     resize). An image of more pixels than PIL.Image.MAX_IMAGE_PIXELS (settable) is refused before it is decoded."""
+    limit = Image.MAX_IMAGE_PIXELS
     try:
-        with Image.open(path) as im:
-            limit = Image.MAX_IMAGE_PIXELS
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # refused below, in one line
+            im = Image.open(path)
+        with im:
             if limit is not None and im.size[0] * im.size[1] > limit:
                 raise BadImageError(path, f"{im.size[0]}x{im.size[1]} pixels, above the limit of {limit} "
                                           "(PIL.Image.MAX_IMAGE_PIXELS: raise it to read such images)")
@@ -55,6 +59,9 @@ def load_rgb(path: str | os.PathLike | IO[bytes], size: int | None = None, max_s
             return np.asarray(rgb, dtype=np.uint8).copy()
     except (FileNotFoundError, BadImageError):
         raise
+    except Image.DecompressionBombError as exc:  # past twice the limit PIL refuses to open the file at all
+        raise BadImageError(path, f"{exc} (above the limit of {limit} pixels: PIL.Image.MAX_IMAGE_PIXELS, raise "
+                                  "it to read such images)") from None
     except Exception as exc:  # PIL raises many types for corrupt data
         raise BadImageError(path, f"{type(exc).__name__}: {exc}") from exc
 
