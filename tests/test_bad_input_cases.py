@@ -505,8 +505,9 @@ def test_table(case, pipe, tmp_path, capsys, caplog):
     before = {p: _digests(fill(p)) for p in case.get("unchanged", [])}
     argv = [a.format(**at) for a in case["run"]]
     capsys.readouterr()
-    if argv[0] == "bench/run.py":
-        proc = subprocess.run([sys.executable, str(ROOT / argv[0]), *argv[1:]], capture_output=True, text=True)
+    if argv[0] == "bench/run.py" or case.get("process"):  # a process of its own: its real stderr
+        cmd = [str(ROOT / argv[0])] if argv[0] == "bench/run.py" else ["-m", "genderfusion", argv[0]]
+        proc = subprocess.run([sys.executable, *cmd, *argv[1:]], capture_output=True, text=True)
         code, out, err = proc.returncode, proc.stdout, proc.stderr
     else:
         try:
