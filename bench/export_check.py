@@ -12,6 +12,7 @@ import argparse
 import json
 import os
 import pickle
+import shlex
 import shutil
 import subprocess
 import sys
@@ -47,6 +48,9 @@ def main() -> None:
     p.add_argument("--n", type=int, default=256)
     p.add_argument("--python", required=True, help="the clean environment's Python")
     p.add_argument("--out", default=None, help="a JSON file for the results")
+    p.add_argument("--hide", choices=("rename", "mount"), default="rename",
+                   help="how the workspace is hidden from the clean process: renamed away meanwhile, or an empty "
+                        "folder mounted over it in a mount namespace of its own (while other runs use it)")
     args = p.parse_args()
 
     clf = load_model(args.model, args.workdir)
@@ -62,13 +66,21 @@ def main() -> None:
     (tmp / "paths.txt").write_text("\n".join(map(str, paths)))
     with zipfile.ZipFile(gfm) as z:
         entries = {i.filename: (i.file_size, i.compress_size) for i in z.infolist()}
-    hidden = Path(str(Path(args.workdir).resolve()) + ".hidden")
-    os.rename(args.workdir, hidden)  # no workspace the model could find
-    try:
-        proc = subprocess.run([args.python, "-c", CLEAN, str(gfm), str(tmp / "paths.txt")], cwd=tmp,
-                              capture_output=True, text=True, env={**os.environ, "PYTHONPATH": ""})
-    finally:
-        os.rename(hidden, args.workdir)
+    cmd = [args.python, "-c", CLEAN, str(gfm), str(tmp / "paths.txt")]
+    env = {**os.environ, "PYTHONPATH": ""}
+    workdir = Path(args.workdir).resolve()
+    if args.hide == "mount":  # an empty folder over the workspace, for the clean process alone (Linux, root)
+        (tmp / "empty").mkdir()
+        script = f"mount --bind {shlex.quote(str(tmp / 'empty'))} {shlex.quote(str(workdir))} && exec {shlex.join(cmd)}"
+        proc = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script], cwd=tmp,
+                              capture_output=True, text=True, env=env)
+    else:
+        hidden = Path(str(workdir) + ".hidden")
+        os.rename(workdir, hidden)  # no workspace the model could find
+        try:
+            proc = subprocess.run(cmd, cwd=tmp, capture_output=True, text=True, env=env)
+        finally:
+            os.rename(hidden, workdir)
     if proc.returncode:
         sys.exit(f"the clean environment failed:\n{proc.stderr}")
     got = json.loads(proc.stdout.splitlines()[-1])
@@ -78,7 +90,7 @@ def main() -> None:
               "gfm_bytes": gfm.stat().st_size, "model_entry_bytes": entries["model.safetensors"][0],
               "model_pickle_bytes_before": len(pickle.dumps(clf.detached())),  # what the v1 model.pkl held
               "fold_tensor_bytes": fold_bytes, "folds": {b: len(f) for b, f in manifest["folds"].items()},
-              "clean_python": args.python, "clean_package": got["package"], "clean_load_s": round(got["load_s"], 2),
+              "clean_python": args.python, "workspace_hidden_by": args.hide, "clean_package": got["package"], "clean_load_s": round(got["load_s"], 2),
               "clean_predict_s": round(got["predict_s"], 1),
               "max_abs_diff_p": diff}
     print(json.dumps(result, indent=2))
