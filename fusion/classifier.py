@@ -20,6 +20,7 @@ from .images import MAX_SIDE, decode_inputs
 from .second_stage import descriptors
 from .protocol import (PROTOCOLS, global_blocks, global_matrix, global_test_matrix, per_fold_matrix,
                        per_fold_test_matrix, pooled_blocks, pooled_matrix, pooled_test_matrix, head_factory)
+
 log = logging.getLogger(__name__)
 
 
