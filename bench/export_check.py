@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from genderfusion.extract.atomic import write_json
+from genderfusion.extract.data.workspace import Workspace
 from genderfusion.fusion.export import export_model
 from genderfusion.fusion.predict import load_model
 
@@ -54,14 +55,14 @@ def main() -> None:
     args = p.parse_args()
 
     clf = load_model(args.model, args.workdir)
-    model_file = Path(args.workdir) / "heads" / args.model / "model.safetensors"
+    head_dir = Workspace(args.workdir).head_dir(args.model)
     tmp = Path(tempfile.mkdtemp(prefix="export-check-"))
     (tmp / "images").mkdir()
     paths = [shutil.copy(q, tmp / "images") for q in sorted((Path(args.data) / "test").glob("*.jpg"))[:args.n]]
     ref = {k: clf.predict_proba(paths, cascade=c)[:, 1] for k, c in (("cascade", True), ("no_cascade", False))}
     gfm = tmp / "model.gfm"
     t = time.time()
-    manifest = export_model(clf, gfm, model_file.parent / "card.html")
+    manifest = export_model(clf, gfm, head_dir / "card.html")
     export_s = time.time() - t
     (tmp / "paths.txt").write_text("\n".join(map(str, paths)))
     with zipfile.ZipFile(gfm) as z:
@@ -90,8 +91,8 @@ def main() -> None:
               "gfm_bytes": gfm.stat().st_size, "model_entry_bytes": entries["model.safetensors"][0],
               "model_pickle_bytes_before": len(pickle.dumps(clf.detached())),  # what the v1 model.pkl held
               "fold_tensor_bytes": fold_bytes, "folds": {b: len(f) for b, f in manifest["folds"].items()},
-              "clean_python": args.python, "workspace_hidden_by": args.hide, "clean_package": got["package"], "clean_load_s": round(got["load_s"], 2),
-              "clean_predict_s": round(got["predict_s"], 1),
+              "clean_python": args.python, "workspace_hidden_by": args.hide, "clean_package": got["package"],
+              "clean_load_s": round(got["load_s"], 2), "clean_predict_s": round(got["predict_s"], 1),
               "max_abs_diff_p": diff}
     print(json.dumps(result, indent=2))
     if args.out:

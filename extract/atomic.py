@@ -154,7 +154,7 @@ def check_output(out: str | os.PathLike, suffixes: tuple[str, ...], inputs: Iter
     real = os.path.realpath(out)
     if any(os.path.realpath(p) == real for p in inputs):
         raise ValueError(f"--out {out} is one of the inputs; name another file")
-    folder = out.parent if str(out.parent) else Path(".")
+    folder = out.parent
     if not folder.is_dir():
         raise FileNotFoundError(f"--out {out}: the folder {folder} does not exist")
     if out.is_dir():

@@ -72,7 +72,8 @@ def train_backbone_main(argv: list[str] | None = None) -> None:
     p.add_argument("--backbone", required=True, help="cnn-small, cnn-deep, vgg16, resnet18/34/50, effnet-lite0, "
                    "face-resnet, gender-cnn, timm:NAME")
     add_data_args(p)
-    p.add_argument("--folds", type=fold_count, default=None, help="K for a new fold assignment (default 5; existing folds are reused)")
+    p.add_argument("--folds", type=fold_count, default=None,
+                   help="K for a new fold assignment (default 5; existing folds are reused)")
     p.add_argument("--fold", type=non_negative_int, default=None, help="train only this fold (0-based)")
     p.add_argument("--fold-seed", type=int, default=None, help="seed of a new fold assignment (default 0)")
     p.add_argument("--new-folds", action="store_true", help="replace existing folds of another K or seed")
@@ -95,7 +96,8 @@ def train_backbone_main(argv: list[str] | None = None) -> None:
     p.add_argument("--epochs", type=positive_int, default=d.epochs)
     p.add_argument("--batch-size", type=positive_int, default=d.batch_size)
     p.add_argument("--optimizer", choices=("adamw", "sgd"), default=d.optimizer)
-    p.add_argument("--lr", type=positive_float, default=None, help="default: the backbone's (1e-3; 3e-4 for the face networks)")
+    p.add_argument("--lr", type=positive_float, default=None,
+                   help="default: the backbone's (1e-3; 3e-4 for the face networks)")
     p.add_argument("--weight-decay", type=non_negative_float, default=d.weight_decay)
     p.add_argument("--dropout", type=below_one, default=None,
                    help="default: the backbone's (0.5; 0.2 for the face networks)")

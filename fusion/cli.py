@@ -18,7 +18,8 @@ def _band(text: str) -> tuple[float, float]:
 
 def train_head_main(argv: list[str] | None = None) -> None:
     p = make_parser("train-head", "Train and compare fusion heads on cached features.")
-    p.add_argument("--features", type=source_list, required=True, help="comma-separated sources, e.g. cnn-deep,face-resnet-flip,dlib-face-flip")
+    p.add_argument("--features", type=source_list, required=True,
+                   help="comma-separated sources, e.g. cnn-deep,face-resnet-flip,dlib-face-flip")
     p.add_argument("--head", default="logistic", help="logistic, mlp, knn, a comma list, or all")
     p.add_argument("--protocol", default="per-fold,global",
                    help="per-fold, global, pooled, or a comma list of them")

@@ -102,7 +102,8 @@ class Workspace:
                 f"(fingerprint {theirs or info.get('dataset_fingerprint')}, data {info.get('data')}); "
                 f"{data.root} has fingerprint {ids}. Use another --workdir.")
         content = data.fingerprint(("train",), content=True)
-        self._bound = fp, content  # what the fold models are checked against in this process
+        # what the fold models are checked against in this process
+        self._bound = {"dataset_fingerprint": fp, "content_fingerprint": content}
         if record:
             if (info.get("dataset_fingerprint"), info.get("content_fingerprint"), theirs) != (fp, content, ids):
                 write_json(self.info_path, {"dataset_fingerprint": fp, "ids_fingerprint": ids,
@@ -127,21 +128,21 @@ class Workspace:
         """The data folder the workspace was last bound to, as recorded (it may be gone)."""
         return read_json(self.info_path).get("data") if self.info_path.exists() else None
 
-    def _fingerprint(self, which: int, key: str) -> str | None:
+    def _fingerprint(self, key: str) -> str | None:
         bound = getattr(self, "_bound", None)
         if bound is not None:
-            return bound[which]
+            return bound[key]
         return read_json(self.info_path).get(key) if self.info_path.exists() else None
 
     def content_fingerprint(self) -> str | None:
         """The fingerprint of the training set the workspace is bound to (in this process, else as last recorded),
         with its images' contents."""
-        return self._fingerprint(1, "content_fingerprint")
+        return self._fingerprint("content_fingerprint")
 
     def dataset_fingerprint(self) -> str | None:
         """The fingerprint (ids, labels, image sizes) of the training set the workspace is bound to (in this
         process, else as last recorded)."""
-        return self._fingerprint(0, "dataset_fingerprint")
+        return self._fingerprint("dataset_fingerprint")
 
     def bound_data(self) -> CompetitionData | None:
         """The competition folder this workspace was made for, if it is still readable (no image checks)."""

@@ -376,7 +376,7 @@ def train_backbone(data_dir: str | Path, cfg: TrainConfig, workdir: str | Path =
     for f in todo:
         train_fold(ws.fold_files(cfg.backbone, f), feed, data.train.labels, data.train.ids, fold_of, cfg,
                    provenance, device=device, progress=progress, excluded=excluded,
-                   content_fp=data.fingerprint(("train",), content=True))
+                   content_fp=ws.content_fingerprint())
     done = [ws.fold_files(cfg.backbone, f).done for f in range(folds.k)]
     results = {f: read_json(path) for f, path in enumerate(done) if path.exists()}
     summary = {"backbone": cfg.backbone, "k": folds.k, "folds": results,
