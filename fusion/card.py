@@ -195,12 +195,12 @@ def write_card(head_dir: str | Path, workdir: str | Path, speed: dict | None = N
     from genderfusion.extract.sources.base import library_versions
 
     from .classifier import FusionClassifier
-    from .model_file import FILE_NAME
+    from .model_file import FILE_NAME, read_file
 
     head_dir, ws = Path(head_dir), Workspace(workdir)
     report = read_json(head_dir / "report.json")
     cv = np.load(head_dir / "cv_probs.npz")
-    clf = FusionClassifier.from_bytes((head_dir / FILE_NAME).read_bytes(), head_dir / FILE_NAME)
+    clf = FusionClassifier.from_bytes(read_file(head_dir / FILE_NAME), head_dir / FILE_NAME)
     ids, y = [str(i) for i in cv["ids"]], cv["y"].astype(int)
     key = report["best_method"]
     p = cv[key]

@@ -338,7 +338,7 @@ class FusionClassifier(Stateful):
             clf = check_export(cls.from_bytes(data, f"{path}:{MODEL_ENTRY}"), manifest, path)
             clf.workdir_ = None if workdir is None else str(Path(workdir).resolve())
             return clf
-        clf = cls.from_bytes(path.read_bytes(), path)
+        clf = cls.from_bytes(model_file.read_file(path), path)
         own = path.resolve().parents[2] if len(path.resolve().parents) > 2 else path.resolve().parent
         if workdir is not None:
             clf.workdir_ = str(Path(workdir).resolve())

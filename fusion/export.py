@@ -35,7 +35,7 @@ LEGACY_FORMATS = ("genderfusion-export-v1",)  # its model entry was a pickle
 SUFFIX = ".gfm"
 MODEL_ENTRY = "model.safetensors"
 MAX_MANIFEST = 2**20
-MAX_ENTRY = 2**31
+MAX_ENTRY = model_file.MAX_BYTES
 MAX_RATIO = 100  # deflate of tensors gives about 1.1, of JSON about 5
 
 

@@ -20,6 +20,7 @@ FORMAT = "genderfusion-model-v3"
 FILE_NAME = "model.safetensors"  # in <workdir>/heads/<name>/
 LEGACY_NAME = "model.pkl"
 MAX_HEADER = 100 * 2**20  # safetensors' own bound on its JSON header
+MAX_BYTES = 2**31  # a model file (or a .gfm entry) beyond this is refused before it is read
 
 
 class ModelFileError(ValueError):
@@ -110,6 +111,14 @@ def _header(data: bytes, name: str) -> dict:
                              f"{meta.get('genderfusion') if isinstance(meta, dict) else '?'}); this version reads "
                              f"{FORMAT}: retrain it with train-head or export it again")
     return meta
+
+
+def read_file(path: Path) -> bytes:
+    """A model file's bytes, refused unread when it is beyond MAX_BYTES."""
+    size = path.stat().st_size
+    if size > MAX_BYTES:
+        raise ModelFileError(f"{path}: {size} bytes, beyond the bound of {MAX_BYTES} for a model file; not read")
+    return path.read_bytes()
 
 
 def read_state(data: bytes, name: str | Path) -> tuple[dict, dict[str, np.ndarray]]:

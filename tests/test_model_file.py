@@ -241,6 +241,18 @@ def test_an_entry_declaring_4_gib_is_refused_before_it_is_read(exported, tmp_pat
     assert time.time() - t < 5
 
 
+def test_a_model_file_beyond_the_size_bound_is_refused_unread(tmp_path, monkeypatch):
+    from genderfusion.fusion import model_file as mf
+
+    big = tmp_path / "big.safetensors"
+    with open(big, "wb") as fh:  # sparse: 3 GiB declared on disk, nothing written
+        fh.truncate(3 * 2**30)
+    monkeypatch.setattr(Path, "read_bytes", lambda self: pytest.fail("read before the bound was checked"))
+    with pytest.raises(ModelFileError, match=rf"big.safetensors: {3 * 2**30} bytes, beyond the bound of "
+                                             rf"{mf.MAX_BYTES} for a model file; not read"):
+        FusionClassifier.load(big)
+
+
 def test_fold_checkpoints_with_a_payload_are_refused_by_extract_predict_and_a_resumed_train_backbone(
         work, tmp_path, capsys):
     from genderfusion.extract.atomic import read_json, sha256_file, write_json
