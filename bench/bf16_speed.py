@@ -49,8 +49,8 @@ def main(argv=None) -> dict:
     args = p.parse_args(argv)
     import torch
 
-    from genderfusion.extract.models.dlib_resnet import load_dlib_resnet
-    from genderfusion.extract.models.face_files import DLIB_NET, dlib_model_paths
+    from genderfusion.extract.faces.dlib_resnet import load_dlib_resnet
+    from genderfusion.extract.faces.face_files import DLIB_NET, dlib_model_paths
 
     torch.set_num_threads(len(os.sched_getaffinity(0)))
     net = load_dlib_resnet(dlib_model_paths()[DLIB_NET]).to(memory_format=torch.channels_last)

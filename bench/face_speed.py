@@ -25,8 +25,8 @@ sys.path.append(str(Path(__file__).resolve().parents[1]))  # for `bench`; gender
 from bench._report import emit  # noqa: E402
 from bench.predict_speed import measure, test_paths  # noqa: E402
 
-from genderfusion.extract.models.face_files import DLIB_NET, SHAPE_PREDICTOR, dlib_model_paths  # noqa: E402
-from genderfusion.extract.models.face_nets import FaceNet, align_files, face_net_config  # noqa: E402
+from genderfusion.extract.faces.face_files import DLIB_NET, SHAPE_PREDICTOR, dlib_model_paths  # noqa: E402
+from genderfusion.extract.faces.face_nets import FaceNet, align_files, face_net_config  # noqa: E402
 from genderfusion.extract.models.inference import resolve_device  # noqa: E402
 from genderfusion.extract.workers import worker_pool  # noqa: E402
 

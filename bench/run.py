@@ -122,7 +122,7 @@ def preflight(prof: dict, fetch: bool) -> None:
     import importlib.util
 
     from genderfusion.extract.errors import WeightsError
-    from genderfusion.extract.models.face_files import INSTALL
+    from genderfusion.extract.faces.face_files import INSTALL
     from genderfusion.extract.sources.preflight import ensure_model_files
 
     t = time.time()

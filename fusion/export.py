@@ -45,7 +45,7 @@ def _sha(data: bytes) -> str:
 
 def frozen_files(recipe: dict) -> dict[str, str]:
     """'<net>:<role>' -> sha256 of each packaged model file a source reads (checked against the published sha256)."""
-    from genderfusion.extract.models.face_files import checked_sha256
+    from genderfusion.extract.faces.face_files import checked_sha256
     from genderfusion.extract.sources.preflight import face_nets
 
     return {f"{net}:{role}": sha for net in face_nets(recipe["spec"]) for role, sha in checked_sha256(net).items()}

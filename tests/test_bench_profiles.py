@@ -93,7 +93,7 @@ def test_the_preflight_names_a_corrupt_packaged_model_file(tmp_path, monkeypatch
     import hashlib
 
     from genderfusion.extract.errors import WeightsError
-    from genderfusion.extract.models import faceres
+    from genderfusion.extract.faces import faceres
     from genderfusion.extract.sources.preflight import ensure_model_files
     from genderfusion.extract.sources.spec import source_spec
 

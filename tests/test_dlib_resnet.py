@@ -3,9 +3,9 @@ import numpy as np
 import pytest
 import torch
 
-from genderfusion.extract.models import face_files as fs
-from genderfusion.extract.models import face_nets
-from genderfusion.extract.models.dlib_resnet import DlibFormatError, load_dlib_resnet
+from genderfusion.extract.faces import face_files as fs
+from genderfusion.extract.faces import face_nets
+from genderfusion.extract.faces.dlib_resnet import DlibFormatError, load_dlib_resnet
 from tests.conftest import REAL_FACES
 
 dlib = pytest.importorskip("dlib")

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from genderfusion.extract.models import faceres
+from genderfusion.extract.faces import faceres
 from genderfusion.extract.models.backbone import create
 from genderfusion.extract.models.inference import infer, infer_above
 
@@ -20,8 +20,8 @@ def _u8(n: int, size: int, seed: int = 0) -> np.ndarray:
 
 
 def test_converted_gender_cnn_reproduces_the_onnx_graph():
-    from genderfusion.extract.models.face_files import gender_model_path
-    from genderfusion.extract.models.face_nets import _gender_graph
+    from genderfusion.extract.faces.face_files import gender_model_path
+    from genderfusion.extract.faces.face_nets import _gender_graph
 
     path, _ = gender_model_path()
     sess = ort.InferenceSession(_gender_graph(str(path), "layer_6_averagepool"), providers=["CPUExecutionProvider"])
@@ -74,7 +74,7 @@ def test_augmented_trunk_views_are_the_trunk_of_augmented_chips():
 
 
 def test_face_resnet_keeps_dlibs_descriptor_under_a_new_output_layer():
-    from genderfusion.extract.models.face_nets import FaceNet, face_net_config
+    from genderfusion.extract.faces.face_nets import FaceNet, face_net_config
 
     model = create("face-resnet", 150).eval()
     chips = _u8(4, 150, seed=2)
@@ -205,7 +205,7 @@ def test_an_interrupted_face_resnet_run_resumes_to_the_same_model(synth, tmp_pat
 
 @needs_faceres
 def test_faceres_in_torch_reproduces_the_converted_graph_whole_and_above_its_cuts():
-    from genderfusion.extract.models.face_nets import FaceNet, face_net_config
+    from genderfusion.extract.faces.face_nets import FaceNet, face_net_config
     from genderfusion.extract.models.trunk_cache import trunk_activations
 
     model = create("faceres-mobilenet", 224).eval()
@@ -224,7 +224,7 @@ def test_faceres_in_torch_reproduces_the_converted_graph_whole_and_above_its_cut
 def test_a_tfjs_graph_that_is_not_faceres_names_the_first_node_that_differs(tmp_path):
     import json
 
-    from genderfusion.extract.models.faceres_torch import FaceResFormatError, tfjs_state_dict
+    from genderfusion.extract.faces.faceres_torch import FaceResFormatError, tfjs_state_dict
 
     kernel = np.zeros((3, 3, 3, 8), "<f4")
     (tmp_path / "g.bin").write_bytes(kernel.tobytes())
@@ -242,7 +242,7 @@ def test_a_fused_model_runs_the_shared_dlib_trunk_once(trained, monkeypatch):
     call) it runs once a view for both, and each source's outputs equal those it computes alone."""
     from genderfusion.extract.cache import format as fc
     from genderfusion.extract.data.workspace import Workspace
-    from genderfusion.extract.models.face_nets import FaceNet
+    from genderfusion.extract.faces.face_nets import FaceNet
     from genderfusion.extract.sources.spec import build_source, source_recipe, source_spec
 
     data_dir, ws_dir, out = trained

@@ -3,8 +3,8 @@ import pytest
 
 from genderfusion.extract.cache import format as fc
 from genderfusion.extract.cache.api import extract_features
-from genderfusion.extract.models import face_files as ff
-from genderfusion.extract.models import face_nets as fs
+from genderfusion.extract.faces import face_files as ff
+from genderfusion.extract.faces import face_nets as fs
 
 pytest.importorskip("dlib")
 pytest.importorskip("onnxruntime")
@@ -122,7 +122,7 @@ def test_chip_cache_parallel_equals_serial_is_reused_and_names_a_corrupt_image(s
     from genderfusion.extract.data.dataset import CompetitionData
     from genderfusion.extract.data.workspace import Workspace
     from genderfusion.extract.errors import BadImageError
-    from genderfusion.extract.models import chip_cache
+    from genderfusion.extract.faces import chip_cache
 
     data = CompetitionData.load(_chips_folder(synth, 90))
     sp = str(ff.dlib_model_paths()[ff.SHAPE_PREDICTOR])
@@ -163,7 +163,7 @@ def test_faceres_source_features_logit_and_name(small, tmp_path):
     f = fc.load(out.path)
     assert out.path.name == "faceres-deep.h5" and f.train.features.shape == (12, 256) and f.kind == "frozen"
     assert f.attrs["extra"]["channel_order"] == "BGR" and f.attrs["extra"]["alignment"].startswith("none")
-    from genderfusion.extract.models.tfjs import tfjs_to_onnx
+    from genderfusion.extract.faces.tfjs import tfjs_to_onnx
 
     graph = tfjs_to_onnx(fs.faceres.model_dir() / "faceres-deep.json", ["gender_pred/Sigmoid"])  # HSE's P(male)
     sess = ort.InferenceSession(graph, providers=["CPUExecutionProvider"])

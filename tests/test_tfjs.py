@@ -5,8 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from genderfusion.extract.models import faceres
-from genderfusion.extract.models.tfjs import TfjsError, tfjs_to_onnx
+from genderfusion.extract.faces import faceres
+from genderfusion.extract.faces.tfjs import TfjsError, tfjs_to_onnx
 
 ort = pytest.importorskip("onnxruntime")
 
@@ -198,7 +198,7 @@ def test_an_unknown_op_names_the_op_and_node(tmp_path):
 @pytest.mark.skipif(not (faceres.model_dir() / "faceres-deep.json").is_file(),
                     reason="FaceRes files absent (fetch-faceres, or GENDERFUSION_FACERES_DIR)")
 def test_faceres_deep_converted_matches_numpy_on_real_files():
-    from genderfusion.extract.models.tfjs import read_weights
+    from genderfusion.extract.faces.tfjs import read_weights
 
     path = faceres.model_dir() / "faceres-deep.json"
     _, weights = read_weights(path)

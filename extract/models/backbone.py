@@ -114,21 +114,21 @@ def _timm_body(name: str, pretrained: bool) -> nn.Module:
 def _face_body(name: str, pretrained: bool) -> nn.Module:
     """A pretrained face network's architecture; its weights come from the package's file (default_weights)."""
     if name == "gender-cnn":
-        from .gender_cnn import gender_body
+        from ..faces.gender_cnn import gender_body
 
         return gender_body()
     if name == "faceres-deep":
-        from .faceres_torch import FaceResBody
+        from ..faces.faceres_torch import FaceResBody
 
         return FaceResBody()
-    from .dlib_resnet import DlibBody
+    from ..faces.dlib_resnet import DlibBody
 
     return DlibBody()
 
 
 def _descriptor_head(dropout: float) -> nn.Module:
     """dlib's pooled fc 256 -> 128 (pretrained), then a new linear layer to one logit."""
-    from .dlib_resnet import descriptor_head
+    from ..faces.dlib_resnet import descriptor_head
 
     head = descriptor_head()
     head.add_module("dropout", nn.Dropout(dropout))
@@ -138,7 +138,7 @@ def _descriptor_head(dropout: float) -> nn.Module:
 
 def _feats_head(dropout: float) -> nn.Module:
     """FaceRes's pooled `feats` layer 1024 -> 256 (pretrained), then a new linear layer to one logit."""
-    from .faceres_torch import feats_head
+    from ..faces.faceres_torch import feats_head
 
     head = feats_head()
     head.add_module("dropout", nn.Dropout(dropout))

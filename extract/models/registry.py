@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from ..errors import UnknownBackboneError, WeightsError
-from . import faceres
+from ..faces import faceres
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -81,7 +81,7 @@ def _effnet_lite0_file() -> str:
 def _face_file(net: str) -> Callable[[], str]:
     """The default weights of a face network: its packaged model file, sha256 checked."""
     def path() -> str:
-        from .face_files import checked_sha256, face_model_files
+        from ..faces.face_files import checked_sha256, face_model_files
 
         checked_sha256(net)  # every file of the net (FaceRes: its graph and its weights)
         return str(face_model_files(net)["model"][0])

@@ -15,8 +15,8 @@ from ..data.image_cache import cached_array, cached_images
 from ..data.workspace import Workspace
 from .augment import AugmentConfig, augment, normalize, to_float
 from .backbone import Backbone
-from .chip_cache import cached_chips
-from .face_files import SHAPE_PREDICTOR, checked_sha256, dlib_model_paths
+from ..faces.chip_cache import cached_chips
+from ..faces.face_files import SHAPE_PREDICTOR, checked_sha256, dlib_model_paths
 from .inference import prepare, step_size
 from .registry import lookup
 

@@ -21,18 +21,18 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise WeightsError(f"{path}: weights file not found")
     if path.suffix == ".onnx":
-        from .gender_cnn import onnx_state_dict
+        from ..faces.gender_cnn import onnx_state_dict
 
         return onnx_state_dict(path)
     if path.suffix == ".json":  # a TF.js graph model: FaceRes
-        from .faceres_torch import FaceResFormatError, tfjs_state_dict
+        from ..faces.faceres_torch import FaceResFormatError, tfjs_state_dict
 
         try:
             return tfjs_state_dict(path)
         except (FaceResFormatError, ValueError) as exc:
             raise WeightsError(str(exc)) from exc
     if path.suffix == ".dat":
-        from .dlib_resnet import DlibFormatError, dat_state_dict
+        from ..faces.dlib_resnet import DlibFormatError, dat_state_dict
 
         try:
             return dat_state_dict(path)[1]

@@ -1,7 +1,7 @@
 """Pretrained face networks as frozen feature sources: one network, loaded once, run on face chips."""
 from __future__ import annotations
 
-from ..models.face_nets import FaceNet, FaceNetConfig, feature_dim
+from ..faces.face_nets import FaceNet, FaceNetConfig, feature_dim
 from .base import FeatureSource, Input
 
 

@@ -8,9 +8,9 @@ from ..data.dataset import CompetitionData
 from ..data.image_cache import cached_images
 from ..data.images import resize_all
 from ..data.workspace import Workspace
-from ..models.chip_cache import cached_chips
-from ..models.face_files import DLIB_FILES, SHAPE_PREDICTOR, dlib_model_paths
-from ..models.face_nets import Aligner
+from ..faces.chip_cache import cached_chips
+from ..faces.face_files import DLIB_FILES, SHAPE_PREDICTOR, dlib_model_paths
+from ..faces.face_nets import Aligner
 from .base import Input
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Callable, Iterable
 
 from ..errors import WeightsError
-from ..models import faceres
-from ..models.face_files import checked_sha256
+from ..faces import faceres
+from ..faces.face_files import checked_sha256
 from ..models.registry import lookup, weights_identity
 from .spec import FROZEN_FACE, source_name
 

@@ -10,9 +10,9 @@ from pathlib import Path
 from ..data.workspace import Workspace, safe_name
 from ..errors import WorkspaceError
 from ..models.checkpoints import fold_checkpoints, saved_preprocess
-from ..models import faceres
-from ..models.face_files import checked_sha256
-from ..models.face_nets import DEFAULT_ALIGN, GENDER_MEANS, face_net_config
+from ..faces import faceres
+from ..faces.face_files import checked_sha256
+from ..faces.face_nets import DEFAULT_ALIGN, GENDER_MEANS, face_net_config
 from ..models.registry import lookup, weights_identity
 from .base import FINETUNED, FROZEN, TTAS, FeatureSource
 

