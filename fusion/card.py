@@ -188,10 +188,12 @@ def _cascade(report: dict) -> str:
 
 
 def write_card(head_dir: str | Path, workdir: str | Path, speed: dict | None = None, n_gallery: int = 12,
-               speed_chart: str | Path | None = None, name: str | None = None) -> Path:
+               speed_chart: str | Path | None = None, name: str | None = None, data_note: str | None = None) -> Path:
     """Write <head_dir>/card.html from the head's report, CV probabilities and saved model; speed: img/s figures
     measured by the benchmark (name -> value) and speed_chart: a PNG of candidate models' accuracy against speed
-    (bench/speed_accuracy.py), shown when given; name: the model's name (default the folder's)."""
+    (bench/speed_accuracy.py), shown when given; name: the model's name (default the folder's); n_gallery: faces
+    shown per gallery of errors (0: none, for a card that is shipped); data_note: a paragraph on the training data
+    and its licence."""
     from genderfusion.extract.sources.base import library_versions
 
     from .classifier import FusionClassifier
@@ -262,6 +264,10 @@ def write_card(head_dir: str | Path, workdir: str | Path, speed: dict | None = N
                        f"<img alt='accuracy against speed' src='data:image/png;base64,{png}'></p>")
     versions = ", ".join(f"{k} {v}" for k, v in library_versions().items())
     n_fem = int(y.sum())
+    data_html = f"<h2>Training data and licence</h2>\n<p>{html.escape(data_note)}</p>\n" if data_note else ""
+    gallery_html = ("<h2>Faces it gets wrong</h2>\n"
+                    + _gallery("Most confident out-of-fold errors", confident, ids, y, p, ages, folder) + "\n"
+                    + _gallery("Doubtful faces (closest to 0.5)", doubtful, ids, y, p, ages, folder)) if n_gallery else ""
     page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>Model card: {html.escape(name or head_dir.name)}</title>
 <style>{CSS}</style></head><body>
@@ -287,9 +293,7 @@ best single source ({html.escape(single_key or '-')}) {_f(rows[single_key]['accu
 {speed_html}
 <h2>Limits</h2>
 <ul>{''.join(f'<li>{html.escape(t)}</li>' for t in limits)}</ul>
-<h2>Faces it gets wrong</h2>
-{_gallery("Most confident out-of-fold errors", confident, ids, y, p, ages, folder)}
-{_gallery("Doubtful faces (closest to 0.5)", doubtful, ids, y, p, ages, folder)}
+{data_html}{gallery_html}
 </body></html>
 """
     out = head_dir / "card.html"

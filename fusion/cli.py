@@ -3,10 +3,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 
 from genderfusion.extract.arguments import (below_one, device, model_name, non_negative_float, non_negative_int,
                                            positive_int, source_list)
 from genderfusion.extract.cli import make_parser, run_cli
+from genderfusion.extract.faces.detect import DETECTORS
+
+from .faces import FACE_MODES
+
+log = logging.getLogger("genderfusion")
 
 
 def _band(text: str) -> tuple[float, float]:
@@ -71,16 +77,39 @@ def train_head_main(argv: list[str] | None = None) -> None:
     run_cli(body, "interrupted; the saved model and its report are unchanged")
 
 
+def _photo_model(model: str | None, workdir: str | None):
+    """--images: the model named, else the workspace's `fusion`, else the shipped default (said in one line)."""
+    from genderfusion.extract.data.workspace import Workspace
+
+    from .classifier import FusionClassifier
+    from .default_model import describe
+    from .predict import load_model
+
+    if model is not None:
+        return load_model(model, workdir)
+    ws = Workspace(workdir or "data")
+    if ws.head_model("fusion").exists():
+        return load_model("fusion", workdir)
+    clf = FusionClassifier.default()
+    log.warning("no --model, and no model `fusion` in the workspace %s: using %s", ws.root, describe())
+    return clf
+
+
 def predict_main(argv: list[str] | None = None) -> None:
     p = make_parser("predict", "Predict with a trained fusion model: a competition's test rows (--data) or any photos "
                                "(--images).")
-    p.add_argument("--model", default="fusion", help="a name under <workdir>/heads/, or a model file "
-                                                     "(model.safetensors, or an exported .gfm; its workspace: "
-                                                     "--workdir when given, else the one it was saved in)")
+    p.add_argument("--model", default=None, help="default (the model shipped with the package), a name under "
+                                                 "<workdir>/heads/, or a model file (model.safetensors, or an exported "
+                                                 ".gfm; its workspace: --workdir when given, else the one it was saved "
+                                                 "in). Without it: fusion in the workspace; --images without such a "
+                                                 "model: default")
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--data", help="competition folder: a submission for its test.csv rows (cached features)")
     what.add_argument("--images", nargs="+", metavar="PATH",
                       help="photos: folders (recursive), globs, text files of paths (.txt), or files")
+    what.add_argument("--example", action="store_true",
+                      help="--images on the photo scikit-image ships (astronaut.png, a public-domain NASA portrait), "
+                           "drawn into --draw (default drawn/)")
     p.add_argument("--workdir", default=None, help="workspace (default data)")
     p.add_argument("--out", default=None, help="default submission.csv (--data) or predictions.csv (--images; "
                                                ".parquet writes Parquet)")
@@ -92,23 +121,51 @@ def predict_main(argv: list[str] | None = None) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--no-cascade", action="store_true", help="run every source on every image even when the model "
                                                              "has a cascade")
+    p.add_argument("--faces", choices=FACE_MODES, default="auto",
+                   help="--images: detect (every face a detector finds), whole (each image is one face), auto "
+                        "(detect; an image whose one face fills it, or a small square one without a face found, is one "
+                        "face; the rule column says which)")
+    p.add_argument("--detector", choices=DETECTORS, default="hog", help="dlib's HOG (fast) or CNN (mmod) face detector")
+    p.add_argument("--min-face", type=positive_int, default=80, metavar="PX",
+                   help="skip faces narrower than this; below 80 px the photo is upsampled (4x slower per halving)")
+    p.add_argument("--draw", default=None, metavar="DIR", help="--images: write each photo with its faces' boxes, "
+                                                               "labels and P(female) into DIR")
     args = p.parse_args(argv)
 
     def body():
         if args.data:
             from .predict import predict_submission
 
-            out = predict_submission(args.model, args.data, args.out or "submission.csv", args.workdir, args.band,
+            out = predict_submission(args.model or "fusion", args.data, args.out or "submission.csv", args.workdir, args.band,
                                      not args.no_cascade)
         else:
-            from .photos import check_table, expand_paths, predict_images
+            from .photos import FaceOptions, check_table, expand_paths, faces_table, predict_images
             from .predict import load_model
 
             out = args.out or "predictions.csv"
+            if args.example:
+                from .photos import example_photo
+
+                args.images, args.draw = [str(example_photo())], args.draw or "drawn"
             paths = expand_paths(args.images)
             check_table(out, [*args.images, *paths])  # before the model is loaded
-            out = predict_images(load_model(args.model, args.workdir), paths, out, args.batch_size, args.skip_bad,
-                                 args.band, args.device, not args.no_progress, not args.no_cascade)
+            from genderfusion.extract.distributed import world
+
+            options = FaceOptions(args.faces, args.detector, args.min_face)
+            kw = dict(batch_size=args.batch_size, skip_bad=args.skip_bad, band=args.band, progress=not args.no_progress,
+                      cascade=not args.no_cascade, options=options, draw=args.draw)
+            if world():  # under torchrun: a shard a rank, merged in input order by rank 0
+                from .predict_ranks import predict_images_ranks
+
+                out = predict_images_ranks(lambda: _photo_model(args.model, args.workdir), paths, out, args.device,
+                                           **kw)
+                if out is None:  # not rank 0: rank 0 reports for all
+                    return
+            else:
+                out = predict_images(_photo_model(args.model, args.workdir), paths, out, device=args.device, **kw)
+            table = faces_table(out["out"])
+            if table:
+                print(table)
         print(json.dumps(out, indent=2))
 
     run_cli(body, interrupted="interrupted; no output file was written (nothing else changed)")

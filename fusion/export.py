@@ -66,6 +66,13 @@ def _trained_part(backbone: str, config: dict, state: dict) -> tuple[dict, bool]
             if k not in base or base[k].shape != v.shape or not torch.equal(base[k], v)}, True
 
 
+def _entry(name: str, compress: int = zipfile.ZIP_DEFLATED) -> zipfile.ZipInfo:
+    """An entry with a fixed date: the same model gives the same file."""
+    info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
+    info.compress_type = compress
+    return info
+
+
 def export_model(clf, out: str | Path, card: Path | None = None) -> dict:
     """Write `clf` (fitted, in its workspace) as one file; returns its manifest plus size."""
     from safetensors.torch import save as save_tensors
@@ -81,7 +88,7 @@ def export_model(clf, out: str | Path, card: Path | None = None) -> dict:
     out = Path(out)
 
     def put(z: zipfile.ZipFile, name: str, data: bytes, compress: int = zipfile.ZIP_DEFLATED) -> None:
-        z.writestr(name, data, compress)
+        z.writestr(_entry(name, compress), data)
         manifest["entries"][name] = {"bytes": len(data), "sha256": _sha(data)}
 
     with atomic_path(out) as tmp:
@@ -104,7 +111,7 @@ def export_model(clf, out: str | Path, card: Path | None = None) -> dict:
             put(z, MODEL_ENTRY, model_file.dumps(clf.detached()))
             if card is not None and card.is_file():
                 put(z, "card.html", card.read_bytes())
-            z.writestr("manifest.json", json.dumps(manifest, indent=2))
+            z.writestr(_entry("manifest.json"), json.dumps(manifest, indent=2))
     return {**manifest, "out": str(out), "megabytes": round(out.stat().st_size / 2**20, 2)}
 
 

@@ -1,5 +1,6 @@
-"""Predicting any photos: one row per image (path, P(female), label, doubtful, error), streamed in batches with
-bounded memory to a CSV or Parquet file (`predict --images`), or returned as a DataFrame (`predict_frame`)."""
+"""Predicting any photos: one row per face (path, face, box, P(female), label, doubtful, stage, rule, error),
+streamed in batches with bounded memory to a CSV or Parquet file (`predict --images`), or returned as a DataFrame
+(`predict_frame`)."""
 from __future__ import annotations
 
 import glob
@@ -12,10 +13,13 @@ from typing import Iterable, Iterator, Sequence
 from genderfusion.extract.atomic import atomic_path, check_output
 from genderfusion.extract.errors import BadImageError
 
-from .images import MAX_SIDE, as_items, decode_one
+from .faces import NO_FACE, WHOLE, Located, check_face_options, locate
+from .images import DETECT_SIDE, MAX_SIDE, as_items, decode_one
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")
-COLUMNS = ("path", "p_female", "label", "doubtful", "stage", "error")
+BOX = ("left", "top", "right", "bottom")
+COLUMNS = ("path", "face", *BOX, "p_female", "label", "doubtful", "stage", "rule", "error")
+INTS = ("face", *BOX, "label", "stage")
 TABLES = (".csv", ".parquet")
 
 
@@ -88,40 +92,82 @@ def expand_paths(items: Sequence[str | os.PathLike]) -> list[Path]:
     return out
 
 
+class FaceOptions:
+    """How faces are found in each photo (fusion.faces): faces auto|detect|whole, the detector, min_face pixels."""
+
+    def __init__(self, faces: str = "auto", detector: str = "hog", min_face: int = 80):
+        check_face_options(faces, detector, min_face)
+        self.faces, self.detector, self.min_face = faces, detector, int(min_face)
+        self._detector = None
+
+    def locate(self, image) -> list[Located]:
+        if self.faces != WHOLE and self._detector is None:
+            from genderfusion.extract.faces.detect import FaceDetector
+
+            self._detector = FaceDetector(self.detector, self.min_face)
+        return locate(image, self.faces, self._detector)
+
+    @property
+    def max_side(self) -> int:
+        return MAX_SIDE if self.faces == WHOLE else DETECT_SIDE
+
+    def no_face(self, name: str) -> str:
+        return (f"{name}: {NO_FACE} (detector {self.detector}, faces of {self.min_face} px or more); --skip-bad "
+                "keeps such photos as a row with this error, --faces whole classifies the whole photo")
+
+
+def _error_row(name: str, error: str) -> dict:
+    return {"path": name, "face": -1, **dict.fromkeys(BOX, -1), "p_female": math.nan, "label": -1,
+            "doubtful": True, "stage": 0, "rule": "", "error": error}
+
+
 def _rows(clf, items: Sequence, names: Sequence[str], band: tuple[float, float], skip_bad: bool,
-          batch_size: int, device: str, cascade: bool = True) -> list[dict]:
-    """One row per item, in order; an unreadable item is an error naming it, or (skip_bad) a row with the error."""
-    arrays, rows = [], []
+          batch_size: int, device: str, cascade: bool, options: FaceOptions, draw=None) -> list[dict]:
+    """One row per face, photo by photo in order; an unreadable photo (or, unless skip_bad, one without a face) is
+    an error naming it, or (skip_bad) a row with the error. draw(name, image, rows) sees each readable photo."""
+    crops, rows, photos = [], [], []
     for i, (item, name) in enumerate(zip(items, names)):
         try:
-            arrays.append(decode_one(item, i, MAX_SIDE))
-            rows.append({"path": name})
+            image = decode_one(item, i, options.max_side)
         except (BadImageError, FileNotFoundError, ValueError, TypeError) as exc:
             if not skip_bad:
                 raise
-            rows.append({"path": name, "p_female": math.nan, "label": -1, "doubtful": True, "stage": 0,
-                         "error": str(exc)})
-    d = clf.predict_details(arrays, batch_size=batch_size, device=device, band=band, cascade=cascade) if arrays \
+            rows.append(_error_row(name, str(exc)))
+            continue
+        found = options.locate(image)
+        if not found:
+            if not skip_bad:
+                raise ValueError(options.no_face(name))
+            rows.append(_error_row(name, NO_FACE))
+        for k, face in enumerate(found):
+            crops.append(face.pixels)
+            rows.append({"path": name, "face": k, **dict(zip(BOX, face.box)), "rule": face.rule, "error": ""})
+        photos.append((name, image, len(rows) - max(1, len(found)), len(rows)))
+    d = clf.predict_details(crops, batch_size=batch_size, device=device, band=band, cascade=cascade) if crops \
         else None
     n = -1
     for row in rows:
-        if "error" not in row:
+        if not row["error"]:
             n += 1
             q = float(d["p_female"][n])
             row.update(p_female=q, label=int(q >= clf.threshold), doubtful=bool(d["doubtful"][n]),
-                       stage=int(d["stage"][n]), error="")
+                       stage=int(d["stage"][n]))
+    if draw is not None:
+        for name, image, start, stop in photos:
+            draw(name, image, rows[start:stop])
     return rows
 
 
-def predict_frame(clf, images, band: tuple[float, float] = (0.45, 0.55), skip_bad: bool = False,
-                  batch_size: int = 256, device: str = "auto", cascade: bool = True):
-    """A pandas DataFrame with the columns path, p_female, label, doubtful, stage, error: one row per image
-    (paths, PIL images, arrays or tensors; an in-memory image's path is '<image i>')."""
+def predict_frame(clf, images, options: FaceOptions, band: tuple[float, float] = (0.45, 0.55),
+                  skip_bad: bool = False, batch_size: int = 256, device: str = "auto", cascade: bool = True):
+    """A pandas DataFrame with COLUMNS, one row per face (paths, PIL images, arrays or tensors; an in-memory
+    image's path is '<image i>')."""
     import pandas as pd
 
     items = as_items(images)
     names = [str(x) if isinstance(x, (str, os.PathLike)) else f"<image {i}>" for i, x in enumerate(items)]
-    return pd.DataFrame(_rows(clf, items, names, band, skip_bad, batch_size, device, cascade), columns=list(COLUMNS))
+    rows = _rows(clf, items, names, band, skip_bad, batch_size, device, cascade, options)
+    return pd.DataFrame(rows, columns=list(COLUMNS)).astype({c: "int64" for c in INTS})
 
 
 def _chunks(paths: list[Path], n: int) -> Iterator[list[Path]]:
@@ -151,9 +197,9 @@ class _Writer:
             import pyarrow.parquet as pq
 
             rows = [{**r, "path": printable(r["path"]), "error": printable(r["error"])} for r in rows]
-            table = pa.Table.from_pylist(rows, schema=pa.schema([("path", pa.string()), ("p_female", pa.float64()),
-                                                                 ("label", pa.int64()), ("doubtful", pa.bool_()),
-                                                                 ("stage", pa.int64()), ("error", pa.string())]))
+            types = {"p_female": pa.float64(), "doubtful": pa.bool_(), **dict.fromkeys(INTS, pa.int64())}
+            schema = pa.schema([(c, types.get(c, pa.string())) for c in COLUMNS])
+            table = pa.Table.from_pylist(rows, schema=schema)
             if self._pq is None:
                 self._pq = pq.ParquetWriter(self.tmp, table.schema)
             self._pq.write_table(table)
@@ -162,8 +208,9 @@ class _Writer:
 
         w = csv.writer(self._fh)
         for r in rows:
-            w.writerow([printable(r["path"]), "" if math.isnan(r["p_female"]) else f"{r['p_female']:.6f}",
-                        r["label"], int(r["doubtful"]), r["stage"], printable(r["error"])])
+            w.writerow([printable(r["path"]), r["face"], *(r[c] for c in BOX),
+                        "" if math.isnan(r["p_female"]) else f"{r['p_female']:.6f}", r["label"], int(r["doubtful"]),
+                        r["stage"], r["rule"], printable(r["error"])])
 
     def close(self) -> None:
         if self.parquet:
@@ -175,30 +222,71 @@ class _Writer:
 
 def predict_images(clf, images: Sequence[str | os.PathLike], out: str | os.PathLike, batch_size: int = 256,
                    skip_bad: bool = False, band: tuple[float, float] = (0.45, 0.55), device: str = "auto",
-                   progress: bool = True, cascade: bool = True) -> dict:
-    """Predict every photo of `images` (folders, globs, lists, files) into `out` (.csv, or .parquet), batch by
-    batch: memory holds one batch. Without skip_bad, the first unreadable file stops the run, naming it, and no
-    output is left; with it, the file's row carries the error."""
+                   progress: bool = True, cascade: bool = True, options: FaceOptions | None = None,
+                   draw: str | os.PathLike | None = None) -> dict:
+    """Predict every face of every photo of `images` (folders, globs, lists, files) into `out` (.csv, or
+    .parquet), batch by batch: memory holds one batch. Without skip_bad, the first unreadable file (or photo
+    without a face) stops the run, naming it, and no output is left; with it, the file's row carries the error.
+    draw: a folder that gets each photo with its faces' boxes, labels and P(female)."""
     from tqdm.auto import tqdm
 
+    options = options or FaceOptions()
     paths = expand_paths(images)
     out = check_table(out, [*images, *paths])
+    drawer = None
+    if draw is not None:
+        from .drawing import Drawer
+
+        drawer = Drawer(draw, clf.threshold)
     t0 = time.time()
-    n_err = n_female = n_doubtful = 0
+    n_err = n_female = n_doubtful = n_faces = 0
     with atomic_path(out) as tmp:
         writer = _Writer(Path(tmp), out.suffix.lower() == ".parquet")
         try:
             with tqdm(total=len(paths), desc="predict", unit="img", disable=not progress) as bar:
                 for chunk in _chunks(paths, batch_size):
-                    rows = _rows(clf, chunk, [str(p) for p in chunk], band, skip_bad, batch_size, device, cascade)
+                    rows = _rows(clf, chunk, [str(p) for p in chunk], band, skip_bad, batch_size, device, cascade,
+                                 options, drawer)
                     writer.write(rows)
                     n_err += sum(bool(r["error"]) for r in rows)
+                    n_faces += sum(not r["error"] for r in rows)
                     n_female += sum(r["label"] == 1 for r in rows)
                     n_doubtful += sum(bool(r["doubtful"]) and not r["error"] for r in rows)
                     bar.update(len(chunk))
         finally:
             writer.close()
     seconds = time.time() - t0
-    return {"out": str(out), "images": len(paths), "errors": n_err, "female": n_female, "doubtful": n_doubtful,
+    return {"out": str(out), "images": len(paths), "faces": n_faces, "errors": n_err, "female": n_female,
+            "doubtful": n_doubtful, "faces_mode": options.faces, "detector": options.detector,
+            "min_face": options.min_face, **({"drawn": str(drawer.folder)} if drawer else {}),
             "seconds": round(seconds, 2), "img_per_s": round(len(paths) / seconds, 1) if seconds > 0 else None}
 
+
+
+TABLE_ROWS = 20
+
+
+def faces_table(out: str | os.PathLike) -> str | None:
+    """The rows of a small .csv output as an aligned text table (None for Parquet or over TABLE_ROWS rows)."""
+    import csv
+
+    if Path(out).suffix.lower() != ".csv":
+        return None
+    with open(out, newline="", encoding="utf-8") as fh:
+        rows = list(csv.reader(fh))
+    if len(rows) - 1 > TABLE_ROWS:
+        return None
+    widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
+    return "\n".join("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in rows)
+
+
+def example_photo() -> Path:
+    """The public-domain photo with a face that scikit-image ships (astronaut.png: Eileen Collins, NASA)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("skimage")
+    path = Path(list(spec.submodule_search_locations)[0]) / "data" / "astronaut.png" if spec else None
+    if path is None or not path.is_file():
+        raise FileNotFoundError("--example uses the photo scikit-image ships: pip install scikit-image (it comes "
+                                'with the extra: pip install "genderfusion[faces]")')
+    return path

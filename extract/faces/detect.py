@@ -1,0 +1,116 @@
+"""Faces found in whole photos (dlib's HOG or CNN detector), and the square crop of each that the face networks
+were trained on: the competition's crops (UTKFace, 200x200) frame a face the way `FRAMES` says."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+from .face_files import _package_dir, _require, checked_file
+
+DETECTORS = ("hog", "cnn")
+CROP_SIZE = 200  # the competition's crops
+WINDOW = 80  # both detectors find faces down to about 80 px; each 2x upsampling halves that
+CNN_FILE = "mmod_human_face_detector.dat"
+CNN_SHA256 = "4cb19393e2fbaf2b1609a9319ad5386618c886a6234ec1b971f3e87c85d87fe6"  # face-recognition-models 0.3.0
+
+
+@dataclass(frozen=True)
+class Frame:
+    """Where a detector's box sits in a competition crop: the crop's centre is the box's centre moved by (dx, dy)
+    box widths, and its side is `side` box widths."""
+    dx: float
+    dy: float
+    side: float
+
+
+# Medians over 300 training crops (bench/scenes.py --calibrate): dlib found one face in 296 (HOG) and 300 (CNN).
+FRAMES = {"hog": Frame(dx=-0.025, dy=-0.025, side=1.117), "cnn": Frame(dx=0.055, dy=0.095, side=1.22)}
+
+
+@dataclass(frozen=True)
+class Box:
+    """A face's box in the photo's pixels (right and bottom exclusive) and the detector's confidence."""
+    left: int
+    top: int
+    right: int
+    bottom: int
+    score: float
+
+    @property
+    def width(self) -> int:
+        return self.right - self.left
+
+
+class FaceDetector:
+    """dlib's frontal face detector: `hog` (fast) or `cnn` (mmod, from face-recognition-models; slower, finds more
+    turned faces). Faces narrower than `min_face` pixels are skipped; the photo is upsampled as often as that
+    needs."""
+
+    def __init__(self, kind: str = "hog", min_face: int = 80):
+        self.kind = kind
+        self.min_face = min_face
+
+    def _model(self):
+        if getattr(self, "_net", None) is None:
+            if self.kind not in DETECTORS:
+                raise ValueError(f"detector {self.kind!r}: one of {', '.join(DETECTORS)}")
+            if not isinstance(self.min_face, int) or self.min_face < 1:
+                raise ValueError(f"min_face {self.min_face!r}: a positive number of pixels")
+            _require("dlib", "dlib-bin")
+            import dlib
+
+            if self.kind == "hog":
+                self._net = dlib.get_frontal_face_detector()
+            else:
+                path = _package_dir("face_recognition_models", "face-recognition-models") / "models" / CNN_FILE
+                checked_file(path, CNN_SHA256)
+                self._net = dlib.cnn_face_detection_model_v1(str(path))
+        return self._net
+
+    @property
+    def upsample(self) -> int:
+        """Times the photo is doubled so that faces of min_face pixels reach the detector's window."""
+        return max(0, math.ceil(math.log2(WINDOW / self.min_face))) if self.min_face < WINDOW else 0
+
+    def detect(self, image: np.ndarray) -> list[Box]:
+        """The faces in an HWC uint8 RGB photo, left to right, each at least min_face pixels wide."""
+        net = self._model()
+        found = net(np.ascontiguousarray(image), self.upsample)
+        if self.kind == "hog":
+            rects, scores = found, [1.0] * len(found)
+        else:
+            rects, scores = [d.rect for d in found], [float(d.confidence) for d in found]
+        h, w = image.shape[:2]
+        boxes = [Box(max(0, r.left()), max(0, r.top()), min(w, r.right() + 1), min(h, r.bottom() + 1), s)
+                 for r, s in zip(rects, scores)]
+        return sorted((b for b in boxes if b.width >= self.min_face), key=lambda b: (b.left, b.top))
+
+    def frame(self, box: Box) -> tuple[float, float, float]:
+        """(centre x, centre y, side) of the square a competition crop of this face would cover."""
+        f, w = FRAMES[self.kind], box.width
+        return (box.left + box.right) / 2 + f.dx * w, (box.top + box.bottom) / 2 + f.dy * w, f.side * w
+
+    def crop(self, image: np.ndarray, box: Box) -> np.ndarray:
+        """The face as the networks saw faces in training: its frame, edge pixels repeated where it leaves the
+        photo, resized to CROP_SIZE."""
+        cx, cy, side = self.frame(box)
+        left, top = int(round(cx - side / 2)), int(round(cy - side / 2))
+        size = max(1, int(round(side)))
+        h, w = image.shape[:2]
+        ys = np.clip(np.arange(top, top + size), 0, h - 1)
+        xs = np.clip(np.arange(left, left + size), 0, w - 1)
+        square = image[ys[:, None], xs[None, :]]
+        return np.asarray(Image.fromarray(square).resize((CROP_SIZE, CROP_SIZE), Image.BILINEAR))
+
+    def frame_cover(self, box: Box, shape: tuple[int, ...]) -> float:
+        """The share of the photo that the face's frame covers (intersection over union): near 1 when the photo
+        already is a crop of this face."""
+        cx, cy, side = self.frame(box)
+        h, w = shape[:2]
+        ix = max(0.0, min(w, cx + side / 2) - max(0.0, cx - side / 2))
+        iy = max(0.0, min(h, cy + side / 2) - max(0.0, cy - side / 2))
+        inter = ix * iy
+        return inter / (w * h + side * side - inter)

@@ -1,0 +1,56 @@
+"""Which faces of a photo are classified, and where: every face a detector finds (cropped the way the competition's
+crops frame a face), or the photo itself as one face. `auto` decides per photo and names the rule that decided."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from genderfusion.extract.faces.detect import DETECTORS, FaceDetector
+
+FACE_MODES = ("auto", "detect", "whole")
+# the `rule` column
+DETECTED = "detected"  # a face the detector found, cropped to its frame
+WHOLE = "whole"  # --faces whole: the photo is one face
+FILLS = "fills-photo"  # auto: the one face found fills the photo (a face crop): the photo as it is
+CROP_LIKE = "crop-like"  # auto: no face found, but the photo is small and square like a face crop
+FILL_SHARE = 0.6  # auto: a face whose frame covers this share of the photo (intersection over union) fills it
+CROP_LIKE_SIDE, CROP_LIKE_ASPECT = 400, 1.25  # auto: no side above this many pixels, long/short side at most this
+NO_FACE = "no face found"
+
+
+@dataclass(frozen=True)
+class Located:
+    """One face of a photo: its box in the photo's pixels, the pixels the networks get, and the rule that chose
+    them."""
+    box: tuple[int, int, int, int]
+    pixels: np.ndarray
+    rule: str
+
+
+def check_face_options(faces: str, detector: str, min_face: int) -> None:
+    if faces not in FACE_MODES:
+        raise ValueError(f"faces {faces!r}: one of {', '.join(FACE_MODES)}")
+    if detector not in DETECTORS:
+        raise ValueError(f"detector {detector!r}: one of {', '.join(DETECTORS)}")
+    if isinstance(min_face, bool) or not isinstance(min_face, (int, np.integer)) or min_face < 1:
+        raise ValueError(f"min_face {min_face!r}: a positive number of pixels")
+
+
+def crop_like(shape: tuple[int, ...]) -> bool:
+    h, w = shape[:2]
+    return max(h, w) <= CROP_LIKE_SIDE and max(h, w) / min(h, w) <= CROP_LIKE_ASPECT
+
+
+def locate(image: np.ndarray, faces: str, detector: FaceDetector | None) -> list[Located]:
+    """The faces of an HWC uint8 RGB photo to classify under `faces` (auto, detect, whole); [] when none."""
+    h, w = image.shape[:2]
+    if faces == WHOLE:
+        return [Located((0, 0, w, h), image, WHOLE)]
+    boxes = detector.detect(image)
+    if faces == "auto":
+        if len(boxes) == 1 and detector.frame_cover(boxes[0], image.shape) >= FILL_SHARE:
+            return [Located((0, 0, w, h), image, FILLS)]
+        if not boxes and crop_like(image.shape):
+            return [Located((0, 0, w, h), image, CROP_LIKE)]
+    return [Located((b.left, b.top, b.right, b.bottom), detector.crop(image, b), DETECTED) for b in boxes]

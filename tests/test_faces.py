@@ -1,0 +1,168 @@
+"""Faces found in whole photos: the detector against dlib's own output, the crop geometry against a numpy formula,
+the auto rules, one row per face, drawing, the shipped default model, and predict --images under torchrun."""
+import csv
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import REAL_FACES
+
+pytest.importorskip("dlib")
+skimage_data = pytest.importorskip("skimage.data")
+
+from genderfusion.extract.faces import faceres  # noqa: E402
+from genderfusion.extract.faces.detect import CROP_SIZE, FRAMES, Box, FaceDetector  # noqa: E402
+from genderfusion.fusion.faces import CROP_LIKE, DETECTED, FILLS, WHOLE, locate  # noqa: E402
+
+HAS_FACERES = not faceres.missing_files("faceres-deep")
+needs_default = pytest.mark.skipif(not HAS_FACERES, reason="the default model needs FaceRes (fetch-faceres)")
+
+
+@pytest.fixture(scope="module")
+def astronaut():
+    return skimage_data.astronaut()  # 512x512, one face (a public-domain NASA portrait)
+
+
+def _scene(faces: list[np.ndarray], side: int = 180) -> tuple[np.ndarray, list[tuple[int, int]]]:
+    """A grey 480x800 canvas with the faces pasted side by side; their top-left corners."""
+    canvas = np.full((480, 800, 3), 120, np.uint8)
+    corners = []
+    for k, face in enumerate(faces):
+        x, y = 60 + 400 * k, 100 + 40 * k
+        canvas[y:y + side, x:x + side] = np.asarray(Image.fromarray(face).resize((side, side), Image.BILINEAR))
+        corners.append((x, y))
+    return canvas, corners
+
+
+def test_hog_boxes_are_dlibs_own(astronaut):
+    import dlib
+
+    ref = dlib.get_frontal_face_detector()(astronaut, 0)
+    got = FaceDetector("hog", 80).detect(astronaut)
+    assert len(ref) == len(got) == 1
+    assert (got[0].left, got[0].top, got[0].right, got[0].bottom) == (ref[0].left(), ref[0].top(),
+                                                                       ref[0].right() + 1, ref[0].bottom() + 1)
+    assert FaceDetector("hog", 40).upsample == 1 and FaceDetector("hog", 80).upsample == 0
+    assert FaceDetector("hog", 300).detect(astronaut) == []  # narrower than min_face: skipped
+
+
+def test_the_crop_is_the_frame_square_resized():
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (300, 400, 3), dtype=np.uint8)
+    det, box = FaceDetector("hog"), Box(100, 80, 200, 180, 1.0)
+    f = FRAMES["hog"]
+    side = round(f.side * 100)
+    left, top = round(150 + f.dx * 100 - side / 2), round(130 + f.dy * 100 - side / 2)
+    ref = np.asarray(Image.fromarray(image[top:top + side, left:left + side]).resize((CROP_SIZE, CROP_SIZE),
+                                                                                       Image.BILINEAR))
+    assert (det.crop(image, box) == ref).all()
+    edge = det.crop(image, Box(0, 0, 100, 100, 1.0))  # the frame leaves the photo: edge pixels repeated
+    assert edge.shape == (CROP_SIZE, CROP_SIZE, 3)
+
+
+def test_auto_rules(astronaut):
+    det = FaceDetector("hog", 80)
+    (box,) = det.detect(astronaut)
+    crop = det.crop(astronaut, box)
+    assert [f.rule for f in locate(crop, "auto", det)] == [FILLS]  # a face crop: the photo as it is
+    assert locate(crop, "auto", det)[0].box == (0, 0, CROP_SIZE, CROP_SIZE)
+    assert [f.rule for f in locate(crop, "detect", det)] == [DETECTED]
+    assert [f.rule for f in locate(astronaut, "auto", det)] == [DETECTED]  # the face is a small part of it
+    blank = np.full((200, 200, 3), 90, np.uint8)
+    assert [f.rule for f in locate(blank, "auto", det)] == [CROP_LIKE] and locate(blank, "detect", det) == []
+    assert locate(np.full((480, 640, 3), 90, np.uint8), "auto", det) == []  # no face, not crop-like
+    assert [f.rule for f in locate(blank, "whole", None)] == [WHOLE]
+
+
+def test_drawn_photo_has_the_box_in_the_label_colour(astronaut):
+    from genderfusion.fusion.drawing import COLOURS, draw_faces
+
+    row = {"left": 100, "top": 100, "right": 300, "bottom": 300, "p_female": 0.9, "doubtful": False, "error": ""}
+    out = np.asarray(draw_faces(astronaut, [row]))
+    assert tuple(out[200, 100]) == COLOURS[1] and tuple(out[299, 200]) == COLOURS[1]
+    assert (out[150:250, 150:250] == astronaut[150:250, 150:250]).all()  # inside the box: untouched
+
+
+def test_predict_says_where_per_face_rows_are():
+    from genderfusion.fusion.classifier import FusionClassifier
+
+    with pytest.raises(ValueError, match=r"predict_frame\(images, faces='detect'\)"):
+        FusionClassifier().predict(["x.jpg"], faces="detect")
+
+
+@needs_default
+def test_default_model_finds_both_faces_of_a_scene_with_their_crop_labels(astronaut, tmp_path):
+    from genderfusion import FusionClassifier
+
+    clf = FusionClassifier.default()
+    det = FaceDetector("hog", 80)
+    if REAL_FACES.is_dir():  # two competition test crops, one of each label by the model
+        crops = [np.asarray(Image.open(REAL_FACES / "test" / f"{i}.jpg").convert("RGB")) for i in (200000, 200001)]
+    else:
+        crops = [det.crop(astronaut, det.detect(astronaut)[0])] * 2
+    scene, corners = _scene(crops)
+    frame = clf.predict_frame(scene, faces="detect")
+    assert frame["face"].tolist() == [0, 1] and set(frame["rule"]) == {DETECTED}
+    for (x, y), r in zip(corners, frame.itertuples()):  # each box inside its pasted crop
+        assert x <= r.left < r.right <= x + 180 and y <= r.top < r.bottom <= y + 180
+    alone = clf.predict(crops)
+    assert frame["label"].tolist() == alone.tolist()
+    if REAL_FACES.is_dir():
+        assert sorted(alone.tolist()) == [0, 1]
+
+
+@needs_default
+def test_predict_images_without_a_model_uses_the_default_and_draws(astronaut, tmp_path):
+    photo = tmp_path / "astronaut.png"
+    Image.fromarray(astronaut).save(photo)
+    r = subprocess.run([sys.executable, "-m", "genderfusion", "predict", "--images", str(photo), "--out",
+                        str(tmp_path / "p.csv"), "--draw", str(tmp_path / "drawn"), "--no-progress"],
+                       capture_output=True, text=True, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "using the shipped default model" in r.stderr
+    (row,) = list(csv.DictReader(open(tmp_path / "p.csv")))
+    assert row["rule"] == DETECTED and row["label"] == "1" and row["face"] == "0"  # Eileen Collins
+    drawn = np.asarray(Image.open(tmp_path / "drawn" / "astronaut.jpg"))
+    assert drawn.shape == astronaut.shape and np.abs(drawn.astype(int) - astronaut).mean() > 0.1
+
+
+def test_a_photo_without_a_face_stops_the_run_or_is_a_row(tmp_path):
+    from genderfusion.fusion.photos import FaceOptions, _rows
+
+    class Never:  # never reached: the photo has no face
+        threshold = 0.5
+
+    blank = np.full((480, 640, 3), 90, np.uint8)
+    with pytest.raises(ValueError, match="<image 0>: no face found.*--skip-bad"):
+        _rows(Never(), [blank], ["<image 0>"], (0.45, 0.55), False, 8, "cpu", True, FaceOptions("detect"))
+    (row,) = _rows(Never(), [blank], ["<image 0>"], (0.45, 0.55), True, 8, "cpu", True, FaceOptions("detect"))
+    assert row["error"] == "no face found" and row["face"] == -1 and row["label"] == -1
+
+
+@pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="torch")
+def test_predict_images_under_torchrun_is_one_process_output(built, tmp_path):
+    """2 gloo ranks, each a shard of the photos, merged in input order: the rows one process writes."""
+    data, ws = built
+    from genderfusion.fusion.classifier import FusionClassifier
+
+    FusionClassifier(["cnn-small"], "logistic", "global", workdir=ws).fit().save(tmp_path / "m.safetensors")
+    photos = sorted((data / "test").glob("*.jpg"))[:7]
+    args = ["predict", "--images", *map(str, photos), "--model", str(tmp_path / "m.safetensors"), "--workdir",
+            str(ws), "--no-progress", "--faces", "whole"]
+    one = subprocess.run([sys.executable, "-m", "genderfusion", *args, "--out", str(tmp_path / "one.csv")],
+                         capture_output=True, text=True)
+    assert one.returncode == 0, one.stderr
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m",
+                          "genderfusion", *args, "--out", str(tmp_path / "two.csv")], capture_output=True, text=True,
+                         cwd=tmp_path)
+    assert two.returncode == 0, two.stderr[-2000:]
+    a, b = (list(csv.DictReader(open(tmp_path / f))) for f in ("one.csv", "two.csv"))
+    assert [r["path"] for r in b] == [str(p) for p in photos]
+    assert [r["label"] for r in a] == [r["label"] for r in b]
+    assert np.abs(np.array([float(r["p_female"]) for r in a]) - [float(r["p_female"]) for r in b]).max() < 1e-5
+    assert not list(tmp_path.glob(".two.csv.part*"))  # the parts merged and removed
