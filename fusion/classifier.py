@@ -261,9 +261,9 @@ class FusionClassifier(Stateful):
         predict_frame)."""
         return (self.predict_proba(images, **kw)[:, 1] >= self.threshold).astype(np.int64)
 
-    def predict_frame(self, images, faces: str = "auto", detector: str = "hog", min_face: int = 80,
+    def predict_frame(self, images, faces: str = "auto", detector: str = "hog", min_face: int = 72,
                       band: tuple[float, float] = (0.45, 0.55), skip_bad: bool = False, batch_size: int = 256,
-                      device: str = "auto", cascade: bool = True):
+                      device: str = "auto", cascade: bool = True, workers: int = 1):
         """A pandas DataFrame, one row per face: path ('<image i>' for one in memory), face (0, 1, ... in the
         photo; -1 on an error row), left, top, right, bottom (its box in the photo), p_female, label (-1 on an
         error row), doubtful (P(female) before the second stage inside `band`), stage (which of the model's
@@ -272,10 +272,11 @@ class FusionClassifier(Stateful):
 
         faces: `detect` classifies every face the detector (`hog` or `cnn`) finds at least min_face pixels wide;
         `whole` takes each image as one face; `auto` detects, and takes an image as one face where its one face
-        fills it or no face is found in an image that looks like a face crop."""
+        fills it or no face is found in an image that looks like a face crop. workers: processes that decode photo
+        files and find their faces."""
         from .photos import FaceOptions, predict_frame
 
-        return predict_frame(self, images, FaceOptions(faces, detector, min_face), band, skip_bad, batch_size,
+        return predict_frame(self, images, FaceOptions(faces, detector, min_face, workers), band, skip_bad, batch_size,
                              device, cascade)
 
     def stage_names(self, cascade: bool = True) -> dict[int, str]:

@@ -4,11 +4,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 
 from genderfusion.extract.arguments import (below_one, device, model_name, non_negative_float, non_negative_int,
                                            positive_int, source_list)
 from genderfusion.extract.cli import make_parser, run_cli
-from genderfusion.extract.faces.detect import DETECTORS
+from genderfusion.extract.faces.detect import DETECTORS, MIN_FACE
 
 from .faces import FACE_MODES
 
@@ -126,8 +127,10 @@ def predict_main(argv: list[str] | None = None) -> None:
                         "(detect; an image whose one face fills it, or a small square one without a face found, is one "
                         "face; the rule column says which)")
     p.add_argument("--detector", choices=DETECTORS, default="hog", help="dlib's HOG (fast) or CNN (mmod) face detector")
-    p.add_argument("--min-face", type=positive_int, default=80, metavar="PX",
-                   help="skip faces narrower than this; below 80 px the photo is upsampled (4x slower per halving)")
+    p.add_argument("--min-face", type=positive_int, default=MIN_FACE, metavar="PX",
+                   help=f"skip faces narrower than this (default {MIN_FACE}: the smallest the detectors see in the photo as it is); below it the photo is upsampled, 4x slower per halving")
+    p.add_argument("--workers", type=positive_int, default=min(2, os.cpu_count() or 1),
+                   help="processes that decode photos and find their faces (default: 2, or 1 on one core)")
     p.add_argument("--draw", default=None, metavar="DIR", help="--images: write each photo with its faces' boxes, "
                                                                "labels and P(female) into DIR")
     args = p.parse_args(argv)
@@ -151,7 +154,7 @@ def predict_main(argv: list[str] | None = None) -> None:
             check_table(out, [*args.images, *paths])  # before the model is loaded
             from genderfusion.extract.distributed import world
 
-            options = FaceOptions(args.faces, args.detector, args.min_face)
+            options = FaceOptions(args.faces, args.detector, args.min_face, args.workers)
             kw = dict(batch_size=args.batch_size, skip_bad=args.skip_bad, band=args.band, progress=not args.no_progress,
                       cascade=not args.no_cascade, options=options, draw=args.draw)
             if world():  # under torchrun: a shard a rank, merged in input order by rank 0

@@ -13,6 +13,8 @@ from typing import Iterable, Iterator, Sequence
 from genderfusion.extract.atomic import atomic_path, check_output
 from genderfusion.extract.errors import BadImageError
 
+from genderfusion.extract.faces.detect import MIN_FACE
+
 from .faces import NO_FACE, WHOLE, Located, check_face_options, locate
 from .images import DETECT_SIDE, MAX_SIDE, as_items, decode_one
 
@@ -93,12 +95,15 @@ def expand_paths(items: Sequence[str | os.PathLike]) -> list[Path]:
 
 
 class FaceOptions:
-    """How faces are found in each photo (fusion.faces): faces auto|detect|whole, the detector, min_face pixels."""
+    """How faces are found in each photo (fusion.faces): faces auto|detect|whole, the detector, min_face pixels,
+    and the worker processes that decode photo files and find their faces (1: in this process)."""
 
-    def __init__(self, faces: str = "auto", detector: str = "hog", min_face: int = 80):
+    def __init__(self, faces: str = "auto", detector: str = "hog", min_face: int = MIN_FACE, workers: int = 1):
         check_face_options(faces, detector, min_face)
-        self.faces, self.detector, self.min_face = faces, detector, int(min_face)
-        self._detector = None
+        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+            raise ValueError(f"workers {workers!r}: a positive integer")
+        self.faces, self.detector, self.min_face, self.workers = faces, detector, int(min_face), workers
+        self._detector = self._pool = None
 
     def locate(self, image) -> list[Located]:
         if self.faces != WHOLE and self._detector is None:
@@ -115,6 +120,38 @@ class FaceOptions:
         return (f"{name}: {NO_FACE} (detector {self.detector}, faces of {self.min_face} px or more); --skip-bad "
                 "keeps such photos as a row with this error, --faces whole classifies the whole photo")
 
+    def located(self, items: Sequence, keep_images: bool) -> Iterator:
+        """Per item, in order: (the decoded image, or None unless keep_images, its faces), or the exception that
+        decoding raised. Photo files go to the worker processes when there are several."""
+        jobs = [(item, i, keep_images) for i, item in enumerate(items)]
+        if self.workers > 1 and self.faces != WHOLE and len(items) > 1 \
+                and all(isinstance(x, (str, os.PathLike)) for x in items):
+            if self._pool is None:
+                from genderfusion.extract.workers import worker_pool
+
+                self._pool = worker_pool(self.workers)
+            return self._pool.map(_located, [(self.faces, self.detector, self.min_face)] * len(jobs), jobs)
+        return (_located((self.faces, self.detector, self.min_face), job, self) for job in jobs)
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
+
+
+_WORKER_OPTIONS: dict[tuple, FaceOptions] = {}
+
+
+def _located(key: tuple, job: tuple, options: FaceOptions | None = None):
+    """Decode one input and find its faces: (image or None, faces), or the exception decoding raised."""
+    options = options or _WORKER_OPTIONS.setdefault(key, FaceOptions(*key))
+    item, index, keep_image = job
+    try:
+        image = decode_one(item, index, options.max_side)
+    except (BadImageError, FileNotFoundError, ValueError, TypeError) as exc:
+        return exc
+    return (image if keep_image else None), options.locate(image)
+
 
 def _error_row(name: str, error: str) -> dict:
     return {"path": name, "face": -1, **dict.fromkeys(BOX, -1), "p_female": math.nan, "label": -1,
@@ -126,15 +163,13 @@ def _rows(clf, items: Sequence, names: Sequence[str], band: tuple[float, float],
     """One row per face, photo by photo in order; an unreadable photo (or, unless skip_bad, one without a face) is
     an error naming it, or (skip_bad) a row with the error. draw(name, image, rows) sees each readable photo."""
     crops, rows, photos = [], [], []
-    for i, (item, name) in enumerate(zip(items, names)):
-        try:
-            image = decode_one(item, i, options.max_side)
-        except (BadImageError, FileNotFoundError, ValueError, TypeError) as exc:
+    for name, got in zip(names, options.located(items, draw is not None)):
+        if isinstance(got, Exception):
             if not skip_bad:
-                raise
-            rows.append(_error_row(name, str(exc)))
+                raise got
+            rows.append(_error_row(name, str(got)))
             continue
-        found = options.locate(image)
+        image, found = got
         if not found:
             if not skip_bad:
                 raise ValueError(options.no_face(name))
@@ -166,7 +201,10 @@ def predict_frame(clf, images, options: FaceOptions, band: tuple[float, float] =
 
     items = as_items(images)
     names = [str(x) if isinstance(x, (str, os.PathLike)) else f"<image {i}>" for i, x in enumerate(items)]
-    rows = _rows(clf, items, names, band, skip_bad, batch_size, device, cascade, options)
+    try:
+        rows = _rows(clf, items, names, band, skip_bad, batch_size, device, cascade, options)
+    finally:
+        options.close()
     return pd.DataFrame(rows, columns=list(COLUMNS)).astype({c: "int64" for c in INTS})
 
 
@@ -255,6 +293,7 @@ def predict_images(clf, images: Sequence[str | os.PathLike], out: str | os.PathL
                     bar.update(len(chunk))
         finally:
             writer.close()
+            options.close()
     seconds = time.time() - t0
     return {"out": str(out), "images": len(paths), "faces": n_faces, "errors": n_err, "female": n_female,
             "doubtful": n_doubtful, "faces_mode": options.faces, "detector": options.detector,

@@ -43,11 +43,12 @@ def test_hog_boxes_are_dlibs_own(astronaut):
     import dlib
 
     ref = dlib.get_frontal_face_detector()(astronaut, 0)
-    got = FaceDetector("hog", 80).detect(astronaut)
+    got = FaceDetector("hog", 72).detect(astronaut)
     assert len(ref) == len(got) == 1
     assert (got[0].left, got[0].top, got[0].right, got[0].bottom) == (ref[0].left(), ref[0].top(),
                                                                        ref[0].right() + 1, ref[0].bottom() + 1)
-    assert FaceDetector("hog", 40).upsample == 1 and FaceDetector("hog", 80).upsample == 0
+    assert FaceDetector("hog", 40).upsample == 1 and FaceDetector("hog", 72).upsample == 0
+    assert FaceDetector("hog", 20).upsample == 2
     assert FaceDetector("hog", 300).detect(astronaut) == []  # narrower than min_face: skipped
 
 
@@ -66,7 +67,7 @@ def test_the_crop_is_the_frame_square_resized():
 
 
 def test_auto_rules(astronaut):
-    det = FaceDetector("hog", 80)
+    det = FaceDetector("hog", 72)
     (box,) = det.detect(astronaut)
     crop = det.crop(astronaut, box)
     assert [f.rule for f in locate(crop, "auto", det)] == [FILLS]  # a face crop: the photo as it is
@@ -100,7 +101,7 @@ def test_default_model_finds_both_faces_of_a_scene_with_their_crop_labels(astron
     from genderfusion import FusionClassifier
 
     clf = FusionClassifier.default()
-    det = FaceDetector("hog", 80)
+    det = FaceDetector("hog", 72)
     if REAL_FACES.is_dir():  # two competition test crops, one of each label by the model
         crops = [np.asarray(Image.open(REAL_FACES / "test" / f"{i}.jpg").convert("RGB")) for i in (200000, 200001)]
     else:
@@ -166,3 +167,26 @@ def test_predict_images_under_torchrun_is_one_process_output(built, tmp_path):
     assert [r["label"] for r in a] == [r["label"] for r in b]
     assert np.abs(np.array([float(r["p_female"]) for r in a]) - [float(r["p_female"]) for r in b]).max() < 1e-5
     assert not list(tmp_path.glob(".two.csv.part*"))  # the parts merged and removed
+
+
+def test_two_workers_find_the_same_faces_and_errors_as_one(astronaut, tmp_path):
+    """The parallel path (photo files decoded and searched in 2 worker processes) against the serial one."""
+    from genderfusion.fusion.photos import FaceOptions
+
+    Image.fromarray(astronaut).save(tmp_path / "a.png")
+    Image.fromarray(astronaut[:, ::-1]).save(tmp_path / "b.png")
+    (tmp_path / "c.jpg").write_bytes(b"not a jpeg")
+    Image.fromarray(np.full((480, 640, 3), 90, np.uint8)).save(tmp_path / "d.png")
+    items = [str(tmp_path / n) for n in ("a.png", "b.png", "c.jpg", "d.png")]
+    serial, parallel = FaceOptions("detect", workers=1), FaceOptions("detect", workers=2)
+    try:
+        one, two = list(serial.located(items, True)), list(parallel.located(items, True))
+        assert parallel._pool is not None  # the parallel path ran
+    finally:
+        parallel.close()
+    assert isinstance(one[2], Exception) and type(one[2]) is type(two[2]) and str(one[2]) == str(two[2])
+    assert "c.jpg" in str(two[2])
+    for a, b in zip(one[:2] + one[3:], two[:2] + two[3:]):
+        assert (a[0] == b[0]).all() and [f.box for f in a[1]] == [f.box for f in b[1]]
+        assert all((f.pixels == g.pixels).all() for f, g in zip(a[1], b[1]))
+    assert len(one[0][1]) == len(one[1][1]) == 1 and one[3][1] == []

@@ -11,7 +11,7 @@ NS = "genderfusion"  # the import namespace; the folders extract/, heads/, fusio
 PACKAGES = ("extract", "heads", "fusion")
 # extract's layers, lowest first: a module imports only from its own layer or lower ones
 EXTRACT_LAYERS = {f"{NS}.extract.{m}": rank for m, rank in
-                  {"errors": 0, "atomic": 0, "workers": 0, "data": 1, "models": 2, "sources": 3, "cache": 4, "distributed": 5,
+                  {"errors": 0, "atomic": 0, "workers": 0, "data": 1, "models": 2, "faces": 2, "sources": 3, "cache": 4, "distributed": 5,
                    "cli": 5}.items()}
 TORCH = {"torch", "torchvision", "timm"}
 
