@@ -230,15 +230,14 @@ def calibrate(data: Path, n: int) -> dict:
     ids = [r["id"] for r in csv.DictReader(open(data / "train.csv"))][:n]
     out = {}
     for kind in ("hog", "cnn"):
-        det, rows = FaceDetector(kind, 40), []
+        det, rows = FaceDetector(kind), []  # as predict runs it (min_face 72: no upsampling)
         for i in ids:
             im = decode_one(str(data / "train" / f"{i}.jpg"), 0)
             boxes = det.detect(im)
-            if len(boxes) == 1:
-                b, s = boxes[0], im.shape[1]
-                w = b.width
-                rows.append((s / 2 - (b.left + b.right) / 2, s / 2 - (b.top + b.bottom) / 2, s / w))
-                rows[-1] = (rows[-1][0] / w, rows[-1][1] / w, rows[-1][2])
+            if len(boxes) == 1:  # the crop's centre minus the box's, and the crop's side, in box widths
+                b, side = boxes[0], im.shape[1]
+                rows.append(((side - b.left - b.right) / 2 / b.width, (side - b.top - b.bottom) / 2 / b.width,
+                             side / b.width))
         a = np.median(np.array(rows), axis=0)
         out[kind] = {"one_face_in": len(rows), "of": len(ids), "dx": round(float(a[0]), 3),
                      "dy": round(float(a[1]), 3), "side": round(float(a[2]), 3)}
@@ -292,8 +291,9 @@ def main(argv=None) -> dict:
         Path(args.json).with_suffix(".md").write_text(markdown(result))
         print(json.dumps(result.get("cost_by_photo_size"), indent=2))
         return result
-    if args.calibrate:
+    if args.calibrate:  # into frames.json beside the --json results
         result = {"calibration": calibrate(data, 300)}
+        args.json = str(Path(args.json).with_name("frames.json"))
     else:
         from genderfusion import FusionClassifier
 

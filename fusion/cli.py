@@ -7,7 +7,7 @@ import logging
 import os
 
 from genderfusion.extract.arguments import (below_one, device, model_name, non_negative_float, non_negative_int,
-                                           positive_int, source_list)
+                                           number, positive_int, source_list)
 from genderfusion.extract.cli import make_parser, run_cli
 from genderfusion.extract.faces.detect import DETECTORS, MIN_FACE
 
@@ -223,3 +223,48 @@ def audit_labels_main(argv: list[str] | None = None) -> None:
         print(json.dumps(counts, indent=2))
 
     run_cli(body, "interrupted; each file in audit/ is the old one or a complete new one")
+
+
+def serve_main(argv: list[str] | None = None) -> None:
+    p = make_parser("serve", "Serve a fusion model: POST /predict (photos -> one row per face), GET /health, and a page "
+                             "at / to drop photos on. Binds to 127.0.0.1: put a reverse proxy with TLS, a body size "
+                             "limit and authentication in front of it for the open internet.")
+    p.add_argument("--model", default="default", help="default (shipped), a name under <workdir>/heads/, or a file")
+    p.add_argument("--workdir", default=None)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=positive_int, default=8000)
+    p.add_argument("--workers", type=positive_int, default=1,
+                   help="server processes, each with the model loaded once and its share of the cores' threads")
+    p.add_argument("--max-mb", type=number(float, 0, "a positive number of MB", low_inclusive=False), default=20.0,
+                   help="largest upload per request (MB)")
+    p.add_argument("--max-pixels", type=positive_int, default=40_000_000, help="largest image (pixels)")
+    p.add_argument("--max-images", type=positive_int, default=16, help="images per request")
+    p.add_argument("--queue", type=positive_int, default=8, help="requests that may wait; more get 503")
+    p.add_argument("--timeout", type=number(float, 0, "a positive number of seconds", low_inclusive=False),
+                   default=60.0, help="seconds per request; then 504")
+    p.add_argument("--faces", choices=FACE_MODES, default="auto")
+    p.add_argument("--detector", choices=DETECTORS, default="hog")
+    p.add_argument("--min-face", type=positive_int, default=MIN_FACE, metavar="PX")
+    args = p.parse_args(argv)
+
+    def body():
+        import importlib.util
+
+        if importlib.util.find_spec("fastapi") is None or importlib.util.find_spec("uvicorn") is None:
+            raise ModuleNotFoundError('serve needs FastAPI and uvicorn: pip install "genderfusion[serve]"')
+        import uvicorn
+
+        from .service import ENV, Limits, load_served, thread_share
+
+        load_served(args.model, args.workdir)  # a bad --model fails here, in one line, before any server starts
+        settings = {"model": args.model, "workdir": args.workdir, "threads": thread_share(args.workers),
+                    "limits": vars(Limits(round(args.max_mb * 2**20), args.max_pixels, args.max_images, args.queue,
+                                          args.timeout)),
+                    "faces": {"faces": args.faces, "detector": args.detector, "min_face": args.min_face}}
+        os.environ[ENV] = json.dumps(settings)
+        log.warning("serving %s on http://%s:%d (%d process(es), %d thread(s) each)", args.model, args.host,
+                    args.port, args.workers, settings["threads"])
+        uvicorn.run("genderfusion.fusion.service:app_from_env", factory=True, host=args.host, port=args.port,
+                    workers=args.workers, log_level="warning")
+
+    run_cli(body, interrupted="server stopped")

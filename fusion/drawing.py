@@ -13,9 +13,9 @@ COLOURS = {1: (230, 80, 160), 0: (40, 130, 230)}  # female, male
 DOUBTFUL = (250, 200, 40)
 
 
-def draw_faces(image: np.ndarray, rows: list[dict], threshold: float = 0.5) -> Image.Image:
+def draw_faces(image: np.ndarray, rows: list[dict], threshold: float = 0.5, scale: float = 1.0) -> Image.Image:
     """The photo with a box per face row: magenta female, blue male, yellow where doubtful; the label and
-    P(female) above it."""
+    P(female) above it. scale: the rows' boxes are in pixels of a photo this much larger than `image`."""
     out = Image.fromarray(image)
     pen = ImageDraw.Draw(out)
     width = max(2, round(max(out.size) / 400))
@@ -23,7 +23,7 @@ def draw_faces(image: np.ndarray, rows: list[dict], threshold: float = 0.5) -> I
     for r in rows:
         if r["error"]:
             continue
-        box = (r["left"], r["top"], r["right"] - 1, r["bottom"] - 1)
+        box = tuple(round(v / scale) for v in (r["left"], r["top"], r["right"] - 1, r["bottom"] - 1))
         colour = DOUBTFUL if r["doubtful"] else COLOURS[int(r["p_female"] >= threshold)]
         pen.rectangle(box, outline=colour, width=width)
         text = f"{'female' if r['p_female'] >= threshold else 'male'} {r['p_female']:.2f}"
@@ -52,6 +52,6 @@ class Drawer:
         self._used.add(name)
         return self.folder / f"{name}.jpg"
 
-    def __call__(self, path: str, image: np.ndarray, rows: list[dict]) -> None:
+    def __call__(self, path: str, image: np.ndarray, rows: list[dict], scale: float = 1.0) -> None:
         with atomic_path(self._name(path)) as tmp:
-            draw_faces(image, rows, self.threshold).save(tmp, format="JPEG", quality=90)
+            draw_faces(image, rows, self.threshold, scale).save(tmp, format="JPEG", quality=90)

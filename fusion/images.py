@@ -47,7 +47,9 @@ def decode_one(item, index: int, max_side: int | None = None) -> np.ndarray:
         try:
             return load_rgb(io.BytesIO(bytes(item)), max_side=max_side)
         except BadImageError as exc:
-            raise BadImageError(f"<image {index}>", exc.reason) from None
+            reason = exc.reason if "cannot identify image file" not in exc.reason else \
+                f"not an image file that can be read ({len(item)} bytes)"
+            raise BadImageError(f"<image {index}>", reason) from None
     if isinstance(item, Image.Image):
         try:
             return np.asarray(to_rgb(ImageOps.exif_transpose(item)), dtype=np.uint8).copy()

@@ -3,7 +3,9 @@ streamed in batches with bounded memory to a CSV or Parquet file (`predict --ima
 (`predict_frame`)."""
 from __future__ import annotations
 
+import dataclasses
 import glob
+import io
 import math
 import os
 import time
@@ -144,13 +146,28 @@ _WORKER_OPTIONS: dict[tuple, FaceOptions] = {}
 
 def _located(key: tuple, job: tuple, options: FaceOptions | None = None):
     """Decode one input and find its faces: (image or None, faces), or the exception decoding raised."""
-    options = options or _WORKER_OPTIONS.setdefault(key, FaceOptions(*key))
+    if options is None:
+        options = _WORKER_OPTIONS.get(key) or _WORKER_OPTIONS.setdefault(key, FaceOptions(*key))
     item, index, keep_image = job
     try:
         image = decode_one(item, index, options.max_side)
     except (BadImageError, FileNotFoundError, ValueError, TypeError) as exc:
         return exc
-    return (image if keep_image else None), options.locate(image)
+    found = options.locate(image)
+    scale = _long_side(item) / max(image.shape[:2])
+    if scale > 1:  # a photo reduced as it was decoded: boxes in the photo's own pixels
+        found = [dataclasses.replace(f, box=tuple(round(v * scale) for v in f.box)) for f in found]
+    return (image if keep_image else None), found
+
+
+def _long_side(item) -> int:
+    """The long side of a photo file (or the bytes of one) as stored; 0 for an image in memory."""
+    from PIL import Image
+
+    if isinstance(item, (str, os.PathLike, bytes, bytearray, memoryview)):
+        with Image.open(item if isinstance(item, (str, os.PathLike)) else io.BytesIO(bytes(item))) as im:
+            return max(im.size)
+    return 0
 
 
 def _error_row(name: str, error: str) -> dict:
@@ -158,12 +175,13 @@ def _error_row(name: str, error: str) -> dict:
             "doubtful": True, "stage": 0, "rule": "", "error": error}
 
 
-def _rows(clf, items: Sequence, names: Sequence[str], band: tuple[float, float], skip_bad: bool,
+def face_rows(clf, items: Sequence, names: Sequence[str], band: tuple[float, float], skip_bad: bool,
           batch_size: int, device: str, cascade: bool, options: FaceOptions, draw=None) -> list[dict]:
     """One row per face, photo by photo in order; an unreadable photo (or, unless skip_bad, one without a face) is
-    an error naming it, or (skip_bad) a row with the error. draw(name, image, rows) sees each readable photo."""
+    an error naming it, or (skip_bad) a row with the error. draw(name, image, rows, scale) sees each readable photo
+    (scale: how much larger the photo is than `image`, as decoded)."""
     crops, rows, photos = [], [], []
-    for name, got in zip(names, options.located(items, draw is not None)):
+    for item, name, got in zip(items, names, options.located(items, draw is not None)):
         if isinstance(got, Exception):
             if not skip_bad:
                 raise got
@@ -177,7 +195,9 @@ def _rows(clf, items: Sequence, names: Sequence[str], band: tuple[float, float],
         for k, face in enumerate(found):
             crops.append(face.pixels)
             rows.append({"path": name, "face": k, **dict(zip(BOX, face.box)), "rule": face.rule, "error": ""})
-        photos.append((name, image, len(rows) - max(1, len(found)), len(rows)))
+        if draw is not None:
+            photos.append((name, image, len(rows) - max(1, len(found)), len(rows),
+                           max(1.0, _long_side(item) / max(image.shape[:2]))))
     d = clf.predict_details(crops, batch_size=batch_size, device=device, band=band, cascade=cascade) if crops \
         else None
     n = -1
@@ -188,8 +208,8 @@ def _rows(clf, items: Sequence, names: Sequence[str], band: tuple[float, float],
             row.update(p_female=q, label=int(q >= clf.threshold), doubtful=bool(d["doubtful"][n]),
                        stage=int(d["stage"][n]))
     if draw is not None:
-        for name, image, start, stop in photos:
-            draw(name, image, rows[start:stop])
+        for name, image, start, stop, scale in photos:
+            draw(name, image, rows[start:stop], scale)
     return rows
 
 
@@ -202,7 +222,7 @@ def predict_frame(clf, images, options: FaceOptions, band: tuple[float, float] =
     items = as_items(images)
     names = [str(x) if isinstance(x, (str, os.PathLike)) else f"<image {i}>" for i, x in enumerate(items)]
     try:
-        rows = _rows(clf, items, names, band, skip_bad, batch_size, device, cascade, options)
+        rows = face_rows(clf, items, names, band, skip_bad, batch_size, device, cascade, options)
     finally:
         options.close()
     return pd.DataFrame(rows, columns=list(COLUMNS)).astype({c: "int64" for c in INTS})
@@ -283,8 +303,8 @@ def predict_images(clf, images: Sequence[str | os.PathLike], out: str | os.PathL
         try:
             with tqdm(total=len(paths), desc="predict", unit="img", disable=not progress) as bar:
                 for chunk in _chunks(paths, batch_size):
-                    rows = _rows(clf, chunk, [str(p) for p in chunk], band, skip_bad, batch_size, device, cascade,
-                                 options, drawer)
+                    rows = face_rows(clf, chunk, [str(p) for p in chunk], band, skip_bad, batch_size, device,
+                                     cascade, options, drawer)
                     writer.write(rows)
                     n_err += sum(bool(r["error"]) for r in rows)
                     n_faces += sum(not r["error"] for r in rows)

@@ -133,15 +133,15 @@ def test_predict_images_without_a_model_uses_the_default_and_draws(astronaut, tm
 
 
 def test_a_photo_without_a_face_stops_the_run_or_is_a_row(tmp_path):
-    from genderfusion.fusion.photos import FaceOptions, _rows
+    from genderfusion.fusion.photos import FaceOptions, face_rows
 
     class Never:  # never reached: the photo has no face
         threshold = 0.5
 
     blank = np.full((480, 640, 3), 90, np.uint8)
     with pytest.raises(ValueError, match="<image 0>: no face found.*--skip-bad"):
-        _rows(Never(), [blank], ["<image 0>"], (0.45, 0.55), False, 8, "cpu", True, FaceOptions("detect"))
-    (row,) = _rows(Never(), [blank], ["<image 0>"], (0.45, 0.55), True, 8, "cpu", True, FaceOptions("detect"))
+        face_rows(Never(), [blank], ["<image 0>"], (0.45, 0.55), False, 8, "cpu", True, FaceOptions("detect"))
+    (row,) = face_rows(Never(), [blank], ["<image 0>"], (0.45, 0.55), True, 8, "cpu", True, FaceOptions("detect"))
     assert row["error"] == "no face found" and row["face"] == -1 and row["label"] == -1
 
 
@@ -209,3 +209,16 @@ def test_the_default_model_fetches_faceres_only_when_it_is_missing(tmp_path, mon
     assert len(calls) == 1  # present: not fetched again (its sha256 is checked when the model loads)
     default_model.ensure_files(["dlib-face-flip"])
     assert len(calls) == 1
+
+
+def test_boxes_of_a_photo_reduced_as_decoded_are_in_its_own_pixels(astronaut, tmp_path):
+    """A 3072 px photo is decoded at 2048 px; its face box is reported in the photo's pixels (1.5x)."""
+    from genderfusion.fusion.photos import FaceOptions
+
+    big = tmp_path / "big.png"
+    Image.fromarray(astronaut).resize((3072, 3072), Image.BILINEAR).save(big)
+    small = tmp_path / "small.png"
+    Image.fromarray(astronaut).resize((2048, 2048), Image.BILINEAR).save(small)
+    options = FaceOptions("detect")
+    (_, (a,)), (_, (b,)) = options.located([str(big), str(small)], False)
+    assert a.box == tuple(round(v * 1.5) for v in b.box) and a.pixels.shape == b.pixels.shape

@@ -1,0 +1,221 @@
+"""`serve`: a fusion model behind an HTTP API (POST /predict, GET /health) and a page to drop photos on (GET /).
+
+The model is loaded once per process. Predictions run one at a time in a worker thread (the face detector is not
+thread-safe, and one prediction already uses every thread given to the process); requests wait in a bounded queue
+(503 with Retry-After when it is full) and each has a time limit (504). An upload that cannot be read is an error
+entry of its image, never a failure of the process."""
+
+import asyncio
+import base64
+import binascii
+import math
+import os
+import time
+from dataclasses import dataclass
+from importlib.resources import files
+from pathlib import Path
+
+from .photos import COLUMNS, FaceOptions, face_rows
+
+PAGE = "page.html"
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one request may ask: bytes uploaded, pixels per image, images, waiting requests, seconds."""
+    max_bytes: int = 20 * 2**20
+    max_pixels: int = 40_000_000
+    max_images: int = 16
+    queue: int = 8
+    timeout_s: float = 60.0
+
+
+class RequestError(Exception):
+    """A request refused as a whole: an HTTP status and the reason, naming the limit."""
+
+    def __init__(self, status: int, detail: str):
+        super().__init__(detail)
+        self.status, self.detail = status, detail
+
+
+def decode_json_images(body: dict) -> list[tuple[str, bytes]]:
+    """{"images": [{"name": ..., "data": base64}, ...]} (or a list of base64 strings) -> [(name, bytes)]."""
+    images = body.get("images") if isinstance(body, dict) else None
+    if not isinstance(images, list) or not images:
+        raise RequestError(422, 'JSON body: expected {"images": [{"name": "a.jpg", "data": "<base64>"}, ...]}')
+    out = []
+    for i, entry in enumerate(images):
+        name, data = (f"image {i}", entry) if isinstance(entry, str) else (
+            (str(entry.get("name", f"image {i}")), entry.get("data")) if isinstance(entry, dict) else (None, None))
+        if not isinstance(data, str):
+            raise RequestError(422, f"JSON body: images[{i}] has no base64 string in 'data'")
+        try:
+            out.append((name, base64.b64decode(data, validate=True)))
+        except (binascii.Error, ValueError):
+            raise RequestError(422, f"JSON body: images[{i}] ({name}): 'data' is not valid base64") from None
+    return out
+
+
+def check_images(images: list[tuple[str, bytes]], limits: Limits) -> None:
+    """The request as a whole: some images, not too many, each within the pixel limit (read from its header)."""
+    from PIL import Image, UnidentifiedImageError
+
+    if not images:
+        raise RequestError(422, "no image in the request: send multipart files (field 'files') or JSON "
+                                '{"images": [{"name": ..., "data": <base64>}]}')
+    if len(images) > limits.max_images:
+        raise RequestError(413, f"{len(images)} images in one request, above the limit of {limits.max_images}")
+    import io
+
+    for name, data in images:
+        try:
+            with Image.open(io.BytesIO(data)) as im:
+                w, h = im.size
+        except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
+            continue  # unreadable: its own error entry, not the request's
+        if w * h > limits.max_pixels:
+            raise RequestError(413, f"{name}: {w}x{h} = {w * h} pixels, above the limit of {limits.max_pixels} "
+                                    "pixels per image")
+
+
+def rows_json(rows: list[dict]) -> list[dict]:
+    """Rows with the columns of `predict --images`, NaN as null."""
+    return [{c: (None if isinstance(r[c], float) and math.isnan(r[c]) else r[c]) for c in COLUMNS} for r in rows]
+
+
+class Predictor:
+    """The model, loaded once, and the queue in front of it."""
+
+    def __init__(self, clf, name: str, limits: Limits, options: FaceOptions):
+        self.clf, self.name, self.limits, self.options = clf, name, limits, options
+        self._lock = asyncio.Lock()
+        self.waiting = 0
+
+    def _predict(self, images: list[tuple[str, bytes]]) -> list[dict]:
+        names, items = [n for n, _ in images], [d for _, d in images]
+        rows = face_rows(self.clf, items, names, (0.45, 0.55), True, 64, "auto", True, self.options)
+        for r in rows:  # an upload's error names the upload, not its place in the request
+            if r["error"].startswith("<image "):
+                r["error"] = f"{r['path']}:" + r["error"].split(">:", 1)[-1]
+        return rows
+
+    async def __call__(self, images: list[tuple[str, bytes]]) -> list[dict]:
+        if self.waiting >= self.limits.queue:
+            raise RequestError(503, f"busy: {self.waiting} requests already wait (the queue holds "
+                                    f"{self.limits.queue}); retry shortly")
+        self.waiting += 1
+        try:
+            async with self._lock:
+                task = asyncio.get_running_loop().run_in_executor(None, self._predict, images)
+                try:
+                    return await asyncio.wait_for(asyncio.shield(task), self.limits.timeout_s)
+                except asyncio.TimeoutError:
+                    await task  # the lock is held until the model is free again
+                    raise RequestError(504, f"the prediction took longer than the limit of {self.limits.timeout_s} s")
+        finally:
+            self.waiting -= 1
+
+
+def health(clf, name: str) -> dict:
+    from genderfusion import __version__
+
+    return {"status": "ok", "model": name, "format": "genderfusion-model-v3", "sources": clf.source_names_,
+            "head": clf.head, "protocol": clf.protocol, "genderfusion": __version__,
+            "columns": list(COLUMNS)}
+
+
+def create_app(clf, name: str, limits: Limits = Limits(), options: FaceOptions | None = None):
+    """The ASGI app serving `clf` (a loaded FusionClassifier) under `name`."""
+    from fastapi import FastAPI, Request
+    from fastapi.responses import HTMLResponse, JSONResponse
+
+    predictor = Predictor(clf, name, limits, options or FaceOptions())
+    app = FastAPI(title="genderfusion", version=health(clf, name)["genderfusion"])
+    page = (Path(str(files("genderfusion.fusion"))) / PAGE).read_text(encoding="utf-8")
+
+    def refuse(exc: RequestError) -> JSONResponse:
+        headers = {"Retry-After": "1"} if exc.status == 503 else None
+        return JSONResponse({"error": exc.detail}, status_code=exc.status, headers=headers)
+
+    @app.get("/", response_class=HTMLResponse)
+    def index() -> str:
+        return page
+
+    @app.get("/health")
+    def get_health() -> dict:
+        return health(clf, name)
+
+    @app.post("/predict")
+    async def predict(request: Request):
+        t0 = time.time()
+        try:
+            size = request.headers.get("content-length")
+            if size is not None and size.isdigit() and int(size) > limits.max_bytes:
+                raise RequestError(413, f"the upload is {int(size)} bytes, above the limit of {limits.max_bytes}")
+            images = await _read_images(request, limits)
+            check_images(images, limits)
+            rows = await predictor(images)
+        except RequestError as exc:
+            return refuse(exc)
+        return {"model": name, "images": len(images), "rows": rows_json(rows), "seconds": round(time.time() - t0, 3)}
+
+    return app
+
+
+async def _read_images(request, limits: Limits) -> list[tuple[str, bytes]]:
+    """The images of a multipart (any file fields) or JSON (base64) request, at most max_bytes in all."""
+    kind = request.headers.get("content-type", "")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limits.max_bytes:
+            raise RequestError(413, f"the upload is over the limit of {limits.max_bytes} bytes")
+    if not body:
+        raise RequestError(422, "empty body: send multipart files (field 'files') or JSON with base64 images")
+    if kind.startswith("application/json"):
+        import json
+
+        try:
+            return decode_json_images(json.loads(body))
+        except (ValueError, UnicodeDecodeError):
+            raise RequestError(422, "the body is not valid JSON") from None
+    if kind.startswith("multipart/form-data"):
+        from starlette.datastructures import UploadFile
+        from starlette.requests import Request as Plain
+
+        async def replay():
+            return {"type": "http.request", "body": bytes(body), "more_body": False}
+
+        try:
+            form = await Plain(request.scope, replay).form(max_files=limits.max_images + 1)
+        except Exception as exc:  # a malformed multipart body
+            raise RequestError(422, f"the multipart body cannot be read ({type(exc).__name__}: {exc})") from None
+        return [(v.filename or k, await v.read()) for k, v in form.multi_items() if isinstance(v, UploadFile)]
+    raise RequestError(415, f"content type {kind or 'none'}: send multipart/form-data or application/json")
+
+
+def thread_share(workers: int) -> int:
+    """Threads each server process gives its model, so that the processes together use the cores once."""
+    return max(1, (os.cpu_count() or 1) // max(1, workers))
+
+
+ENV = "GENDERFUSION_SERVE"  # the settings as JSON, for uvicorn's worker processes (app_from_env)
+
+
+def load_served(model: str, workdir: str | None):
+    """The model `serve` names: default, a workspace name, or a file."""
+    from .predict import load_model
+
+    return load_model(model, workdir)
+
+
+def app_from_env():
+    """The app of one server process, from the settings `serve` put in the environment."""
+    import json
+
+    import torch
+
+    s = json.loads(os.environ[ENV])
+    torch.set_num_threads(s["threads"])
+    return create_app(load_served(s["model"], s["workdir"]), s["model"], Limits(**s["limits"]),
+                      FaceOptions(**s["faces"]))

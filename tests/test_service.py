@@ -1,0 +1,163 @@
+"""`serve`: the HTTP API on a small synthetic model (rows equal to predict_frame, limits, errors, the queue, the time
+limit), and the page in a real browser (Debian's chromium driven by Playwright) with the shipped default model."""
+import asyncio
+import base64
+import csv
+import io
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytest.importorskip("fastapi")
+pytest.importorskip("httpx")
+
+from fastapi.testclient import TestClient  # noqa: E402
+
+from genderfusion.fusion.classifier import FusionClassifier  # noqa: E402
+from genderfusion.fusion.photos import COLUMNS, FaceOptions  # noqa: E402
+from genderfusion.fusion.service import Limits, Predictor, RequestError, create_app  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def served(built, tmp_path_factory):
+    """A cnn-small model over the synthetic workspace; the synthetic photos (blobs: taken whole)."""
+    data, ws = built
+    clf = FusionClassifier(["cnn-small"], "logistic", "global", workdir=ws).fit()
+    photos = sorted((data / "test").glob("*.jpg"))[:3]
+    return clf, photos
+
+
+def _client(clf, **limits) -> TestClient:
+    return TestClient(create_app(clf, "tiny", Limits(**limits), FaceOptions("whole")))
+
+
+def test_predict_rows_are_predict_frames(served):
+    clf, photos = served
+    files = [("files", (p.name, p.read_bytes(), "image/jpeg")) for p in photos]
+    r = _client(clf).post("/predict", files=files)
+    assert r.status_code == 200, r.text
+    rows = r.json()["rows"]
+    ref = clf.predict_frame([p.read_bytes() for p in photos], faces="whole")
+    assert [row["path"] for row in rows] == [p.name for p in photos] and list(rows[0]) == list(COLUMNS)
+    assert [row["label"] for row in rows] == ref["label"].tolist()
+    assert np.allclose([row["p_female"] for row in rows], ref["p_female"], atol=1e-6)
+    b64 = {"images": [{"name": p.name, "data": base64.b64encode(p.read_bytes()).decode()} for p in photos]}
+    j = _client(clf).post("/predict", json=b64)
+    assert j.status_code == 200 and [row["label"] for row in j.json()["rows"]] == ref["label"].tolist()
+
+
+def test_health_and_page(served):
+    clf, _ = served
+    c = _client(clf)
+    h = c.get("/health").json()
+    assert h["model"] == "tiny" and h["sources"] == ["cnn-small"] and h["columns"] == list(COLUMNS)
+    page = c.get("/")
+    assert page.status_code == 200 and "/predict" in page.text and "<canvas" not in page.text.split("<script>")[0]
+
+
+def test_bad_uploads_are_clear_errors_and_the_server_goes_on(served):
+    clf, photos = served
+    c = _client(clf, max_bytes=200_000, max_pixels=10_000, max_images=2)
+    good = ("files", (photos[0].name, photos[0].read_bytes(), "image/jpeg"))
+    corrupt = c.post("/predict", files=[good, ("files", ("bad.jpg", b"not a jpeg", "image/jpeg"))])
+    rows = corrupt.json()["rows"]
+    assert corrupt.status_code == 200 and rows[0]["error"] == "" and rows[1]["label"] == -1
+    assert rows[1]["error"].startswith("bad.jpg: cannot decode image (not an image file")
+    assert c.post("/predict").status_code == 422  # empty body
+    assert c.post("/predict", content=b"x" * 300_000, headers={"content-type": "image/jpeg"}).status_code == 413
+    big = io.BytesIO()
+    Image.new("RGB", (200, 100)).save(big, format="PNG")
+    r = c.post("/predict", files=[("files", ("big.png", big.getvalue(), "image/png"))])
+    assert r.status_code == 413 and "20000 pixels, above the limit of 10000" in r.json()["error"]
+    r = c.post("/predict", files=[good] * 3)
+    assert r.status_code == 413 and "above the limit of 2" in r.json()["error"]
+    assert c.post("/predict", json={"images": [{"name": "x", "data": "%%%"}]}).status_code == 422
+    assert c.post("/predict", content=b"{", headers={"content-type": "application/json"}).status_code == 422
+    assert c.post("/predict", content=b"abc", headers={"content-type": "text/plain"}).status_code == 415
+    assert c.post("/predict", files=[good]).status_code == 200  # still serving
+
+
+def test_a_full_queue_is_503_and_a_slow_prediction_504(served):
+    clf, _ = served
+
+    class Slow(Predictor):
+        def _predict(self, images):
+            time.sleep(0.4)
+            return []
+
+    async def burst(limits: Limits) -> list:
+        p = Slow(clf, "tiny", limits, FaceOptions("whole"))
+        return await asyncio.gather(*(p([("a", b"")]) for _ in range(3)), return_exceptions=True)
+
+    out = asyncio.run(burst(Limits(queue=2)))
+    assert sum(isinstance(o, RequestError) and o.status == 503 for o in out) == 1 and out.count([]) == 2
+    out = asyncio.run(burst(Limits(queue=8, timeout_s=0.1)))
+    assert all(isinstance(o, RequestError) and o.status == 504 for o in out)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_the_page_in_a_browser_labels_both_faces_of_a_scene(tmp_path):
+    """Playwright drives Debian's chromium: drop a two-face scene on the page, wait for the boxes, compare."""
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("no browser: apt-get install -y chromium (.ci/run installs it)")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    from genderfusion.extract.faces import faceres
+
+    if faceres.missing_files("faceres-deep"):
+        pytest.skip("the default model needs FaceRes: fetch-faceres (.ci/run fetches it)")
+    import uvicorn
+    from skimage import data as skdata
+
+    from genderfusion.extract.faces.detect import FaceDetector
+
+    face = skdata.astronaut()
+    det = FaceDetector()
+    crop = det.crop(face, det.detect(face)[0])
+    scene = np.full((480, 800, 3), 120, np.uint8)
+    scene[100:280, 60:240] = np.asarray(Image.fromarray(crop).resize((180, 180)))
+    scene[140:320, 460:640] = np.asarray(Image.fromarray(crop[:, ::-1]).resize((180, 180)))
+    photo = tmp_path / "scene.png"
+    Image.fromarray(scene).save(photo)
+    cli = subprocess.run([sys.executable, "-m", "genderfusion", "predict", "--images", str(photo), "--model", "default",
+                          "--out", str(tmp_path / "p.csv"), "--no-progress"], capture_output=True, text=True)
+    assert cli.returncode == 0, cli.stderr
+    expected = [r["label"] for r in csv.DictReader(open(tmp_path / "p.csv"))]
+    assert len(expected) == 2
+
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(FusionClassifier.default(), "default"), port=port,
+                                           log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        for _ in range(100):
+            if server.started:
+                break
+            time.sleep(0.1)
+        with sync_api.sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+            page = browser.new_page()
+            page.goto(f"http://127.0.0.1:{port}/")
+            page.set_input_files("#pick", str(photo))
+            page.wait_for_selector("tr.face-row >> nth=1", timeout=60_000)
+            labels = page.eval_on_selector_all("tr.face-row", "rows => rows.map(r => r.dataset.label)")
+            page.screenshot(path=str(tmp_path / "page.png"), full_page=True)
+            browser.close()
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+    assert labels == expected
+    assert (tmp_path / "page.png").stat().st_size > 10_000
