@@ -1,4 +1,4 @@
-"""The import rules of the README's layout table, read from the source (ast), so that a violation fails CI."""
+"""The import rules of the layout table (docs/layout.md), read from the source (ast), so that a violation fails CI."""
 from __future__ import annotations
 
 import ast
