@@ -22,7 +22,7 @@ def test_public_api_is_lazy_and_torch_free(tmp_path):
 def test_python_m_runs_every_console_script(tmp_path):
     scripts = sorted(ep.name for ep in entry_points(group="console_scripts") if ep.value.startswith("genderfusion."))
     assert scripts == ["audit-labels", "export-model", "extract", "fetch-faceres", "make-synthetic", "predict",
-                       "train-backbone", "train-head"]
+                       "serve", "train-backbone", "train-head"]
     for name in scripts:
         out = run(["-m", "genderfusion", name, "--version"], tmp_path)
         assert out.returncode == 0 and out.stdout.strip() == f"genderfusion {version('genderfusion')}", out
