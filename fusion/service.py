@@ -99,19 +99,22 @@ class Predictor:
                 r["error"] = f"{r['path']}:" + r["error"].split(">:", 1)[-1]
         return rows
 
+    async def _run(self, images: list[tuple[str, bytes]]) -> list[dict]:
+        await self._lock.acquire()
+        task = asyncio.get_running_loop().run_in_executor(None, self._predict, images)
+        task.add_done_callback(lambda _: self._lock.release())  # held until the model is free, answered or not
+        return await asyncio.shield(task)
+
     async def __call__(self, images: list[tuple[str, bytes]]) -> list[dict]:
         if self.waiting >= self.limits.queue:
             raise RequestError(503, f"busy: {self.waiting} requests already wait (the queue holds "
                                     f"{self.limits.queue}); retry shortly")
         self.waiting += 1
         try:
-            async with self._lock:
-                task = asyncio.get_running_loop().run_in_executor(None, self._predict, images)
-                try:
-                    return await asyncio.wait_for(asyncio.shield(task), self.limits.timeout_s)
-                except asyncio.TimeoutError:
-                    await task  # the lock is held until the model is free again
-                    raise RequestError(504, f"the prediction took longer than the limit of {self.limits.timeout_s} s")
+            return await asyncio.wait_for(self._run(images), self.limits.timeout_s)
+        except asyncio.TimeoutError:
+            raise RequestError(504, f"no answer within the limit of {self.limits.timeout_s} s (waiting included)"
+                               ) from None
         finally:
             self.waiting -= 1
 

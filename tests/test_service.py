@@ -92,14 +92,19 @@ def test_a_full_queue_is_503_and_a_slow_prediction_504(served):
             time.sleep(0.4)
             return []
 
+    answered = []
+
     async def burst(limits: Limits) -> list:
-        p = Slow(clf, "tiny", limits, FaceOptions("whole"))
-        return await asyncio.gather(*(p([("a", b"")]) for _ in range(3)), return_exceptions=True)
+        p, t = Slow(clf, "tiny", limits, FaceOptions("whole")), time.time()
+        out = await asyncio.gather(*(p([("a", b"")]) for _ in range(3)), return_exceptions=True)
+        answered.append(time.time() - t)
+        return out
 
     out = asyncio.run(burst(Limits(queue=2)))
     assert sum(isinstance(o, RequestError) and o.status == 503 for o in out) == 1 and out.count([]) == 2
     out = asyncio.run(burst(Limits(queue=8, timeout_s=0.1)))
     assert all(isinstance(o, RequestError) and o.status == 504 for o in out)
+    assert answered[1] < 0.35  # answered at the limit, not when the slow prediction ends
 
 
 def _free_port() -> int:
