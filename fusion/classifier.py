@@ -9,6 +9,7 @@ from typing import Sequence
 import numpy as np
 
 from genderfusion.extract.errors import WorkspaceError
+from genderfusion.extract.faces.detect import MIN_FACE
 from genderfusion.extract.sources.base import FINETUNED, FROZEN, FeatureSource
 from genderfusion.heads import HEADS
 from genderfusion.heads.second_stage import KnnSecondStage, in_band
@@ -261,7 +262,7 @@ class FusionClassifier(Stateful):
         predict_frame)."""
         return (self.predict_proba(images, **kw)[:, 1] >= self.threshold).astype(np.int64)
 
-    def predict_frame(self, images, faces: str = "auto", detector: str = "hog", min_face: int = 72,
+    def predict_frame(self, images, faces: str = "auto", detector: str = "hog", min_face: int = MIN_FACE,
                       band: tuple[float, float] = (0.45, 0.55), skip_bad: bool = False, batch_size: int = 256,
                       device: str = "auto", cascade: bool = True, workers: int = 1):
         """A pandas DataFrame, one row per face: path ('<image i>' for one in memory), face (0, 1, ... in the

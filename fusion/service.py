@@ -8,6 +8,7 @@ entry of its image, never a failure of the process."""
 import asyncio
 import base64
 import binascii
+import io
 import math
 import os
 import time
@@ -65,8 +66,6 @@ def check_images(images: list[tuple[str, bytes]], limits: Limits) -> None:
                                 '{"images": [{"name": ..., "data": <base64>}]}')
     if len(images) > limits.max_images:
         raise RequestError(413, f"{len(images)} images in one request, above the limit of {limits.max_images}")
-    import io
-
     for name, data in images:
         try:
             with Image.open(io.BytesIO(data)) as im:
