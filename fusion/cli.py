@@ -78,6 +78,18 @@ def train_head_main(argv: list[str] | None = None) -> None:
     run_cli(body, "interrupted; the saved model and its report are unchanged")
 
 
+def _face_arguments(p: argparse.ArgumentParser) -> None:
+    """--faces, --detector, --min-face: how the faces of a photo are found (predict --images, serve)."""
+    p.add_argument("--faces", choices=FACE_MODES, default="auto",
+                   help="detect (every face a detector finds), whole (each image is one face), auto (detect; an "
+                        "image whose one face fills it, or a small square one without a face found, is one face; the "
+                        "rule column says which)")
+    p.add_argument("--detector", choices=DETECTORS, default="hog", help="dlib's HOG (fast) or CNN (mmod) face detector")
+    p.add_argument("--min-face", type=positive_int, default=MIN_FACE, metavar="PX",
+                   help=f"skip faces narrower than this (default {MIN_FACE}: the smallest the detectors see in the "
+                        "photo as it is); below it the photo is upsampled, 4x slower per halving")
+
+
 def _photo_model(model: str | None, workdir: str | None):
     """--images: the model named, else the workspace's `fusion`, else the shipped default (said in one line)."""
     from genderfusion.extract.data.workspace import Workspace
@@ -122,13 +134,7 @@ def predict_main(argv: list[str] | None = None) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--no-cascade", action="store_true", help="run every source on every image even when the model "
                                                              "has a cascade")
-    p.add_argument("--faces", choices=FACE_MODES, default="auto",
-                   help="--images: detect (every face a detector finds), whole (each image is one face), auto "
-                        "(detect; an image whose one face fills it, or a small square one without a face found, is one "
-                        "face; the rule column says which)")
-    p.add_argument("--detector", choices=DETECTORS, default="hog", help="dlib's HOG (fast) or CNN (mmod) face detector")
-    p.add_argument("--min-face", type=positive_int, default=MIN_FACE, metavar="PX",
-                   help=f"skip faces narrower than this (default {MIN_FACE}: the smallest the detectors see in the photo as it is); below it the photo is upsampled, 4x slower per halving")
+    _face_arguments(p)
     p.add_argument("--workers", type=positive_int, default=min(2, os.cpu_count() or 1),
                    help="processes that decode photos and find their faces (default: 2, or 1 on one core)")
     p.add_argument("--draw", default=None, metavar="DIR", help="--images: write each photo with its faces' boxes, "
@@ -139,8 +145,8 @@ def predict_main(argv: list[str] | None = None) -> None:
         if args.data:
             from .predict import predict_submission
 
-            out = predict_submission(args.model or "fusion", args.data, args.out or "submission.csv", args.workdir, args.band,
-                                     not args.no_cascade)
+            out = predict_submission(args.model or "fusion", args.data, args.out or "submission.csv", args.workdir,
+                                     args.band, not args.no_cascade)
         else:
             from .photos import FaceOptions, check_table, expand_paths, faces_table, predict_images
             from .predict import load_model
@@ -242,9 +248,7 @@ def serve_main(argv: list[str] | None = None) -> None:
     p.add_argument("--queue", type=positive_int, default=8, help="requests that may wait; more get 503")
     p.add_argument("--timeout", type=number(float, 0, "a positive number of seconds", low_inclusive=False),
                    default=60.0, help="seconds per request; then 504")
-    p.add_argument("--faces", choices=FACE_MODES, default="auto")
-    p.add_argument("--detector", choices=DETECTORS, default="hog")
-    p.add_argument("--min-face", type=positive_int, default=MIN_FACE, metavar="PX")
+    _face_arguments(p)
     args = p.parse_args(argv)
 
     def body():
@@ -254,16 +258,21 @@ def serve_main(argv: list[str] | None = None) -> None:
             raise ModuleNotFoundError('serve needs FastAPI and uvicorn: pip install "genderfusion[serve]"')
         import uvicorn
 
-        from .service import ENV, Limits, load_served, thread_share
+        from .predict import load_model
+        from .service import ENV, Limits, app_from_settings, thread_share
 
-        load_served(args.model, args.workdir)  # a bad --model fails here, in one line, before any server starts
+        clf = load_model(args.model, args.workdir)  # a bad --model fails here, in one line, before any server starts
         settings = {"model": args.model, "workdir": args.workdir, "threads": thread_share(args.workers),
                     "limits": vars(Limits(round(args.max_mb * 2**20), args.max_pixels, args.max_images, args.queue,
                                           args.timeout)),
                     "faces": {"faces": args.faces, "detector": args.detector, "min_face": args.min_face}}
-        os.environ[ENV] = json.dumps(settings)
         log.warning("serving %s on http://%s:%d (%d process(es), %d thread(s) each)", args.model, args.host,
                     args.port, args.workers, settings["threads"])
+        if args.workers == 1:  # this process serves the model it has loaded
+            uvicorn.run(app_from_settings(settings, clf), host=args.host, port=args.port, log_level="warning")
+            return
+        del clf  # each worker process loads its own
+        os.environ[ENV] = json.dumps(settings)
         uvicorn.run("genderfusion.fusion.service:app_from_env", factory=True, host=args.host, port=args.port,
                     workers=args.workers, log_level="warning")
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from genderfusion.extract.faces.detect import DETECTORS, FaceDetector
+from genderfusion.extract.faces.detect import FaceDetector, check_detector
 
 FACE_MODES = ("auto", "detect", "whole")
 # the `rule` column
@@ -31,10 +31,7 @@ class Located:
 def check_face_options(faces: str, detector: str, min_face: int) -> None:
     if faces not in FACE_MODES:
         raise ValueError(f"faces {faces!r}: one of {', '.join(FACE_MODES)}")
-    if detector not in DETECTORS:
-        raise ValueError(f"detector {detector!r}: one of {', '.join(DETECTORS)}")
-    if isinstance(min_face, bool) or not isinstance(min_face, (int, np.integer)) or min_face < 1:
-        raise ValueError(f"min_face {min_face!r}: a positive number of pixels")
+    check_detector(detector, min_face)
 
 
 def crop_like(shape: tuple[int, ...]) -> bool:

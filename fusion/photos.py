@@ -145,7 +145,8 @@ _WORKER_OPTIONS: dict[tuple, FaceOptions] = {}
 
 
 def _located(key: tuple, job: tuple, options: FaceOptions | None = None):
-    """Decode one input and find its faces: (image or None, faces), or the exception decoding raised."""
+    """Decode one input and find its faces: (image or None, faces in the photo's own pixels, how much larger the
+    photo is than the image as decoded), or the exception decoding raised."""
     if options is None:
         options = _WORKER_OPTIONS.get(key) or _WORKER_OPTIONS.setdefault(key, FaceOptions(*key))
     item, index, keep_image = job
@@ -154,10 +155,11 @@ def _located(key: tuple, job: tuple, options: FaceOptions | None = None):
     except (BadImageError, FileNotFoundError, ValueError, TypeError) as exc:
         return exc
     found = options.locate(image)
-    scale = _long_side(item) / max(image.shape[:2])
-    if scale > 1:  # a photo reduced as it was decoded: boxes in the photo's own pixels
+    long = max(image.shape[:2])
+    scale = max(1.0, _long_side(item) / long) if long >= options.max_side else 1.0  # reduced ones reach max_side
+    if scale > 1:
         found = [dataclasses.replace(f, box=tuple(round(v * scale) for v in f.box)) for f in found]
-    return (image if keep_image else None), found
+    return (image if keep_image else None), found, scale
 
 
 def _long_side(item) -> int:
@@ -181,13 +183,15 @@ def face_rows(clf, items: Sequence, names: Sequence[str], band: tuple[float, flo
     an error naming it, or (skip_bad) a row with the error. draw(name, image, rows, scale) sees each readable photo
     (scale: how much larger the photo is than `image`, as decoded)."""
     crops, rows, photos = [], [], []
-    for item, name, got in zip(items, names, options.located(items, draw is not None)):
+    for name, got in zip(names, options.located(items, draw is not None)):
         if isinstance(got, Exception):
             if not skip_bad:
                 raise got
-            rows.append(_error_row(name, str(got)))
+            # an undecodable input is named as the caller names it (an upload by its name, not its index)
+            rows.append(_error_row(name, str(BadImageError(name, got.reason) if isinstance(got, BadImageError)
+                                            else got)))
             continue
-        image, found = got
+        image, found, scale = got
         if not found:
             if not skip_bad:
                 raise ValueError(options.no_face(name))
@@ -196,8 +200,7 @@ def face_rows(clf, items: Sequence, names: Sequence[str], band: tuple[float, flo
             crops.append(face.pixels)
             rows.append({"path": name, "face": k, **dict(zip(BOX, face.box)), "rule": face.rule, "error": ""})
         if draw is not None:
-            photos.append((name, image, len(rows) - max(1, len(found)), len(rows),
-                           max(1.0, _long_side(item) / max(image.shape[:2]))))
+            photos.append((name, image, len(rows) - max(1, len(found)), len(rows), scale))
     d = clf.predict_details(crops, batch_size=batch_size, device=device, band=band, cascade=cascade) if crops \
         else None
     n = -1

@@ -85,18 +85,14 @@ def rows_json(rows: list[dict]) -> list[dict]:
 class Predictor:
     """The model, loaded once, and the queue in front of it."""
 
-    def __init__(self, clf, name: str, limits: Limits, options: FaceOptions):
-        self.clf, self.name, self.limits, self.options = clf, name, limits, options
+    def __init__(self, clf, limits: Limits, options: FaceOptions):
+        self.clf, self.limits, self.options = clf, limits, options
         self._lock = asyncio.Lock()
         self.waiting = 0
 
     def _predict(self, images: list[tuple[str, bytes]]) -> list[dict]:
         names, items = [n for n, _ in images], [d for _, d in images]
-        rows = face_rows(self.clf, items, names, (0.45, 0.55), True, 64, "auto", True, self.options)
-        for r in rows:  # an upload's error names the upload, not its place in the request
-            if r["error"].startswith("<image "):
-                r["error"] = f"{r['path']}:" + r["error"].split(">:", 1)[-1]
-        return rows
+        return face_rows(self.clf, items, names, (0.45, 0.55), True, 64, "auto", True, self.options)
 
     async def _run(self, images: list[tuple[str, bytes]]) -> list[dict]:
         await self._lock.acquire()
@@ -121,7 +117,9 @@ class Predictor:
 def health(clf, name: str) -> dict:
     from genderfusion import __version__
 
-    return {"status": "ok", "model": name, "format": "genderfusion-model-v3", "sources": clf.source_names_,
+    from .model_file import FORMAT
+
+    return {"status": "ok", "model": name, "format": FORMAT, "sources": clf.source_names_,
             "head": clf.head, "protocol": clf.protocol, "genderfusion": __version__,
             "columns": list(COLUMNS)}
 
@@ -131,7 +129,7 @@ def create_app(clf, name: str, limits: Limits = Limits(), options: FaceOptions |
     from fastapi import FastAPI, Request
     from fastapi.responses import HTMLResponse, JSONResponse
 
-    predictor = Predictor(clf, name, limits, options or FaceOptions())
+    predictor = Predictor(clf, limits, options or FaceOptions())
     app = FastAPI(title="genderfusion", version=health(clf, name)["genderfusion"])
     page = (Path(str(files("genderfusion.fusion"))) / PAGE).read_text(encoding="utf-8")
 
@@ -204,20 +202,19 @@ def thread_share(workers: int) -> int:
 ENV = "GENDERFUSION_SERVE"  # the settings as JSON, for uvicorn's worker processes (app_from_env)
 
 
-def load_served(model: str, workdir: str | None):
-    """The model `serve` names: default, a workspace name, or a file."""
+def app_from_settings(s: dict, clf=None):
+    """The app of one server process from `serve`'s settings, serving `clf` (else the model they name, loaded)."""
+    import torch
+
     from .predict import load_model
 
-    return load_model(model, workdir)
+    torch.set_num_threads(s["threads"])
+    clf = load_model(s["model"], s["workdir"]) if clf is None else clf
+    return create_app(clf, s["model"], Limits(**s["limits"]), FaceOptions(**s["faces"]))
 
 
 def app_from_env():
-    """The app of one server process, from the settings `serve` put in the environment."""
+    """The app of one of uvicorn's worker processes, from the settings `serve` put in the environment."""
     import json
 
-    import torch
-
-    s = json.loads(os.environ[ENV])
-    torch.set_num_threads(s["threads"])
-    return create_app(load_served(s["model"], s["workdir"]), s["model"], Limits(**s["limits"]),
-                      FaceOptions(**s["faces"]))
+    return app_from_settings(json.loads(os.environ[ENV]))

@@ -220,5 +220,5 @@ def test_boxes_of_a_photo_reduced_as_decoded_are_in_its_own_pixels(astronaut, tm
     small = tmp_path / "small.png"
     Image.fromarray(astronaut).resize((2048, 2048), Image.BILINEAR).save(small)
     options = FaceOptions("detect")
-    (_, (a,)), (_, (b,)) = options.located([str(big), str(small)], False)
+    (_, (a,), _), (_, (b,), _) = options.located([str(big), str(small)], False)
     assert a.box == tuple(round(v * 1.5) for v in b.box) and a.pixels.shape == b.pixels.shape

@@ -95,7 +95,7 @@ def test_a_full_queue_is_503_and_a_slow_prediction_504(served):
     answered = []
 
     async def burst(limits: Limits) -> list:
-        p, t = Slow(clf, "tiny", limits, FaceOptions("whole")), time.time()
+        p, t = Slow(clf, limits, FaceOptions("whole")), time.time()
         out = await asyncio.gather(*(p([("a", b"")]) for _ in range(3)), return_exceptions=True)
         answered.append(time.time() - t)
         return out

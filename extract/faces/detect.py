@@ -44,6 +44,14 @@ class Box:
         return self.right - self.left
 
 
+def check_detector(kind: str, min_face: int) -> None:
+    """A known detector and a positive whole number of pixels, or a ValueError naming the value."""
+    if kind not in DETECTORS:
+        raise ValueError(f"detector {kind!r}: one of {', '.join(DETECTORS)}")
+    if isinstance(min_face, bool) or not isinstance(min_face, (int, np.integer)) or min_face < 1:
+        raise ValueError(f"min_face {min_face!r}: a positive number of pixels")
+
+
 _LOADED: dict[str, object] = {}  # detector kind -> the dlib object (one per process; not for use across threads)
 
 
@@ -57,10 +65,7 @@ class FaceDetector:
         self.min_face = min_face
 
     def _model(self):
-        if self.kind not in DETECTORS:
-            raise ValueError(f"detector {self.kind!r}: one of {', '.join(DETECTORS)}")
-        if not isinstance(self.min_face, int) or self.min_face < 1:
-            raise ValueError(f"min_face {self.min_face!r}: a positive number of pixels")
+        check_detector(self.kind, self.min_face)
         if self.kind not in _LOADED:  # loading takes 0.3 s (HOG): once per process
             _require("dlib", "dlib-bin")
             import dlib
