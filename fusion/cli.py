@@ -108,6 +108,30 @@ def _photo_model(model: str | None, workdir: str | None):
     return clf
 
 
+def _default_output(default: str, overwrite: bool, *beside: str) -> str:
+    """A default output name (and the files written beside it), refused where a file already is, unless
+    overwrite: a run never replaces a file the user did not name."""
+    from .drawing import OutputExistsError
+
+    there = [f for f in (default, *beside) if os.path.lexists(f)]
+    if there and not overwrite:
+        raise OutputExistsError(f"{there[0]} exists and this run did not write it: name another file with --out, or "
+                                "pass --overwrite to replace it")
+    return default
+
+
+def _check_drawing(folder: str, paths: list, overwrite: bool) -> None:
+    from .drawing import OutputExistsError, drawn_names
+
+    try:
+        drawn_names(folder, paths, overwrite)
+    except OutputExistsError as exc:
+        raise OutputExistsError(f"--draw {folder}: {str(exc).split(';')[0]}: draw into another folder, or pass "
+                                "--overwrite to replace such files") from None
+    except ValueError as exc:
+        raise ValueError(f"--draw {exc}") from None
+
+
 def predict_main(argv: list[str] | None = None) -> None:
     p = make_parser("predict", "Predict with a trained fusion model: a competition's test rows (--data) or any photos "
                                "(--images).")
@@ -126,6 +150,9 @@ def predict_main(argv: list[str] | None = None) -> None:
     p.add_argument("--workdir", default=None, help="workspace (default data)")
     p.add_argument("--out", default=None, help="default submission.csv (--data) or predictions.csv (--images; "
                                                ".parquet writes Parquet)")
+    p.add_argument("--overwrite", action="store_true", help="replace a default output (submission.csv, "
+                                                            "predictions.csv) or drawn photo that already exists "
+                                                            "(never an input)")
     p.add_argument("--band", type=_band, default=(0.45, 0.55), help="doubtful band LO,HI of P(female)")
     p.add_argument("--batch-size", type=positive_int, default=256, help="--images: photos held in memory at once")
     p.add_argument("--skip-bad", action="store_true", help="--images: write unreadable files with an error column "
@@ -145,24 +172,28 @@ def predict_main(argv: list[str] | None = None) -> None:
         if args.data:
             from .predict import predict_submission
 
-            out = predict_submission(args.model or "fusion", args.data, args.out or "submission.csv", args.workdir,
-                                     args.band, not args.no_cascade)
+            out = args.out or _default_output("submission.csv", args.overwrite, "submission_details.csv")
+            out = predict_submission(args.model or "fusion", args.data, out, args.workdir, args.band,
+                                     not args.no_cascade)
         else:
             from .photos import FaceOptions, check_table, expand_paths, faces_table, predict_images
             from .predict import load_model
 
-            out = args.out or "predictions.csv"
+            out = args.out or _default_output("predictions.csv", args.overwrite)
             if args.example:
                 from .photos import example_photo
 
                 args.images, args.draw = [str(example_photo())], args.draw or "drawn"
             paths = expand_paths(args.images)
             check_table(out, [*args.images, *paths])  # before the model is loaded
+            if args.draw is not None:
+                _check_drawing(args.draw, paths, args.overwrite)
             from genderfusion.extract.distributed import world
 
             options = FaceOptions(args.faces, args.detector, args.min_face, args.workers)
             kw = dict(batch_size=args.batch_size, skip_bad=args.skip_bad, band=args.band, progress=not args.no_progress,
-                      cascade=not args.no_cascade, options=options, draw=args.draw)
+                      cascade=not args.no_cascade, options=options, draw=args.draw,
+                      overwrite=args.overwrite)
             if world():  # under torchrun: a shard a rank, merged in input order by rank 0
                 from .predict_ranks import predict_images_ranks
 

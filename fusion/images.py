@@ -10,6 +10,7 @@ from PIL import Image, ImageOps
 
 from genderfusion.extract.data.images import load_rgb, to_rgb
 from genderfusion.extract.errors import BadImageError
+from genderfusion.extract.paths import special_kind
 
 
 MAX_SIDE = 1024  # a photo file is reduced to this (long side) as it is decoded: memory per photo stays bounded
@@ -39,6 +40,9 @@ def decode_one(item, index: int, max_side: int | None = None) -> np.ndarray:
     One rule for every kind of input: an alpha channel is composited on black (an RGBA PIL image and its
     HxWx4 array give the same pixels)."""
     if isinstance(item, (str, os.PathLike)):
+        kind = special_kind(item)
+        if kind is not None:
+            raise BadImageError(str(item), f"{kind}, not an image file; not read")
         if not Path(item).is_file():
             raise FileNotFoundError(f"image {index}: {item} not found" + (" (a broken symbolic link)"
                                                                           if Path(item).is_symlink() else ""))

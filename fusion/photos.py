@@ -16,6 +16,7 @@ from genderfusion.extract.atomic import atomic_path, check_output
 from genderfusion.extract.errors import BadImageError
 
 from genderfusion.extract.faces.detect import MIN_FACE
+from genderfusion.extract.paths import special_kind
 
 from .faces import NO_FACE, WHOLE, Located, check_face_options, locate
 from .images import DETECT_SIDE, MAX_SIDE, as_items, decode_one
@@ -76,7 +77,12 @@ def expand_paths(items: Sequence[str | os.PathLike]) -> list[Path]:
     out: list[Path] = []
     for item in items:
         text = str(item)
+        if not text.strip():
+            raise ValueError(f"{text!r}: an empty path; name a photo, a folder, a glob or a .txt list")
         path = Path(text)
+        kind = special_kind(path)
+        if kind not in (None, "a folder") and path.suffix.lower() not in IMAGE_SUFFIXES:
+            raise ValueError(f"{text}: {kind}, not an image file or a folder; not read")
         if path.is_dir():
             found = _walk(path)
             if not found:
@@ -84,7 +90,7 @@ def expand_paths(items: Sequence[str | os.PathLike]) -> list[Path]:
             out += found
         elif path.is_file() and path.suffix.lower() == ".txt":
             out += _listed(path)
-        elif path.is_file() or path.is_symlink():  # a broken link is kept, to be reported as one
+        elif path.is_file() or path.is_symlink() or kind:  # a broken link or a FIFO is kept, to be reported
             out.append(path)
         elif any(c in text for c in "*?["):
             found = sorted(Path(p) for p in glob.glob(text, recursive=True) if Path(p).is_file())
@@ -284,21 +290,20 @@ class _Writer:
 def predict_images(clf, images: Sequence[str | os.PathLike], out: str | os.PathLike, batch_size: int = 256,
                    skip_bad: bool = False, band: tuple[float, float] = (0.45, 0.55), device: str = "auto",
                    progress: bool = True, cascade: bool = True, options: FaceOptions | None = None,
-                   draw: str | os.PathLike | None = None) -> dict:
+                   draw=None, overwrite: bool = False) -> dict:
     """Predict every face of every photo of `images` (folders, globs, lists, files) into `out` (.csv, or
     .parquet), batch by batch: memory holds one batch. Without skip_bad, the first unreadable file (or photo
     without a face) stops the run, naming it, and no output is left; with it, the file's row carries the error.
-    draw: a folder that gets each photo with its faces' boxes, labels and P(female)."""
+    draw: a folder (or a drawing.Drawer) that gets each photo with its faces' boxes, labels and P(female); it
+    holds no input, and replaces a file there only with overwrite."""
     from tqdm.auto import tqdm
 
     options = options or FaceOptions()
     paths = expand_paths(images)
     out = check_table(out, [*images, *paths])
-    drawer = None
-    if draw is not None:
-        from .drawing import Drawer
+    from .drawing import Drawer
 
-        drawer = Drawer(draw, clf.threshold)
+    drawer = draw if draw is None or isinstance(draw, Drawer) else Drawer(draw, paths, overwrite)
     t0 = time.time()
     n_err = n_female = n_doubtful = n_faces = 0
     with atomic_path(out) as tmp:

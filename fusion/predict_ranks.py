@@ -44,6 +44,10 @@ def predict_images_ranks(clf_of, images: Sequence[str | os.PathLike], out: str |
     device = rank_device(device, local)
     paths = expand_paths(images)
     out = check_table(out, [*images, *paths])
+    if kw.get("draw") is not None:  # one plan of drawn names for every rank, checked before any rank writes
+        from .drawing import Drawer
+
+        kw["draw"] = Drawer(kw["draw"], paths, overwrite=kw.pop("overwrite", False))
     with process_group(device):
         agree(f"{len(paths)} photos, first {paths[0] if paths else None}, last {paths[-1] if paths else None}",
               "the photos to predict")

@@ -83,7 +83,7 @@ def test_auto_rules(astronaut):
 def test_drawn_photo_has_the_box_in_the_label_colour(astronaut):
     from genderfusion.fusion.drawing import COLOURS, draw_faces
 
-    row = {"left": 100, "top": 100, "right": 300, "bottom": 300, "p_female": 0.9, "doubtful": False, "error": ""}
+    row = {"left": 100, "top": 100, "right": 300, "bottom": 300, "p_female": 0.9, "label": 1, "doubtful": False, "error": ""}
     out = np.asarray(draw_faces(astronaut, [row]))
     assert tuple(out[200, 100]) == COLOURS[1] and tuple(out[299, 200]) == COLOURS[1]
     assert (out[150:250, 150:250] == astronaut[150:250, 150:250]).all()  # inside the box: untouched
