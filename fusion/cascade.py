@@ -14,6 +14,7 @@ import numpy as np
 
 from genderfusion.heads import HEADS
 from genderfusion.heads.second_stage import in_band
+from genderfusion.heads.schema import band_spec, items, number, text
 from genderfusion.heads.state import Arrays, Stateful
 
 from .features import FusionData, Outputs
@@ -95,6 +96,8 @@ class Cascade(Stateful):
         self.head = head
         self.tolerance = tolerance
 
+    _params = {"sources": items(text(), 1, 64), "head": text(tuple(HEADS)), "tolerance": number(0, 1)}
+    _fields = {"band_": band_spec}
     _state_json = ("band_",)
     _state_arrays = ("oof_", "cv_", "cv_exits_")
     _state_children = {"head_": tuple(HEADS.values())}

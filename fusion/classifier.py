@@ -13,6 +13,8 @@ from genderfusion.extract.faces.detect import MIN_FACE
 from genderfusion.extract.sources.base import FINETUNED, FROZEN, FeatureSource
 from genderfusion.heads import HEADS
 from genderfusion.heads.second_stage import KnnSecondStage, in_band
+from genderfusion.heads.schema import (band_spec, boolean, integer, items, mapping, number, optional,
+                                       text)
 from genderfusion.heads.state import Arrays, State, StateError, Stateful
 
 from .cascade import DEFAULT_TOLERANCE, Cascade, exits
@@ -23,6 +25,11 @@ from .protocol import (PROTOCOLS, global_blocks, global_matrix, global_test_matr
                        per_fold_test_matrix, pooled_blocks, pooled_matrix, pooled_test_matrix, head_factory)
 
 log = logging.getLogger(__name__)
+MAX_SOURCES = 64
+RECIPE = mapping({"source": text(), "kind": text((FINETUNED, FROZEN)), "backbone": text(),
+                  "checkpoint_sha256": items(text(max_len=64), 1, 1000), "spec": mapping({"type": text()}),
+                  "img_size": integer(1, 8192), "extra": mapping({})}, required=("source", "kind", "checkpoint_sha256",
+                                                                               "spec"))
 
 
 def _refuse_changed(name: str, now: dict, then: dict) -> None:
@@ -65,6 +72,14 @@ class FusionClassifier(Stateful):
         self.workdir = workdir
         self.band = band
 
+    _params = {"sources": items(text(), 0, MAX_SOURCES), "head": text(tuple(HEADS)), "protocol": text(PROTOCOLS),
+               "head_params": optional(mapping({})), "threshold": number(0, 1, True, True), "workdir": text(),
+               "band": band_spec}
+    _fields = {"per_fold_": boolean, "pooled_": boolean, "k_": integer(1, 1000),
+               "source_names_": items(text(), 1, MAX_SOURCES), "recipes_": items(RECIPE, 1, MAX_SOURCES),
+               "workdir_": optional(text()), "train_ids": optional(items(text(), 0, 10**8)),
+               "skipped_ids": items(text(), 0, 10**8)}
+    _state_optional = ("train_ids", "skipped_ids")
     _state_json = ("per_fold_", "pooled_", "k_", "source_names_", "recipes_", "workdir_")
     _state_children = {"heads_": tuple(HEADS.values()), "second_stage_": (KnnSecondStage,), "cascade_": (Cascade,)}
 
@@ -139,6 +154,8 @@ class FusionClassifier(Stateful):
         first: the cascade's cheap stage when there is one, then the full head, then the second stage) and
         doubtful, for n rows. outputs_of(source indices, rows): those sources' Outputs on those rows; with the
         cascade, every source but the cheap ones runs only on the rows that go on to the full head."""
+        if band is not None:
+            band_spec(list(band), "band")
         first, final, stage = np.empty(n), np.empty(n), np.ones(n, np.int64)
         rows = np.arange(n)
         c = self.cascade_ if cascade else None
@@ -153,6 +170,10 @@ class FusionClassifier(Stateful):
             first[rows], final[rows] = head, done
             if self.second_stage_ is not None:
                 stage[rows[in_band(head, self.band)]] += 1
+        bad = np.flatnonzero(~np.isfinite(final))
+        if len(bad):
+            raise ValueError(f"P(female) is not a finite number for {len(bad)} of {n} row(s) (row {bad[0]}: "
+                             f"{final[bad[0]]}); the model gives no label for them: retrain or export it again")
         return {"p_female": final, "p_first_stage": first, "stage": stage,
                 "doubtful": in_band(first, self.band if band is None else band)}
 
@@ -307,6 +328,9 @@ class FusionClassifier(Stateful):
         if len(self.recipes_) != len(self.source_names_) or not self.heads_:
             raise StateError(f"{len(self.recipes_)} recipes for sources {self.source_names_}, "
                              f"{len(self.heads_)} head(s)")
+        named = [r["source"] for r in self.recipes_]
+        if named != list(self.source_names_):
+            raise StateError(f"source_names_ {self.source_names_} are not the sources the recipes describe, {named}")
 
     @classmethod
     def from_bytes(cls, data: bytes, name: str | os.PathLike) -> "FusionClassifier":

@@ -23,6 +23,8 @@ import zipfile
 from pathlib import Path
 
 from genderfusion.extract.atomic import atomic_path
+from genderfusion.extract.bounded_json import loads
+from genderfusion.extract.paths import special_kind
 from genderfusion.extract.data.workspace import Workspace
 from genderfusion.extract.errors import WorkspaceError
 from genderfusion.extract.sources.base import FINETUNED
@@ -172,16 +174,31 @@ def _check_manifest(m, path: Path) -> dict:
     return m
 
 
+def _manifest(z: zipfile.ZipFile, path: Path) -> dict:
+    """The archive's manifest, checked, in an archive whose every name is there once (a second entry of a name
+    would be the one read, unlike the one the manifest describes)."""
+    seen: set[str] = set()
+    for name in z.namelist():
+        if name in seen:
+            raise ModelFileError(f"{path}: the archive holds the entry {name} twice; not read")
+        seen.add(name)
+    raw = _read(z, path, "manifest.json", None, MAX_MANIFEST)
+    try:
+        parsed = loads(raw, "manifest.json", MAX_MANIFEST)
+    except ValueError as exc:
+        raise ModelFileError(f"{path}: {exc}") from None
+    return _check_manifest(parsed, path)
+
+
 def read_export(path: Path) -> tuple[bytes, dict]:
     """The model entry's bytes and the manifest of an exported file, after checking the manifest and the size and
     sha256 of every entry it lists."""
+    kind = special_kind(path)
+    if kind is not None:
+        raise ModelFileError(f"{path}: {kind}, not a model file; not read")
     try:
         with zipfile.ZipFile(path) as z:
-            raw = _read(z, path, "manifest.json", None, MAX_MANIFEST)
-            try:
-                manifest = _check_manifest(json.loads(raw), path)
-            except ValueError as exc:  # not JSON
-                raise ModelFileError(f"{path}: manifest.json is not valid JSON ({one_line(exc)})") from None
+            manifest = _manifest(z, path)
             for name in manifest["entries"]:
                 _read(z, path, name, manifest)
             return _read(z, path, MODEL_ENTRY, manifest), manifest
@@ -215,7 +232,7 @@ def fold_states(clf) -> dict[str, tuple[bool, list[tuple[dict, dict]]]]:
 
     path = Path(clf.exported_)
     with zipfile.ZipFile(path) as z:
-        manifest = _check_manifest(json.loads(_read(z, path, "manifest.json", None, MAX_MANIFEST)), path)
+        manifest = _manifest(z, path)
         return {backbone: (all(f["over_pretrained"] for f in folds),
                            [(f["config"], load_tensors(_read(z, path, f["file"], manifest))) for f in folds])
                 for backbone, folds in manifest["folds"].items()}
@@ -242,4 +259,4 @@ def exported_sources(clf, batch_size: int, device: str) -> list:
 def read_manifest(path: str | Path) -> dict:
     path = Path(path)
     with zipfile.ZipFile(path) as z:
-        return _check_manifest(json.loads(_read(z, path, "manifest.json", None, MAX_MANIFEST)), path)
+        return _manifest(z, path)

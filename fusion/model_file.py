@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from genderfusion.extract.atomic import atomic_path
+from genderfusion.extract.bounded_json import loads
+from genderfusion.extract.paths import special_kind
 
 FORMAT = "genderfusion-model-v3"
 FILE_NAME = "model.safetensors"  # in <workdir>/heads/<name>/
@@ -102,7 +104,7 @@ def _header(data: bytes, name: str) -> dict:
         raise ModelFileError(f"{name}: not a genderfusion model file (no safetensors header; truncated, or another "
                              "kind of file)")
     try:
-        meta = json.loads(data[8:8 + n])["__metadata__"]
+        meta = loads(data[8:8 + n], "its header", MAX_HEADER)["__metadata__"]
     except (ValueError, KeyError, TypeError) as exc:
         raise ModelFileError(f"{name}: not a genderfusion model file (its header: {one_line(exc)})") from None
     fmt = meta.get("format") if isinstance(meta, dict) else None
@@ -114,11 +116,28 @@ def _header(data: bytes, name: str) -> dict:
 
 
 def read_file(path: Path) -> bytes:
-    """A model file's bytes, refused unread when it is beyond MAX_BYTES."""
+    """A model file's bytes, refused unread when it is not a regular file or is beyond MAX_BYTES (and never read
+    past that bound, whatever its size said)."""
+    kind = special_kind(path)
+    if kind is not None:
+        raise ModelFileError(f"{path}: {kind}, not a model file; not read")
     size = path.stat().st_size
     if size > MAX_BYTES:
         raise ModelFileError(f"{path}: {size} bytes, beyond the bound of {MAX_BYTES} for a model file; not read")
-    return path.read_bytes()
+    with open(path, "rb") as fh:
+        data = fh.read(MAX_BYTES + 1)
+    if len(data) > MAX_BYTES:
+        raise ModelFileError(f"{path}: more than {MAX_BYTES} bytes, beyond the bound for a model file")
+    return data
+
+
+def check_finite(arrays: dict[str, np.ndarray], name: str | Path) -> None:
+    """Every number of every tensor finite: a NaN or infinite weight would give NaN or constant predictions."""
+    for key in sorted(arrays):
+        a = arrays[key]
+        if a.dtype.kind in "fc" and not np.isfinite(a).all():
+            raise ModelFileError(f"{name}: the tensor {key} holds {int((~np.isfinite(a)).sum())} NaN or infinite "
+                                 "value(s); not a usable model (a broken training run, or an altered file)")
 
 
 def read_state(data: bytes, name: str | Path) -> tuple[dict, dict[str, np.ndarray]]:
@@ -136,7 +155,8 @@ def read_state(data: bytes, name: str | Path) -> tuple[dict, dict[str, np.ndarra
     if not isinstance(model_json, str) or meta.get("sha256") != _digest(model_json, arrays):
         raise ModelFileError(f"{name}: damaged model file (its sha256 does not match its contents); retrain or "
                              "export it again")
+    check_finite(arrays, name)
     try:
-        return json.loads(model_json), arrays
+        return loads(model_json, "its model structure", MAX_HEADER), arrays
     except ValueError as exc:
-        raise ModelFileError(f"{name}: not a valid fusion model ({one_line(exc)})") from None
+        raise ModelFileError(f"{name}: not a valid fusion model ({exc})") from None

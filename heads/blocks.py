@@ -6,6 +6,7 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.decomposition import PCA
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from .schema import FEATURES, SCALING, items, number
 from .state import Arrays, State, StateError, Stateful
 
 
@@ -24,6 +25,9 @@ class BlockScaler(Stateful, TransformerMixin, BaseEstimator):
         self.balance = balance
         self.random_state = random_state
 
+    _params = SCALING
+    _fields = {"n_features_in_": FEATURES, "widths_": items(FEATURES, 1, 4096),
+               "weights_": items(number(0, open_lo=True), 1, 4096)}
     _state_json = ("n_features_in_", "widths_", "weights_")
     _state_arrays = ("mean_", "scale_")
 
@@ -78,6 +82,9 @@ class BlockScaler(Stateful, TransformerMixin, BaseEstimator):
                 self.mean_.shape != (self.n_features_in_,) or self.scale_.shape != self.mean_.shape:
             raise StateError(f"BlockScaler: widths {self.widths_}, {len(self.weights_)} weights and means of shape "
                              f"{self.mean_.shape} do not fit {self.n_features_in_} features")
+        if not (self.scale_ > 0).all():
+            raise StateError(f"BlockScaler: scale_ holds {int((self.scale_ <= 0).sum())} value(s) that are not above "
+                             "0 (a feature divided by zero)")
         self.projections_ = [(arrays[f"pca{i}.mean"], arrays[f"pca{i}.components"]) if f"pca{i}.mean" in arrays
                              else None for i in range(len(self.widths_))]
 

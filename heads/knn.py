@@ -7,7 +7,10 @@ from sklearn.utils.validation import check_is_fitted
 
 from ._checks import BinaryMixin, FaissIndexPickle, fit_input, index_vectors, predict_input
 from .blocks import BlockScaler
+from .schema import FEATURES, SCALING, integer, items, text
 from .state import Arrays, State, StateError, Stateful
+
+WEIGHTINGS = ("uniform", "similarity")
 
 
 SEARCH_BLOCK = 32  # queries per faiss search at prediction
@@ -35,6 +38,9 @@ class KNNHead(Stateful, FaissIndexPickle, BinaryMixin, ClassifierMixin, BaseEsti
         self.balance = balance
         self.random_state = random_state
 
+    _params = {"ks": items(integer(1, 1 << 16), 1, 64), "weightings": items(text(WEIGHTINGS), 1, 2),
+               "ivf_threshold": integer(1, 1 << 40), "nprobe": integer(1, 1 << 16), **SCALING}
+    _fields = {"n_features_in_": FEATURES, "k_": integer(1, 1 << 16), "weighting_": text(WEIGHTINGS)}
     _state_json = ("n_features_in_", "k_", "weighting_")
     _state_arrays = ("classes_", "y_")
     _state_children = {"scaler_": (BlockScaler,)}

@@ -9,7 +9,8 @@ from sklearn.utils.validation import check_is_fitted
 
 from ._checks import BinaryMixin, fit_input, predict_input
 from .blocks import BlockScaler
-from .state import Arrays, State, Stateful
+from .schema import FEATURES, SCALING, anything, integer, items, number
+from .state import Arrays, State, StateError, Stateful
 
 
 class LogisticHead(Stateful, BinaryMixin, ClassifierMixin, BaseEstimator):
@@ -25,6 +26,9 @@ class LogisticHead(Stateful, BinaryMixin, ClassifierMixin, BaseEstimator):
         self.max_iter = max_iter
         self.random_state = random_state
 
+    _params = {"Cs": items(number(0, open_lo=True), 1, 64), "inner_cv": integer(2, 1000),
+               "max_iter": integer(1, 10**7), **SCALING}
+    _fields = {"n_features_in_": FEATURES, "C_": number(0, open_lo=True), "cv_scores_": anything}
     _state_json = ("n_features_in_", "C_", "cv_scores_")
     _state_arrays = ("classes_", "n_iter_")
     _state_children = {"scaler_": (BlockScaler,)}
@@ -65,6 +69,10 @@ class LogisticHead(Stateful, BinaryMixin, ClassifierMixin, BaseEstimator):
         return {}, {"coef": self.model_.coef_, "intercept": self.model_.intercept_}
 
     def _restore(self, meta: dict, arrays: Arrays) -> None:
+        width = self.scaler_.transform(np.zeros((1, self.n_features_in_))).shape[1]
+        if arrays["coef"].shape != (1, width) or arrays["intercept"].shape != (1,):
+            raise StateError(f"LogisticHead: coef of shape {arrays['coef'].shape} and intercept of shape "
+                             f"{arrays['intercept'].shape} for {width} scaled features")
         self.model_ = self._model(self.C_)  # fitted on the labels' indices 0, 1
         self.model_.classes_, self.model_.n_features_in_ = np.arange(2), arrays["coef"].shape[1]
         self.model_.coef_, self.model_.intercept_, self.model_.n_iter_ = arrays["coef"], arrays["intercept"], \

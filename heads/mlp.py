@@ -10,6 +10,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from ._checks import BinaryMixin, fit_input, predict_input
 from .blocks import BlockScaler
+from .schema import FEATURES, SCALING, anything, integer, number
 from .state import Arrays, State, StateError, Stateful
 
 
@@ -46,6 +47,11 @@ class MLPHead(Stateful, BinaryMixin, ClassifierMixin, BaseEstimator):
         self.n_threads = n_threads
         self.random_state = random_state
 
+    _params = {"hidden": integer(1, 1 << 16), "dropout": number(0, 1, open_hi=True), "weight_decay": number(0),
+               "lr": number(0, open_lo=True), "max_epochs": integer(1, 10**6), "patience": integer(1, 10**6),
+               "batch_size": integer(1, 1 << 24), "val_fraction": number(0, 1, True, True),
+               "n_threads": integer(1, 4096), **SCALING}
+    _fields = {"n_features_in_": FEATURES, "history_": anything, "n_epochs_": integer(0, 10**6)}
     _state_json = ("n_features_in_", "history_", "n_epochs_")
     _state_arrays = ("classes_",)
     _state_children = {"scaler_": (BlockScaler,)}
@@ -110,7 +116,12 @@ class MLPHead(Stateful, BinaryMixin, ClassifierMixin, BaseEstimator):
     def _restore(self, meta: dict, arrays: Arrays) -> None:
         import torch
 
-        net = self._net(self.scaler_.transform(np.zeros((1, self.n_features_in_))).shape[1])
+        width = self.scaler_.transform(np.zeros((1, self.n_features_in_))).shape[1]
+        first = arrays["net.1.weight"].shape
+        if first != (self.hidden, width):  # checked before the net is built: its size comes from these numbers
+            raise StateError(f"MLPHead: a first layer of shape {first} for hidden {self.hidden} and {width} scaled "
+                             "features")
+        net = self._net(width)
         try:
             net.load_state_dict({k: torch.from_numpy(np.array(arrays[f"net.{k}"])) for k in net.state_dict()})
         except RuntimeError as exc:  # a shape that does not fit

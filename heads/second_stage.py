@@ -9,6 +9,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from ._checks import FaissIndexPickle, index_vectors
 from .blocks import BlockScaler
+from .schema import BLOCKS, band_spec, integer, items
 from .state import Arrays, State, StateError, Stateful
 
 SEARCH_BLOCK = 32  # queries per faiss search: a row's neighbours do not depend on the call's size
@@ -50,6 +51,8 @@ class KnnSecondStage(Stateful, FaissIndexPickle, BaseEstimator):
         self.ks = ks
         self.blocks = blocks
 
+    _params = {"band": band_spec, "ks": items(integer(1, 1 << 16), 1, 64), "blocks": BLOCKS}
+    _fields = {"k_": integer(1, 1 << 16), "n_selection_rows_": integer(0, 1 << 40)}
     _state_json = ("k_", "n_selection_rows_")
     _state_arrays = ("y_",)
     _state_children = {"scaler_": (BlockScaler,)}

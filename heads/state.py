@@ -9,11 +9,21 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from .schema import SchemaError, Spec, mapping
+
 State = tuple[dict, dict[str, np.ndarray]]
 
 
 class StateError(ValueError):
     """A state that misses a field or an array, names a class its field does not allow, or holds a wrong value."""
+
+
+def _within(where: str, build):
+    """build(), its errors named by the field they come from (`heads_.0.` + `params.hidden: ...`)."""
+    try:
+        return build()
+    except (StateError, SchemaError) as exc:
+        raise StateError(f"{where}.{exc}") from None
 
 
 def params_of(est) -> dict:
@@ -100,9 +110,12 @@ def child_from_state(meta: dict, arrays: Arrays, allowed: Sequence[type]):
 class Stateful:
     """to_state / from_state from declarations: `_state_json` (fitted attributes kept in the dict), `_state_arrays`
     (fitted numpy attributes), `_state_children` (attribute -> allowed classes: a fitted estimator, a list of them, or
-    None). `_state_optional` names attributes that may be absent. Classes with more to save extend `_extra_state` and
-    `_restore`."""
+    None). `_state_optional` names attributes that may be absent. `_params` and `_fields` give the schema
+    (heads.schema) of the constructor parameters and of the `_state_json` fields, checked before anything is built.
+    Classes with more to save extend `_extra_state` and `_restore`."""
 
+    _params: dict[str, Spec] = {}
+    _fields: dict[str, Spec] = {}
     _state_json: tuple[str, ...] = ()
     _state_arrays: tuple[str, ...] = ()
     _state_children: dict[str, tuple[type, ...]] = {}
@@ -141,6 +154,11 @@ class Stateful:
         arrays = arrays if isinstance(arrays, Arrays) else Arrays(arrays)
         if field(meta, "type") != cls.__name__:
             raise StateError(f"a {meta['type']!r} state given to {cls.__name__}")
+        try:
+            mapping({"params": mapping(cls._params, required=()), **cls._fields},
+                    required=("params", *(n for n in cls._fields if n not in cls._state_optional)))(meta, "")
+        except SchemaError as exc:
+            raise StateError(str(exc)) from None
         obj = with_params(cls, field(meta, "params"))
         for name in cls._state_json + cls._state_arrays:
             source = meta if name in cls._state_json else arrays
@@ -151,9 +169,10 @@ class Stateful:
         for name, allowed in cls._state_children.items():
             value = field(meta, name)
             if isinstance(value, list):
-                value = [child_from_state(v, arrays.sub(f"{name}.{i}"), allowed) for i, v in enumerate(value)]
+                value = [_within(f"{name}.{i}", lambda: child_from_state(v, arrays.sub(f"{name}.{i}"), allowed))
+                         for i, v in enumerate(value)]
             elif value is not None:
-                value = child_from_state(value, arrays.sub(name), allowed)
+                value = _within(name, lambda: child_from_state(value, arrays.sub(name), allowed))
             setattr(obj, name, value)
         obj._restore(meta, arrays)
         return obj
