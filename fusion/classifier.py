@@ -28,8 +28,8 @@ log = logging.getLogger(__name__)
 MAX_SOURCES = 64
 RECIPE = mapping({"source": text(), "kind": text((FINETUNED, FROZEN)), "backbone": text(),
                   "checkpoint_sha256": items(text(max_len=64), 1, 1000), "spec": mapping({"type": text()}),
-                  "img_size": integer(1, 8192), "extra": mapping({})}, required=("source", "kind", "checkpoint_sha256",
-                                                                               "spec"))
+                  "img_size": integer(1, 8192), "extra": mapping({})},
+                 required=("source", "kind", "backbone", "checkpoint_sha256", "spec"))
 
 
 def _refuse_changed(name: str, now: dict, then: dict) -> None:

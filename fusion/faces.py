@@ -16,6 +16,10 @@ FILLS = "fills-photo"  # auto: the one face found fills the photo (a face crop):
 CROP_LIKE = "crop-like"  # auto: no face found, but the photo is small and square like a face crop
 FILL_SHARE = 0.6  # auto: a face whose frame covers this share of the photo (intersection over union) fills it
 CROP_LIKE_SIDE, CROP_LIKE_ASPECT = 400, 1.25  # auto: no side above this many pixels, long/short side at most this
+# ... and it must look like a face: sides of at least CROP_LIKE_MIN_SIDE, grey levels spread by at least
+# CROP_LIKE_MIN_STD (not a uniform square), and a window of the permissive HOG pass (FaceDetector.best_score) scoring
+# CROP_LIKE_SCORE or more. Chosen on 6,000 training crops (bench/crop_like.py): see its results.
+CROP_LIKE_MIN_SIDE, CROP_LIKE_MIN_STD, CROP_LIKE_SCORE = 48, 8.0, -0.8
 NO_FACE = "no face found"
 
 
@@ -35,8 +39,18 @@ def check_face_options(faces: str, detector: str, min_face: int) -> None:
 
 
 def crop_like(shape: tuple[int, ...]) -> bool:
+    """Small and square, as a face crop is."""
     h, w = shape[:2]
-    return max(h, w) <= CROP_LIKE_SIDE and max(h, w) / min(h, w) <= CROP_LIKE_ASPECT
+    return CROP_LIKE_MIN_SIDE <= min(h, w) and max(h, w) <= CROP_LIKE_SIDE and max(h, w) / min(h, w) <= CROP_LIKE_ASPECT
+
+
+def looks_like_face(image: np.ndarray, detector: FaceDetector) -> bool:
+    """A crop-like image with structure in which the permissive detector pass sees something face-like."""
+    grey = image[..., :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+    if grey.std() < CROP_LIKE_MIN_STD:
+        return False
+    score = detector.best_score(image, CROP_LIKE_SCORE)
+    return score is not None and score >= CROP_LIKE_SCORE
 
 
 def locate(image: np.ndarray, faces: str, detector: FaceDetector | None) -> list[Located]:
@@ -48,6 +62,6 @@ def locate(image: np.ndarray, faces: str, detector: FaceDetector | None) -> list
     if faces == "auto":
         if len(boxes) == 1 and detector.frame_cover(boxes[0], image.shape) >= FILL_SHARE:
             return [Located((0, 0, w, h), image, FILLS)]
-        if not boxes and crop_like(image.shape):
+        if not boxes and crop_like(image.shape) and looks_like_face(image, detector):
             return [Located((0, 0, w, h), image, CROP_LIKE)]
     return [Located((b.left, b.top, b.right, b.bottom), detector.crop(image, b), DETECTED) for b in boxes]

@@ -4,6 +4,7 @@ import asyncio
 import base64
 import csv
 import io
+import json
 import shutil
 import socket
 import subprocess
@@ -166,3 +167,105 @@ def test_the_page_in_a_browser_labels_both_faces_of_a_scene(tmp_path):
         thread.join(timeout=10)
     assert labels == expected
     assert (tmp_path / "page.png").stat().st_size > 10_000
+
+
+# ---- reliability round four: hostile and careless requests (numbered as in the issue) -------------------------
+def _jpeg(path) -> bytes:
+    return path.read_bytes()
+
+
+def test_round_four_12_deeply_nested_json_is_422_not_500(served):
+    clf, _ = served
+    body = b'{"images": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    r = _client(clf).post("/predict", content=body, headers={"content-type": "application/json"})
+    assert r.status_code == 422 and "nested 100001 deep, above the bound of 64" in r.json()["error"]
+
+
+def test_round_four_18_media_types_are_case_insensitive_and_22_base64_may_have_line_breaks(served):
+    clf, photos = served
+    data = base64.encodebytes(_jpeg(photos[0])).decode()  # what the base64 command prints: lines of 76
+    assert "\n" in data
+    r = _client(clf).post("/predict", content=json.dumps({"images": [{"name": "a.jpg", "data": data}]}).encode(),
+                          headers={"content-type": "Application/JSON"})
+    assert r.status_code == 200, r.text
+    assert r.json()["rows"][0]["p_female"] == pytest.approx(
+        float(clf.predict_proba(str(photos[0]))[0, 1]), abs=1e-6)
+    files = [("files", (photos[0].name, _jpeg(photos[0]), "image/jpeg"))]
+    request = _client(clf).build_request("POST", "/predict", files=files)
+    request.headers["content-type"] = request.headers["content-type"].replace("multipart/form-data",
+                                                                              "Multipart/Form-Data")
+    assert _client(clf).send(request).status_code == 200
+
+
+def test_round_four_19_a_file_part_without_a_filename_is_named_as_such(served):
+    clf, photos = served
+    r = _client(clf).post("/predict", files=[("files", (None, _jpeg(photos[0])))])
+    assert r.status_code == 422 and "the part 'files' has no filename" in r.json()["error"]
+
+
+def test_round_four_20_too_many_files_and_decompression_bombs_are_413(served):
+    clf, photos = served
+    files = [("files", (f"{i}.jpg", _jpeg(photos[0]), "image/jpeg")) for i in range(50)]
+    r = _client(clf).post("/predict", files=files)
+    assert r.status_code == 413 and "above the limit of 16" in r.json()["error"]
+    bomb = io.BytesIO()
+    Image.new("1", (30000, 30000)).save(bomb, format="PNG")
+    r = _client(clf).post("/predict", files=[("files", ("bomb.png", bomb.getvalue(), "image/png"))])
+    assert r.status_code == 413 and "bomb.png" in r.json()["error"]
+
+
+def test_round_four_21_two_uploads_of_one_name_are_told_apart_by_their_index(served):
+    clf, photos = served
+    files = [("files", ("same.jpg", _jpeg(p), "image/jpeg")) for p in photos[:2]]
+    rows = _client(clf).post("/predict", files=files).json()["rows"]
+    assert [(r["image"], r["path"]) for r in rows] == [(0, "same.jpg"), (1, "same.jpg")]
+    assert rows[0]["p_female"] != rows[1]["p_female"]
+
+
+def test_round_four_23_foreign_host_headers_are_refused_and_the_token_is_required(served):
+    from genderfusion.fusion.service import allowed_hosts
+
+    clf, photos = served
+    files = [("files", (photos[0].name, _jpeg(photos[0]), "image/jpeg"))]
+    assert _client(clf).get("/health", headers={"host": "evil.example:8000"}).status_code == 400
+    assert _client(clf).get("/health", headers={"host": "localhost:8000"}).status_code == 200
+    assert allowed_hosts("0.0.0.0") == ["*"] and "photos.lan" in allowed_hosts("127.0.0.1", ("photos.lan",))
+    app = create_app(clf, "tiny", options=FaceOptions("whole"), token="s3cret")
+    client = TestClient(app, base_url="http://127.0.0.1")
+    assert client.post("/predict", files=files).status_code == 401
+    assert client.get("/health", headers={"authorization": "Bearer wrong"}).status_code == 401
+    assert client.post("/predict", files=files, headers={"authorization": "Bearer s3cret"}).status_code == 200
+    assert client.get("/").status_code == 200  # the page itself; it sends the token it is given
+
+
+def test_round_four_24_docs_are_off_unless_asked_and_openapi_stays(served):
+    clf, _ = served
+    assert _client(clf).get("/docs").status_code == 404
+    assert _client(clf).get("/openapi.json").status_code == 200
+    app = create_app(clf, "tiny", options=FaceOptions("whole"), docs=True)
+    assert TestClient(app, base_url="http://127.0.0.1").get("/docs").status_code == 200
+
+
+def test_round_four_17_a_client_that_goes_away_mid_upload_is_one_log_line(served, caplog):
+    clf, _ = served
+    app = create_app(clf, "tiny", options=FaceOptions("whole"))
+    sent = []
+
+    async def receive():
+        if not sent:
+            sent.append(1)
+            return {"type": "http.request", "body": b"--x\r\nContent-Disposition: form-data", "more_body": True}
+        return {"type": "http.disconnect"}
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+             "path": "/predict", "raw_path": b"/predict", "query_string": b"", "root_path": "",
+             "headers": [(b"host", b"127.0.0.1:8000"), (b"content-type", b"multipart/form-data; boundary=x")],
+             "client": ("127.0.0.1", 5555), "server": ("127.0.0.1", 8000)}
+    caplog.set_level("WARNING")
+    asyncio.run(app(scope, receive, send))
+    status = next(m["status"] for m in sent[1:] if m["type"] == "http.response.start")
+    assert status == 400
+    assert caplog.text.count("\n") == 1 and "went away after 35 bytes" in caplog.text

@@ -13,6 +13,8 @@ from .face_files import _package_dir, _require, checked_file
 DETECTORS = ("hog", "cnn")
 CROP_SIZE = 200  # the competition's crops
 MIN_FACE = WINDOW = 72  # the smallest box either detector reports (HOG: 73 px); each 2x upsampling halves it
+MAX_UPSAMPLE = 2  # a photo (at most 2,048 px: fusion.images.DETECT_SIDE) is doubled at most twice, to 8,192 px
+SMALLEST_FACE = WINDOW // 2**MAX_UPSAMPLE  # 18 px: the smallest min_face the detectors serve
 CNN_FILE = "mmod_human_face_detector.dat"
 CNN_SHA256 = "4cb19393e2fbaf2b1609a9319ad5386618c886a6234ec1b971f3e87c85d87fe6"  # face-recognition-models 0.3.0
 
@@ -50,6 +52,9 @@ def check_detector(kind: str, min_face: int) -> None:
         raise ValueError(f"detector {kind!r}: one of {', '.join(DETECTORS)}")
     if isinstance(min_face, bool) or not isinstance(min_face, (int, np.integer)) or min_face < 1:
         raise ValueError(f"min_face {min_face!r}: a positive number of pixels")
+    if min_face < SMALLEST_FACE:
+        raise ValueError(f"min_face {min_face}: below {SMALLEST_FACE} px, the smallest face the detectors can find "
+                         f"(the photo is upsampled {MAX_UPSAMPLE} times for it, each time 4x the memory and time)")
 
 
 _LOADED: dict[str, object] = {}  # detector kind -> the dlib object (one per process; not for use across threads)
@@ -95,6 +100,15 @@ class FaceDetector:
         boxes = [Box(max(0, r.left()), max(0, r.top()), min(w, r.right() + 1), min(h, r.bottom() + 1), s)
                  for r, s in zip(rects, scores)]
         return sorted((b for b in boxes if b.width >= self.min_face), key=lambda b: (b.left, b.top))
+
+    def best_score(self, image: np.ndarray, floor: float) -> float | None:
+        """The best score of dlib's HOG detector in the photo doubled, counting windows it scores down to `floor`
+        (below its own 0), whatever their size; None when no window scores that much. A permissive pass: it tells
+        a face crop the normal pass misses (turned, a child) from a picture with no face at all."""
+        if "hog" not in _LOADED:
+            FaceDetector("hog", self.min_face)._model()
+        _, scores, _ = _LOADED["hog"].run(np.ascontiguousarray(image), 1, floor)
+        return max(scores) if len(scores) else None
 
     def frame(self, box: Box) -> tuple[float, float, float]:
         """(centre x, centre y, side) of the square a competition crop of this face would cover."""
