@@ -110,6 +110,7 @@ class FusionClassifier(Stateful):
         self.train_labels_ = (np.asarray(data.ids, dtype=str), np.asarray(data.y, dtype=np.int8),
                               np.asarray(data.skipped_ids, dtype=str))  # rows trained on, and rows skipped as corrupt
         self.second_stage_ = None  # fit_second_stage adds one
+        self.probe_ = None  # and fit_probe the features of the probe image
         self.cascade_ = None  # and fit_cascade a cheap first stage
         return self
 
@@ -248,15 +249,51 @@ class FusionClassifier(Stateful):
         arrays = decode_inputs(images, MAX_SIDE)  # all or nothing: a bad image raises before any work
         return self._decide(self._image_outputs(arrays, batch_size, device), len(arrays), band, cascade)
 
+    def fit_probe(self, batch_size: int = 256, device: str = "auto") -> "FusionClassifier":
+        """Store each source's features of the probe image (fusion.probe), computed by the networks the model
+        names, so that loading it elsewhere can check that its metadata names the networks it was trained on."""
+        from .probe import probe_image
+
+        self.probe_ = None
+        outputs = self._image_outputs([probe_image()], batch_size, device)(range(len(self.source_names_)),
+                                                                           np.arange(1))
+        self.probe_ = [o.features.astype(np.float32) for o in outputs]
+        return self
+
+    def _check_probe(self, batch_size: int, device: str) -> None:
+        """Once per model object: the sources' features of the probe image are the ones stored at training."""
+        from .model_file import ModelFileError
+        from .probe import TOLERANCE, probe_image, relative_difference
+
+        if getattr(self, "probe_", None) is None or getattr(self, "_probed", False):
+            return
+        self._probed = True
+        outputs = self._image_outputs([probe_image()], batch_size, device)(range(len(self.source_names_)),
+                                                                           np.arange(1))
+        for name, o, then in zip(self.source_names_, outputs, self.probe_):
+            if o.features.shape != then.shape:
+                self._probed = False
+                raise ModelFileError(f"source {name}: the network built from the model's metadata gives features of "
+                                     f"shape {o.features.shape} on the probe image, the model was trained on "
+                                     f"{then.shape}; the metadata names another network: retrain or export it again")
+            diff = relative_difference(o.features, then)
+            if diff > TOLERANCE:
+                self._probed = False
+                raise ModelFileError(f"source {name}: its features of the probe image differ from the ones stored "
+                                     f"at training by {diff:.3f} (relative; at most {TOLERANCE}); the metadata names "
+                                     "another network, or its files changed: retrain or export it again")
+
     def _image_outputs(self, arrays: list[np.ndarray], batch_size: int, device: str):
         """outputs_of(source indices, rows) for decoded images: each source runs once on the rows first asked
         of it; a later request for a subset of them is a slice. Each resized view or chip set of a set of rows is
-        made once, and so is each shared computation (a frozen trunk two sources share)."""
+        made once, and so is each shared computation (a frozen trunk two sources share). The first call checks
+        the probe (_check_probe)."""
         from genderfusion.extract.sources.inputs import MemoryInputs
 
         if getattr(self, "_inputs", None) is None:
             self._inputs = MemoryInputs()
         sources = self._sources(batch_size, device)
+        self._check_probe(batch_size, device)
         done: dict[int, tuple[np.ndarray, Outputs]] = {}
         per_rows: dict[bytes, tuple[dict, dict]] = {}  # rows -> (views, memo)
 
@@ -310,10 +347,11 @@ class FusionClassifier(Stateful):
         return {0: "unreadable image", **{k: n for k, n in enumerate(names, 1)}}
 
     def _extra_state(self) -> State:
+        probe = {f"probe.{i}": a for i, a in enumerate(getattr(self, "probe_", None) or [])}
         if self.train_labels_ is None:
-            return {"train_ids": None}, {}
+            return {"train_ids": None}, probe
         ids, labels, skipped = self.train_labels_
-        return {"train_ids": ids.tolist(), "skipped_ids": skipped.tolist()}, {"train_labels": labels}
+        return {"train_ids": ids.tolist(), "skipped_ids": skipped.tolist()}, {"train_labels": labels, **probe}
 
     def _restore(self, meta: dict, arrays: Arrays) -> None:
         self.workdir = str(self.workdir)
@@ -328,6 +366,8 @@ class FusionClassifier(Stateful):
         if len(self.recipes_) != len(self.source_names_) or not self.heads_:
             raise StateError(f"{len(self.recipes_)} recipes for sources {self.source_names_}, "
                              f"{len(self.heads_)} head(s)")
+        self.probe_ = [np.asarray(arrays[f"probe.{i}"]) for i in range(len(self.source_names_))] \
+            if "probe.0" in arrays else None  # models before 0.3.1 have none
         named = [r["source"] for r in self.recipes_]
         if named != list(self.source_names_):
             raise StateError(f"source_names_ {self.source_names_} are not the sources the recipes describe, {named}")

@@ -256,6 +256,29 @@ def exported_sources(clf, batch_size: int, device: str) -> list:
     return built
 
 
+def add_probe(path: str | Path) -> dict:
+    """Rewrite an exported model made before models stored their probe features (fusion.probe) with them,
+    computed by the networks it names; every other entry is kept as it is. Returns what changed."""
+    from .classifier import FusionClassifier
+
+    path = Path(path)
+    clf = FusionClassifier.load(path)
+    if clf.probe_ is not None:
+        return {"out": str(path), "changed": False}
+    clf.fit_probe()
+    with zipfile.ZipFile(path) as z:
+        manifest = _manifest(z, path)
+        entries = [(info, z.read(info)) for info in z.infolist() if info.filename != "manifest.json"]
+    data = model_file.dumps(clf)
+    manifest["entries"][MODEL_ENTRY] = {"bytes": len(data), "sha256": _sha(data)}
+    with atomic_path(path) as tmp:
+        with zipfile.ZipFile(tmp, "w") as z:
+            for info, old in entries:
+                z.writestr(_entry(info.filename, info.compress_type), data if info.filename == MODEL_ENTRY else old)
+            z.writestr(_entry("manifest.json"), json.dumps(manifest, indent=2))
+    return {"out": str(path), "changed": True, "probe_widths": [int(p.shape[-1]) for p in clf.probe_]}
+
+
 def read_manifest(path: str | Path) -> dict:
     path = Path(path)
     with zipfile.ZipFile(path) as z:

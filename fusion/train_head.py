@@ -12,7 +12,7 @@ import numpy as np
 from genderfusion.extract.atomic import atomic_dir, read_json, write_json
 from genderfusion.extract.cache import format as fc
 from genderfusion.extract.data.workspace import Workspace
-from genderfusion.extract.errors import DataError
+from genderfusion.extract.errors import DataError, WorkspaceError
 
 from .card import write_card
 from .classifier import FusionClassifier, head_factory
@@ -149,6 +149,10 @@ def train_head(workdir: str | Path, features: list[str], heads: list[str], proto
     if casc:
         results.append(Result(f"cascade: {' + '.join(cascade)} ({casc['head']})", "global", casc.pop("probs"), 0.0))
         coverage[results[-1].method] = results[-1].probs
+    try:  # the sources' features of the probe image, checked wherever the model is loaded (fusion.probe)
+        clf.fit_probe()
+    except (WorkspaceError, OSError, ValueError) as exc:  # caches without the networks that made them
+        log(f"no probe features stored: the sources cannot be built here ({exc})")
     with atomic_dir(out_dir) as tmp_dir:  # the model, its report and card replace the old ones as a whole
         clf.save(tmp_dir / MODEL_FILE)
         ages, races = train_meta(workdir, data.ids)

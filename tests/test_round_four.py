@@ -297,3 +297,47 @@ def test_26_workers_are_capped_at_the_cores_with_a_line(caplog):
     caplog.set_level("WARNING")
     assert _capped_workers(10000) == (os.cpu_count() or 1)
     assert f"--workers 10000: capped at {os.cpu_count() or 1}" in caplog.text
+
+
+# ---- 11: metadata that names the wrong networks -----------------------------------------------------------------
+@pytest.mark.skipif(not _faceres_available(), reason="needs FaceRes (fetch-faceres)")
+def test_11_sources_swapped_in_the_metadata_are_refused_by_the_probe(state, tmp_path):
+    def swap(meta, arrays):  # both lists, so that names and recipes agree
+        for key in ("source_names_", "recipes_"):
+            meta[key][0], meta[key][1] = meta[key][1], meta[key][0]
+        meta["params"]["sources"] = list(meta["source_names_"])
+
+    photo = _photo(tmp_path / "a.jpg", size=(200, 200))
+    same = FusionClassifier.from_bytes(_crafted(state, lambda m, a: None), "same")
+    same.exported_ = str(DEFAULT_GFM)
+    assert same.probe_ is not None and len(same.probe_) == 3
+    p = same.predict_proba(str(photo))  # the untouched model passes its own check
+    assert 0 <= p[0, 1] <= 1
+    swapped = FusionClassifier.from_bytes(_crafted(state, swap), "swapped")
+    swapped.exported_ = str(DEFAULT_GFM)
+    with pytest.raises(ModelFileError, match=r"source gender-cnn-frozen-noalign-flip: the network built from the "
+                                             r"model's metadata gives features of shape \(1, 1, 16\) on the probe "
+                                             r"image, the model was trained on \(1, 1, 128\)"):
+        swapped.predict_proba(str(photo))
+    reverse = _array("probe.2", lambda a: a.__setitem__(..., a[..., ::-1].copy()))  # the stored features' order
+    other = FusionClassifier.from_bytes(_crafted(state, reverse), "other")
+    other.exported_ = str(DEFAULT_GFM)
+    with pytest.raises(ModelFileError, match=r"source faceres-deep-pooling-flip: its features of the probe image "
+                                             r"differ from the ones stored at training by \d"):
+        other.predict_proba(str(photo))
+
+
+def test_11_train_head_stores_the_probe_and_a_workspace_model_passes_it(work):
+    from conftest import SOURCES
+    from genderfusion.fusion.train_head import train_head
+
+    data_dir, ws = work
+    train_head(ws, SOURCES, ["logistic"], ("global",), log=lambda m: None)
+    clf = FusionClassifier.load(ws / "heads/fusion")
+    assert [p.shape[0] for p in clf.probe_] == [2, 1]  # cnn-small: a space per fold; the frozen source: one
+    photo = sorted((data_dir / "test").glob("*.jpg"))[0]
+    assert clf.predict_proba(str(photo)).shape == (1, 2)
+    clf.probe_[1] = clf.probe_[1] * 1.5
+    clf._probed = False
+    with pytest.raises(ModelFileError, match="differ from the ones stored at training by 0.333"):
+        clf.predict_proba(str(photo))
