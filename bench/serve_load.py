@@ -1,10 +1,13 @@
 """Load test of `serve` on 127.0.0.1: 4 concurrent clients for 60 s with a mix of good photos, corrupt files,
-oversized uploads and empty bodies, for 1 and 2 server processes. It stops by itself (time and request count).
+oversized uploads, empty bodies, deeply nested JSON, foreign Host headers (DNS rebinding), slow clients (a photo as
+base64 JSON in 8 pieces over 1.6 s) and clients that vanish mid-upload, for 1 and 2 server processes. It stops by
+itself (time and request count).
 
     python bench/serve_load.py --photos data/scenes --n-photos 24     # bench/results/serve_load.json and .md
 
 Reports requests/s, p50/p95/p99 latency, the status codes returned, the server's peak memory (its processes'
-peak resident sets, summed), and whether every good request got the labels `predict --images` gives the same file.
+peak resident sets, summed), whether every good request got the labels `predict --images` gives the same file, and
+the lines the server logged (at most one per request).
 """
 import argparse
 import csv
@@ -20,7 +23,23 @@ from collections import Counter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-KINDS = ("good", "good", "corrupt", "oversized", "empty")  # each client cycles through them in a random order
+KINDS = ("good", "good", "corrupt", "oversized", "empty", "nested", "foreign-host", "slow", "vanishing")
+NESTED = b'{"images": ' + b"[" * 50_000 + b"]" * 50_000 + b"}"
+
+
+def _vanish(port: int, photo: bytes) -> None:
+    """A client that announces a multipart upload, sends part of it and goes away."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; boundary=x\r\n"
+                  + f"Content-Length: {len(photo) + 200}\r\n\r\n".encode() + b"--x\r\nContent-Disposition: form-data; "
+                  b'name="files"; filename="a.jpg"\r\n\r\n' + photo[: len(photo) // 2])
+
+
+def _slowly(body: bytes, pieces: int = 8, pause: float = 0.2):
+    step = -(-len(body) // pieces)
+    for start in range(0, len(body), step):
+        time.sleep(pause)
+        yield body[start:start + step]
 
 
 def _port() -> int:
@@ -73,9 +92,12 @@ def run(workers: int, photos: list[Path], expected: dict, seconds: float, client
         max_requests: int) -> dict:
     import httpx
 
+    import base64
+
     port = _port()
+    log = tempfile.TemporaryFile()
     server = subprocess.Popen([sys.executable, "-m", "genderfusion", "serve", "--model", "default", "--port", str(port),
-                               "--workers", str(workers), "--max-mb", str(max_mb)], stderr=subprocess.PIPE)
+                               "--workers", str(workers), "--max-mb", str(max_mb)], stderr=log)
     url = f"http://127.0.0.1:{port}"
     try:
         for _ in range(600):
@@ -99,13 +121,28 @@ def run(workers: int, photos: list[Path], expected: dict, seconds: float, client
                              "corrupt": [("files", ("corrupt.jpg", b"\xff\xd8 not really a jpeg", "image/jpeg"))],
                              "oversized": [("files", ("huge.jpg", oversized, "image/jpeg"))]}.get(kind)
                     t = time.time()
-                    r = c.post("/predict", files=files) if files else c.post("/predict", content=b"")
+                    if kind == "vanishing":
+                        _vanish(port, photo.read_bytes())
+                        status = "gone"
+                    elif kind == "slow":
+                        body = json.dumps({"images": [{"name": photo.name, "data": base64.b64encode(
+                            photo.read_bytes()).decode()}]}).encode()
+                        r = c.post("/predict", content=_slowly(body), headers={"content-type": "application/json"})
+                    elif kind == "nested":
+                        r = c.post("/predict", content=NESTED, headers={"content-type": "application/json"})
+                    elif kind == "foreign-host":
+                        r = c.post("/predict", files=[("files", (photo.name, photo.read_bytes(), "image/jpeg"))],
+                                   headers={"host": "rebound.example"})
+                    else:
+                        r = c.post("/predict", files=files) if files else c.post("/predict", content=b"")
                     ms = (time.time() - t) * 1000
                     ok = None
-                    if kind == "good" and r.status_code == 200:
-                        ok = [row["label"] for row in r.json()["rows"]] == expected[photo.name]
+                    if kind != "vanishing":
+                        status = r.status_code
+                        if kind in ("good", "slow") and status == 200:
+                            ok = [row["label"] for row in r.json()["rows"]] == expected[photo.name]
                     with lock:
-                        records.append((kind, r.status_code, ms, ok))
+                        records.append((kind, status, ms, ok))
 
         threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
         t0 = time.time()
@@ -120,13 +157,15 @@ def run(workers: int, photos: list[Path], expected: dict, seconds: float, client
     finally:
         server.terminate()
         server.wait(timeout=30)
+    log.seek(0)
+    logged = log.read().decode(errors="replace").splitlines()
 
     def pct(values, q):
         values = sorted(values)
         return round(values[min(len(values) - 1, int(q / 100 * len(values)))], 1) if values else None
 
-    lat = [ms for _, _, ms, _ in records]
-    good = [r for r in records if r[0] == "good"]
+    lat = [ms for kind, _, ms, _ in records if kind != "vanishing"]
+    good = [r for r in records if r[0] in ("good", "slow")]
     return {"workers": workers, "clients": clients, "seconds": round(wall, 1), "requests": len(records),
             "requests_per_s": round(len(records) / wall, 2),
             "good_photos_per_s": round(sum(s == 200 for _, s, _, _ in good) / wall, 2),
@@ -135,19 +174,21 @@ def run(workers: int, photos: list[Path], expected: dict, seconds: float, client
                                 "p99": pct([r[2] for r in good], 99)},
             "status_by_kind": {k: dict(Counter(str(s) for kind, s, _, _ in records if kind == k))
                                for k in sorted(set(KINDS))},
-            "server_errors_5xx": sum(s >= 500 and s not in (503, 504) for _, s, _, _ in records),
+            "server_errors_5xx": sum(isinstance(s, int) and s >= 500 and s not in (503, 504) for _, s, _, _ in records),
+            "server_log_lines": len(logged), "tracebacks_logged": sum("Traceback" in line for line in logged),
             "good_same_labels_as_predict": f"{sum(ok is True for *_, ok in good)} of {len(good)}",
             "server_peak_mb": peak}
 
 
 def markdown(result: dict) -> str:
     lines = ["| server processes | requests/s | good photos/s | p50 ms | p95 ms | p99 ms | status codes | same labels as "
-             "predict | 5xx | peak memory MB |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "predict | 5xx | log lines (requests) | peak memory MB |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in result["runs"]:
         codes = "; ".join(f"{k}: " + ", ".join(f"{c}x{n}" for c, n in v.items()) for k, v in r["status_by_kind"].items())
         lines.append(f"| {r['workers']} | {r['requests_per_s']} | {r['good_photos_per_s']} | {r['latency_ms']['p50']} | "
                      f"{r['latency_ms']['p95']} | {r['latency_ms']['p99']} | {codes} | "
-                     f"{r['good_same_labels_as_predict']} | {r['server_errors_5xx']} | {r['server_peak_mb']} |")
+                     f"{r['good_same_labels_as_predict']} | {r['server_errors_5xx']} | {r.get('server_log_lines', '-')} "
+                     f"({r['requests']}) | {r['server_peak_mb']} |")
     return (f"{result['clients']} clients for {result['seconds']} s each, on {result['photos']} photos "
             f"(`{result['command']}`):\n\n" + "\n".join(lines) + "\n")
 

@@ -9,6 +9,7 @@ import sys
 from .arguments import (below_one, degrees, device, fold_count, image_size, non_negative_float, non_negative_int,
                         number, positive_float, positive_int, probability, views)
 from .errors import DataError, UnknownBackboneError, WeightsError, WorkspaceError
+from .paths import printable
 
 QUIET_LOGGERS = ("faiss", "matplotlib", "PIL", "h5py")
 USER_ERRORS = (ImportError, DataError, WorkspaceError, WeightsError, UnknownBackboneError, ValueError, OSError)
@@ -23,7 +24,7 @@ def run_cli(main, interrupted: str) -> None:
     try:
         main()
     except USER_ERRORS as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {printable(str(exc))}", file=sys.stderr)  # a file name may hold bytes that are not UTF-8
         sys.exit(2)
     except KeyboardInterrupt:
         print(interrupted, file=sys.stderr)

@@ -21,6 +21,15 @@ def special_kind(path: str | os.PathLike) -> str | None:
     return next((name for test, name in KINDS if test(mode)), None if stat.S_ISREG(mode) else "not a regular file")
 
 
+def printable(text: str) -> str:
+    """A file name as UTF-8 text: bytes that are not UTF-8 (which Python keeps as surrogates) written as \\xNN."""
+    try:
+        raw = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a lone surrogate of another kind
+        raw = text.encode("utf-8", "surrogatepass")
+    return raw.decode("utf-8", "backslashreplace")
+
+
 def inside(path: str | os.PathLike, folder: str | os.PathLike) -> bool:
     """Whether `path` lies in `folder` or below it (real paths: links resolved)."""
     real, top = Path(os.path.realpath(path)), Path(os.path.realpath(folder))

@@ -256,13 +256,10 @@ def exported_sources(clf, batch_size: int, device: str) -> list:
     return built
 
 
-def add_probe(path: str | Path) -> dict:
-    """Rewrite an exported model made before models stored their probe features (fusion.probe) with them,
-    computed by the networks it names; every other entry is kept as it is. Returns what changed."""
-    from .classifier import FusionClassifier
-
+def add_probe(clf, path: str | Path) -> dict:
+    """Rewrite the exported model `clf` was loaded from (made before models stored their probe features:
+    fusion.probe) with them, computed by the networks it names; every other entry is kept as it is."""
     path = Path(path)
-    clf = FusionClassifier.load(path)
     if clf.probe_ is not None:
         return {"out": str(path), "changed": False}
     clf.fit_probe()

@@ -16,7 +16,7 @@ from genderfusion.extract.atomic import atomic_path, check_output
 from genderfusion.extract.errors import BadImageError
 
 from genderfusion.extract.faces.detect import MIN_FACE
-from genderfusion.extract.paths import special_kind
+from genderfusion.extract.paths import printable, special_kind
 
 from .faces import NO_FACE, WHOLE, Located, check_face_options, locate
 from .images import DETECT_SIDE, MAX_SIDE, as_items, decode_one
@@ -26,15 +26,6 @@ BOX = ("left", "top", "right", "bottom")
 COLUMNS = ("path", "face", *BOX, "p_female", "label", "doubtful", "stage", "rule", "error")
 INTS = ("face", *BOX, "label", "stage")
 TABLES = (".csv", ".parquet")
-
-
-def printable(text: str) -> str:
-    """A file name as UTF-8 text: bytes that are not UTF-8 (which Python keeps as surrogates) written as \\xNN."""
-    try:
-        raw = text.encode("utf-8", "surrogateescape")
-    except UnicodeEncodeError:  # a lone surrogate of another kind
-        raw = text.encode("utf-8", "surrogatepass")
-    return raw.decode("utf-8", "backslashreplace")
 
 
 def check_table(out: str | os.PathLike, inputs: Sequence[str | os.PathLike]) -> Path:

@@ -159,15 +159,15 @@ def test_06_predict_images_follows_symbolic_links_and_names_broken_ones(pipe, tm
     os.symlink(photos / "real", photos / "real/loop")  # a cycle ends
     out = tmp_path / "p.csv"
     predict_main(["--model", "fusion", "--workdir", str(ws), "--images", str(photos), "--out", str(out),
-                  "--no-progress"])
+                  "--no-progress", "--faces", "whole"])
     rows = out.read_text().splitlines()[1:]
     assert len(rows) == 1 + 12 + 1
     os.symlink(tmp_path / "gone.jpg", photos / "broken.jpg")
     line = fails(predict_main, ["--model", "fusion", "--workdir", str(ws), "--images", str(photos), "--out",
-                                str(tmp_path / "q.csv"), "--no-progress"], capsys)
+                                str(tmp_path / "q.csv"), "--no-progress", "--faces", "whole"], capsys)
     assert f"{photos / 'broken.jpg'} not found (a broken symbolic link)" in line
     predict_main(["--model", "fusion", "--workdir", str(ws), "--images", str(photos), "--out", str(out),
-                  "--no-progress", "--skip-bad"])
+                  "--no-progress", "--skip-bad", "--faces", "whole"])
     broken = [r for r in out.read_text().splitlines() if r.startswith(str(photos / "broken.jpg"))]
     assert len(broken) == 1 and "broken symbolic link" in broken[0]
 
@@ -287,7 +287,7 @@ def test_13b_sigkill_of_predict_then_a_rerun_cleans_up(pipe, tmp_path):
             "def slow(self, rows):\n    w(self, rows); sys.stdout.write('wrote\\n'); sys.stdout.flush(); time.sleep(60)\n"
             "ph._Writer.write = slow\nfrom genderfusion.fusion.cli import predict_main\n"
             f"predict_main(['--model', 'fusion', '--workdir', {str(ws)!r}, '--images', {str(data / 'test')!r}, "
-            f"'--out', {str(out)!r}, '--batch-size', '4', '--no-progress'])")
+            f"'--out', {str(out)!r}, '--batch-size', '4', '--no-progress', '--faces', 'whole'])")
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     assert proc.stdout.readline().strip() == "wrote"
     proc.send_signal(signal.SIGKILL)
@@ -296,7 +296,7 @@ def test_13b_sigkill_of_predict_then_a_rerun_cleans_up(pipe, tmp_path):
     assert len(left) == 1 and not out.exists()
     time.sleep(0.1)
     predict_main(["--model", "fusion", "--workdir", str(ws), "--images", str(data / "test"), "--out", str(out),
-                  "--no-progress"])
+                  "--no-progress", "--faces", "whole"])
     assert not list(tmp_path.glob(".p.csv.*.tmp")) and len(out.read_text().splitlines()) == 13
 
 
@@ -372,7 +372,7 @@ def test_19_predict_model_path_honours_workdir(pipe, tmp_path):
     assert out.read_text() == sub.read_text()
     photos = tmp_path / "p.csv"  # from the images: the fold checkpoints are read from --workdir too
     predict_main(["--model", str(model), "--workdir", str(moved), "--images", str(data / "test"), "--out",
-                  str(photos), "--no-progress"])
+                  str(photos), "--no-progress", "--faces", "whole"])
     import csv
 
     labels = {Path(r["path"]).stem: r["label"] for r in csv.DictReader(open(photos))}
@@ -566,7 +566,7 @@ def test_3_33_the_python_api_takes_bytes_as_one_image_and_names_what_it_accepts(
     clf = FusionClassifier.load(ws / "heads/fusion", workdir=ws)
     photo = sorted((data / "test").glob("*.jpg"))[0]
     assert np.array_equal(clf.predict_proba(photo.read_bytes()), clf.predict_proba(str(photo)))
-    assert clf.predict_frame(bytearray(photo.read_bytes()))["path"].tolist() == ["<image 0>"]
+    assert clf.predict_frame(bytearray(photo.read_bytes()), faces="whole")["path"].tolist() == ["<image 0>"]
     with pytest.raises(TypeError, match="images: None; give a path, the bytes of an image file, a PIL image"):
         clf.predict(None)
     with pytest.raises(TypeError, match="images: a int; give a path"):

@@ -74,8 +74,10 @@ def test_auto_rules(astronaut):
     assert locate(crop, "auto", det)[0].box == (0, 0, CROP_SIZE, CROP_SIZE)
     assert [f.rule for f in locate(crop, "detect", det)] == [DETECTED]
     assert [f.rule for f in locate(astronaut, "auto", det)] == [DETECTED]  # the face is a small part of it
-    blank = np.full((200, 200, 3), 90, np.uint8)
-    assert [f.rule for f in locate(blank, "auto", det)] == [CROP_LIKE] and locate(blank, "detect", det) == []
+    small = np.asarray(Image.fromarray(crop).resize((64, 64)))  # below the detector's 72 px: no box found
+    assert det.detect(small) == [] and [f.rule for f in locate(small, "auto", det)] == [CROP_LIKE]
+    blank = np.full((200, 200, 3), 90, np.uint8)  # small and square, but no face: not taken for one
+    assert locate(blank, "auto", det) == [] and locate(blank, "detect", det) == []
     assert locate(np.full((480, 640, 3), 90, np.uint8), "auto", det) == []  # no face, not crop-like
     assert [f.rule for f in locate(blank, "whole", None)] == [WHOLE]
 

@@ -231,7 +231,7 @@ def test_a_cascade_decides_confident_images_with_its_cheap_sources_and_runs_the_
     d = clf.predict_details(paths)
     assert np.allclose(d["p_female"], det["p_female"], atol=1e-4) and np.array_equal(d["stage"], det["stage"])
     assert seen == [int((~early).sum())]
-    frame = clf.predict_frame(paths[:4], cascade=False)
+    frame = clf.predict_frame(paths[:4], cascade=False, faces="whole")  # blobs, not faces: each taken whole
     assert frame["stage"].tolist() == [1] * 4 and seen[-1] == 4
     assert np.allclose(frame["p_female"], q_full[:4], atol=1e-4)
     with pytest.raises(ValueError, match="cascade sources .*nope is not"):
@@ -259,7 +259,7 @@ def test_train_head_cascade_reports_out_of_fold_accuracy_exit_share_and_speed(wo
 
     for flag, cascade in (([], True), (["--no-cascade"], False)):
         predict_main(["--model", "fusion", "--workdir", str(ws), "--images", str(data_dir / "test"), "--out",
-                      str(tmp_path / "p.csv"), "--no-progress", "--batch-size", "5", *flag])  # 3 chunks
+                      str(tmp_path / "p.csv"), "--no-progress", "--batch-size", "5", "--faces", "whole", *flag])
         rows = list(csv.DictReader(open(tmp_path / "p.csv")))
         want = clf.predict_proba([r["path"] for r in rows], cascade=cascade)[:, 1]
         assert np.allclose([float(r["p_female"]) for r in rows], want, atol=1e-5), flag

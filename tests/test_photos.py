@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from genderfusion.fusion.classifier import FusionClassifier
-from genderfusion.fusion.photos import expand_paths, predict_images
+from genderfusion.fusion.photos import FaceOptions, expand_paths, predict_images
 
 pd = pytest.importorskip("pandas")
 
@@ -37,12 +37,13 @@ def _read(path):
 def test_predict_images_streams_batches_and_matches_predict_proba(model, tmp_path):
     ws, photos, files = model
     clf = FusionClassifier.load(ws / "heads/mine/model.safetensors")
-    one = predict_images(clf, [photos], tmp_path / "a.csv", batch_size=256, progress=False)
-    many = predict_images(clf, [photos], tmp_path / "b.csv", batch_size=5, progress=False)  # 3 batches
+    whole = FaceOptions("whole")  # blobs, not faces: each taken whole
+    one = predict_images(clf, [photos], tmp_path / "a.csv", batch_size=256, progress=False, options=whole)
+    many = predict_images(clf, [photos], tmp_path / "b.csv", batch_size=5, progress=False, options=whole)
     a, b = _read(tmp_path / "a.csv"), _read(tmp_path / "b.csv")
     assert one["images"] == many["images"] == len(files) == 12 and list(a[0]) == [
         "path", "face", "left", "top", "right", "bottom", "p_female", "label", "doubtful", "stage", "rule", "error"]
-    assert {r["rule"] for r in a} == {"crop-like"} and {r["face"] for r in a} == {"0"}  # no face in the blobs
+    assert {r["rule"] for r in a} == {"whole"} and {r["face"] for r in a} == {"0"}
     assert [r["path"] for r in a] == [str(p) for p in expand_paths([photos])]  # sorted, recursive
     ref = FusionClassifier.load(ws / "heads/mine/model.safetensors").predict_proba([r["path"] for r in a])[:, 1]
     for got in (a, b):
@@ -58,9 +59,10 @@ def test_a_bad_photo_stops_the_run_or_is_written_with_its_error(model, tmp_path)
     (bad / "zz_broken.jpg").write_bytes(b"not a jpeg")
     clf = FusionClassifier.load(ws / "heads/mine/model.safetensors")
     with pytest.raises(Exception, match="zz_broken.jpg"):
-        predict_images(clf, [bad], tmp_path / "out.csv", batch_size=5, progress=False)
+        predict_images(clf, [bad], tmp_path / "out.csv", batch_size=5, progress=False, options=FaceOptions("whole"))
     assert not (tmp_path / "out.csv").exists() and not list(tmp_path.glob(".out.csv*"))  # nothing half-written
-    out = predict_images(clf, [bad], tmp_path / "out.csv", batch_size=5, skip_bad=True, progress=False)
+    out = predict_images(clf, [bad], tmp_path / "out.csv", batch_size=5, skip_bad=True, progress=False,
+                         options=FaceOptions("whole"))
     rows = _read(tmp_path / "out.csv")
     assert out["errors"] == 1 and len(rows) == 13
     broken = [r for r in rows if r["path"].endswith("zz_broken.jpg")][0]
@@ -72,13 +74,13 @@ def test_predict_frame_has_the_same_rows(model):
     ws, photos, files = model
     clf = FusionClassifier.load(ws / "heads/mine/model.safetensors")
     arrays = [np.asarray(Image.open(f).convert("RGB")) for f in files[:3]]
-    frame = clf.predict_frame([str(files[0]), *arrays])
+    frame = clf.predict_frame([str(files[0]), *arrays], faces="whole")
     assert list(frame.columns) == ["path", "face", "left", "top", "right", "bottom", "p_female", "label", "doubtful",
                                    "stage", "rule", "error"] and len(frame) == 4
     assert frame["path"].tolist() == [str(files[0]), "<image 1>", "<image 2>", "<image 3>"]
     assert np.allclose(frame["p_female"], clf.predict_proba([str(files[0]), *arrays])[:, 1], atol=1e-6)
     assert np.isclose(frame["p_female"][0], frame["p_female"][1], atol=1e-6)  # the same photo, as path and array
-    bad = clf.predict_frame([str(files[0]), "/no/such.jpg"], skip_bad=True)
+    bad = clf.predict_frame([str(files[0]), "/no/such.jpg"], skip_bad=True, faces="whole")
     assert bad["label"].tolist()[1] == -1 and "no/such.jpg" in bad["error"][1] and np.isnan(bad["p_female"][1])
 
 

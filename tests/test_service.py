@@ -58,7 +58,7 @@ def test_health_and_page(served):
     clf, _ = served
     c = _client(clf)
     h = c.get("/health").json()
-    assert h["model"] == "tiny" and h["sources"] == ["cnn-small"] and h["columns"] == list(COLUMNS)
+    assert h["model"] == "tiny" and h["sources"] == ["cnn-small"] and h["columns"] == ["image", *COLUMNS]
     page = c.get("/")
     assert page.status_code == 200 and "/predict" in page.text and "<canvas" not in page.text.split("<script>")[0]
 
