@@ -249,39 +249,45 @@ class FusionClassifier(Stateful):
         arrays = decode_inputs(images, MAX_SIDE)  # all or nothing: a bad image raises before any work
         return self._decide(self._image_outputs(arrays, batch_size, device), len(arrays), band, cascade)
 
-    def fit_probe(self, batch_size: int = 256, device: str = "auto") -> "FusionClassifier":
-        """Store each source's features of the probe image (fusion.probe), computed by the networks the model
-        names, so that loading it elsewhere can check that its metadata names the networks it was trained on."""
+    def _probe_features(self, batch_size: int, device: str) -> list[np.ndarray]:
+        """Each source's features of the probe image (fusion.probe), as the networks the model names give them."""
         from .probe import probe_image
 
-        self.probe_ = None
         outputs = self._image_outputs([probe_image()], batch_size, device)(range(len(self.source_names_)),
                                                                            np.arange(1))
-        self.probe_ = [o.features.astype(np.float32) for o in outputs]
+        return [o.features.astype(np.float32) for o in outputs]
+
+    def fit_probe(self, batch_size: int = 256, device: str = "auto") -> "FusionClassifier":
+        """Store each source's features of the probe image, so that loading the model elsewhere can check that its
+        metadata names the networks it was trained on."""
+        self.probe_ = None
+        self.probe_ = self._probe_features(batch_size, device)
+        self._probed = True
         return self
 
     def _check_probe(self, batch_size: int, device: str) -> None:
         """Once per model object: the sources' features of the probe image are the ones stored at training."""
         from .model_file import ModelFileError
-        from .probe import TOLERANCE, probe_image, relative_difference
+        from .probe import TOLERANCE, relative_difference
 
         if getattr(self, "probe_", None) is None or getattr(self, "_probed", False):
             return
-        self._probed = True
-        outputs = self._image_outputs([probe_image()], batch_size, device)(range(len(self.source_names_)),
-                                                                           np.arange(1))
-        for name, o, then in zip(self.source_names_, outputs, self.probe_):
-            if o.features.shape != then.shape:
-                self._probed = False
-                raise ModelFileError(f"source {name}: the network built from the model's metadata gives features of "
-                                     f"shape {o.features.shape} on the probe image, the model was trained on "
-                                     f"{then.shape}; the metadata names another network: retrain or export it again")
-            diff = relative_difference(o.features, then)
-            if diff > TOLERANCE:
-                self._probed = False
-                raise ModelFileError(f"source {name}: its features of the probe image differ from the ones stored "
-                                     f"at training by {diff:.3f} (relative; at most {TOLERANCE}); the metadata names "
-                                     "another network, or its files changed: retrain or export it again")
+        self._probed = True  # the probe's own prediction below does not check again
+        try:
+            for name, now, then in zip(self.source_names_, self._probe_features(batch_size, device), self.probe_):
+                if now.shape != then.shape:
+                    raise ModelFileError(f"source {name}: the network built from the model's metadata gives features "
+                                         f"of shape {now.shape} on the probe image, the model was trained on "
+                                         f"{then.shape}; the metadata names another network: retrain or export it "
+                                         "again")
+                diff = relative_difference(now, then)
+                if diff > TOLERANCE:
+                    raise ModelFileError(f"source {name}: its features of the probe image differ from the ones stored "
+                                         f"at training by {diff:.3f} (relative; at most {TOLERANCE}); the metadata "
+                                         "names another network, or its files changed: retrain or export it again")
+        except BaseException:
+            self._probed = False
+            raise
 
     def _image_outputs(self, arrays: list[np.ndarray], batch_size: int, device: str):
         """outputs_of(source indices, rows) for decoded images: each source runs once on the rows first asked
