@@ -247,6 +247,10 @@ def test_08_27_a_changed_cached_onnx_is_converted_again_and_a_read_only_cache_co
     caplog.set_level("WARNING")
     assert faceres.onnx_model("faceres-deep", sha) == first
     assert "not the file this package wrote" in caplog.text and cached.read_bytes() == first
+    monkeypatch.setattr(faceres, "MAX_ONNX", len(first) - 1)  # a cached file beyond the bound is not read
+    cached.write_bytes(b"x" * len(first))
+    assert faceres.onnx_model("faceres-deep", sha) == first and cached.read_bytes() == first
+    monkeypatch.setattr(faceres, "MAX_ONNX", 2**28)
     cached.unlink()
     cached.parent.chmod(0o555)
     try:

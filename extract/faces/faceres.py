@@ -64,6 +64,9 @@ def model_files(net: str) -> dict[str, tuple[Path, str]]:
     return {role: (model_dir() / f"{net}{ext}", FILES[f"{net}{ext}"]) for role, ext in ROLES.items()}
 
 
+MAX_ONNX = 2**28  # a converted net (faceres-deep: 14 MB); a larger file in the cache is not read, but replaced
+
+
 def onnx_model(net: str, sha256: str) -> bytes:
     """The net converted to ONNX with every layer of LAYERS as an output, cached by the graph's sha256 and the
     converter's version (the conversion runs once). The cached file is used only while its sha256 is the one
@@ -73,9 +76,11 @@ def onnx_model(net: str, sha256: str) -> bytes:
 
     cached = cache_root() / "onnx" / f"{net}-{sha256[:16]}-v{CONVERTER_VERSION}.onnx"
     record = cached.with_name(cached.name + ".sha256")
-    if cached.is_file() and record.is_file():
+    if cached.is_file() and record.is_file() and cached.stat().st_size <= MAX_ONNX:
         data = cached.read_bytes()
-        if hashlib.sha256(data).hexdigest() == record.read_text(encoding="ascii", errors="replace").strip():
+        with open(record, "rb") as fh:  # a sha256 in hex: 64 characters (the file is read no further)
+            recorded = fh.read(128).decode("ascii", "replace").strip()
+        if hashlib.sha256(data).hexdigest() == recorded:
             return data
         log.warning("%s: not the file this package wrote (its sha256 differs from the one recorded); converting "
                     "again", cached)
