@@ -124,8 +124,8 @@ def _default_output(default: str, overwrite: bool, *beside: str) -> str:
 
     there = [f for f in (default, *beside) if os.path.lexists(f)]
     if there and not overwrite:
-        raise OutputExistsError(f"{there[0]} exists and this run did not write it: name another file with --out, or "
-                                "pass --overwrite to replace it")
+        raise OutputExistsError(f"{there[0]} exists and this run did not write it",
+                                "name another file with --out, or pass --overwrite to replace it")
     return default
 
 
@@ -135,8 +135,8 @@ def _check_drawing(folder: str, paths: list, overwrite: bool) -> None:
     try:
         drawn_names(folder, paths, overwrite)
     except OutputExistsError as exc:
-        raise OutputExistsError(f"--draw {folder}: {str(exc).split(';')[0]}: draw into another folder, or pass "
-                                "--overwrite to replace such files") from None
+        raise OutputExistsError(f"--draw {folder}: {exc.what}",
+                                "draw into another folder, or pass --overwrite to replace such files") from None
     except ValueError as exc:
         raise ValueError(f"--draw {exc}") from None
 
@@ -181,7 +181,9 @@ def predict_main(argv: list[str] | None = None) -> None:
         if args.data:
             from .predict import predict_submission
 
-            out = args.out or _default_output("submission.csv", args.overwrite, "submission_details.csv")
+            from .predict import details_path
+
+            out = args.out or _default_output("submission.csv", args.overwrite, str(details_path("submission.csv")))
             out = predict_submission(args.model or "fusion", args.data, out, args.workdir, args.band,
                                      not args.no_cascade)
         else:

@@ -37,7 +37,12 @@ def draw_faces(image: np.ndarray, rows: list[dict], scale: float = 1.0) -> Image
 
 
 class OutputExistsError(FileExistsError):
-    """An output the run would write where a file it did not write already is."""
+    """An output the run would write where a file it did not write already is: `what` says which, `remedy` what
+    to do (the CLI names its flags instead)."""
+
+    def __init__(self, what: str, remedy: str):
+        super().__init__(f"{what}: {remedy}")
+        self.what = what
 
 
 def drawn_names(folder: str | os.PathLike, inputs: Sequence[str | os.PathLike], overwrite: bool = False
@@ -63,8 +68,8 @@ def drawn_names(folder: str | os.PathLike, inputs: Sequence[str | os.PathLike], 
         names[path] = folder / f"{name}.jpg"
     there = [t for t in names.values() if os.path.lexists(t)]
     if there and not overwrite:
-        raise OutputExistsError(f"{there[0]} exists" + (f" (and {len(there) - 1} more drawn name(s))" if len(there) > 1
-                                                        else "") + " and this run did not write it; "
+        raise OutputExistsError(f"{there[0]} exists" + (f" (and {len(there) - 1} more drawn name(s))"
+                                                        if len(there) > 1 else "") + " and this run did not write it",
                                 "overwrite=True replaces such files")
     return names
 

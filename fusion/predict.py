@@ -72,6 +72,12 @@ def _refuse_changed_labels(clf: FusionClassifier, model: str, data: CompetitionD
                         "rerun `extract` for every source and `train-head`. No submission written.")
 
 
+def details_path(out: str | Path) -> Path:
+    """The details file written beside a submission: `<out stem>_details.csv`."""
+    out = Path(out)
+    return out.with_name(out.stem + "_details.csv")
+
+
 def predict_submission(model: str, data_dir: str | Path, out: str | Path, workdir: str | Path | None = None,
                        band: tuple[float, float] = (0.45, 0.55), cascade: bool = True) -> dict:
     """Write `out` (id,label for every test id in test.csv order) and `<out stem>_details.csv`.
@@ -79,7 +85,7 @@ def predict_submission(model: str, data_dir: str | Path, out: str | Path, workdi
     A test image skipped as corrupt at extraction gets no label from a blank image: the sample submission's
     label (empty without one), flagged doubtful in the details file with the reason."""
     out, root = Path(out), Path(data_dir)
-    details = out.with_name(out.stem + "_details.csv")
+    details = details_path(out)
     inputs = [root / name for name in ("train.csv", "test.csv", "train_meta.csv", "sampleSubmit.csv")]
     for path in (out, details):
         check_output(path, (".csv",), inputs)

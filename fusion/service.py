@@ -243,7 +243,7 @@ async def _multipart_images(request, body: bytes, limits: Limits) -> list[tuple[
                                     f"{limits.max_images}") from None
         raise RequestError(422, f"the multipart body cannot be read ({type(exc).__name__}: {exc})") from None
     unnamed = [k for k, v in form.multi_items() if not isinstance(v, UploadFile)]
-    images = [(v.filename, await v.read()) for _, v in form.multi_items() if isinstance(v, UploadFile)]
+    images = [(v.filename or k, await v.read()) for k, v in form.multi_items() if isinstance(v, UploadFile)]
     if not images and unnamed:
         raise RequestError(422, f"the part {unnamed[0]!r} has no filename, so it is not a file: send each image "
                                 "as a file part (Content-Disposition: form-data; name=\"files\"; filename=\"a.jpg\")")

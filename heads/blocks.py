@@ -70,6 +70,12 @@ class BlockScaler(Stateful, TransformerMixin, BaseEstimator):
             start += w
         return np.hstack(out)
 
+    @property
+    def n_features_out_(self) -> int:
+        """Columns of transform's output: each block's width, or its PCA components."""
+        check_is_fitted(self)
+        return sum(w if p is None else len(p[1]) for w, p in zip(self.widths_, self.projections_))
+
     def _extra_state(self) -> State:
         arrays = {}
         for i, projection in enumerate(self.projections_):

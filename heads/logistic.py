@@ -69,7 +69,7 @@ class LogisticHead(Stateful, BinaryMixin, ClassifierMixin, BaseEstimator):
         return {}, {"coef": self.model_.coef_, "intercept": self.model_.intercept_}
 
     def _restore(self, meta: dict, arrays: Arrays) -> None:
-        width = self.scaler_.transform(np.zeros((1, self.n_features_in_))).shape[1]
+        width = self.scaler_.n_features_out_
         if arrays["coef"].shape != (1, width) or arrays["intercept"].shape != (1,):
             raise StateError(f"LogisticHead: coef of shape {arrays['coef'].shape} and intercept of shape "
                              f"{arrays['intercept'].shape} for {width} scaled features")

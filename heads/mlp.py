@@ -116,7 +116,7 @@ class MLPHead(Stateful, BinaryMixin, ClassifierMixin, BaseEstimator):
     def _restore(self, meta: dict, arrays: Arrays) -> None:
         import torch
 
-        width = self.scaler_.transform(np.zeros((1, self.n_features_in_))).shape[1]
+        width = self.scaler_.n_features_out_
         first = arrays["net.1.weight"].shape
         if first != (self.hidden, width):  # checked before the net is built: its size comes from these numbers
             raise StateError(f"MLPHead: a first layer of shape {first} for hidden {self.hidden} and {width} scaled "
