@@ -188,7 +188,6 @@ def predict_main(argv: list[str] | None = None) -> None:
                                      not args.no_cascade)
         else:
             from .photos import FaceOptions, check_table, expand_paths, faces_table, predict_images
-            from .predict import load_model
 
             out = args.out or _default_output("predictions.csv", args.overwrite)
             if args.example:
