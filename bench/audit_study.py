@@ -52,18 +52,19 @@ def main(argv=None) -> dict:
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
 
-    from genderfusion.extract.atomic import read_json
+    from genderfusion.files.json_files import read_json
     from genderfusion.extract.data.dataset import CompetitionData
     from genderfusion.extract.data.folds import make_folds
     from genderfusion.extract.data.workspace import Workspace
     from genderfusion.extract.sources.base import FROZEN
-    from genderfusion.fusion.audit import audit_labels, training_duplicates
-    from genderfusion.fusion.classifier import head_factory
-    from genderfusion.fusion.cleaning import cleaning_cv
-    from genderfusion.fusion.features import FusionData, load_sources
-    from genderfusion.fusion.protocol import cv_global
-    from genderfusion.fusion.second_stage import band_report, descriptors, second_stage_cv
-    from genderfusion.fusion.train_head import train_head
+    from genderfusion.fusion.audit.labels import audit_labels, training_duplicates
+    from genderfusion.fusion.model.classifier import head_factory
+    from genderfusion.fusion.audit.cleaning import cleaning_cv
+    from genderfusion.fusion.model.features import FusionData, load_sources
+    from genderfusion.fusion.model.protocol import cv_global
+    from genderfusion.fusion.model.features import descriptors
+    from genderfusion.fusion.training.second_stage_cv import band_report, second_stage_cv
+    from genderfusion.fusion.training.train_head import train_head
 
     ws, data = Workspace(args.workdir), CompetitionData.load(args.data)
     out: dict = {"workdir": args.workdir, "model": args.model}

@@ -37,7 +37,7 @@ def main(argv=None) -> dict:
     from PIL import Image
 
     from genderfusion.extract.faces.detect import FaceDetector
-    from genderfusion.fusion.faces import CROP_LIKE_SCORE, locate
+    from genderfusion.fusion.photos.faces import CROP_LIKE_SCORE, locate
 
     detector = FaceDetector("hog")
     t = time.time()

@@ -46,9 +46,10 @@ def run(cmd: list[str]) -> float:
 
 def build(data: Path, workdir: Path, out_dir: Path) -> dict:
     """Extract (cached), fit and measure the head, write model.gfm, card.html and about.json into out_dir."""
-    from genderfusion.extract.atomic import read_json, write_json
+    from genderfusion.files.atomic import write_json
+    from genderfusion.files.json_files import read_json
     from genderfusion.extract.data.workspace import Workspace
-    from genderfusion.fusion.card import write_card
+    from genderfusion.fusion.training.card import write_card
 
     seconds = {}
     common = ["--data", str(data), "--workdir", str(workdir), "--no-progress"]
@@ -93,8 +94,9 @@ def compare(a: Path, b: Path, images: list[Path]) -> float:
 def add_probe(data: Path, n: int) -> dict:
     """The shipped model with its probe features added (export.add_probe); about.json records its new sha256."""
     from genderfusion import FusionClassifier
-    from genderfusion.extract.atomic import read_json, write_json
-    from genderfusion.fusion.export import add_probe as rewrite
+    from genderfusion.files.atomic import write_json
+    from genderfusion.files.json_files import read_json
+    from genderfusion.fusion.model.export import add_probe as rewrite
 
     shipped = PACKAGE_DIR / "model.gfm"
     with tempfile.TemporaryDirectory() as tmp:

@@ -23,10 +23,10 @@ from pathlib import Path
 
 import numpy as np
 
-from genderfusion.extract.atomic import write_json
+from genderfusion.files.atomic import write_json
 from genderfusion.extract.data.workspace import Workspace
-from genderfusion.fusion.export import export_model
-from genderfusion.fusion.predict import load_model
+from genderfusion.fusion.model.export import export_model
+from genderfusion.fusion.predict.submission import load_model
 
 CLEAN = """import json, sys, time
 from genderfusion import FusionClassifier, __version__

@@ -10,9 +10,9 @@ import argparse
 
 import numpy as np
 
-from genderfusion.fusion.classifier import head_factory
-from genderfusion.fusion.features import load_sources
-from genderfusion.fusion.protocol import cv_global
+from genderfusion.fusion.model.classifier import head_factory
+from genderfusion.fusion.model.features import load_sources
+from genderfusion.fusion.model.protocol import cv_global
 
 
 def seed_cvs(workdir: str, features: list[str], head: str, seeds: int) -> dict:

@@ -34,7 +34,7 @@ def measure(model: str, paths: list[Path]) -> dict:
     out = {"model": str(model), "images": len(paths), "sources": clf.source_names_,
            "first_call_img_per_s": round(cold, 1), "warm_img_per_s": round(warm, 1)}
     if clf.cascade_ is not None:
-        from genderfusion.fusion.speed import cascade_speed
+        from genderfusion.fusion.training.speed import cascade_speed
 
         out["cascade"] = cascade_speed(clf, paths)
     out["ms_per_image"] = step_times(clf, paths)
@@ -43,7 +43,7 @@ def measure(model: str, paths: list[Path]) -> dict:
 
 def step_times(clf, paths: list[Path]) -> dict[str, float]:
     """Warm milliseconds an image of each step of a built model's predict_proba (wall time on all cores)."""
-    from genderfusion.fusion import classifier
+    from genderfusion.fusion.model import classifier
 
     spent: dict[str, float] = {}
 

@@ -23,7 +23,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.append(str(ROOT))  # for `bench`; genderfusion comes from the install
 
-from genderfusion.extract.atomic import read_json, write_json, write_text  # noqa: E402
+from genderfusion.files.atomic import write_json, write_text  # noqa: E402
+from genderfusion.files.json_files import read_json  # noqa: E402
 from genderfusion.extract.sources.spec import source_name, source_spec  # noqa: E402
 
 
@@ -221,7 +222,7 @@ def main(argv=None) -> dict:
 
     report = read_json(best_dir / "report.json")
     face = read_json(face_json)
-    from genderfusion.fusion.card import write_card
+    from genderfusion.fusion.training.card import write_card
 
     write_card(best_dir, ws, speed={"FusionClassifier.predict, warm (img/s)": face["predict"]["warm_img_per_s"],
                                     "FusionClassifier.predict, first call (img/s)":
@@ -234,7 +235,7 @@ def main(argv=None) -> dict:
     import numpy as np
 
     from genderfusion.extract.data.groups import group_masks
-    from genderfusion.fusion.train_head import train_meta
+    from genderfusion.fusion.training.train_head import train_meta
 
     cv = np.load(best_dir / "cv_probs.npz")
     ids, y = [str(i) for i in cv["ids"]], cv["y"]

@@ -148,7 +148,7 @@ def run_ours(clf, paths: list[Path], detector: str, min_face: int, workers: int)
     """Each scene's detections (face box, label) by the model (cascade on), the wall time, and where it went (the
     parts timed again one by one, in this process)."""
     from genderfusion.extract.faces.detect import FaceDetector
-    from genderfusion.fusion.images import DETECT_SIDE, decode_one
+    from genderfusion.fusion.photos.decode import DETECT_SIDE, decode_one
 
     t = time.time()
     frame = clf.predict_frame([str(p) for p in paths], faces="detect", detector=detector, min_face=min_face,
@@ -196,7 +196,7 @@ def photo_cost(clf, data: Path, repeats: int = 3) -> dict:
     import tempfile
 
     from genderfusion.extract.faces.detect import FaceDetector
-    from genderfusion.fusion.images import DETECT_SIDE, decode_one
+    from genderfusion.fusion.photos.decode import DETECT_SIDE, decode_one
 
     crop = Image.open(data / "test" / "200000.jpg").convert("RGB")
     out, det = {}, FaceDetector("hog")
@@ -225,7 +225,7 @@ def photo_cost(clf, data: Path, repeats: int = 3) -> dict:
 def calibrate(data: Path, n: int) -> dict:
     """Median place of each detector's box in the training crops (detect.FRAMES)."""
     from genderfusion.extract.faces.detect import FaceDetector
-    from genderfusion.fusion.images import decode_one
+    from genderfusion.fusion.photos.decode import decode_one
 
     ids = [r["id"] for r in csv.DictReader(open(data / "train.csv"))][:n]
     out = {}

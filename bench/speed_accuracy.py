@@ -13,7 +13,8 @@ sys.path.append(str(Path(__file__).resolve().parents[1]))  # for `bench`; gender
 
 from bench.predict_speed import measure, test_paths  # noqa: E402
 
-from genderfusion.extract.atomic import atomic_path, read_json, write_json  # noqa: E402
+from genderfusion.files.atomic import atomic_path, write_json  # noqa: E402
+from genderfusion.files.json_files import read_json  # noqa: E402
 from genderfusion.extract.data.workspace import Workspace  # noqa: E402
 
 

@@ -13,7 +13,7 @@ try:
 except PackageNotFoundError:  # a source tree that was never installed
     __version__ = "0+unknown"
 
-_API = {"FusionClassifier": "genderfusion.fusion.classifier", "create": "genderfusion.extract.models.backbone",
+_API = {"FusionClassifier": "genderfusion.fusion.model.classifier", "create": "genderfusion.extract.models.backbone",
         "list_backbones": "genderfusion.extract.models.registry"}
 
 __all__ = ["FusionClassifier", "create", "list_backbones", "__version__"]

@@ -10,15 +10,15 @@ import pytest
 from genderfusion.extract.cache.api import extract_features
 from genderfusion.extract.data.folds import duplicate_groups, make_folds
 from genderfusion.extract.errors import DataError, WorkspaceError
-from genderfusion.fusion.audit import audit_labels
-from genderfusion.fusion.classifier import FusionClassifier, head_factory
-from genderfusion.fusion.cleaning import cleaning_cv
+from genderfusion.fusion.audit.labels import audit_labels
+from genderfusion.fusion.model.classifier import FusionClassifier, head_factory
+from genderfusion.fusion.audit.cleaning import cleaning_cv
 from genderfusion.extract.data.exclusion import exclusion_mask, read_ids
-from genderfusion.fusion.features import load_sources
-from genderfusion.fusion.predict import predict_submission
-from genderfusion.fusion.protocol import cv_global
-from genderfusion.fusion import train_head as train_head_module
-from genderfusion.fusion.train_head import train_head
+from genderfusion.fusion.model.features import load_sources
+from genderfusion.fusion.predict.submission import predict_submission
+from genderfusion.fusion.model.protocol import cv_global
+from genderfusion.fusion.training import train_head as train_head_module
+from genderfusion.fusion.training.train_head import train_head
 from genderfusion.heads import LogisticHead
 from genderfusion.heads.second_stage import in_band
 

@@ -8,8 +8,8 @@ import pytest
 from genderfusion.extract.cache.api import extract_features
 from genderfusion.extract.errors import DataError
 from genderfusion.extract.models.training import TrainConfig, train_backbone
-from genderfusion.fusion.predict import predict_submission
-from genderfusion.fusion.train_head import train_head
+from genderfusion.fusion.predict.submission import predict_submission
+from genderfusion.fusion.training.train_head import train_head
 
 CFG = TrainConfig("cnn-small", img_size=32, epochs=1, batch_size=16)
 FROZEN = dict(frozen=True, img_size=32, pool="avg", weights="random")
@@ -130,7 +130,7 @@ def test_exif_orientation_and_float_range(tmp_path):
     from PIL import Image
 
     from genderfusion.extract.data.images import load_rgb
-    from genderfusion.fusion.images import decode_inputs
+    from genderfusion.fusion.photos.decode import decode_inputs
 
     arr = np.zeros((20, 40, 3), np.uint8)
     arr[:, :10] = 255  # white on the left
@@ -296,7 +296,7 @@ BROKEN = {  # case -> (how to break the folder, exit code, what the one line say
 def test_broken_folder_gives_one_line_and_keeps_earlier_outputs(synth, tmp_path, case, capsys):
     """The `extract` console script on a broken copy of the folder, 70 training images: exit code 2 and one line
     naming the file, row or value (or it works); the cache written before is byte for byte intact."""
-    from genderfusion.extract.cli import extract_main
+    from genderfusion.cli.extract_commands import extract_main
 
     data = _grow(synth)
     argv = ["--backbone", "cnn-small", "--frozen", "--img-size", "32", "--pool", "avg", "--weights", "random",
@@ -320,7 +320,7 @@ def test_broken_folder_gives_one_line_and_keeps_earlier_outputs(synth, tmp_path,
 
 
 def test_a_truncated_cache_is_one_line_for_train_head_and_recomputed_by_extract(pipeline, capsys):
-    from genderfusion.fusion.cli import train_head_main
+    from genderfusion.cli.fusion_commands import train_head_main
 
     data, ws, sub = pipeline
     cache = ws / "features/cnn-small-frozen.h5"

@@ -15,8 +15,8 @@ from PIL import Image
 from genderfusion.extract.cache.api import extract_features
 from genderfusion.extract.errors import BadImageError, DataError, WorkspaceError
 from genderfusion.extract.models.training import TrainConfig, train_backbone
-from genderfusion.fusion.predict import predict_submission
-from genderfusion.fusion.train_head import train_head
+from genderfusion.fusion.predict.submission import predict_submission
+from genderfusion.fusion.training.train_head import train_head
 
 from conftest import fails, sha
 
@@ -52,7 +52,7 @@ def pipe(built, tmp_path):
 
 
 def predict_main(argv):
-    from genderfusion.fusion.cli import predict_main as main
+    from genderfusion.cli.fusion_commands import predict_main as main
 
     main(argv)
 
@@ -77,8 +77,8 @@ def test_01_a_truncated_or_empty_model_file(pipe, capsys, tmp_path, how):
 
 
 def test_02_a_cache_with_a_zeroed_block_is_one_line_and_extract_rebuilds_it(pipe, capsys):
-    from genderfusion.extract.cli import extract_main
-    from genderfusion.fusion.cli import train_head_main
+    from genderfusion.cli.extract_commands import extract_main
+    from genderfusion.cli.fusion_commands import train_head_main
 
     data, ws, sub = pipe
     cache = ws / "features/cnn-small-frozen.h5"
@@ -144,7 +144,7 @@ def test_05_a_test_image_replaced_with_its_size_and_mtime_kept_is_seen(pipe):
 
 
 def _model(pipe):
-    from genderfusion.fusion.predict import load_model
+    from genderfusion.fusion.predict.submission import load_model
 
     return load_model("fusion", pipe[1])
 
@@ -173,7 +173,7 @@ def test_06_predict_images_follows_symbolic_links_and_names_broken_ones(pipe, tm
 
 
 def test_07_one_rule_for_alpha(pipe):
-    from genderfusion.fusion.images import decode_one
+    from genderfusion.fusion.photos.decode import decode_one
 
     rng = np.random.default_rng(0)
     rgba = rng.integers(0, 256, (20, 24, 4), dtype=np.uint8)
@@ -215,7 +215,7 @@ def test_09_train_head_refuses_a_foreign_cache_when_the_data_folder_is_gone(pipe
 
 
 def test_10_audit_labels_refuses_another_data_folder(pipe, tmp_path):
-    from genderfusion.fusion.audit import audit_labels
+    from genderfusion.fusion.audit.labels import audit_labels
 
     data, ws, _ = pipe
     other = Path(shutil.copytree(data, tmp_path / "other"))
@@ -230,7 +230,7 @@ def test_10_audit_labels_refuses_another_data_folder(pipe, tmp_path):
 
 # ---- lost or half-written ---------------------------------------------------------------------------------------
 def test_11_train_head_failing_at_the_card_leaves_the_old_folder_whole(pipe, monkeypatch):
-    import genderfusion.fusion.train_head as th
+    import genderfusion.fusion.training.train_head as th
 
     data, ws, _ = pipe
     out = ws / "heads/fusion"
@@ -247,7 +247,7 @@ def test_11_train_head_failing_at_the_card_leaves_the_old_folder_whole(pipe, mon
 
 
 def test_12_wilson_interval_holds_its_estimate_and_the_card_renders_on_small_sets(pipe):
-    from genderfusion.fusion.card import wilson, write_card
+    from genderfusion.fusion.training.card import wilson, write_card
 
     for n in range(1, 80):
         for k in range(n + 1):
@@ -262,7 +262,7 @@ def test_12_wilson_interval_holds_its_estimate_and_the_card_renders_on_small_set
 
 
 def test_13_a_killed_writer_leaves_no_temporaries_behind(pipe, tmp_path):
-    from genderfusion.extract.atomic import write_text
+    from genderfusion.files.atomic import write_text
 
     proc = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     dead = int(proc.stdout)  # a pid whose process has ended
@@ -283,9 +283,9 @@ def test_13b_sigkill_of_predict_then_a_rerun_cleans_up(pipe, tmp_path):
 
     data, ws, _ = pipe
     out = tmp_path / "p.csv"
-    code = ("import sys, time; import genderfusion.fusion.photos as ph; w = ph._Writer.write\n"
+    code = ("import sys, time; import genderfusion.fusion.predict.rows as ph; w = ph._Writer.write\n"
             "def slow(self, rows):\n    w(self, rows); sys.stdout.write('wrote\\n'); sys.stdout.flush(); time.sleep(60)\n"
-            "ph._Writer.write = slow\nfrom genderfusion.fusion.cli import predict_main\n"
+            "ph._Writer.write = slow\nfrom genderfusion.cli.fusion_commands import predict_main\n"
             f"predict_main(['--model', 'fusion', '--workdir', {str(ws)!r}, '--images', {str(data / 'test')!r}, "
             f"'--out', {str(out)!r}, '--batch-size', '4', '--no-progress', '--faces', 'whole'])")
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
@@ -301,7 +301,7 @@ def test_13b_sigkill_of_predict_then_a_rerun_cleans_up(pipe, tmp_path):
 
 
 def test_14_a_failed_extract_keeps_workspace_json_and_leaves_no_parts(pipe, tmp_path, capsys):
-    from genderfusion.extract.cli import extract_main
+    from genderfusion.cli.extract_commands import extract_main
 
     data, ws, _ = pipe
     broken = Path(shutil.copytree(data, tmp_path / "broken"))
@@ -363,7 +363,7 @@ def test_18_predict_frame_with_skip_bad_writes_error_rows(pipe, tmp_path):
 
 def test_19_predict_model_path_honours_workdir(pipe, tmp_path):
     data, ws, sub = pipe
-    from genderfusion.fusion.classifier import FusionClassifier
+    from genderfusion.fusion.model.classifier import FusionClassifier
 
     model = FusionClassifier.load(ws / "heads/fusion/model.safetensors", workdir=ws).save(tmp_path / "x.safetensors")  # saved in ws
     moved = ws.rename(tmp_path / "moved")  # the model's own workspace is gone; --workdir names the new place
@@ -381,7 +381,7 @@ def test_19_predict_model_path_honours_workdir(pipe, tmp_path):
 
 @pytest.mark.parametrize("arg,value", [("--threshold", "-5"), ("--top", "-3")])
 def test_20_audit_labels_rejects_negative_arguments(pipe, capsys, arg, value):
-    from genderfusion.fusion.cli import audit_labels_main
+    from genderfusion.cli.fusion_commands import audit_labels_main
 
     data, ws, _ = pipe
     line = fails(audit_labels_main, ["--workdir", str(ws), arg, value], capsys)
@@ -398,7 +398,7 @@ def test_21_python_m_genderfusion_version():
 
 @pytest.mark.parametrize("value", ["abc", "3/2", "1"])
 def test_22_extract_shard_must_be_i_of_n(pipe, capsys, value):
-    from genderfusion.extract.cli import extract_main
+    from genderfusion.cli.extract_commands import extract_main
 
     data, ws, _ = pipe
     line = fails(extract_main, ["--backbone", "cnn-small", "--data", str(data), "--workdir", str(ws), "--shard",
@@ -407,7 +407,7 @@ def test_22_extract_shard_must_be_i_of_n(pipe, capsys, value):
 
 
 def test_23_ctrl_c_in_predict_says_what_it_keeps(pipe, capsys, monkeypatch):
-    import genderfusion.fusion.photos as photos
+    import genderfusion.fusion.predict.rows as photos
 
     data, ws, _ = pipe
 
@@ -434,7 +434,7 @@ def test_24_16_bit_images_are_scaled_by_257(tmp_path):
 
 
 def test_25_readme_lists_the_prediction_columns():
-    from genderfusion.fusion.photos import COLUMNS
+    from genderfusion.fusion.predict.rows import COLUMNS
 
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     assert f"`{','.join(COLUMNS)}`" in readme
@@ -448,8 +448,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _main(name: str):
     from genderfusion.__main__ import main as genderfusion
-    from genderfusion.extract import cli as e
-    from genderfusion.fusion import cli as f
+    from genderfusion.cli import extract_commands as e
+    from genderfusion.cli import fusion_commands as f
 
     return {"train-head": f.train_head_main, "predict": f.predict_main, "export-model": f.export_model_main,
             "audit-labels": f.audit_labels_main, "extract": e.extract_main, "train-backbone": e.train_backbone_main,
@@ -540,7 +540,7 @@ def test_table(case, pipe, tmp_path, capsys, caplog):
 def test_3_32_a_training_image_replaced_by_one_of_the_same_size_retrains_its_fold_models(pipe, capsys, caplog):
     """Fold models record the training images' contents: a replaced image (same size, modification time restored)
     makes extract refuse them by name and train-backbone train them again."""
-    from genderfusion.extract.cli import extract_main
+    from genderfusion.cli.extract_commands import extract_main
 
     data, ws, _ = pipe
     sizes = {p: p.stat().st_size for p in (data / "train").glob("*.jpg")}
@@ -560,7 +560,7 @@ def test_3_32_a_training_image_replaced_by_one_of_the_same_size_retrains_its_fol
 
 
 def test_3_33_the_python_api_takes_bytes_as_one_image_and_names_what_it_accepts(pipe):
-    from genderfusion.fusion.classifier import FusionClassifier
+    from genderfusion.fusion.model.classifier import FusionClassifier
 
     data, ws, _ = pipe
     clf = FusionClassifier.load(ws / "heads/fusion", workdir=ws)
@@ -585,7 +585,7 @@ def test_3_34_large_photos_are_reduced_as_they_are_decoded(tmp_path):
     base = Image.fromarray(rng.integers(0, 255, (400, 600, 3), dtype=np.uint8)).resize((6000, 4000))
     for i in range(8):
         base.save(tmp_path / f"big{i}.jpg", quality=80)
-    code = ("import resource, sys, numpy as np; from genderfusion.fusion.images import decode_inputs, MAX_SIDE; "
+    code = ("import resource, sys, numpy as np; from genderfusion.fusion.photos.decode import decode_inputs, MAX_SIDE; "
             "r0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss; "
             "a = decode_inputs(sys.argv[1:], MAX_SIDE); "
             "print(max(x.shape[1] for x in a), (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - r0) // 1024)")

@@ -13,8 +13,8 @@ spec.loader.exec_module(bench_run)
 
 @pytest.mark.parametrize("profile", ["cpu", "cpu-short", "gpu", "demo"])
 def test_profile_dry_run_commands_parse(profile, tmp_path, monkeypatch, capsys):
-    from genderfusion.extract import cli as ecli
-    from genderfusion.fusion import cli as fcli
+    from genderfusion.cli import extract_commands as ecli
+    from genderfusion.cli import fusion_commands as fcli
 
     data = tmp_path / "faces"
     (data).mkdir()

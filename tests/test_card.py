@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from genderfusion.extract.atomic import read_json
-from genderfusion.fusion.card import calibration, wilson, write_card
-from genderfusion.fusion.train_head import train_head
+from genderfusion.files.json_files import read_json
+from genderfusion.fusion.training.card import calibration, wilson, write_card
+from genderfusion.fusion.training.train_head import train_head
 
 VOID = {"meta", "img", "br", "hr", "input", "link"}
 

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from genderfusion.fusion.cascade import cascade_cv, choose_band, exits
+from genderfusion.fusion.model.cascade import cascade_cv, choose_band, exits
 
 
 def _brute_force(p_cheap, p_full, y, tolerance):

@@ -7,7 +7,7 @@ from scipy.sparse.csgraph import connected_components
 
 from genderfusion.extract.data.pixel_hashes import pixel_digest, pixel_hashes
 from genderfusion.extract.errors import BadImageError
-from genderfusion.fusion.duplicates import exact_pairs, find_duplicates, group_ids, nearest, valley_threshold
+from genderfusion.fusion.audit.duplicates import exact_pairs, find_duplicates, group_ids, nearest, valley_threshold
 from genderfusion.heads.second_stage import KnnSecondStage
 
 

@@ -10,7 +10,7 @@ import torch
 from genderfusion.extract.cache import format as fc
 from genderfusion.extract.models.backbone import create
 from genderfusion.extract.data.dataset import CompetitionData
-from genderfusion.extract.atomic import sha256_file
+from genderfusion.files.digests import sha256_file
 from genderfusion.extract.errors import WorkspaceError
 from genderfusion.extract.cache.api import extract_features, merge_features
 from genderfusion.extract.models.training import train_backbone

@@ -274,10 +274,10 @@ def test_an_exported_model_predicts_without_its_workspace(trained, tmp_path):
     import sys
     import zipfile
 
-    from genderfusion.fusion.classifier import FusionClassifier
-    from genderfusion.fusion.cli import export_model_main
-    from genderfusion.fusion.export import read_manifest
-    from genderfusion.fusion.train_head import train_head
+    from genderfusion.fusion.model.classifier import FusionClassifier
+    from genderfusion.cli.fusion_commands import export_model_main
+    from genderfusion.fusion.model.export import read_manifest
+    from genderfusion.fusion.training.train_head import train_head
 
     data_dir, ws_dir, out = trained
     names = [out[n][1].path.stem for n in ("face-resnet", "gender-cnn")] + ["dlib-face-flip"]

@@ -17,7 +17,7 @@ skimage_data = pytest.importorskip("skimage.data")
 
 from genderfusion.extract.faces import faceres  # noqa: E402
 from genderfusion.extract.faces.detect import CROP_SIZE, FRAMES, Box, FaceDetector  # noqa: E402
-from genderfusion.fusion.faces import CROP_LIKE, DETECTED, FILLS, WHOLE, locate  # noqa: E402
+from genderfusion.fusion.photos.faces import CROP_LIKE, DETECTED, FILLS, WHOLE, locate  # noqa: E402
 
 HAS_FACERES = not faceres.missing_files("faceres-deep")
 needs_default = pytest.mark.skipif(not HAS_FACERES, reason="the default model needs FaceRes (fetch-faceres)")
@@ -83,7 +83,7 @@ def test_auto_rules(astronaut):
 
 
 def test_drawn_photo_has_the_box_in_the_label_colour(astronaut):
-    from genderfusion.fusion.drawing import COLOURS, draw_faces
+    from genderfusion.fusion.photos.drawing import COLOURS, draw_faces
 
     row = {"left": 100, "top": 100, "right": 300, "bottom": 300, "p_female": 0.9, "label": 1, "doubtful": False, "error": ""}
     out = np.asarray(draw_faces(astronaut, [row]))
@@ -92,7 +92,7 @@ def test_drawn_photo_has_the_box_in_the_label_colour(astronaut):
 
 
 def test_predict_says_where_per_face_rows_are():
-    from genderfusion.fusion.classifier import FusionClassifier
+    from genderfusion.fusion.model.classifier import FusionClassifier
 
     with pytest.raises(ValueError, match=r"predict_frame\(images, faces='detect'\)"):
         FusionClassifier().predict(["x.jpg"], faces="detect")
@@ -138,7 +138,7 @@ def test_predict_images_without_a_model_uses_the_default_and_draws(astronaut, tm
 
 
 def test_a_photo_without_a_face_stops_the_run_or_is_a_row(tmp_path):
-    from genderfusion.fusion.photos import FaceOptions, face_rows
+    from genderfusion.fusion.predict.rows import FaceOptions, face_rows
 
     class Never:  # never reached: the photo has no face
         threshold = 0.5
@@ -154,7 +154,7 @@ def test_a_photo_without_a_face_stops_the_run_or_is_a_row(tmp_path):
 def test_predict_images_under_torchrun_is_one_process_output(built, tmp_path):
     """2 gloo ranks, each a shard of the photos, merged in input order: the rows one process writes."""
     data, ws = built
-    from genderfusion.fusion.classifier import FusionClassifier
+    from genderfusion.fusion.model.classifier import FusionClassifier
 
     FusionClassifier(["cnn-small"], "logistic", "global", workdir=ws).fit().save(tmp_path / "m.safetensors")
     photos = sorted((data / "test").glob("*.jpg"))[:7]
@@ -176,7 +176,7 @@ def test_predict_images_under_torchrun_is_one_process_output(built, tmp_path):
 
 def test_two_workers_find_the_same_faces_and_errors_as_one(astronaut, tmp_path):
     """The parallel path (photo files decoded and searched in 2 worker processes) against the serial one."""
-    from genderfusion.fusion.photos import FaceOptions
+    from genderfusion.fusion.predict.rows import FaceOptions
 
     Image.fromarray(astronaut).save(tmp_path / "a.png")
     Image.fromarray(astronaut[:, ::-1]).save(tmp_path / "b.png")
@@ -198,7 +198,7 @@ def test_two_workers_find_the_same_faces_and_errors_as_one(astronaut, tmp_path):
 
 
 def test_the_default_model_fetches_faceres_only_when_it_is_missing(tmp_path, monkeypatch):
-    from genderfusion.fusion import default_model
+    from genderfusion.fusion.model import shipped as default_model
 
     calls = []
     monkeypatch.setattr(faceres, "fetch", lambda log=None: calls.append(faceres.model_dir()))
@@ -218,7 +218,7 @@ def test_the_default_model_fetches_faceres_only_when_it_is_missing(tmp_path, mon
 
 def test_boxes_of_a_photo_reduced_as_decoded_are_in_its_own_pixels(astronaut, tmp_path):
     """A 3072 px photo is decoded at 2048 px; its face box is reported in the photo's pixels (1.5x)."""
-    from genderfusion.fusion.photos import FaceOptions
+    from genderfusion.fusion.predict.rows import FaceOptions
 
     big = tmp_path / "big.png"
     Image.fromarray(astronaut).resize((3072, 3072), Image.BILINEAR).save(big)

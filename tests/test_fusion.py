@@ -12,11 +12,11 @@ from genderfusion.extract.cache.api import extract_features
 from genderfusion.extract.errors import BadImageError, WorkspaceError
 from genderfusion.extract.models.training import train_backbone
 from genderfusion.extract.models.training import TrainConfig
-from genderfusion.fusion.classifier import FusionClassifier
-from genderfusion.fusion.features import FeatureMismatchError, load_sources
-from genderfusion.fusion.predict import predict_submission
-from genderfusion.fusion.protocol import cv_global, cv_per_fold, per_fold_matrix, pooled_blocks, pooled_matrix
-from genderfusion.fusion.train_head import train_head
+from genderfusion.fusion.model.classifier import FusionClassifier
+from genderfusion.fusion.model.features import FeatureMismatchError, load_sources
+from genderfusion.fusion.predict.submission import predict_submission
+from genderfusion.fusion.model.protocol import cv_global, cv_per_fold, per_fold_matrix, pooled_blocks, pooled_matrix
+from genderfusion.fusion.training.train_head import train_head
 from genderfusion.heads import LogisticHead
 
 from conftest import SOURCES
@@ -255,7 +255,7 @@ def test_train_head_cascade_reports_out_of_fold_accuracy_exit_share_and_speed(wo
     assert f"<span id='cascade-cv'>{c['cv_accuracy']:.4f}</span>" in (ws / "heads/fusion/card.html").read_text()
     out = predict_submission("fusion", data_dir, tmp_path / "sub.csv", ws)
     assert sum(out["stages"].values()) == 12 and "cascade: cnn-small" in out["stages"]
-    from genderfusion.fusion.cli import predict_main
+    from genderfusion.cli.fusion_commands import predict_main
 
     for flag, cascade in (([], True), (["--no-cascade"], False)):
         predict_main(["--model", "fusion", "--workdir", str(ws), "--images", str(data_dir / "test"), "--out",

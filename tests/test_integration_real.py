@@ -39,8 +39,8 @@ def test_pipeline_on_real_faces(real_subset, tmp_path):
     from genderfusion.extract.cache.api import extract_features
     from genderfusion.extract.models.training import train_backbone
     from genderfusion.extract.models.training import TrainConfig
-    from genderfusion.fusion.predict import predict_submission
-    from genderfusion.fusion.train_head import train_head
+    from genderfusion.fusion.predict.submission import predict_submission
+    from genderfusion.fusion.training.train_head import train_head
 
     ws = tmp_path / "ws"
     s = train_backbone(real_subset, TrainConfig("cnn-small", img_size=32, epochs=2, batch_size=32), ws, k=2,

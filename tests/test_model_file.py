@@ -17,12 +17,12 @@ import numpy as np
 import pytest
 import torch
 
-from genderfusion.fusion import model_file
-from genderfusion.fusion.classifier import FusionClassifier
-from genderfusion.fusion.export import export_model, fold_states
-from genderfusion.fusion.features import load_sources
-from genderfusion.fusion.model_file import ModelFileError
-from genderfusion.fusion.protocol import cv_global
+from genderfusion.fusion.model import model_file
+from genderfusion.fusion.model.classifier import FusionClassifier
+from genderfusion.fusion.model.export import export_model, fold_states
+from genderfusion.fusion.model.features import load_sources
+from genderfusion.fusion.model.model_file import ModelFileError
+from genderfusion.fusion.model.protocol import cv_global
 from genderfusion.heads import KNNHead, KnnSecondStage, LogisticHead, MajorityVote, MLPHead, WeightedVote
 
 from conftest import SOURCES, fails
@@ -123,7 +123,7 @@ def test_every_protocol_and_stage_loads_in_another_process_with_the_same_p(work,
         det = clf.details_cached()[1]
         want[str(path)] = (name, det["p_female"], det["stage"])
     code = """import json, sys
-from genderfusion.fusion.classifier import FusionClassifier
+from genderfusion.fusion.model.classifier import FusionClassifier
 out = {}
 for path in sys.argv[1:]:
     det = FusionClassifier.load(path).details_cached()[1]
@@ -156,7 +156,7 @@ def _entries(gfm: Path) -> dict[str, bytes]:
 @pytest.fixture
 def exported(work, tmp_path):
     """(data folder, workspace, an exported model with a cascade, the model it was exported from)."""
-    from genderfusion.fusion.train_head import train_head
+    from genderfusion.fusion.training.train_head import train_head
 
     data_dir, ws = work
     train_head(ws, SOURCES, ["logistic"], ("per-fold",), cascade=["cnn-small"], cascade_tolerance=0.2,
@@ -176,7 +176,7 @@ def _with_manifest(entries: dict[str, bytes], name: str, data: bytes) -> dict[st
 
 
 def test_crafted_model_files_are_refused_in_one_line_and_their_payload_never_runs(exported, tmp_path, capsys):
-    from genderfusion.fusion.cli import export_model_main, predict_main
+    from genderfusion.cli.fusion_commands import export_model_main, predict_main
 
     data_dir, ws, gfm, _ = exported
     marker = tmp_path / "PAYLOAD-RAN"
@@ -242,7 +242,7 @@ def test_an_entry_declaring_4_gib_is_refused_before_it_is_read(exported, tmp_pat
 
 
 def test_a_model_file_beyond_the_size_bound_is_refused_unread(tmp_path, monkeypatch):
-    from genderfusion.fusion import model_file as mf
+    from genderfusion.fusion.model import model_file as mf
 
     big = tmp_path / "big.safetensors"
     with open(big, "wb") as fh:  # sparse: 3 GiB declared on disk, nothing written
@@ -255,8 +255,10 @@ def test_a_model_file_beyond_the_size_bound_is_refused_unread(tmp_path, monkeypa
 
 def test_fold_checkpoints_with_a_payload_are_refused_by_extract_predict_and_a_resumed_train_backbone(
         work, tmp_path, capsys):
-    from genderfusion.extract.atomic import read_json, sha256_file, write_json
-    from genderfusion.extract.cli import extract_main, train_backbone_main
+    from genderfusion.files.atomic import write_json
+    from genderfusion.files.digests import sha256_file
+    from genderfusion.files.json_files import read_json
+    from genderfusion.cli.extract_commands import extract_main, train_backbone_main
     from genderfusion.extract.models.checkpoints import read_checkpoint
 
     data_dir, ws = work
@@ -290,7 +292,7 @@ def _bzip2_bomb(path: Path, megabytes: int) -> Path:
 
 
 def test_damaged_exported_files_are_refused_in_one_line_each(exported, tmp_path, capsys):
-    from genderfusion.fusion.cli import export_model_main, predict_main
+    from genderfusion.cli.fusion_commands import export_model_main, predict_main
 
     data_dir, ws, gfm, _ = exported
     entries = _entries(gfm)

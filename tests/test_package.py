@@ -11,7 +11,7 @@ def run(code_or_args, cwd):
 
 def test_public_api_is_lazy_and_torch_free(tmp_path):
     code = ("import sys, genderfusion as g; print(g.__version__, 'torch' in sys.modules); "
-            "from genderfusion.fusion.classifier import FusionClassifier; "
+            "from genderfusion.fusion.model.classifier import FusionClassifier; "
             "from genderfusion.extract.models.backbone import create; "
             "print(g.FusionClassifier is FusionClassifier, g.create is create, 'cnn-deep' in g.list_backbones())")
     out = run(code, tmp_path)

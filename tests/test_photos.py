@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from genderfusion.fusion.classifier import FusionClassifier
-from genderfusion.fusion.photos import FaceOptions, expand_paths, predict_images
+from genderfusion.fusion.model.classifier import FusionClassifier
+from genderfusion.fusion.predict.rows import FaceOptions, expand_paths, predict_images
 
 pd = pytest.importorskip("pandas")
 

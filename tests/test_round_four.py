@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from genderfusion.fusion import model_file
-from genderfusion.fusion.classifier import FusionClassifier
-from genderfusion.fusion.model_file import ModelFileError
+from genderfusion.fusion.model import model_file
+from genderfusion.fusion.model.classifier import FusionClassifier
+from genderfusion.fusion.model.model_file import ModelFileError
 
 from conftest import fails, sha
 
@@ -22,7 +22,7 @@ DEFAULT_GFM = Path(__file__).resolve().parents[1] / "genderfusion" / "default" /
 
 
 def predict_main(argv):
-    from genderfusion.fusion.cli import predict_main as main
+    from genderfusion.cli.fusion_commands import predict_main as main
 
     main(argv)
 
@@ -46,7 +46,7 @@ def test_01_draw_into_the_input_folder_is_refused_and_the_photos_unchanged(tmp_p
 
 
 def test_02_a_drawn_name_that_exists_is_refused_unless_overwrite(tmp_path, capsys):
-    from genderfusion.fusion.drawing import drawn_names
+    from genderfusion.fusion.photos.drawing import drawn_names
 
     (tmp_path / "pngs").mkdir()
     (tmp_path / "mine").mkdir()
@@ -105,7 +105,7 @@ def test_04_25_09_special_files_and_empty_paths_among_the_photos(tmp_path, capsy
 @pytest.fixture(scope="module")
 def state():
     """The shipped model's state (JSON, arrays), read from its .gfm (no network is built)."""
-    from genderfusion.fusion.export import read_export
+    from genderfusion.fusion.model.export import read_export
 
     data, _ = read_export(DEFAULT_GFM)
     return model_file.read_state(data, "default")
@@ -197,7 +197,7 @@ def _zip(path: Path, entries) -> Path:
 
 
 def test_07_a_gfm_with_an_entry_twice_is_refused(tmp_path):
-    from genderfusion.fusion.export import read_export
+    from genderfusion.fusion.model.export import read_export
 
     entries = _entries(DEFAULT_GFM)
     model = dict(entries)["model.safetensors"]
@@ -212,7 +212,7 @@ def test_07_a_gfm_with_an_entry_twice_is_refused(tmp_path):
     ("dotdot", r"manifest.json lists the entry '../../x', not a plain name"),
 ])
 def test_28_manifest_errors_are_named_as_what_they_are(tmp_path, case, message):
-    from genderfusion.fusion.export import read_export
+    from genderfusion.fusion.model.export import read_export
 
     entries = dict(_entries(DEFAULT_GFM))
     manifest = json.loads(entries["manifest.json"])
@@ -270,7 +270,7 @@ def test_10_pictures_without_a_face_get_no_face_not_a_label():
     from skimage import data
 
     from genderfusion.extract.faces.detect import FaceDetector
-    from genderfusion.fusion.faces import locate
+    from genderfusion.fusion.photos.faces import locate
 
     detector = FaceDetector("hog")
     for name, image in {"cat": data.chelsea()[:300, 60:360], "blank gif": np.full((32, 32, 3), 255, np.uint8),
@@ -289,14 +289,14 @@ def test_15_a_min_face_below_what_the_detector_serves_is_refused(tmp_path, capsy
 
 
 def test_16_serve_checks_its_port_before_loading_the_model(capsys):
-    from genderfusion.fusion.cli import serve_main
+    from genderfusion.cli.fusion_commands import serve_main
 
     line = fails(serve_main, ["--port", "70000", "--model", "/nonexistent"], capsys)
     assert "argument --port: '70000' is not a port number from 1 to 65535" in line
 
 
 def test_26_workers_are_capped_at_the_cores_with_a_line(caplog):
-    from genderfusion.fusion.cli import _capped_workers
+    from genderfusion.cli.fusion_commands import _capped_workers
 
     caplog.set_level("WARNING")
     assert _capped_workers(10000) == (os.cpu_count() or 1)
@@ -333,7 +333,7 @@ def test_11_sources_swapped_in_the_metadata_are_refused_by_the_probe(state, tmp_
 
 def test_11_train_head_stores_the_probe_and_a_workspace_model_passes_it(work):
     from conftest import SOURCES
-    from genderfusion.fusion.train_head import train_head
+    from genderfusion.fusion.training.train_head import train_head
 
     data_dir, ws = work
     train_head(ws, SOURCES, ["logistic"], ("global",), log=lambda m: None)

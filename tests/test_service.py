@@ -21,9 +21,9 @@ pytest.importorskip("httpx")
 
 from fastapi.testclient import TestClient  # noqa: E402
 
-from genderfusion.fusion.classifier import FusionClassifier  # noqa: E402
-from genderfusion.fusion.photos import COLUMNS, FaceOptions  # noqa: E402
-from genderfusion.fusion.service import Limits, Predictor, RequestError, create_app  # noqa: E402
+from genderfusion.fusion.model.classifier import FusionClassifier  # noqa: E402
+from genderfusion.fusion.predict.rows import COLUMNS, FaceOptions  # noqa: E402
+from genderfusion.fusion.serve.app import Limits, Predictor, RequestError, create_app  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -223,7 +223,7 @@ def test_round_four_21_two_uploads_of_one_name_are_told_apart_by_their_index(ser
 
 
 def test_round_four_23_foreign_host_headers_are_refused_and_the_token_is_required(served):
-    from genderfusion.fusion.service import allowed_hosts
+    from genderfusion.fusion.serve.app import allowed_hosts
 
     clf, photos = served
     files = [("files", (photos[0].name, _jpeg(photos[0]), "image/jpeg"))]

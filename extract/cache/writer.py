@@ -11,7 +11,9 @@ from typing import Callable
 
 import numpy as np
 
-from ..atomic import atomic_path, exclusive_lock
+from genderfusion.extract.locks import exclusive_lock
+
+from genderfusion.files.atomic import atomic_path
 from ..sources.base import FINETUNED, FeatureSource, Input, library_versions
 from . import format as fc
 

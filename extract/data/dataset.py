@@ -80,7 +80,7 @@ def content_digests(paths: list[Path], sizes: np.ndarray, cache: Path | None = N
     cache: a file of the digests already read, each kept while its file's size, inode, modification time and
     status-change time are the same (the last is set by the system on every write and cannot be restored, as a
     modification time can), so that a re-run reads only new or changed files."""
-    from ..atomic import atomic_path
+    from genderfusion.files.atomic import atomic_path
 
     known: dict[str, tuple] = {}
     if cache is not None and cache.is_file():

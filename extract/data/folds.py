@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..atomic import atomic_path
+from genderfusion.files.atomic import atomic_path
 from ..errors import WorkspaceError
 from .dataset import CompetitionData
 from .groups import age_bucket

@@ -8,7 +8,9 @@ from typing import Callable
 
 import numpy as np
 
-from ..atomic import atomic_path, read_json, write_json
+from genderfusion.files.atomic import atomic_path, write_json
+
+from genderfusion.files.json_files import read_json
 from ..errors import BadImageError
 from .dataset import CompetitionData
 from .images import decode_many

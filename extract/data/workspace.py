@@ -7,7 +7,9 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..atomic import read_json, write_json
+from genderfusion.files.atomic import write_json
+
+from genderfusion.files.json_files import read_json
 from ..errors import WorkspaceError
 from .dataset import CompetitionData
 

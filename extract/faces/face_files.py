@@ -6,7 +6,7 @@ import importlib.util
 import json
 from pathlib import Path
 
-from ..atomic import sha256_file
+from genderfusion.files.digests import sha256_file
 from . import faceres
 
 INSTALL = 'pip install "genderfusion[faces]"  (in a checkout: pip install -e ".[faces]")'

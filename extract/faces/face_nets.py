@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from functools import cached_property
 import numpy as np
 
-from ..atomic import sha256_file
+from genderfusion.files.digests import sha256_file
 from ..data.images import load_rgb
 from ..errors import BadImageError
 from . import faceres

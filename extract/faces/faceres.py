@@ -16,7 +16,7 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-from ..atomic import atomic_path
+from genderfusion.files.atomic import atomic_path
 
 log = logging.getLogger(__name__)
 

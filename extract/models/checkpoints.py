@@ -1,7 +1,9 @@
 """The K fold checkpoints written by train-backbone: checked against the workspace's folds, and read safely."""
 from __future__ import annotations
 
-from ..atomic import read_json, sha256_file
+from genderfusion.files.digests import sha256_file
+
+from genderfusion.files.json_files import read_json
 from ..data.workspace import Workspace
 from ..errors import WorkspaceError
 

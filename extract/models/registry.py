@@ -147,7 +147,7 @@ def weights_identity(name: str, weights: str | None, pretrained: bool) -> str:
     A local file wins over hub weights (it is loaded on top of them)."""
     from pathlib import Path
 
-    from ..atomic import sha256_file
+    from genderfusion.files.digests import sha256_file
 
     path = weights_file(name, weights, pretrained)
     if path is not None:

@@ -14,7 +14,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..atomic import atomic_path, read_json, sha256_file, write_json, write_text
+from genderfusion.files.atomic import atomic_path, write_json, write_text
+
+from genderfusion.files.digests import sha256_file
+
+from genderfusion.files.json_files import read_json
 from ..data.dataset import CompetitionData
 from ..data.exclusion import exclusion_mask, read_ids
 from ..data.folds import ensure_folds

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..atomic import sha256_file
+from genderfusion.files.digests import sha256_file
 from ..errors import WeightsError
 
 # Keys of a source model's own classifier, never part of a Backbone body.

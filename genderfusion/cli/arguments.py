@@ -1,0 +1,64 @@
+"""Argument types of the console scripts: each bad value is refused at parse time, naming the argument (argparse
+adds it), before any work."""
+from __future__ import annotations
+
+import argparse
+import math
+import re
+
+from genderfusion.extract.data.workspace import check_name
+
+
+def number(kind: type, lowest: float, what: str, highest: float | None = None, low_inclusive: bool = True,
+           high_inclusive: bool = True):
+    """A type: a finite `kind` within [lowest, highest] (ends open where not inclusive)."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+        below = value < lowest or (value == lowest and not low_inclusive)
+        above = highest is not None and (value > highest or (value == highest and not high_inclusive))
+        if below or above or not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}")
+        return value
+    return parse
+
+
+positive_int = number(int, 1, "a positive integer")
+non_negative_int = number(int, 0, "an integer >= 0")
+non_negative_float = number(float, 0.0, "a number >= 0")
+positive_float = number(float, 0.0, "a number > 0", low_inclusive=False)
+probability = number(float, 0.0, "a probability in [0, 1]", 1.0)
+below_one = number(float, 0.0, "a number in [0, 1)", 1.0, high_inclusive=False)
+image_size = number(int, 16, "an image size of at least 16 pixels", 4096)
+degrees = number(float, 0.0, "an angle in [0, 180] degrees", 180.0)
+fold_count = number(int, 2, "a number of folds >= 2")
+views = number(int, 2, "a number of views >= 2 (the image and its mirror)")
+
+DEVICE = re.compile(r"(auto|cpu|mps|cuda(:\d+)?)\Z")
+
+
+def device(text: str) -> str:
+    """auto, cpu, cuda, cuda:N or mps."""
+    if not DEVICE.match(text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a device: auto, cpu, cuda, cuda:N or mps")
+    return text
+
+
+def model_name(text: str) -> str:
+    try:
+        return check_name(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("model name ")) from None
+
+
+def source_list(text: str) -> list[str]:
+    """A comma list of source names, none empty, none twice."""
+    names = text.split(",")
+    if any(not n.strip() for n in names):
+        raise argparse.ArgumentTypeError(f"{text!r}: an empty source name (two commas, or one at an end)")
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise argparse.ArgumentTypeError(f"{text!r}: {twice[0]} is named twice")
+    return names
