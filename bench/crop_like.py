@@ -37,7 +37,7 @@ def main(argv=None) -> dict:
     from PIL import Image
 
     from genderfusion.extract.faces.detect import FaceDetector
-    from genderfusion.fusion.photos.faces import CROP_LIKE_SCORE, locate
+    from genderfusion.fusion.photos.faces import CROP_LIKE_SCORE, faces_of
 
     detector = FaceDetector("hog")
     t = time.time()
@@ -46,12 +46,12 @@ def main(argv=None) -> dict:
         image = np.asarray(Image.open(path).convert("RGB"))
         if not detector.detect(image):
             missed.append(path.name)
-            rules = [f.rule for f in locate(image, "auto", detector)]
+            rules = [f.rule for f in faces_of(image, "auto", detector)]
             score = detector.best_score(image, -2.0)
             scores.append({"id": path.stem, "score": None if score is None else round(score, 3),
                            "auto": rules[0] if rules else "no face"})
     kept = sum(s["auto"] == "crop-like" for s in scores)
-    pictures = {name: ([f.rule for f in locate(im, "auto", detector)] or ["no face"])[0]
+    pictures = {name: ([f.rule for f in faces_of(im, "auto", detector)] or ["no face"])[0]
                 for name, im in no_face_pictures().items()}
     out = {"training_crops": args.n, "missed_by_hog": len(missed), "kept_as_crop_like": kept,
            "refused_as_no_face": len(missed) - kept, "score_floor": CROP_LIKE_SCORE,

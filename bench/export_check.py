@@ -25,8 +25,8 @@ import numpy as np
 
 from genderfusion.files.atomic import write_json
 from genderfusion.extract.data.workspace import Workspace
+from genderfusion.fusion.model.classifier import FusionClassifier
 from genderfusion.fusion.model.export import export_model
-from genderfusion.fusion.predict.submission import load_model
 
 CLEAN = """import json, sys, time
 from genderfusion import FusionClassifier, __version__
@@ -54,7 +54,7 @@ def main() -> None:
                         "folder mounted over it in a mount namespace of its own (while other runs use it)")
     args = p.parse_args()
 
-    clf = load_model(args.model, args.workdir)
+    clf = FusionClassifier.load(args.model, args.workdir)
     head_dir = Workspace(args.workdir).head_dir(args.model)
     tmp = Path(tempfile.mkdtemp(prefix="export-check-"))
     (tmp / "images").mkdir()

@@ -12,6 +12,7 @@ from .blocks import BlockScaler
 from .schema import BLOCKS, band_spec, integer, items
 from .state import Arrays, State, StateError, Stateful
 
+DEFAULT_BAND = (0.45, 0.55)  # the doubtful band of P(female): a model's default, and the second stage's
 SEARCH_BLOCK = 32  # queries per faiss search: a row's neighbours do not depend on the call's size
 
 
@@ -45,7 +46,7 @@ class KnnSecondStage(Stateful, FaissIndexPickle, BaseEstimator):
     fold their folds. k is chosen among `ks` by the accuracy on the training rows inside the band, each voted on by
     the rows of the other folds; predict_proba replaces P inside the band by the vote of all training rows."""
 
-    def __init__(self, band: tuple[float, float] = (0.45, 0.55), ks: tuple[int, ...] = (5, 10, 20),
+    def __init__(self, band: tuple[float, float] = DEFAULT_BAND, ks: tuple[int, ...] = (5, 10, 20),
                  blocks: list[int] | None = None):
         self.band = band
         self.ks = ks

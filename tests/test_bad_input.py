@@ -320,7 +320,7 @@ def test_broken_folder_gives_one_line_and_keeps_earlier_outputs(synth, tmp_path,
 
 
 def test_a_truncated_cache_is_one_line_for_train_head_and_recomputed_by_extract(pipeline, capsys):
-    from genderfusion.cli.fusion_commands import train_head_main
+    from genderfusion.cli.model_commands import train_head_main
 
     data, ws, sub = pipeline
     cache = ws / "features/cnn-small-frozen.h5"

@@ -52,7 +52,7 @@ def pipe(built, tmp_path):
 
 
 def predict_main(argv):
-    from genderfusion.cli.fusion_commands import predict_main as main
+    from genderfusion.cli.predict_command import predict_main as main
 
     main(argv)
 
@@ -78,7 +78,7 @@ def test_01_a_truncated_or_empty_model_file(pipe, capsys, tmp_path, how):
 
 def test_02_a_cache_with_a_zeroed_block_is_one_line_and_extract_rebuilds_it(pipe, capsys):
     from genderfusion.cli.extract_commands import extract_main
-    from genderfusion.cli.fusion_commands import train_head_main
+    from genderfusion.cli.model_commands import train_head_main
 
     data, ws, sub = pipe
     cache = ws / "features/cnn-small-frozen.h5"
@@ -144,9 +144,9 @@ def test_05_a_test_image_replaced_with_its_size_and_mtime_kept_is_seen(pipe):
 
 
 def _model(pipe):
-    from genderfusion.fusion.predict.submission import load_model
+    from genderfusion.fusion.model.classifier import FusionClassifier
 
-    return load_model("fusion", pipe[1])
+    return FusionClassifier.load("fusion", pipe[1])
 
 
 def test_06_predict_images_follows_symbolic_links_and_names_broken_ones(pipe, tmp_path, capsys):
@@ -283,9 +283,9 @@ def test_13b_sigkill_of_predict_then_a_rerun_cleans_up(pipe, tmp_path):
 
     data, ws, _ = pipe
     out = tmp_path / "p.csv"
-    code = ("import sys, time; import genderfusion.fusion.predict.rows as ph; w = ph._Writer.write\n"
+    code = ("import sys, time; import genderfusion.fusion.predict.table as ph; w = ph._Writer.write\n"
             "def slow(self, rows):\n    w(self, rows); sys.stdout.write('wrote\\n'); sys.stdout.flush(); time.sleep(60)\n"
-            "ph._Writer.write = slow\nfrom genderfusion.cli.fusion_commands import predict_main\n"
+            "ph._Writer.write = slow\nfrom genderfusion.cli.predict_command import predict_main\n"
             f"predict_main(['--model', 'fusion', '--workdir', {str(ws)!r}, '--images', {str(data / 'test')!r}, "
             f"'--out', {str(out)!r}, '--batch-size', '4', '--no-progress', '--faces', 'whole'])")
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
@@ -381,7 +381,7 @@ def test_19_predict_model_path_honours_workdir(pipe, tmp_path):
 
 @pytest.mark.parametrize("arg,value", [("--threshold", "-5"), ("--top", "-3")])
 def test_20_audit_labels_rejects_negative_arguments(pipe, capsys, arg, value):
-    from genderfusion.cli.fusion_commands import audit_labels_main
+    from genderfusion.cli.model_commands import audit_labels_main
 
     data, ws, _ = pipe
     line = fails(audit_labels_main, ["--workdir", str(ws), arg, value], capsys)
@@ -407,14 +407,14 @@ def test_22_extract_shard_must_be_i_of_n(pipe, capsys, value):
 
 
 def test_23_ctrl_c_in_predict_says_what_it_keeps(pipe, capsys, monkeypatch):
-    import genderfusion.fusion.predict.rows as photos
+    import genderfusion.fusion.predict.table as table
 
     data, ws, _ = pipe
 
     def interrupted(*a, **kw):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(photos, "predict_images", interrupted)
+    monkeypatch.setattr(table, "predict_images", interrupted)
     line = fails(predict_main, ["--model", "fusion", "--workdir", str(ws), "--images", str(data / "test")], capsys,
                  code=130)
     assert line == "interrupted; no output file was written (nothing else changed)"
@@ -449,9 +449,10 @@ ROOT = Path(__file__).resolve().parents[1]
 def _main(name: str):
     from genderfusion.__main__ import main as genderfusion
     from genderfusion.cli import extract_commands as e
-    from genderfusion.cli import fusion_commands as f
+    from genderfusion.cli import model_commands as f
+    from genderfusion.cli.predict_command import predict_main
 
-    return {"train-head": f.train_head_main, "predict": f.predict_main, "export-model": f.export_model_main,
+    return {"train-head": f.train_head_main, "predict": predict_main, "export-model": f.export_model_main,
             "audit-labels": f.audit_labels_main, "extract": e.extract_main, "train-backbone": e.train_backbone_main,
             "make-synthetic": e.make_synthetic_main, "genderfusion": genderfusion}[name]
 

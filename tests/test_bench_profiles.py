@@ -14,14 +14,15 @@ spec.loader.exec_module(bench_run)
 @pytest.mark.parametrize("profile", ["cpu", "cpu-short", "gpu", "demo"])
 def test_profile_dry_run_commands_parse(profile, tmp_path, monkeypatch, capsys):
     from genderfusion.cli import extract_commands as ecli
-    from genderfusion.cli import fusion_commands as fcli
+    from genderfusion.cli import model_commands as fcli
+    from genderfusion.cli.predict_command import predict_main
 
     data = tmp_path / "faces"
     (data).mkdir()
     out = bench_run.main(["--profile", profile, "--data", str(data), "--workdir", str(tmp_path / "ws"),
                           "--dry-run"])
     parsers = {"train-backbone": ecli.train_backbone_main, "extract": ecli.extract_main,
-               "train-head": fcli.train_head_main, "predict": fcli.predict_main}
+               "train-head": fcli.train_head_main, "predict": predict_main}
     seen = set()
     for stage in out["stages"]:
         argv = shlex.split(stage["command"])

@@ -275,7 +275,7 @@ def test_an_exported_model_predicts_without_its_workspace(trained, tmp_path):
     import zipfile
 
     from genderfusion.fusion.model.classifier import FusionClassifier
-    from genderfusion.cli.fusion_commands import export_model_main
+    from genderfusion.cli.model_commands import export_model_main
     from genderfusion.fusion.model.export import read_manifest
     from genderfusion.fusion.training.train_head import train_head
 

@@ -4,7 +4,6 @@ import csv
 import importlib.util
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,7 +16,7 @@ skimage_data = pytest.importorskip("skimage.data")
 
 from genderfusion.extract.faces import faceres  # noqa: E402
 from genderfusion.extract.faces.detect import CROP_SIZE, FRAMES, Box, FaceDetector  # noqa: E402
-from genderfusion.fusion.photos.faces import CROP_LIKE, DETECTED, FILLS, WHOLE, locate  # noqa: E402
+from genderfusion.fusion.photos.faces import CROP_LIKE, DETECTED, FILLS, WHOLE, faces_of  # noqa: E402
 
 HAS_FACERES = not faceres.missing_files("faceres-deep")
 needs_default = pytest.mark.skipif(not HAS_FACERES, reason="the default model needs FaceRes (fetch-faceres)")
@@ -70,16 +69,16 @@ def test_auto_rules(astronaut):
     det = FaceDetector("hog", 72)
     (box,) = det.detect(astronaut)
     crop = det.crop(astronaut, box)
-    assert [f.rule for f in locate(crop, "auto", det)] == [FILLS]  # a face crop: the photo as it is
-    assert locate(crop, "auto", det)[0].box == (0, 0, CROP_SIZE, CROP_SIZE)
-    assert [f.rule for f in locate(crop, "detect", det)] == [DETECTED]
-    assert [f.rule for f in locate(astronaut, "auto", det)] == [DETECTED]  # the face is a small part of it
+    assert [f.rule for f in faces_of(crop, "auto", det)] == [FILLS]  # a face crop: the photo as it is
+    assert faces_of(crop, "auto", det)[0].box == (0, 0, CROP_SIZE, CROP_SIZE)
+    assert [f.rule for f in faces_of(crop, "detect", det)] == [DETECTED]
+    assert [f.rule for f in faces_of(astronaut, "auto", det)] == [DETECTED]  # the face is a small part of it
     small = np.asarray(Image.fromarray(crop).resize((64, 64)))  # below the detector's 72 px: no box found
-    assert det.detect(small) == [] and [f.rule for f in locate(small, "auto", det)] == [CROP_LIKE]
+    assert det.detect(small) == [] and [f.rule for f in faces_of(small, "auto", det)] == [CROP_LIKE]
     blank = np.full((200, 200, 3), 90, np.uint8)  # small and square, but no face: not taken for one
-    assert locate(blank, "auto", det) == [] and locate(blank, "detect", det) == []
-    assert locate(np.full((480, 640, 3), 90, np.uint8), "auto", det) == []  # no face, not crop-like
-    assert [f.rule for f in locate(blank, "whole", None)] == [WHOLE]
+    assert faces_of(blank, "auto", det) == [] and faces_of(blank, "detect", det) == []
+    assert faces_of(np.full((480, 640, 3), 90, np.uint8), "auto", det) == []  # no face, not crop-like
+    assert [f.rule for f in faces_of(blank, "whole", None)] == [WHOLE]
 
 
 def test_drawn_photo_has_the_box_in_the_label_colour(astronaut):
@@ -138,15 +137,17 @@ def test_predict_images_without_a_model_uses_the_default_and_draws(astronaut, tm
 
 
 def test_a_photo_without_a_face_stops_the_run_or_is_a_row(tmp_path):
-    from genderfusion.fusion.predict.rows import FaceOptions, face_rows
+    from genderfusion.fusion.predict.options import PhotoOptions
+    from genderfusion.fusion.predict.rows import NoFaceError, PhotoPredictor
 
     class Never:  # never reached: the photo has no face
         threshold = 0.5
 
     blank = np.full((480, 640, 3), 90, np.uint8)
-    with pytest.raises(ValueError, match="<image 0>: no face found.*--skip-bad"):
-        face_rows(Never(), [blank], ["<image 0>"], (0.45, 0.55), False, 8, "cpu", True, FaceOptions("detect"))
-    (row,) = face_rows(Never(), [blank], ["<image 0>"], (0.45, 0.55), True, 8, "cpu", True, FaceOptions("detect"))
+    with pytest.raises(NoFaceError, match="<image 0>: no face found.*skip_bad"):
+        PhotoPredictor(Never(), PhotoOptions("detect", band=(0.45, 0.55))).rows([blank], ["<image 0>"])
+    (row,) = PhotoPredictor(Never(), PhotoOptions("detect", band=(0.45, 0.55), skip_bad=True)).rows([blank],
+                                                                                                    ["<image 0>"])
     assert row["error"] == "no face found" and row["face"] == -1 and row["label"] == -1
 
 
@@ -176,25 +177,25 @@ def test_predict_images_under_torchrun_is_one_process_output(built, tmp_path):
 
 def test_two_workers_find_the_same_faces_and_errors_as_one(astronaut, tmp_path):
     """The parallel path (photo files decoded and searched in 2 worker processes) against the serial one."""
-    from genderfusion.fusion.predict.rows import FaceOptions
+    from genderfusion.fusion.photos.finder import FaceFinder
 
     Image.fromarray(astronaut).save(tmp_path / "a.png")
     Image.fromarray(astronaut[:, ::-1]).save(tmp_path / "b.png")
     (tmp_path / "c.jpg").write_bytes(b"not a jpeg")
     Image.fromarray(np.full((480, 640, 3), 90, np.uint8)).save(tmp_path / "d.png")
     items = [str(tmp_path / n) for n in ("a.png", "b.png", "c.jpg", "d.png")]
-    serial, parallel = FaceOptions("detect", workers=1), FaceOptions("detect", workers=2)
+    serial, parallel = FaceFinder("detect", workers=1), FaceFinder("detect", workers=2)
     try:
-        one, two = list(serial.located(items, True)), list(parallel.located(items, True))
+        one, two = list(serial.find(items, True)), list(parallel.find(items, True))
         assert parallel._pool is not None  # the parallel path ran
     finally:
         parallel.close()
     assert isinstance(one[2], Exception) and type(one[2]) is type(two[2]) and str(one[2]) == str(two[2])
     assert "c.jpg" in str(two[2])
     for a, b in zip(one[:2] + one[3:], two[:2] + two[3:]):
-        assert (a[0] == b[0]).all() and [f.box for f in a[1]] == [f.box for f in b[1]]
-        assert all((f.pixels == g.pixels).all() for f, g in zip(a[1], b[1]))
-    assert len(one[0][1]) == len(one[1][1]) == 1 and one[3][1] == []
+        assert (a.image == b.image).all() and [f.box for f in a.faces] == [f.box for f in b.faces]
+        assert all((f.pixels == g.pixels).all() for f, g in zip(a.faces, b.faces))
+    assert len(one[0].faces) == len(one[1].faces) == 1 and one[3].faces == []
 
 
 def test_the_default_model_fetches_faceres_only_when_it_is_missing(tmp_path, monkeypatch):
@@ -218,12 +219,11 @@ def test_the_default_model_fetches_faceres_only_when_it_is_missing(tmp_path, mon
 
 def test_boxes_of_a_photo_reduced_as_decoded_are_in_its_own_pixels(astronaut, tmp_path):
     """A 3072 px photo is decoded at 2048 px; its face box is reported in the photo's pixels (1.5x)."""
-    from genderfusion.fusion.predict.rows import FaceOptions
+    from genderfusion.fusion.photos.finder import FaceFinder
 
     big = tmp_path / "big.png"
     Image.fromarray(astronaut).resize((3072, 3072), Image.BILINEAR).save(big)
     small = tmp_path / "small.png"
     Image.fromarray(astronaut).resize((2048, 2048), Image.BILINEAR).save(small)
-    options = FaceOptions("detect")
-    (_, (a,), _), (_, (b,), _) = options.located([str(big), str(small)], False)
+    (a,), (b,) = (found.faces for found in FaceFinder("detect").find([str(big), str(small)], False))
     assert a.box == tuple(round(v * 1.5) for v in b.box) and a.pixels.shape == b.pixels.shape

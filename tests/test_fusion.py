@@ -255,7 +255,7 @@ def test_train_head_cascade_reports_out_of_fold_accuracy_exit_share_and_speed(wo
     assert f"<span id='cascade-cv'>{c['cv_accuracy']:.4f}</span>" in (ws / "heads/fusion/card.html").read_text()
     out = predict_submission("fusion", data_dir, tmp_path / "sub.csv", ws)
     assert sum(out["stages"].values()) == 12 and "cascade: cnn-small" in out["stages"]
-    from genderfusion.cli.fusion_commands import predict_main
+    from genderfusion.cli.predict_command import predict_main
 
     for flag, cascade in (([], True), (["--no-cascade"], False)):
         predict_main(["--model", "fusion", "--workdir", str(ws), "--images", str(data_dir / "test"), "--out",

@@ -176,7 +176,8 @@ def _with_manifest(entries: dict[str, bytes], name: str, data: bytes) -> dict[st
 
 
 def test_crafted_model_files_are_refused_in_one_line_and_their_payload_never_runs(exported, tmp_path, capsys):
-    from genderfusion.cli.fusion_commands import export_model_main, predict_main
+    from genderfusion.cli.model_commands import export_model_main
+    from genderfusion.cli.predict_command import predict_main
 
     data_dir, ws, gfm, _ = exported
     marker = tmp_path / "PAYLOAD-RAN"
@@ -292,7 +293,8 @@ def _bzip2_bomb(path: Path, megabytes: int) -> Path:
 
 
 def test_damaged_exported_files_are_refused_in_one_line_each(exported, tmp_path, capsys):
-    from genderfusion.cli.fusion_commands import export_model_main, predict_main
+    from genderfusion.cli.model_commands import export_model_main
+    from genderfusion.cli.predict_command import predict_main
 
     data_dir, ws, gfm, _ = exported
     entries = _entries(gfm)

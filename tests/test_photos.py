@@ -9,7 +9,9 @@ import pytest
 from PIL import Image
 
 from genderfusion.fusion.model.classifier import FusionClassifier
-from genderfusion.fusion.predict.rows import FaceOptions, expand_paths, predict_images
+from genderfusion.fusion.photos.inputs import expand_paths
+from genderfusion.fusion.predict.options import PhotoOptions
+from genderfusion.fusion.predict.table import PhotoJob, predict_images
 
 pd = pytest.importorskip("pandas")
 
@@ -37,9 +39,10 @@ def _read(path):
 def test_predict_images_streams_batches_and_matches_predict_proba(model, tmp_path):
     ws, photos, files = model
     clf = FusionClassifier.load(ws / "heads/mine/model.safetensors")
-    whole = FaceOptions("whole")  # blobs, not faces: each taken whole
-    one = predict_images(clf, [photos], tmp_path / "a.csv", batch_size=256, progress=False, options=whole)
-    many = predict_images(clf, [photos], tmp_path / "b.csv", batch_size=5, progress=False, options=whole)
+    whole = PhotoOptions("whole")  # blobs, not faces: each taken whole
+    one = predict_images(clf, PhotoJob.plan([photos], tmp_path / "a.csv"), whole, progress=False)
+    many = predict_images(clf, PhotoJob.plan([photos], tmp_path / "b.csv"), PhotoOptions("whole", batch_size=5),
+                          progress=False)
     a, b = _read(tmp_path / "a.csv"), _read(tmp_path / "b.csv")
     assert one["images"] == many["images"] == len(files) == 12 and list(a[0]) == [
         "path", "face", "left", "top", "right", "bottom", "p_female", "label", "doubtful", "stage", "rule", "error"]
@@ -59,10 +62,11 @@ def test_a_bad_photo_stops_the_run_or_is_written_with_its_error(model, tmp_path)
     (bad / "zz_broken.jpg").write_bytes(b"not a jpeg")
     clf = FusionClassifier.load(ws / "heads/mine/model.safetensors")
     with pytest.raises(Exception, match="zz_broken.jpg"):
-        predict_images(clf, [bad], tmp_path / "out.csv", batch_size=5, progress=False, options=FaceOptions("whole"))
+        predict_images(clf, PhotoJob.plan([bad], tmp_path / "out.csv"), PhotoOptions("whole", batch_size=5),
+                       progress=False)
     assert not (tmp_path / "out.csv").exists() and not list(tmp_path.glob(".out.csv*"))  # nothing half-written
-    out = predict_images(clf, [bad], tmp_path / "out.csv", batch_size=5, skip_bad=True, progress=False,
-                         options=FaceOptions("whole"))
+    out = predict_images(clf, PhotoJob.plan([bad], tmp_path / "out.csv"),
+                         PhotoOptions("whole", batch_size=5, skip_bad=True), progress=False)
     rows = _read(tmp_path / "out.csv")
     assert out["errors"] == 1 and len(rows) == 13
     broken = [r for r in rows if r["path"].endswith("zz_broken.jpg")][0]
@@ -116,8 +120,8 @@ def test_a_text_file_lists_photos_and_parquet_needs_pyarrow(model, tmp_path):
 
     if importlib.util.find_spec("pyarrow") is None:
         with pytest.raises(ValueError, match="Parquet needs pyarrow"):
-            predict_images(clf, [listing], tmp_path / "p.parquet", progress=False)
+            predict_images(clf, PhotoJob.plan([listing], tmp_path / "p.parquet"), progress=False)
         assert not (tmp_path / "p.parquet").exists()
     else:
-        predict_images(clf, [listing], tmp_path / "p.parquet", progress=False)
+        predict_images(clf, PhotoJob.plan([listing], tmp_path / "p.parquet"), progress=False)
         assert len(pd.read_parquet(tmp_path / "p.parquet")) == 4

@@ -22,7 +22,7 @@ DEFAULT_GFM = Path(__file__).resolve().parents[1] / "genderfusion" / "default" /
 
 
 def predict_main(argv):
-    from genderfusion.cli.fusion_commands import predict_main as main
+    from genderfusion.cli.predict_command import predict_main as main
 
     main(argv)
 
@@ -270,15 +270,15 @@ def test_10_pictures_without_a_face_get_no_face_not_a_label():
     from skimage import data
 
     from genderfusion.extract.faces.detect import FaceDetector
-    from genderfusion.fusion.photos.faces import locate
+    from genderfusion.fusion.photos.faces import faces_of
 
     detector = FaceDetector("hog")
     for name, image in {"cat": data.chelsea()[:300, 60:360], "blank gif": np.full((32, 32, 3), 255, np.uint8),
                         "1x1": np.zeros((1, 1, 3), np.uint8), "10x10": np.full((10, 10, 3), 9, np.uint8),
                         "uniform": np.full((200, 200, 3), 128, np.uint8)}.items():
-        assert locate(image, "auto", detector) == [], name
+        assert faces_of(image, "auto", detector) == [], name
     face = np.asarray(Image.fromarray(data.astronaut()[20:240, 130:350]).resize((200, 200)))
-    assert len(locate(face, "auto", detector)) == 1  # a face crop still is one face
+    assert len(faces_of(face, "auto", detector)) == 1  # a face crop still is one face
 
 
 # ---- 15, 16, 26: arguments the machine cannot serve ------------------------------------------------------------
@@ -289,17 +289,17 @@ def test_15_a_min_face_below_what_the_detector_serves_is_refused(tmp_path, capsy
 
 
 def test_16_serve_checks_its_port_before_loading_the_model(capsys):
-    from genderfusion.cli.fusion_commands import serve_main
+    from genderfusion.cli.serve_command import serve_main
 
     line = fails(serve_main, ["--port", "70000", "--model", "/nonexistent"], capsys)
     assert "argument --port: '70000' is not a port number from 1 to 65535" in line
 
 
 def test_26_workers_are_capped_at_the_cores_with_a_line(caplog):
-    from genderfusion.cli.fusion_commands import _capped_workers
+    from genderfusion.cli.arguments import capped_workers
 
     caplog.set_level("WARNING")
-    assert _capped_workers(10000) == (os.cpu_count() or 1)
+    assert capped_workers(10000) == (os.cpu_count() or 1)
     assert f"--workers 10000: capped at {os.cpu_count() or 1}" in caplog.text
 
 

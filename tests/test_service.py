@@ -22,8 +22,11 @@ pytest.importorskip("httpx")
 from fastapi.testclient import TestClient  # noqa: E402
 
 from genderfusion.fusion.model.classifier import FusionClassifier  # noqa: E402
-from genderfusion.fusion.predict.rows import COLUMNS, FaceOptions  # noqa: E402
-from genderfusion.fusion.serve.app import Limits, Predictor, RequestError, create_app  # noqa: E402
+from genderfusion.fusion.predict.options import PhotoOptions  # noqa: E402
+from genderfusion.fusion.predict.rows import COLUMNS, PhotoPredictor  # noqa: E402
+from genderfusion.fusion.serve.app import create_app  # noqa: E402
+from genderfusion.fusion.serve.queue import ModelQueue  # noqa: E402
+from genderfusion.fusion.serve.uploads import Limits, RequestError  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +39,7 @@ def served(built, tmp_path_factory):
 
 
 def _client(clf, **limits) -> TestClient:
-    return TestClient(create_app(clf, "tiny", Limits(**limits), FaceOptions("whole")), base_url="http://127.0.0.1")
+    return TestClient(create_app(clf, "tiny", Limits(**limits), PhotoOptions("whole")), base_url="http://127.0.0.1")
 
 
 def test_predict_rows_are_predict_frames(served):
@@ -88,7 +91,7 @@ def test_bad_uploads_are_clear_errors_and_the_server_goes_on(served):
 def test_a_full_queue_is_503_and_a_slow_prediction_504(served):
     clf, _ = served
 
-    class Slow(Predictor):
+    class Slow(ModelQueue):
         def _predict(self, images):
             time.sleep(0.4)
             return []
@@ -96,7 +99,7 @@ def test_a_full_queue_is_503_and_a_slow_prediction_504(served):
     answered = []
 
     async def burst(limits: Limits) -> list:
-        p, t = Slow(clf, limits, FaceOptions("whole")), time.time()
+        p, t = Slow(PhotoPredictor(clf, PhotoOptions("whole")), limits), time.time()
         out = await asyncio.gather(*(p([("a", b"")]) for _ in range(3)), return_exceptions=True)
         answered.append(time.time() - t)
         return out
@@ -230,7 +233,7 @@ def test_round_four_23_foreign_host_headers_are_refused_and_the_token_is_require
     assert _client(clf).get("/health", headers={"host": "evil.example:8000"}).status_code == 400
     assert _client(clf).get("/health", headers={"host": "localhost:8000"}).status_code == 200
     assert allowed_hosts("0.0.0.0") == ["*"] and "photos.lan" in allowed_hosts("127.0.0.1", ("photos.lan",))
-    app = create_app(clf, "tiny", options=FaceOptions("whole"), token="s3cret")
+    app = create_app(clf, "tiny", options=PhotoOptions("whole"), token="s3cret")
     client = TestClient(app, base_url="http://127.0.0.1")
     assert client.post("/predict", files=files).status_code == 401
     assert client.get("/health", headers={"authorization": "Bearer wrong"}).status_code == 401
@@ -242,13 +245,13 @@ def test_round_four_24_docs_are_off_unless_asked_and_openapi_stays(served):
     clf, _ = served
     assert _client(clf).get("/docs").status_code == 404
     assert _client(clf).get("/openapi.json").status_code == 200
-    app = create_app(clf, "tiny", options=FaceOptions("whole"), docs=True)
+    app = create_app(clf, "tiny", options=PhotoOptions("whole"), docs=True)
     assert TestClient(app, base_url="http://127.0.0.1").get("/docs").status_code == 200
 
 
 def test_round_four_17_a_client_that_goes_away_mid_upload_is_one_log_line(served, caplog):
     clf, _ = served
-    app = create_app(clf, "tiny", options=FaceOptions("whole"))
+    app = create_app(clf, "tiny", options=PhotoOptions("whole"))
     sent = []
 
     async def receive():

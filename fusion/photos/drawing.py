@@ -1,4 +1,4 @@
-"""Photos drawn with each face's box, label and P(female) (`predict --draw DIR`)."""
+"""Photos drawn with each face's box, label and P(female), into a folder of their own."""
 from __future__ import annotations
 
 import os
@@ -45,6 +45,13 @@ class OutputExistsError(FileExistsError):
         self.what = what
 
 
+def _refused(kind: type, detail: str) -> Exception:
+    """An error about the folder to draw into: `option` and `detail` let a CLI name it by its flag."""
+    exc = kind(f"draw folder {detail}")
+    exc.option, exc.detail = "draw", detail
+    return exc
+
+
 def drawn_names(folder: str | os.PathLike, inputs: Sequence[str | os.PathLike], overwrite: bool = False
                 ) -> dict[str, Path]:
     """input -> <folder>/<file stem>.jpg (a second input of the same stem gets -2, -3 ...), checked before any
@@ -52,11 +59,12 @@ def drawn_names(folder: str | os.PathLike, inputs: Sequence[str | os.PathLike], 
     of the files that would be written may exist already."""
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
-        raise NotADirectoryError(f"{folder}: not a folder; name a folder for the drawn photos")
+        raise _refused(NotADirectoryError, f"{folder}: not a folder; name a folder for the drawn photos")
     held = [p for p in inputs if inside(p, folder)]
     if held:
-        raise ValueError(f"{folder} holds the input {held[0]}" + (f" and {len(held) - 1} more" if len(held) > 1 else "")
-                         + ": drawn photos go into a folder of their own, never over the photos read")
+        raise _refused(ValueError, f"{folder} holds the input {held[0]}"
+                       + (f" and {len(held) - 1} more" if len(held) > 1 else "")
+                       + ": drawn photos go into a folder of their own, never over the photos read")
     names, used = {}, set()
     for path in map(str, inputs):
         stem = Path(path).stem if not path.startswith("<") else path.strip("<>").replace(" ", "-")
@@ -80,7 +88,6 @@ class Drawer:
     def __init__(self, folder: str | os.PathLike, inputs: Sequence[str | os.PathLike], overwrite: bool = False):
         self.folder = Path(folder)
         self._names = drawn_names(folder, inputs, overwrite)
-        self.folder.mkdir(parents=True, exist_ok=True)
 
     def __call__(self, path: str, image: np.ndarray, rows: list[dict], scale: float = 1.0) -> None:
         with atomic_path(self._names[path]) as tmp:

@@ -11,7 +11,7 @@ from genderfusion.extract.faces.detect import FaceDetector, check_detector
 FACE_MODES = ("auto", "detect", "whole")
 # the `rule` column
 DETECTED = "detected"  # a face the detector found, cropped to its frame
-WHOLE = "whole"  # --faces whole: the photo is one face
+WHOLE = "whole"  # faces="whole": the photo is one face
 FILLS = "fills-photo"  # auto: the one face found fills the photo (a face crop): the photo as it is
 CROP_LIKE = "crop-like"  # auto: no face found, but the photo is small and square like a face crop
 FILL_SHARE = 0.6  # auto: a face whose frame covers this share of the photo (intersection over union) fills it
@@ -24,7 +24,7 @@ NO_FACE = "no face found"
 
 
 @dataclass(frozen=True)
-class Located:
+class Face:
     """One face of a photo: its box in the photo's pixels, the pixels the networks get, and the rule that chose
     them."""
     box: tuple[int, int, int, int]
@@ -53,15 +53,15 @@ def looks_like_face(image: np.ndarray, detector: FaceDetector) -> bool:
     return score is not None and score >= CROP_LIKE_SCORE
 
 
-def locate(image: np.ndarray, faces: str, detector: FaceDetector | None) -> list[Located]:
+def faces_of(image: np.ndarray, faces: str, detector: FaceDetector | None) -> list[Face]:
     """The faces of an HWC uint8 RGB photo to classify under `faces` (auto, detect, whole); [] when none."""
     h, w = image.shape[:2]
     if faces == WHOLE:
-        return [Located((0, 0, w, h), image, WHOLE)]
+        return [Face((0, 0, w, h), image, WHOLE)]
     boxes = detector.detect(image)
     if faces == "auto":
         if len(boxes) == 1 and detector.frame_cover(boxes[0], image.shape) >= FILL_SHARE:
-            return [Located((0, 0, w, h), image, FILLS)]
+            return [Face((0, 0, w, h), image, FILLS)]
         if not boxes and crop_like(image.shape) and looks_like_face(image, detector):
-            return [Located((0, 0, w, h), image, CROP_LIKE)]
-    return [Located((b.left, b.top, b.right, b.bottom), detector.crop(image, b), DETECTED) for b in boxes]
+            return [Face((0, 0, w, h), image, CROP_LIKE)]
+    return [Face((b.left, b.top, b.right, b.bottom), detector.crop(image, b), DETECTED) for b in boxes]

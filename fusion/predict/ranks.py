@@ -2,15 +2,16 @@
 rank 0 merges the parts into the one output, in input order (the same rows one process writes)."""
 from __future__ import annotations
 
-import os
+import dataclasses
 import shutil
 from pathlib import Path
-from typing import Sequence
+from typing import Callable
 
 from genderfusion.files.atomic import atomic_path
 from genderfusion.extract.distributed import agree, process_group, rank_device, world
 
-from genderfusion.fusion.predict.rows import check_table, expand_paths, predict_images
+from genderfusion.fusion.predict.options import PhotoOptions
+from genderfusion.fusion.predict.table import COUNTS, TABLE_ROWS, PhotoJob, predict_images
 
 
 def _part(out: Path, rank: int) -> Path:
@@ -34,35 +35,33 @@ def _merge(parts: list[Path], out: Path) -> None:
                     shutil.copyfileobj(src, dst)
 
 
-def predict_images_ranks(clf_of, images: Sequence[str | os.PathLike], out: str | os.PathLike, device: str = "auto",
-                         **kw) -> dict | None:
-    """clf_of(): the model, loaded on each rank; kw: predict_images' options. Returns, on rank 0, the summary of
-    every rank's rows; None on the others."""
+def predict_images_ranks(clf_of: Callable[[], object], job: PhotoJob, options: PhotoOptions,
+                         progress: bool = True) -> dict | None:
+    """clf_of(): the model, loaded on each rank. Every rank gets the same job (one plan of drawn names, checked
+    before any rank writes). Returns, on rank 0, the summary of every rank's rows; None on the others."""
     import torch.distributed as dist
 
     rank, size, local = world()
-    device = rank_device(device, local)
-    paths = expand_paths(images)
-    out = check_table(out, [*images, *paths])
-    if kw.get("draw") is not None:  # one plan of drawn names for every rank, checked before any rank writes
-        from genderfusion.fusion.photos.drawing import Drawer
-
-        kw["draw"] = Drawer(kw["draw"], paths, overwrite=kw.pop("overwrite", False))
-    with process_group(device):
+    options = dataclasses.replace(options, device=rank_device(options.device, local))
+    paths = job.paths
+    with process_group(options.device):
         agree(f"{len(paths)} photos, first {paths[0] if paths else None}, last {paths[-1] if paths else None}",
               "the photos to predict")
         lo, hi = rank * len(paths) // size, (rank + 1) * len(paths) // size
-        mine = predict_images(clf_of(), paths[lo:hi], _part(out, rank), device=device, **kw) if hi > lo else {}
+        mine = predict_images(clf_of(), job.shard(lo, hi, _part(job.out, rank)), options, progress) if hi > lo else {}
         summaries: list = [None] * size
         dist.all_gather_object(summaries, mine)
         if rank != 0:
             return None
-        parts = [_part(out, r) for r, s in enumerate(summaries) if s]
-        _merge(parts, out)
+        parts = [_part(job.out, r) for r, s in enumerate(summaries) if s]
+        _merge(parts, job.out)
         for p in parts:
             p.unlink()
     done = [s for s in summaries if s]
-    total = {k: sum(s[k] for s in done) for k in ("images", "faces", "errors", "female", "doubtful")}
+    total = {k: sum(s[k] for s in done) for k in COUNTS}
     seconds = max(s["seconds"] for s in done)
-    return {**done[0], **total, "out": str(out), "ranks": size, "seconds": seconds,
-            "img_per_s": round(total["images"] / seconds, 1) if seconds > 0 else None}
+    kept = [s["rows"] for s in done]  # each rank's rows, when it had few
+    rows = None if any(k is None for k in kept) else [r for k in kept for r in k]
+    return {**done[0], **total, "out": str(job.out), "ranks": size, "seconds": seconds,
+            "img_per_s": round(total["images"] / seconds, 1) if seconds > 0 else None,
+            "rows": rows if rows is not None and len(rows) <= TABLE_ROWS else None}

@@ -44,21 +44,6 @@ def _default_labels(data: CompetitionData) -> dict[str, str]:
         return {r["id"]: r.get("label", "") for r in csv.DictReader(fh)}
 
 
-MODEL_SUFFIXES = (".safetensors", ".gfm", ".pkl")  # .pkl: to refuse an earlier version's pickle by name
-
-
-def load_model(model: str, workdir: str | Path | None = None) -> FusionClassifier:
-    """A saved fusion model: "default" (the shipped one), a name under <workdir>/heads/ (default workspace data),
-    or the path of a model file (in `workdir` when given, else in the workspace it was saved in) or of an exported
-    .gfm file (export-model): an existing file, or a name with a folder or a model file's suffix."""
-    if model == "default" and not Path(model).exists():
-        return FusionClassifier.default()
-    if Path(model).is_file() or Path(model).suffix in MODEL_SUFFIXES or "/" in model or "\\" in model:
-        return FusionClassifier.load(model, workdir=workdir)
-    workdir = "data" if workdir is None else workdir
-    return FusionClassifier.load(Workspace(workdir).head_model(model), workdir=workdir)
-
-
 def _refuse_changed_labels(clf: FusionClassifier, model: str, data: CompetitionData) -> None:
     """The model must have been trained on train.csv's ids and labels as they are now."""
     if clf.train_labels_ is None:
@@ -81,8 +66,9 @@ def details_path(out: str | Path) -> Path:
 
 
 def predict_submission(model: str, data_dir: str | Path, out: str | Path, workdir: str | Path | None = None,
-                       band: tuple[float, float] = (0.45, 0.55), cascade: bool = True) -> dict:
-    """Write `out` (id,label for every test id in test.csv order) and `<out stem>_details.csv`.
+                       band: tuple[float, float] | None = None, cascade: bool = True) -> dict:
+    """Write `out` (id,label for every test id in test.csv order) and `<out stem>_details.csv`, with the model
+    `model` names (FusionClassifier.load) and its doubtful band unless `band` is given.
 
     A test image skipped as corrupt at extraction gets no label from a blank image: the sample submission's
     label (empty without one), flagged doubtful in the details file with the reason."""
@@ -91,10 +77,10 @@ def predict_submission(model: str, data_dir: str | Path, out: str | Path, workdi
     inputs = [root / name for name in ("train.csv", "test.csv", "train_meta.csv", "sampleSubmit.csv")]
     for path in (out, details):
         check_output(path, (".csv",), inputs)
-    clf = load_model(model, workdir)
+    clf = FusionClassifier.load(model, workdir)
     if clf.workdir_ is None:
-        raise WorkspaceError(f"{model}: an exported model predicts from images (--images); --data reads the cached "
-                             "features of a workspace: pass its --workdir")
+        raise WorkspaceError(f"{model}: an exported model predicts from images; a submission reads the cached "
+                             "features of a workspace: name its workdir")
     ws = Workspace(clf.workdir_)
     data = CompetitionData.load(data_dir, check_images=False)
     _refuse_changed_labels(clf, model, data)

@@ -3,7 +3,9 @@ adds it), before any work."""
 from __future__ import annotations
 
 import argparse
+import logging
 import math
+import os
 import re
 
 from genderfusion.extract.data.workspace import check_name
@@ -62,3 +64,33 @@ def source_list(text: str) -> list[str]:
     if twice:
         raise argparse.ArgumentTypeError(f"{text!r}: {twice[0]} is named twice")
     return names
+
+
+def band(text: str) -> tuple[float, float]:
+    lo, hi = (float(v) for v in text.split(","))
+    if not 0 <= lo <= hi <= 1:
+        raise argparse.ArgumentTypeError(f"band {text!r}: expected LO,HI with 0 <= LO <= HI <= 1")
+    return lo, hi
+
+
+def add_face_arguments(p: argparse.ArgumentParser) -> None:
+    """--faces, --detector, --min-face: how the faces of a photo are found (predict --images, serve)."""
+    from genderfusion.extract.faces.detect import DETECTORS, MIN_FACE
+    from genderfusion.fusion.photos.faces import FACE_MODES
+
+    p.add_argument("--faces", choices=FACE_MODES, default="auto",
+                   help="detect (every face a detector finds), whole (each image is one face), auto (detect; an "
+                        "image whose one face fills it, or a small square one without a face found, is one face; the "
+                        "rule column says which)")
+    p.add_argument("--detector", choices=DETECTORS, default="hog", help="dlib's HOG (fast) or CNN (mmod) face detector")
+    p.add_argument("--min-face", type=positive_int, default=MIN_FACE, metavar="PX",
+                   help=f"skip faces narrower than this (default {MIN_FACE}: the smallest the detectors see in the "
+                        "photo as it is); below it the photo is upsampled, 4x slower per halving")
+
+
+def capped_workers(workers: int) -> int:
+    """--workers, at most the cores here (more processes than cores only add memory), said in one line."""
+    cores = os.cpu_count() or 1
+    if workers > cores:
+        logging.getLogger("genderfusion").warning("--workers %d: capped at %d, the cores here", workers, cores)
+    return min(workers, cores)

@@ -1,35 +1,12 @@
-"""Console scripts of the extract package: train-backbone, make-synthetic."""
+"""Console scripts of the extract package: train-backbone, extract, make-synthetic, fetch-faceres."""
 from __future__ import annotations
 
 import argparse
 import json
-import logging
-import sys
 
 from genderfusion.cli.arguments import (below_one, degrees, device, fold_count, image_size, non_negative_float, non_negative_int,
                         number, positive_float, positive_int, probability, views)
-from genderfusion.extract.errors import DataError, UnknownBackboneError, WeightsError, WorkspaceError
-from genderfusion.files.paths import printable
-
-QUIET_LOGGERS = ("faiss", "matplotlib", "PIL", "h5py")
-USER_ERRORS = (ImportError, DataError, WorkspaceError, WeightsError, UnknownBackboneError, ValueError, OSError)
-
-
-def run_cli(main, interrupted: str) -> None:
-    """Run a CLI body; user errors print one clear line and exit 2 instead of a traceback; Ctrl-C prints
-    `interrupted` (what is kept) and exits 130."""
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    for chatty in QUIET_LOGGERS:  # libraries' loader notes are not the user's business
-        logging.getLogger(chatty).setLevel(logging.WARNING)
-    try:
-        main()
-    except USER_ERRORS as exc:
-        print(f"error: {printable(str(exc))}", file=sys.stderr)  # a file name may hold bytes that are not UTF-8
-        sys.exit(2)
-    except KeyboardInterrupt:
-        print(interrupted, file=sys.stderr)
-        sys.exit(130)
-
+from genderfusion.cli.running import make_parser, run_cli
 
 def shard_arg(text: str) -> str:
     """--shard I/N with 0 <= I < N (checked by the library's parser)."""
@@ -40,19 +17,6 @@ def shard_arg(text: str) -> str:
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc).removeprefix("shard ")) from None
     return text
-
-
-def make_parser(prog: str, description: str) -> argparse.ArgumentParser:
-    """A console script's parser, naming the distribution and answering --version."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        v = version("genderfusion")
-    except PackageNotFoundError:
-        v = "unknown (not installed)"
-    p = argparse.ArgumentParser(prog=prog, description=f"{description} (genderfusion)")
-    p.add_argument("--version", action="version", version=f"genderfusion {v}")
-    return p
 
 
 def add_data_args(p: argparse.ArgumentParser, data_required: bool = True) -> None:
