@@ -1,7 +1,7 @@
 """The `crop-like` rule of `--faces auto`, measured: a small square image without a face found is classified as one
-face only where it looks like one (fusion.faces.looks_like_face). On training crops that the normal HOG pass misses,
+face only where it looks like one (fusion.photos.faces.looks_like_face). On training crops that the normal HOG pass misses,
 how many still pass; on pictures without a face (scikit-image's cat, coffee and rocket, blank, uniform and noise
-squares), how many are refused. The thresholds in fusion.faces were chosen here, never on the test crops.
+squares), how many are refused. The thresholds in fusion.photos.faces were chosen here, never on the test crops.
 
     python bench/crop_like.py --data ../shared/data/faces --n 6000      # bench/results/crop_like.json
 """

@@ -4,7 +4,7 @@ FaceRes (fetched once with npm).
 
     python bench/default_model.py --data ../shared/data/faces            # extract, CV, fit, write the package files
     python bench/default_model.py --data ../shared/data/faces --check    # rebuild elsewhere, compare with the shipped
-    python bench/default_model.py --add-probe --check-n 256              # store the probe features (fusion.probe)
+    python bench/default_model.py --add-probe --check-n 256              # store the probe features (fusion.model.probe)
 
 Recipe: three frozen sources with flip TTA (dlib-face; gender-cnn, resized; faceres-deep's 1024-d pooling layer),
 an MLP head on their concatenated features (global protocol: the sources never trained on these faces, so every
@@ -123,7 +123,7 @@ def main(argv=None) -> dict:
     p.add_argument("--check-n", type=int, default=256, help="--check: test images compared")
     p.add_argument("--json", default=str(ROOT / "bench" / "results" / "default_model.json"))
     p.add_argument("--add-probe", action="store_true",
-                   help="only store the probe features (fusion.probe) in the shipped model made before them; its heads "
+                   help="only store the probe features (fusion.model.probe) in the shipped model made before them; its heads "
                         "are kept, and P(female) compared on --check-n test images")
     args = p.parse_args(argv)
     if args.add_probe:

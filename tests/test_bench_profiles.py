@@ -15,14 +15,14 @@ spec.loader.exec_module(bench_run)
 def test_profile_dry_run_commands_parse(profile, tmp_path, monkeypatch, capsys):
     from genderfusion.cli import extract_commands as ecli
     from genderfusion.cli import model_commands as fcli
-    from genderfusion.cli.predict_command import predict_main
+    from genderfusion.cli import predict_command as pcli
 
     data = tmp_path / "faces"
     (data).mkdir()
     out = bench_run.main(["--profile", profile, "--data", str(data), "--workdir", str(tmp_path / "ws"),
                           "--dry-run"])
     parsers = {"train-backbone": ecli.train_backbone_main, "extract": ecli.extract_main,
-               "train-head": fcli.train_head_main, "predict": predict_main}
+               "train-head": fcli.train_head_main, "predict": pcli.predict_main}
     seen = set()
     for stage in out["stages"]:
         argv = shlex.split(stage["command"])
@@ -31,6 +31,7 @@ def test_profile_dry_run_commands_parse(profile, tmp_path, monkeypatch, capsys):
             # parse the arguments (an unknown option exits with an error), but run nothing
             monkeypatch.setattr(ecli, "run_cli", lambda body, *a, **kw: None)
             monkeypatch.setattr(fcli, "run_cli", lambda body, *a, **kw: None)
+            monkeypatch.setattr(pcli, "run_cli", lambda body, *a, **kw: None)
             parsers[argv[0]](argv[1:])
     assert seen == set(parsers)
     assert not (tmp_path / "ws").exists()  # a dry run writes nothing

@@ -13,7 +13,7 @@ from .face_files import _package_dir, _require, checked_file
 DETECTORS = ("hog", "cnn")
 CROP_SIZE = 200  # the competition's crops
 MIN_FACE = WINDOW = 72  # the smallest box either detector reports (HOG: 73 px); each 2x upsampling halves it
-MAX_UPSAMPLE = 2  # a photo (at most 2,048 px: fusion.images.DETECT_SIDE) is doubled at most twice, to 8,192 px
+MAX_UPSAMPLE = 2  # a photo (at most 2,048 px: fusion.photos.decode.DETECT_SIDE) is doubled at most twice, to 8,192 px
 SMALLEST_FACE = WINDOW // 2**MAX_UPSAMPLE  # 18 px: the smallest min_face the detectors serve
 CNN_FILE = "mmod_human_face_detector.dat"
 CNN_SHA256 = "4cb19393e2fbaf2b1609a9319ad5386618c886a6234ec1b971f3e87c85d87fe6"  # face-recognition-models 0.3.0

@@ -247,7 +247,7 @@ class FusionClassifier(Stateful):
         return self._decide(self._image_outputs(arrays, batch_size, device), len(arrays), band, cascade)
 
     def _probe_features(self, batch_size: int, device: str) -> list[np.ndarray]:
-        """Each source's features of the probe image (fusion.probe), as the networks the model names give them."""
+        """Each source's features of the probe image (fusion.model.probe), as the networks the model names give them."""
         from genderfusion.fusion.model.probe import probe_image
 
         outputs = self._image_outputs([probe_image()], batch_size, device)(range(len(self.source_names_)),
@@ -378,7 +378,7 @@ class FusionClassifier(Stateful):
 
     @classmethod
     def from_bytes(cls, data: bytes, name: str | os.PathLike) -> "FusionClassifier":
-        """The model a model file's bytes hold (fusion.model_file); `name` for messages. Runs no code from them."""
+        """The model a model file's bytes hold (fusion.model.model_file); `name` for messages. Runs no code from them."""
         from genderfusion.fusion.model.model_file import ModelFileError, one_line, read_state
 
         meta, arrays = read_state(data, name)
@@ -395,7 +395,7 @@ class FusionClassifier(Stateful):
 
     # ---- artifact ----------------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> Path:
-        """One file of data (fusion.model_file): heads, source recipes (checkpoint/weights sha256,
+        """One file of data (fusion.model.model_file): heads, source recipes (checkpoint/weights sha256,
         preprocessing), threshold, cascade and second stage."""
         from genderfusion.fusion.model.model_file import save
 

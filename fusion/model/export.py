@@ -6,7 +6,7 @@ The file is a zip archive (`.gfm`) of:
                     from the installed packages, each fine-tuned source's fold entries with their training config,
                     and the size and sha256 of every entry
     model.safetensors
-                    the FusionClassifier (fusion.model_file: JSON structure and safetensors arrays)
+                    the FusionClassifier (fusion.model.model_file: JSON structure and safetensors arrays)
     folds/<backbone>/fold<k>.safetensors
                     what fine-tuning changed in each fold model (tensors equal to the pretrained weights, such as
                     dlib's frozen trunk under the face-resnet tops, are left out and read from the package again)
@@ -258,7 +258,7 @@ def exported_sources(clf, batch_size: int, device: str) -> list:
 
 def add_probe(clf, path: str | Path) -> dict:
     """Rewrite the exported model `clf` was loaded from (made before models stored their probe features:
-    fusion.probe) with them, computed by the networks it names; every other entry is kept as it is."""
+    fusion.model.probe) with them, computed by the networks it names; every other entry is kept as it is."""
     path = Path(path)
     if clf.probe_ is not None:
         return {"out": str(path), "changed": False}

@@ -37,14 +37,22 @@ def load_model(cls, name_or_path: str | os.PathLike | None = None, workdir: str 
         log.warning("no model named, and no model `%s` in the workspace %s: using %s", WORKSPACE_MODEL, ws.root,
                     shipped.describe())
         return clf
+    path, workdir = model_path(name_or_path, workdir)
+    if path == shipped.default_dir() / shipped.FILE:
+        shipped.ensure_files(shipped.about()["sources"])  # before loading: it checks the files
+    return _from_path(cls, path, workdir)
+
+
+def model_path(name_or_path: str | os.PathLike, workdir: str | os.PathLike | None = None
+               ) -> tuple[Path, str | os.PathLike | None]:
+    """The model file (or folder) a name or path means, and the workspace to read it with."""
     name = str(name_or_path)
     if name == shipped.NAME and not Path(name).exists():
-        shipped.ensure_files(shipped.about()["sources"])  # before loading: it checks the files
-        return _from_path(cls, shipped.default_path(), None)
+        return shipped.default_path(), None
     if not _is_path(name):
-        return _from_path(cls, Workspace("data" if workdir is None else workdir).head_model(name),
-                          "data" if workdir is None else workdir)
-    return _from_path(cls, Path(name), workdir)
+        workdir = "data" if workdir is None else workdir
+        return Workspace(workdir).head_model(name), workdir
+    return Path(name), workdir
 
 
 def _from_path(cls, path: Path, workdir: str | os.PathLike | None):

@@ -10,6 +10,7 @@ from genderfusion.files.json_files import read_json
 
 log = logging.getLogger("genderfusion")
 NAME = "default"
+FILE = "model.gfm"
 
 
 def default_dir() -> Path:
@@ -18,7 +19,7 @@ def default_dir() -> Path:
 
 def default_path() -> Path:
     """The shipped model file; an installation without it is an error saying how to rebuild it."""
-    path = default_dir() / "model.gfm"
+    path = default_dir() / FILE
     if not path.is_file():
         raise FileNotFoundError(f"{path}: the default model is not installed; reinstall genderfusion, or rebuild it "
                                 "with `python bench/default_model.py --data <competition folder>`")

@@ -152,7 +152,7 @@ def train_head(workdir: str | Path, features: list[str], heads: list[str], proto
     if casc:
         results.append(Result(f"cascade: {' + '.join(cascade)} ({casc['head']})", "global", casc.pop("probs"), 0.0))
         coverage[results[-1].method] = results[-1].probs
-    try:  # the sources' features of the probe image, checked wherever the model is loaded (fusion.probe)
+    try:  # the sources' features of the probe image, checked wherever the model is loaded (fusion.model.probe)
         clf.fit_probe()
     except (WorkspaceError, OSError, ValueError) as exc:  # caches without the networks that made them
         log(f"no probe features stored: the sources cannot be built here ({exc})")

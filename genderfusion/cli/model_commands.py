@@ -72,14 +72,13 @@ def export_model_main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
 
     def body():
-        from pathlib import Path
-
+        from genderfusion.fusion.model.classifier import FusionClassifier
         from genderfusion.fusion.model.export import export_model
-        from genderfusion.fusion.predict.submission import load_model
+        from genderfusion.fusion.model.loading import model_path
 
-        clf = load_model(args.model, args.workdir)
-        beside = Path(args.model).parent if Path(args.model).is_file() else None
-        card = None if clf.exported_ else (beside or Path(clf.workdir_) / "heads" / args.model) / "card.html"
+        clf = FusionClassifier.load(args.model, args.workdir)
+        path, _ = model_path(args.model, args.workdir)
+        card = None if clf.exported_ else (path if path.is_dir() else path.parent) / "card.html"
         out = export_model(clf, args.out, card)
         print(json.dumps({k: out[k] for k in ("out", "megabytes", "sources", "folds", "frozen_files")}, indent=2))
 
