@@ -64,7 +64,7 @@ def main(argv=None) -> dict:
     from genderfusion.fusion.model.protocol import cv_global
     from genderfusion.fusion.model.features import descriptors
     from genderfusion.fusion.training.second_stage_cv import band_report, second_stage_cv
-    from genderfusion.fusion.training.train_head import train_head
+    from genderfusion.fusion.training.train_head import HeadTraining, train_head
 
     ws, data = Workspace(args.workdir), CompetitionData.load(args.data)
     out: dict = {"workdir": args.workdir, "model": args.model}
@@ -109,8 +109,9 @@ def main(argv=None) -> dict:
         with tempfile.NamedTemporaryFile("w", suffix=".csv", delete=False) as fh:
             ranked = [r["id"] for r in csv.DictReader(open(ws.root / "audit" / "suspects.csv"))][:top]
             fh.write("id\n" + "".join(f"{i}\n" for i in ranked))
-        r = train_head(args.workdir, features, [method], ("global",), f"study-exclude-{top}",
-                       exclude=fh.name if top else None, log=lambda s: None)
+        r = train_head(args.workdir, HeadTraining(features, [method], ("global",), f"study-exclude-{top}",
+                                                  exclude=fh.name if top else None),
+                       log=lambda s: None)
         probs = np.load(ws.head_dir(f"study-exclude-{top}") / "cv_probs.npz")[f"{method} [global]"]
         direct.append({"top_suspects_excluded": top, "cv_all_rows": accuracy(probs, y),
                        "cv_non_suspects": accuracy(probs, y, clean), "cv_ages_0_9": accuracy(probs, y, young),

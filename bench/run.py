@@ -150,7 +150,7 @@ def peer_eval(data: Path, ids: list[str]) -> tuple[dict[str, int], float]:
     return out, len(ids) / (time.time() - t)
 
 
-def main(argv=None) -> dict:
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="End-to-end benchmark of the fusion pipeline.")
     p.add_argument("--profile", default="cpu", help="cpu, gpu, demo, or a profile JSON path")
     p.add_argument("--data", default=None, help="competition folder (default: the profile's; demo: generated)")
@@ -160,26 +160,22 @@ def main(argv=None) -> dict:
     p.add_argument("--results", default=str(ROOT / "bench" / "results"))
     p.add_argument("--no-fetch", action="store_true", help="do not fetch missing FaceRes files (fail at once instead)")
     p.add_argument("--check-only", action="store_true", help="check the profile's model files, run nothing")
-    args = p.parse_args(argv)
-    prof = load_profile(args.profile)
-    if not args.dry_run:
-        preflight(prof, fetch=not args.no_fetch)
-    if args.check_only:
-        print(f"profile {prof['profile']}: every model file it needs is present and checked")
-        return {}
-    name = prof["profile"]
-    ws = Path(args.workdir or ROOT / "data" / f"bench-{name}")
-    t0 = time.time()
-    runner = Runner(args.dry_run)
-    if args.data or prof.get("data"):
-        data = Path(args.data or prof["data"])
-        if not (ROOT / data).exists() and not data.exists():
-            raise SystemExit(f"error: data folder {data} not found")
-        data = data if data.exists() else ROOT / data
-    else:
-        data = ws / "synthetic"
-    if not args.dry_run:
-        guard_workspace(ws, name, data, args.fresh)
+    return p
+
+
+def data_folder(given: str | None, prof: dict, ws: Path) -> Path:
+    """The competition folder: the one given, else the profile's, else a synthetic one in the workspace."""
+    if not (given or prof.get("data")):
+        return ws / "synthetic"
+    data = Path(given or prof["data"])
+    if not (ROOT / data).exists() and not data.exists():
+        raise SystemExit(f"error: data folder {data} not found")
+    return data if data.exists() else ROOT / data
+
+
+def run_stages(runner: Runner, prof: dict, data: Path, ws: Path) -> tuple[Path, Path]:
+    """Every stage of the profile, timed by the runner: train, extract, heads, audit, predict, speeds. Returns the
+    speed measurements' JSON files (extraction, faces)."""
     if not (data / "train.csv").exists():
         runner.run("make-synthetic", ["make-synthetic", str(data)])
     common = ["--data", str(data), "--workdir", str(ws), "--no-progress"]
@@ -201,9 +197,8 @@ def main(argv=None) -> dict:
     runner.run("heads (cached re-run)", head_cmd)
     if prof.get("audit"):
         runner.run("audit-labels", ["audit-labels", "--workdir", str(ws), "--data", str(data), "--model", "best"])
-    submission = ws / "submission.csv"
     runner.run("predict", ["predict", "--model", "best", "--data", str(data), "--workdir", str(ws),
-                           "--out", str(submission)])
+                           "--out", str(ws / "submission.csv")])
     sp = prof["speed"]
     speed_json = ws / "extract_speed.json"
     runner.run("extract speed", [sys.executable, str(ROOT / "bench" / "extract_speed.py"), "--data", str(data),
@@ -211,36 +206,45 @@ def main(argv=None) -> dict:
                                  "--n", str(sp["extract_n"]), "--json", str(speed_json)])
     from genderfusion.extract.data.workspace import Workspace
 
-    best_dir = Workspace(ws).head_dir("best")
     face_json = ws / "face_speed.json"
     runner.run("face speed", [sys.executable, str(ROOT / "bench" / "face_speed.py"), "--data", str(data),
                               "--n", str(sp["face_n"]), "--model", str(Workspace(ws).head_model("best")),
                               "--predict-n", str(sp["predict_images"]), "--json", str(face_json)])
-    if args.dry_run:
-        print("\n(dry run: nothing was executed)")
-        return {"stages": runner.stages}
+    return speed_json, face_json
 
-    report = read_json(best_dir / "report.json")
-    face = read_json(face_json)
+
+def write_speed_card(best_dir: Path, ws: Path, face: dict, extract_speed: dict) -> None:
+    """The best model's card again, with the speeds measured."""
     from genderfusion.fusion.training.card import write_card
 
     write_card(best_dir, ws, speed={"FusionClassifier.predict, warm (img/s)": face["predict"]["warm_img_per_s"],
                                     "FusionClassifier.predict, first call (img/s)":
                                         face["predict"]["first_call_img_per_s"],
                                     "images per predict call": face["predict"]["images"],
-                                    "feature extraction, cnn-deep 64 px (img/s)":
-                                        read_json(speed_json)["extract_img_per_s"]})
-    stage_s = {s["stage"]: s["seconds"] for s in runner.stages}
+                                    "feature extraction, cnn-deep 64 px (img/s)": extract_speed["extract_img_per_s"]})
 
+
+def cascade_result(report: dict, face: dict) -> dict:
+    c, speed = report["cascade"], face["predict"]["cascade"]
+    return {"sources": c["sources"], "head": c["head"], "band": c["band"], "cv": c["cv_accuracy"],
+            "full_cv": c["full_cv_accuracy"], "exit_share": speed["exit_share"], "cv_exit_share": c["exit_share"],
+            "img_per_s": speed["cascade_img_per_s"], "full_img_per_s": speed["full_img_per_s"],
+            "speedup": speed["speedup"]}
+
+
+def gather_result(name: str, data: Path, ws: Path, best_dir: Path, stage_s: dict, face: dict, extract_speed: dict,
+                  prof: dict) -> tuple[dict, dict]:
+    """The run's result (accuracies overall and by group, speeds, stage times, the peer's when the profile asks)
+    and the best model's report."""
     import numpy as np
 
     from genderfusion.extract.data.groups import group_masks
     from genderfusion.fusion.training.train_head import train_meta
 
+    report = read_json(best_dir / "report.json")
     cv = np.load(best_dir / "cv_probs.npz")
     ids, y = [str(i) for i in cv["ids"]], cv["y"]
     ages, races = train_meta(ws, np.array(ids))
-    masks = group_masks(ages, races)
     best_key = report["best_method"]
     result = {"profile": name, "date": dt.date.today().isoformat(), "data": str(data),
               "total_wall_s": None, "stage_seconds": stage_s,
@@ -249,8 +253,7 @@ def main(argv=None) -> dict:
               "group_sizes": report["group_sizes"],
               "best_method": best_key, "best_cv_accuracy": report["best_cv_accuracy"],
               "weighted_vote_cv_accuracy": report["weighted_vote_cv_accuracy"],
-              "extract_speed": read_json(speed_json),
-              "extract_vs_raw_forward": read_json(speed_json)["extract_vs_raw_forward"],
+              "extract_speed": extract_speed, "extract_vs_raw_forward": extract_speed["extract_vs_raw_forward"],
               "cached_train_head_s": stage_s["heads (cached re-run)"],
               "cached_extract_s": stage_s.get("extract (cached re-run)"),
               "face_speed": face["face_speed"], "predict_img_per_s": face["predict"]["warm_img_per_s"],
@@ -259,11 +262,7 @@ def main(argv=None) -> dict:
     if report.get("second_stage"):
         result["second_stage"] = report["second_stage"]
     if report.get("cascade"):
-        c, speed = report["cascade"], face["predict"]["cascade"]
-        result["cascade"] = {"sources": c["sources"], "head": c["head"], "band": c["band"], "cv": c["cv_accuracy"],
-                             "full_cv": c["full_cv_accuracy"], "exit_share": speed["exit_share"],
-                             "cv_exit_share": c["exit_share"], "img_per_s": speed["cascade_img_per_s"],
-                             "full_img_per_s": speed["full_img_per_s"], "speedup": speed["speedup"]}
+        result["cascade"] = cascade_result(report, face)
     if prof.get("audit"):
         result["audit"] = read_json(ws / "audit" / "audit.json")
     best_probs = cv[best_key]
@@ -277,9 +276,38 @@ def main(argv=None) -> dict:
         pp = np.array([peer[i] for i in ids])
         result["peer_cv_accuracy"] = float((pp == y).mean())
         result["peer_img_per_s"] = round(rate, 1)
-        result["peer_by_group"] = {g: float((pp[m] == y[m]).mean()) for g, m in masks.items()}
+        result["peer_by_group"] = {g: float((pp[m] == y[m]).mean()) for g, m in group_masks(ages, races).items()}
         if age09 is not None:
             result["cv_accuracy_age_0_9"]["peer"] = float((pp[age09] == y[age09]).mean())
+    return result, report
+
+
+def main(argv=None) -> dict:
+    args = _parser().parse_args(argv)
+    prof = load_profile(args.profile)
+    if not args.dry_run:
+        preflight(prof, fetch=not args.no_fetch)
+    if args.check_only:
+        print(f"profile {prof['profile']}: every model file it needs is present and checked")
+        return {}
+    name = prof["profile"]
+    ws = Path(args.workdir or ROOT / "data" / f"bench-{name}")
+    t0 = time.time()
+    runner = Runner(args.dry_run)
+    data = data_folder(args.data, prof, ws)
+    if not args.dry_run:
+        guard_workspace(ws, name, data, args.fresh)
+    speed_json, face_json = run_stages(runner, prof, data, ws)
+    if args.dry_run:
+        print("\n(dry run: nothing was executed)")
+        return {"stages": runner.stages}
+    from genderfusion.extract.data.workspace import Workspace
+
+    best_dir = Workspace(ws).head_dir("best")
+    face, extract_speed = read_json(face_json), read_json(speed_json)
+    write_speed_card(best_dir, ws, face, extract_speed)
+    stage_s = {s["stage"]: s["seconds"] for s in runner.stages}
+    result, report = gather_result(name, data, ws, best_dir, stage_s, face, extract_speed, prof)
     result["total_wall_s"] = round(time.time() - t0, 1)
     out = Path(args.results)
     out.mkdir(parents=True, exist_ok=True)
@@ -289,6 +317,7 @@ def main(argv=None) -> dict:
     write_text(out / f"{name}.md", results_markdown(result, report, shlex.join(["python", "bench/run.py", *sys.argv[1:]])))
     print((out / f"{name}.md").read_text())
     return result
+
 
 
 def results_markdown(result: dict, report: dict, command: str) -> str:

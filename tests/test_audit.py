@@ -18,7 +18,7 @@ from genderfusion.fusion.model.features import load_sources
 from genderfusion.fusion.predict.submission import predict_submission
 from genderfusion.fusion.model.protocol import cv_global
 from genderfusion.fusion.training import train_head as train_head_module
-from genderfusion.fusion.training.train_head import train_head
+from genderfusion.fusion.training.train_head import HeadTraining, train_head
 from genderfusion.heads import LogisticHead
 from genderfusion.heads.second_stage import in_band
 
@@ -41,7 +41,7 @@ def audited(synth_master, tmp_path_factory):
     shutil.copy(data / "train" / f"{a}.jpg", data / "train" / f"{b}.jpg")
     ws = data.parent / "ws"
     extract_features(data, FROZEN, ws, frozen=True, img_size=32, pool="avg", dtype="float32", progress=False)
-    train_head(ws, [SOURCE], ["logistic"], ("global",), log=lambda s: None)
+    train_head(ws, HeadTraining([SOURCE], ["logistic"], ("global",)), log=lambda s: None)
     counts = audit_labels(ws, data, descriptor=SOURCE, log=lambda s: None)
     return data, ws, a, b, counts
 
@@ -105,7 +105,7 @@ def test_excluded_rows_are_evaluated_but_never_trained_on(audited, tmp_path):
         tr = (fd.fold != k) & ~fd.excluded
         ref = LogisticHead(blocks=[X.shape[1]]).fit(X[tr], fd.y[tr]).predict_proba(X[fd.fold == k])[:, 1]
         assert np.allclose(probs[fd.fold == k], ref, atol=1e-6)
-    report = train_head(ws, [SOURCE], ["logistic"], ("global",), "excl", exclude=tmp_path / "x.csv",
+    report = train_head(ws, HeadTraining([SOURCE], ["logistic"], ("global",), "excl", exclude=tmp_path / "x.csv"),
                         log=lambda s: None)
     assert report["excluded_from_training"] == 7 and sum(map(sum, report["confusion"])) == len(fd.y)
     cv = np.load(ws / "heads/excl/cv_probs.npz")["logistic [global]"]
@@ -146,8 +146,9 @@ def test_second_stage_is_kept_only_when_it_raises_the_out_of_fold_accuracy(audit
     _, ws, *_ = audited
     for helps in (True, False):
         monkeypatch.setattr(train_head_module, "second_stage_cv", _second_stage_cv_that(helps))
-        report = train_head(ws, [SOURCE], ["logistic"], ("global",), f"s2-{helps}", band=(0.3, 0.7),
-                            second_stage=True, log=lambda s: None)
+        report = train_head(ws, HeadTraining([SOURCE], ["logistic"], ("global",), f"s2-{helps}", band=(0.3, 0.7),
+                                             second_stage=True),
+                            log=lambda s: None)
         s2 = report["second_stage"]
         assert s2["rows_in_band"] > 0 and s2["band_accuracy_first"] < 1.0
         assert s2["kept"] is helps and (s2["accuracy_second"] > s2["accuracy_first"]) is helps
@@ -159,7 +160,7 @@ def test_second_stage_is_kept_only_when_it_raises_the_out_of_fold_accuracy(audit
 def test_second_stage_is_saved_and_used_by_predict(audited, tmp_path, monkeypatch):
     data, ws, *_ = audited
     monkeypatch.setattr(train_head_module, "second_stage_cv", _second_stage_cv_that(True))
-    report = train_head(ws, [SOURCE], ["logistic"], ("global",), "s2", band=(0.3, 0.7), second_stage=True,
+    report = train_head(ws, HeadTraining([SOURCE], ["logistic"], ("global",), "s2", band=(0.3, 0.7), second_stage=True),
                         log=lambda s: None)
     s2 = report["second_stage"]
     assert s2["rows_in_band"] > 0 and {"band_accuracy_first", "band_accuracy_second"} <= set(s2)

@@ -9,7 +9,7 @@ from genderfusion.extract.cache.api import extract_features
 from genderfusion.extract.errors import DataError
 from genderfusion.extract.models.training import TrainConfig, train_backbone
 from genderfusion.fusion.predict.submission import predict_submission
-from genderfusion.fusion.training.train_head import train_head
+from genderfusion.fusion.training.train_head import HeadTraining, train_head
 
 CFG = TrainConfig("cnn-small", img_size=32, epochs=1, batch_size=16)
 FROZEN = dict(frozen=True, img_size=32, pool="avg", weights="random")
@@ -26,7 +26,8 @@ def pipeline(synth, tmp_path):
     train_backbone(synth, CFG, ws, k=2, progress=False)
     extract_features(synth, "cnn-small", ws, progress=False)
     extract_features(synth, "cnn-small", ws, progress=False, **FROZEN)
-    train_head(ws, ["cnn-small", "cnn-small-frozen"], ["logistic"], protocols=("global",), log=lambda m: None)
+    train_head(ws, HeadTraining(["cnn-small", "cnn-small-frozen"], ["logistic"], protocols=("global",)),
+               log=lambda m: None)
     predict_submission("fusion", synth, tmp_path / "sub.csv", ws)
     return synth, ws, tmp_path / "sub.csv"
 
@@ -52,7 +53,7 @@ def test_skip_bad_works_end_to_end(synth, tmp_path):
     train_backbone(synth, CFG, ws, k=2, skip_bad=True, progress=False)
     extract_features(synth, "cnn-small", ws, skip_bad=True, progress=False)
     extract_features(synth, "cnn-small", ws, skip_bad=True, progress=False, **FROZEN)
-    report = train_head(ws, ["cnn-small", "cnn-small-frozen"], ["logistic"], protocols=("global",),
+    report = train_head(ws, HeadTraining(["cnn-small", "cnn-small-frozen"], ["logistic"], protocols=("global",)),
                         log=lambda m: None)
     assert sum(map(sum, report["confusion"])) == 59  # 60 rows, the corrupt one left out
     out = predict_submission("fusion", synth, tmp_path / "sub.csv", ws)
@@ -71,7 +72,8 @@ def test_a_corrected_label_is_never_trained_on_silently(pipeline):
     i, y = lines[4].split(",")
     (data / "train.csv").write_text("\n".join([*lines[:4], f"{i},{1 - int(y)}", *lines[5:]]) + "\n")
     with pytest.raises(DataError, match=f"1 label.* differ from cnn-small's cached ones .*id {i}: cached {y}"):
-        train_head(ws, ["cnn-small", "cnn-small-frozen"], ["logistic"], protocols=("global",), log=lambda m: None)
+        train_head(ws, HeadTraining(["cnn-small", "cnn-small-frozen"], ["logistic"], protocols=("global",)),
+                   log=lambda m: None)
     assert sha(model) == before
     out = extract_features(data, "cnn-small", ws, progress=False, **FROZEN)  # frozen: only that row again
     assert out.status == "appended" and out.computed_rows == 1
@@ -82,7 +84,7 @@ def test_a_corrected_label_is_never_trained_on_silently(pipeline):
         extract_features(data, "cnn-small", ws, progress=False)
     train_backbone(data, CFG, ws, k=2, progress=False)
     assert extract_features(data, "cnn-small", ws, progress=False).status == "computed"  # new checkpoints
-    report = train_head(ws, ["cnn-small", "cnn-small-frozen"], ["logistic"], protocols=("global",),
+    report = train_head(ws, HeadTraining(["cnn-small", "cnn-small-frozen"], ["logistic"], protocols=("global",)),
                         log=lambda m: None)
     assert sum(map(sum, report["confusion"])) == 60
 
@@ -95,7 +97,7 @@ def test_a_cache_of_another_dataset_is_refused(pipeline, tmp_path):
     extract_features(other, "cnn-small", tmp_path / "ws2", progress=False, **FROZEN)
     shutil.copy(tmp_path / "ws2/features/cnn-small-frozen.h5", ws / "features/cnn-small-frozen.h5")
     with pytest.raises(DataError, match=r"cnn-small-frozen: its cache holds 40 training rows, .*train.csv 60"):
-        train_head(ws, ["cnn-small-frozen"], ["logistic"], protocols=("global",), log=lambda m: None)
+        train_head(ws, HeadTraining(["cnn-small-frozen"], ["logistic"], protocols=("global",)), log=lambda m: None)
 
 
 @pytest.mark.parametrize("case,error,match", [

@@ -16,7 +16,7 @@ from genderfusion.extract.cache.api import extract_features
 from genderfusion.extract.errors import BadImageError, DataError, WorkspaceError
 from genderfusion.extract.models.training import TrainConfig, train_backbone
 from genderfusion.fusion.predict.submission import predict_submission
-from genderfusion.fusion.training.train_head import train_head
+from genderfusion.fusion.training.train_head import HeadTraining, train_head
 
 from conftest import fails, sha
 
@@ -36,7 +36,7 @@ def built(tmp_path_factory, synth_master):
     train_backbone(data, TrainConfig("cnn-small", img_size=32, epochs=1, batch_size=16), ws, k=2, progress=False)
     extract_features(data, "cnn-small", ws, progress=False)
     extract_features(data, "cnn-small", ws, progress=False, **FROZEN)
-    train_head(ws, SOURCES, ["logistic"], protocols=("global",), log=quiet)
+    train_head(ws, HeadTraining(SOURCES, ["logistic"], protocols=("global",)), log=quiet)
     predict_submission("fusion", data, root / "sub.csv", ws)
     return root
 
@@ -210,7 +210,7 @@ def test_09_train_head_refuses_a_foreign_cache_when_the_data_folder_is_gone(pipe
     shutil.rmtree(data)
     with pytest.raises(WorkspaceError, match=r"cnn-small-frozen's cache holds other training rows \(ids, labels or "
                                              r"image sizes; .*\) than workspace .* was made for"):
-        train_head(ws, ["cnn-small-frozen"], ["logistic"], protocols=("global",), log=quiet, name="new")
+        train_head(ws, HeadTraining(["cnn-small-frozen"], ["logistic"], protocols=("global",), name="new"), log=quiet)
     assert not (ws / "heads/new").exists()
 
 
@@ -222,7 +222,7 @@ def test_10_audit_labels_refuses_another_data_folder(pipe, tmp_path):
     lines = (other / "train.csv").read_text().splitlines()
     i, y = lines[1].split(",")
     (other / "train.csv").write_text("\n".join([lines[0], f"{i},{1 - int(y)}", *lines[2:]]) + "\n")
-    with pytest.raises(WorkspaceError, match=r"--data .*other: its training ids, labels or image sizes are not the "
+    with pytest.raises(WorkspaceError, match=r"data folder .*other: its training ids, labels or image sizes are not the "
                                              r"ones workspace .* was made for"):
         audit_labels(ws, other, "fusion", log=quiet)
     assert not (ws / "audit").exists()
@@ -241,7 +241,7 @@ def test_11_train_head_failing_at_the_card_leaves_the_old_folder_whole(pipe, mon
 
     monkeypatch.setattr(th, "write_card", broken_card)
     with pytest.raises(RuntimeError, match="the card failed"):
-        train_head(ws, SOURCES, ["logistic", "knn"], protocols=("global",), log=quiet, refit=True)
+        train_head(ws, HeadTraining(SOURCES, ["logistic", "knn"], protocols=("global",), refit=True), log=quiet)
     assert {p.name: sha(p) for p in out.iterdir() if p.is_file()} == before
     assert [p.name for p in (ws / "heads").iterdir()] == ["fusion"]  # no temporary folder left
 

@@ -12,7 +12,7 @@ from PIL import Image
 
 from genderfusion.files.json_files import read_json
 from genderfusion.fusion.training.card import calibration, wilson, write_card
-from genderfusion.fusion.training.train_head import train_head
+from genderfusion.fusion.training.train_head import HeadTraining, train_head
 
 VOID = {"meta", "img", "br", "hr", "input", "link"}
 
@@ -45,7 +45,7 @@ class Checker(HTMLParser):
 @pytest.fixture(scope="module")
 def head(synth_master, tmp_path_factory, cnn_small_workspace):
     ws = cnn_small_workspace(synth_master, tmp_path_factory.mktemp("card") / "ws")
-    train_head(ws, ["cnn-small"], ["logistic"], name="mine", log=lambda m: None)
+    train_head(ws, HeadTraining(["cnn-small"], ["logistic"], name="mine"), log=lambda m: None)
     return ws, ws / "heads" / "mine"
 
 

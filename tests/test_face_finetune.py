@@ -277,15 +277,16 @@ def test_an_exported_model_predicts_without_its_workspace(trained, tmp_path):
     from genderfusion.fusion.model.classifier import FusionClassifier
     from genderfusion.cli.model_commands import export_model_main
     from genderfusion.fusion.model.export import read_manifest
-    from genderfusion.fusion.training.train_head import train_head
+    from genderfusion.fusion.training.train_head import HeadTraining, train_head
 
     data_dir, ws_dir, out = trained
     names = [out[n][1].path.stem for n in ("face-resnet", "gender-cnn")] + ["dlib-face-flip"]
     from genderfusion.extract.cache.api import extract_features
 
     extract_features(data_dir, "dlib-face", ws_dir, progress=False)
-    train_head(ws_dir, names, ["logistic"], protocols=("per-fold",), name="exp", cascade=names[1:2],
-               cascade_tolerance=0.2, cascade_speed_n=0, log=lambda m: None)
+    train_head(ws_dir, HeadTraining(names, ["logistic"], protocols=("per-fold",), name="exp", cascade=names[1:2],
+                                    cascade_tolerance=0.2, cascade_speed_n=0),
+               log=lambda m: None)
     paths = sorted(str(p) for p in (data_dir / "test").glob("*.jpg"))
     clf = FusionClassifier.load(ws_dir / "heads/exp/model.safetensors")
     assert clf.cascade_ is not None

@@ -16,7 +16,7 @@ from genderfusion.fusion.model.classifier import FusionClassifier
 from genderfusion.fusion.model.features import FeatureMismatchError, load_sources
 from genderfusion.fusion.predict.submission import predict_submission
 from genderfusion.fusion.model.protocol import cv_global, cv_per_fold, per_fold_matrix, pooled_blocks, pooled_matrix
-from genderfusion.fusion.training.train_head import train_head
+from genderfusion.fusion.training.train_head import HeadTraining, train_head
 from genderfusion.heads import LogisticHead
 
 from conftest import SOURCES
@@ -63,7 +63,8 @@ def test_per_fold_protocol_never_trains_on_the_row_it_predicts(work, monkeypatch
 
 def test_train_head_table_model_and_cached_rerun(work):
     _, ws = work
-    report = train_head(ws, SOURCES, ["logistic", "knn"], ("per-fold", "global", "pooled"), log=lambda s: None)
+    report = train_head(ws, HeadTraining(SOURCES, ["logistic", "knn"], ("per-fold", "global", "pooled")),
+                        log=lambda s: None)
     methods = {(r["method"], r["protocol"]) for r in report["rows"]}
     assert {("cnn-small", "out-of-fold logit"), ("logistic", "per-fold"), ("logistic", "global"),
             ("logistic", "pooled"), ("knn", "per-fold"), ("knn", "global"), ("knn", "pooled")} <= methods
@@ -72,7 +73,8 @@ def test_train_head_table_model_and_cached_rerun(work):
         assert (ws / "heads/fusion" / png).stat().st_size > 1000
     assert sum(map(sum, report["confusion"])) == 60
     assert "age 0-2" in report["rows"][0]["groups"]
-    again = train_head(ws, SOURCES, ["logistic", "knn"], ("per-fold", "global", "pooled"), log=lambda s: None)
+    again = train_head(ws, HeadTraining(SOURCES, ["logistic", "knn"], ("per-fold", "global", "pooled")),
+                       log=lambda s: None)
     assert again["cached"] and again["rows"] == report["rows"]
 
 
@@ -137,7 +139,7 @@ def test_classifier_predicts_images_like_the_cache(work, built):
 
 def test_predict_writes_complete_submission_and_refuses_changed_checkpoints(work, tmp_path):
     data_dir, ws = work
-    train_head(ws, SOURCES, ["logistic"], protocols=("global",), log=lambda s: None)
+    train_head(ws, HeadTraining(SOURCES, ["logistic"], protocols=("global",)), log=lambda s: None)
     out = predict_submission("fusion", data_dir, tmp_path / "sub.csv", ws)
     lines = (tmp_path / "sub.csv").read_text().splitlines()
     test_ids = (data_dir / "test.csv").read_text().split()[1:]
@@ -191,7 +193,7 @@ def test_rows_in_another_order_are_aligned(work):
 
 def test_a_saved_model_survives_moving_its_workspace(work, tmp_path):
     data_dir, ws = work
-    train_head(ws, SOURCES, ["logistic"], protocols=("global",), log=lambda s: None)
+    train_head(ws, HeadTraining(SOURCES, ["logistic"], protocols=("global",)), log=lambda s: None)
     paths = [data_dir / "test" / f"{i}.jpg" for i in ("200000", "200001", "200002")]
     before = FusionClassifier.load(ws / "heads/fusion/model.safetensors").predict_proba(paths)
     moved = shutil.move(str(ws), str(tmp_path / "elsewhere"))
@@ -240,10 +242,11 @@ def test_a_cascade_decides_confident_images_with_its_cheap_sources_and_runs_the_
 
 def test_train_head_cascade_reports_out_of_fold_accuracy_exit_share_and_speed(work, tmp_path):
     data_dir, ws = work
-    with pytest.raises(ValueError, match="--cascade nope: nope is not one of --features"):
-        train_head(ws, SOURCES, ["logistic"], ("global",), cascade=["nope"], log=lambda s: None)
-    report = train_head(ws, SOURCES, ["logistic", "knn"], ("global",), cascade=["cnn-small"], cascade_tolerance=0.05,
-                        cascade_speed_n=12, log=lambda s: None)
+    with pytest.raises(ValueError, match="cascade nope: nope is not one of the features"):
+        train_head(ws, HeadTraining(SOURCES, ["logistic"], ("global",), cascade=["nope"]), log=lambda s: None)
+    report = train_head(ws, HeadTraining(SOURCES, ["logistic", "knn"], ("global",), cascade=["cnn-small"],
+                                         cascade_tolerance=0.05, cascade_speed_n=12),
+                        log=lambda s: None)
     c = report["cascade"]
     cv = np.load(ws / "heads/fusion/cv_probs.npz")
     y, p = cv["y"], cv[f"cascade: cnn-small ({c['head']}) [global]"]

@@ -40,7 +40,7 @@ def test_pipeline_on_real_faces(real_subset, tmp_path):
     from genderfusion.extract.models.training import train_backbone
     from genderfusion.extract.models.training import TrainConfig
     from genderfusion.fusion.predict.submission import predict_submission
-    from genderfusion.fusion.training.train_head import train_head
+    from genderfusion.fusion.training.train_head import HeadTraining, train_head
 
     ws = tmp_path / "ws"
     s = train_backbone(real_subset, TrainConfig("cnn-small", img_size=32, epochs=2, batch_size=32), ws, k=2,
@@ -54,7 +54,8 @@ def test_pipeline_on_real_faces(real_subset, tmp_path):
     f = train_backbone(real_subset, TrainConfig("face-resnet", epochs=3, batch_size=16, ema=0.8), ws, progress=False)
     assert f["trunk_cache"]["bytes"] == 200 * 2 * 128 * 8 * 8 * 2 and f["oof_accuracy"] > 0.7
     assert extract_features(real_subset, "face-resnet", ws, progress=False).computed_rows == 200 + 2 * 40
-    report = train_head(ws, ["cnn-small", "gender-cnn-frozen-noalign-flip", "face-resnet-flip"], ["logistic"],
+    report = train_head(ws, HeadTraining(["cnn-small", "gender-cnn-frozen-noalign-flip", "face-resnet-flip"],
+                                         ["logistic"]),
                         log=lambda m: None)
     acc = {(r["method"], r["protocol"]): r["accuracy"] for r in report["rows"]}
     # the pretrained gender network is far better than chance on real faces, and stacking keeps most of it

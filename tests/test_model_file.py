@@ -156,11 +156,12 @@ def _entries(gfm: Path) -> dict[str, bytes]:
 @pytest.fixture
 def exported(work, tmp_path):
     """(data folder, workspace, an exported model with a cascade, the model it was exported from)."""
-    from genderfusion.fusion.training.train_head import train_head
+    from genderfusion.fusion.training.train_head import HeadTraining, train_head
 
     data_dir, ws = work
-    train_head(ws, SOURCES, ["logistic"], ("per-fold",), cascade=["cnn-small"], cascade_tolerance=0.2,
-               cascade_speed_n=0, log=lambda m: None)
+    train_head(ws, HeadTraining(SOURCES, ["logistic"], ("per-fold",), cascade=["cnn-small"], cascade_tolerance=0.2,
+                                cascade_speed_n=0),
+               log=lambda m: None)
     clf = FusionClassifier.load(ws / "heads/fusion")
     export_model(clf, tmp_path / "model.gfm", ws / "heads/fusion/card.html")
     return data_dir, ws, tmp_path / "model.gfm", clf

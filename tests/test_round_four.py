@@ -333,10 +333,10 @@ def test_11_sources_swapped_in_the_metadata_are_refused_by_the_probe(state, tmp_
 
 def test_11_train_head_stores_the_probe_and_a_workspace_model_passes_it(work):
     from conftest import SOURCES
-    from genderfusion.fusion.training.train_head import train_head
+    from genderfusion.fusion.training.train_head import HeadTraining, train_head
 
     data_dir, ws = work
-    train_head(ws, SOURCES, ["logistic"], ("global",), log=lambda m: None)
+    train_head(ws, HeadTraining(SOURCES, ["logistic"], ("global",)), log=lambda m: None)
     clf = FusionClassifier.load(ws / "heads/fusion")
     assert [p.shape[0] for p in clf.probe_] == [2, 1]  # cnn-small: a space per fold; the frozen source: one
     photo = sorted((data_dir / "test").glob("*.jpg"))[0]

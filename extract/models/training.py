@@ -195,72 +195,55 @@ def _write_history(paths: FoldFiles, history: list[dict]) -> None:
     plt.close(fig)
 
 
-def train_fold(paths: FoldFiles, feed: ImageFeed | TrunkFeed, labels: np.ndarray, ids: list[str], folds: np.ndarray,
-               cfg: TrainConfig, provenance: dict, device: str = "auto", progress: bool = True,
-               excluded: np.ndarray | None = None, content_fp: str | None = None) -> dict:
-    """Train fold paths.k (rows with folds == k are held out; rows of fold -1, corrupt, and `excluded` rows are
-    never trained on) on the feed's inputs and return its summary.
+def _finished(paths: FoldFiles, identity: dict, cfg: TrainConfig, content_fp: str | None) -> dict | None:
+    """The summary of the fold when it is already trained with this identity on these images; None otherwise (a
+    fold trained on other image contents loses its resume state)."""
+    if not paths.done.exists():
+        return None
+    done = read_json(paths.done)
+    same_images = done.get("content_fingerprint") in (None, content_fp)  # None: recorded before contents were
+    if done["identity"] == identity and done["epochs_requested"] >= cfg.epochs and paths.best.exists():
+        if same_images:
+            log.info("fold %d of %s is already trained (%s)", paths.k, cfg.backbone, paths.done)
+            return done
+        log.warning("fold %d of %s: training images changed since it was trained (same ids, labels and sizes, "
+                    "other contents); training it again", paths.k, cfg.backbone)
+        paths.last.unlink(missing_ok=True)
+    return None
 
-    Resumes from fold<k>.last.pt when the config matches; a finished fold is returned as is, unless the training
-    images' contents (content_fp) changed since it was trained.
-    """
-    k = paths.k
-    identity = {"config": cfg.identity(), **provenance}
-    if paths.done.exists():
-        done = read_json(paths.done)
-        same_images = done.get("content_fingerprint") in (None, content_fp)  # None: recorded before contents were
-        if done["identity"] == identity and done["epochs_requested"] >= cfg.epochs and paths.best.exists():
-            if same_images:
-                log.info("fold %d of %s is already trained (%s)", k, cfg.backbone, paths.done)
-                return done
-            log.warning("fold %d of %s: training images changed since it was trained (same ids, labels and sizes, "
-                        "other contents); training it again", k, cfg.backbone)
-            paths.last.unlink(missing_ok=True)
-    dev = resolve_device(device)
-    torch.manual_seed(cfg.seed * 1000 + k)
-    model = create(cfg.backbone, cfg.img_size, pretrained=cfg.pretrained, weights=cfg.weights, dropout=cfg.dropout)
-    model.to(dev)
-    if dev.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
-    opt = _optimizer(model, feed.parameters(model), cfg)
-    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="min", factor=cfg.lr_factor, patience=cfg.lr_patience)
-    average = WeightAverage(model, cfg.ema) if cfg.ema else None
-    usable = (folds != k) & (folds >= 0) & (True if excluded is None else ~excluded)
-    fit_idx, val_idx = inner_split(np.flatnonzero(usable), labels, cfg.val_fraction, cfg.seed + k)
-    steps = cfg.epochs * -(-len(fit_idx) // cfg.batch_size)
-    if average is not None and steps < 1 / (1 - cfg.ema):
-        log.warning("fold %d of %s: the weight average (--ema %g) has a time constant of %d steps and this run %d, "
-                    "so the saved model stays near its initial weights; pass a smaller --ema or 0",
-                    k, cfg.backbone, cfg.ema, round(1 / (1 - cfg.ema)), steps)
+
+def _resume(paths: FoldFiles, identity: dict, trainer: tuple, backbone: str) -> dict:
+    """The training state: from fold<k>.last.pt when it has this identity (the model, its weight average,
+    optimiser, scheduler and random state restored), else a fresh one."""
+    model, average, opt, sched = trainer
     state = {"epoch": 0, "history": [], "best_val_loss": float("inf"), "bad_epochs": 0}
-    if paths.last.exists():
-        last = read_checkpoint(paths.last)
-        if last["identity"] == identity:
-            model.load_state_dict(last["model"])
-            if average is not None:
-                average.model.load_state_dict(last["average"])
-            opt.load_state_dict(last["optimizer"])
-            sched.load_state_dict(last["scheduler"])
-            state = last["state"]
-            torch.set_rng_state(last["torch_rng"])  # dropout draws continue as if never interrupted
-            log.info("resuming fold %d of %s after epoch %d", k, cfg.backbone, state["epoch"])
-        else:
-            log.warning("%s belongs to another config; starting fold %d afresh", paths.last, k)
-    write_json(paths.config, {"config": cfg.as_dict(), **provenance, "fold": k, "device": str(dev),
-                              "n_fit": len(fit_idx), "n_val": len(val_idx), "n_holdout": int((folds == k).sum())})
-    y_all = torch.as_tensor(labels, dtype=torch.float32)
+    if not paths.last.exists():
+        return state
+    last = read_checkpoint(paths.last)
+    if last["identity"] != identity:
+        log.warning("%s belongs to another config; starting fold %d afresh", paths.last, paths.k)
+        return state
+    model.load_state_dict(last["model"])
+    if average is not None:
+        average.model.load_state_dict(last["average"])
+    opt.load_state_dict(last["optimizer"])
+    sched.load_state_dict(last["scheduler"])
+    torch.set_rng_state(last["torch_rng"])  # dropout draws continue as if never interrupted
+    log.info("resuming fold %d of %s after epoch %d", paths.k, backbone, last["state"]["epoch"])
+    return last["state"]
+
+
+def _train_epoch(feed, trainer: tuple, order: np.ndarray, y_all: torch.Tensor, gen: torch.Generator,
+                 dev: torch.device, batch_size: int, desc: str, progress: bool) -> tuple[float, float]:
+    """One pass over `order` in batches (model, weight average or None, optimiser); mean loss and accuracy."""
     from tqdm.auto import tqdm
 
-    while state["epoch"] < cfg.epochs and state["bad_epochs"] < cfg.patience:
-        epoch = state["epoch"] + 1
-        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + k * 1009 + epoch)
-        order = fit_idx[torch.randperm(len(fit_idx), generator=gen).numpy()]
-        model.train()
-        t0, tot_loss, tot_ok, seen = time.time(), 0.0, 0, 0
-        bar = tqdm(total=len(order), desc=f"{cfg.backbone} fold {k} epoch {epoch}/{cfg.epochs}", unit="img",
-                   disable=not progress)
-        for start in range(0, len(order), cfg.batch_size):
-            idx = order[start:start + cfg.batch_size]
+    model, average, opt = trainer
+    model.train()
+    tot_loss, tot_ok, seen = 0.0, 0, 0
+    with tqdm(total=len(order), desc=desc, unit="img", disable=not progress) as bar:
+        for start in range(0, len(order), batch_size):
+            idx = order[start:start + batch_size]
             if len(idx) < 2:
                 continue  # BatchNorm needs two samples
             idx = np.sort(idx)  # sorted reads are faster on a memory-mapped cache
@@ -278,14 +261,68 @@ def train_fold(paths: FoldFiles, feed: ImageFeed | TrunkFeed, labels: np.ndarray
             seen += len(idx)
             bar.update(len(idx))
             bar.set_postfix(loss=f"{tot_loss / seen:.4f}", acc=f"{tot_ok / seen:.3f}")
-        bar.close()
+    return tot_loss / seen, tot_ok / seen
+
+
+def _out_of_fold(paths: FoldFiles, feed, model, hold: np.ndarray, labels: np.ndarray, ids: list[str],
+                 dev: torch.device, progress: bool) -> float:
+    """The fold model's logits on its held-out rows, written to fold<k>.oof.csv; their accuracy."""
+    oof_logit = feed.logits(model, hold, dev, progress=progress, desc=f"oof fold {paths.k}")
+    buf = io.StringIO()
+    buf.write("id,label,fold,logit\n")
+    buf.writelines(f"{ids[i]},{labels[i]},{paths.k},{v:.6f}\n" for i, v in zip(hold, oof_logit))
+    write_text(paths.oof, buf.getvalue())
+    return float(((oof_logit > 0) == labels[hold]).mean())
+
+
+def train_fold(paths: FoldFiles, feed: ImageFeed | TrunkFeed, labels: np.ndarray, ids: list[str], folds: np.ndarray,
+               cfg: TrainConfig, provenance: dict, device: str = "auto", progress: bool = True,
+               excluded: np.ndarray | None = None, content_fp: str | None = None) -> dict:
+    """Train fold paths.k (rows with folds == k are held out; rows of fold -1, corrupt, and `excluded` rows are
+    never trained on) on the feed's inputs and return its summary.
+
+    Resumes from fold<k>.last.pt when the config matches; a finished fold is returned as is, unless the training
+    images' contents (content_fp) changed since it was trained.
+    """
+    k = paths.k
+    identity = {"config": cfg.identity(), **provenance}
+    done = _finished(paths, identity, cfg, content_fp)
+    if done is not None:
+        return done
+    dev = resolve_device(device)
+    torch.manual_seed(cfg.seed * 1000 + k)
+    model = create(cfg.backbone, cfg.img_size, pretrained=cfg.pretrained, weights=cfg.weights, dropout=cfg.dropout)
+    model.to(dev)
+    if dev.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    opt = _optimizer(model, feed.parameters(model), cfg)
+    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="min", factor=cfg.lr_factor, patience=cfg.lr_patience)
+    average = WeightAverage(model, cfg.ema) if cfg.ema else None
+    usable = (folds != k) & (folds >= 0) & (True if excluded is None else ~excluded)
+    fit_idx, val_idx = inner_split(np.flatnonzero(usable), labels, cfg.val_fraction, cfg.seed + k)
+    steps = cfg.epochs * -(-len(fit_idx) // cfg.batch_size)
+    if average is not None and steps < 1 / (1 - cfg.ema):
+        log.warning("fold %d of %s: the weight average (--ema %g) has a time constant of %d steps and this run %d, "
+                    "so the saved model stays near its initial weights; pass a smaller --ema or 0",
+                    k, cfg.backbone, cfg.ema, round(1 / (1 - cfg.ema)), steps)
+    state = _resume(paths, identity, (model, average, opt, sched), cfg.backbone)
+    write_json(paths.config, {"config": cfg.as_dict(), **provenance, "fold": k, "device": str(dev),
+                              "n_fit": len(fit_idx), "n_val": len(val_idx), "n_holdout": int((folds == k).sum())})
+    y_all = torch.as_tensor(labels, dtype=torch.float32)
+    while state["epoch"] < cfg.epochs and state["bad_epochs"] < cfg.patience:
+        epoch = state["epoch"] + 1
+        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + k * 1009 + epoch)
+        order = fit_idx[torch.randperm(len(fit_idx), generator=gen).numpy()]
+        t0 = time.time()
+        train_loss, train_acc = _train_epoch(feed, (model, average, opt), order, y_all, gen, dev, cfg.batch_size,
+                                             f"{cfg.backbone} fold {k} epoch {epoch}/{cfg.epochs}", progress)
         evaluated = model if average is None else average.model
         val_logit = feed.logits(evaluated, val_idx, dev)
         val_y = labels[val_idx]
         val_loss = float(F.binary_cross_entropy_with_logits(torch.from_numpy(val_logit), torch.from_numpy(val_y).float()))
         val_acc = float(((val_logit > 0) == val_y).mean())
         sched.step(val_loss)
-        row = {"epoch": epoch, "train_loss": round(tot_loss / seen, 5), "train_acc": round(tot_ok / seen, 5),
+        row = {"epoch": epoch, "train_loss": round(train_loss, 5), "train_acc": round(train_acc, 5),
                "val_loss": round(val_loss, 5), "val_acc": round(val_acc, 5), "lr": opt.param_groups[0]["lr"],
                "seconds": round(time.time() - t0, 1)}
         state["history"].append(row)
@@ -304,12 +341,7 @@ def train_fold(paths: FoldFiles, feed: ImageFeed | TrunkFeed, labels: np.ndarray
     best = read_checkpoint(paths.best)
     model.load_state_dict(best["state_dict"])
     hold = np.flatnonzero(folds == k)
-    oof_logit = feed.logits(model, hold, dev, progress=progress, desc=f"oof fold {k}")
-    oof_acc = float(((oof_logit > 0) == labels[hold]).mean())
-    buf = io.StringIO()
-    buf.write("id,label,fold,logit\n")
-    buf.writelines(f"{ids[i]},{labels[i]},{k},{v:.6f}\n" for i, v in zip(hold, oof_logit))
-    write_text(paths.oof, buf.getvalue())
+    oof_acc = _out_of_fold(paths, feed, model, hold, labels, ids, dev, progress)
     done = {"identity": identity, "fold": k, "epochs_requested": cfg.epochs, "epochs_run": state["epoch"],
             "best_epoch": best["epoch"], "oof_accuracy": oof_acc, "n_holdout": len(hold),
             "checkpoint": paths.best.name, "sha256": sha256_file(paths.best), "preprocess": best["preprocess"],

@@ -3,6 +3,7 @@ rows only (by inner out-of-fold P(label) and conflicting duplicates among those 
 head training, and the held-out fold is scored on its original labels."""
 from __future__ import annotations
 
+import logging
 from typing import Callable, Sequence
 
 import numpy as np
@@ -10,6 +11,8 @@ import numpy as np
 from genderfusion.fusion.audit.duplicates import Duplicates
 from genderfusion.fusion.model.features import FusionData
 from genderfusion.fusion.model.protocol import global_blocks, global_matrix
+
+LOG = logging.getLogger("genderfusion").info  # progress lines, unless the caller passes its own `log`
 
 HeadFactory = Callable[[list[int]], object]
 
@@ -31,7 +34,7 @@ def conflict_bonus(y: np.ndarray, rows: np.ndarray, dups: Duplicates | None, wei
 
 
 def cleaning_cv(data: FusionData, make_head: HeadFactory, cutoffs: Sequence[float],
-                dups: Duplicates | None = None, log: Callable[[str], None] = print) -> dict[float, np.ndarray]:
+                dups: Duplicates | None = None, log: Callable[[str], None] = LOG) -> dict[float, np.ndarray]:
     """Held-out P(female) of every row for each cut-off (a fraction of the training rows left out; 0 = none)."""
     X, blocks, y = global_matrix(data.sources), global_blocks(data.sources), data.y
     probs = {c: np.empty(len(y)) for c in cutoffs}

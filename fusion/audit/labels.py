@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 import time
 from pathlib import Path
 from typing import Callable
@@ -18,9 +19,12 @@ from genderfusion.extract.data.dataset import CompetitionData
 from genderfusion.extract.data.pixel_hashes import cached_pixel_hashes
 from genderfusion.extract.data.workspace import Workspace
 from genderfusion.extract.errors import WorkspaceError
+from genderfusion.option_errors import option_error
 
 from genderfusion.fusion.audit.contact_sheet import contact_sheet
 from genderfusion.fusion.audit.duplicates import Duplicates, find_duplicates, members
+
+LOG = logging.getLogger("genderfusion").info  # progress lines, unless the caller passes its own `log`
 
 DESCRIPTORS = ("dlib-face-flip", "dlib-face")  # default face descriptor for near duplicates, first one cached
 WEIGHTS = {"exact duplicate with another label": 1.0, "near duplicate with another label": 0.5}
@@ -31,8 +35,8 @@ def oof_probabilities(ws: Workspace, model: str, ids: list[str]) -> tuple[np.nda
     row), and the method they come from."""
     out = ws.head_dir(model)
     if not (out / "cv_probs.npz").exists() or not (out / "report.json").exists():
-        raise WorkspaceError(f"{out}: no trained fusion model with out-of-fold probabilities; run "
-                             f"`train-head --workdir {ws.root} --out {model} --features ...` first")
+        raise WorkspaceError(f"{out}: no trained fusion model with out-of-fold probabilities; train a model named "
+                             f"{model} in the workspace {ws.root} first (train-head)")
     method = read_json(out / "report.json")["best_method"]
     with np.load(out / "cv_probs.npz", allow_pickle=False) as z:
         pos = {i: n for n, i in enumerate(z["ids"].tolist())}
@@ -51,8 +55,8 @@ def descriptor_features(ws: Workspace, ids: list[str], name: str | None) -> tupl
         name = next((n for n in DESCRIPTORS if ws.features_path(n).exists()), None)
         if name is None:
             raise WorkspaceError(f"no face descriptor cached in {ws.root / 'features'} (looked for "
-                                 f"{', '.join(DESCRIPTORS)}); run `extract --backbone dlib-face --frozen` or pass "
-                                 "--descriptor NAME")
+                                 f"{', '.join(DESCRIPTORS)}); extract the frozen source dlib-face first, or name "
+                                 "another cached descriptor")
     fs = fc.load(ws.features_path(name))
     pos = {i: n for n, i in enumerate(fs.train.ids.tolist())}
     missing = [i for i in ids if i not in pos or fs.train.fold[pos[i]] < 0]
@@ -117,7 +121,7 @@ def _csv(header: list[str], rows: list[list]) -> str:
 
 def audit_labels(workdir: str | Path = "data", data_dir: str | Path | None = None, model: str = "fusion",
                  descriptor: str | None = None, confidence: float = 0.9, threshold: float | None = None,
-                 top: int = 48, skip_bad: bool = False, log: Callable[[str], None] = print) -> dict:
+                 top: int = 48, skip_bad: bool = False, log: Callable[[str], None] = LOG) -> dict:
     """Write <workdir>/audit/: suspects.csv, duplicates.csv, suspects.png (top suspects) and audit.md; return the
     counts."""
     if not 0.5 < confidence < 1:
@@ -126,14 +130,15 @@ def audit_labels(workdir: str | Path = "data", data_dir: str | Path | None = Non
     ws = Workspace(workdir)
     bound = ws.bound_data() if data_dir is None else None
     if data_dir is None and bound is None:
-        raise WorkspaceError(f"{ws.root} is not bound to a readable data folder; pass --data")
+        raise option_error(WorkspaceError, "data", f"none given, and the workspace {ws.root} is not bound to a "
+                           "readable data folder; name the competition folder", "data folder")
     data = CompetitionData.load(data_dir if data_dir is not None else bound.root)
     theirs = ws.dataset_fingerprint()
     if data_dir is not None and theirs is not None and data.fingerprint(("train",)) != theirs:
-        raise WorkspaceError(f"--data {data_dir}: its training ids, labels or image sizes are not the ones workspace "
-                             f"{ws.root} was made for ({theirs}, {ws.bound_data_path()}); the audit compares a "
-                             "folder's labels with this workspace's out-of-fold probabilities: pass the --workdir "
-                             "made for that folder, or rerun `extract` there first")
+        raise option_error(WorkspaceError, "data", f"{data_dir}: its training ids, labels or image sizes are not the "
+                           f"ones workspace {ws.root} was made for ({theirs}, {ws.bound_data_path()}); the audit "
+                           "compares a folder's labels with this workspace's out-of-fold probabilities: use the "
+                           "workspace made for that folder, or rerun `extract` there first", "data folder")
     ids, y = list(data.train.ids), data.train.labels
     p, method = oof_probabilities(ws, model, ids)
     t_hash = time.time()

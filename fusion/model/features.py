@@ -9,6 +9,7 @@ import numpy as np
 from genderfusion.extract.cache import format as fc
 from genderfusion.extract.data.workspace import Workspace, safe_name
 from genderfusion.extract.sources.base import FINETUNED, FROZEN
+from genderfusion.option_errors import option_error
 
 
 class FeatureMismatchError(ValueError):
@@ -104,7 +105,7 @@ def _align(ref_ids: np.ndarray, ids: np.ndarray, name: str, ref_name: str, split
 def load_sources(workdir: str | Path, names: list[str]) -> FusionData:
     """Read the caches of `names`, aligned by id; ids, labels and folds must agree across them."""
     if not names:
-        raise ValueError("no sources given; pass --features a,b,c")
+        raise option_error(ValueError, "features", "none given; name the sources to fuse, e.g. a,b,c")
     names = [safe_name(n) for n in names]
     if len(set(names)) != len(names):
         raise ValueError(f"a source is listed twice: {names}")

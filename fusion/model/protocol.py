@@ -11,6 +11,7 @@
 """
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -21,6 +22,8 @@ from sklearn.model_selection import StratifiedKFold
 from genderfusion.extract.sources.base import FINETUNED, FROZEN
 
 from genderfusion.fusion.model.features import FusionData, Outputs, Source
+
+LOG = logging.getLogger("genderfusion").info  # progress lines, unless the caller passes its own `log`
 
 PROTOCOLS = ("per-fold", "global", "pooled")
 DEFAULT_PROTOCOLS = ("per-fold", "global")  # pooled measured below global on the real faces (README)
@@ -138,7 +141,7 @@ def _timed(method: str, protocol: str, fn: Callable[[], np.ndarray]) -> Result:
 
 def evaluate(data: FusionData, heads: dict[str, HeadFactory],
              protocols: tuple[str, ...] = DEFAULT_PROTOCOLS,
-             probe: HeadFactory | None = None, log: Callable[[str], None] = print) -> list[Result]:
+             probe: HeadFactory | None = None, log: Callable[[str], None] = LOG) -> list[Result]:
     """Every source alone, both votes and every head under each protocol, on the same folds."""
     from genderfusion.heads import MajorityVote, WeightedVote
 

@@ -10,6 +10,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from genderfusion.files.atomic import atomic_path
 from genderfusion.files.paths import inside
+from genderfusion.option_errors import option_error
 
 COLOURS = {1: (230, 80, 160), 0: (40, 130, 230)}  # female, male
 DOUBTFUL = (250, 200, 40)
@@ -45,13 +46,6 @@ class OutputExistsError(FileExistsError):
         self.what = what
 
 
-def _refused(kind: type, detail: str) -> Exception:
-    """An error about the folder to draw into: `option` and `detail` let a CLI name it by its flag."""
-    exc = kind(f"draw folder {detail}")
-    exc.option, exc.detail = "draw", detail
-    return exc
-
-
 def drawn_names(folder: str | os.PathLike, inputs: Sequence[str | os.PathLike], overwrite: bool = False
                 ) -> dict[str, Path]:
     """input -> <folder>/<file stem>.jpg (a second input of the same stem gets -2, -3 ...), checked before any
@@ -59,12 +53,13 @@ def drawn_names(folder: str | os.PathLike, inputs: Sequence[str | os.PathLike], 
     of the files that would be written may exist already."""
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
-        raise _refused(NotADirectoryError, f"{folder}: not a folder; name a folder for the drawn photos")
+        raise option_error(NotADirectoryError, "draw", f"{folder}: not a folder; name a folder for the drawn photos",
+                           "draw folder")
     held = [p for p in inputs if inside(p, folder)]
     if held:
-        raise _refused(ValueError, f"{folder} holds the input {held[0]}"
-                       + (f" and {len(held) - 1} more" if len(held) > 1 else "")
-                       + ": drawn photos go into a folder of their own, never over the photos read")
+        raise option_error(ValueError, "draw", f"{folder} holds the input {held[0]}"
+                           + (f" and {len(held) - 1} more" if len(held) > 1 else "")
+                           + ": drawn photos go into a folder of their own, never over the photos read", "draw folder")
     names, used = {}, set()
     for path in map(str, inputs):
         stem = Path(path).stem if not path.startswith("<") else path.strip("<>").replace(" ", "-")

@@ -189,6 +189,63 @@ def _cascade(report: dict) -> str:
             "source on every face.</p>")
 
 
+def _group_accuracies(cv, y: np.ndarray, p: np.ndarray, masks: dict, keys: tuple[str, str | None, str | None]
+                      ) -> tuple[list[str], dict]:
+    """The groups in order ("all" first), and per group: the model's accuracy with its 95 % interval, the faces, and
+    the weighted vote's and the best single source's accuracy (keys: the model's, the vote's and the source's
+    columns of cv)."""
+    key, vote_key, single_key = keys
+
+    def acc(k, m):
+        return float(((cv[k][m] >= 0.5) == y[m]).mean()) if k and m.any() else math.nan
+
+    groups = ["all"] + ordered_groups([g for g in masks if g != "all"])
+    accs = {}
+    for g in groups:
+        m = masks[g]
+        lo, hi = wilson(int(((p[m] >= 0.5) == y[m]).sum()), int(m.sum()))
+        accs[g] = {"model": acc(key, m), "lo": lo, "hi": hi, "n": int(m.sum()), "vote": acc(vote_key, m),
+                   "source": acc(single_key, m)}
+    return groups, accs
+
+
+def _limits(report: dict, n: int, groups: list[str], accs: dict, band: tuple[float, float], ece: float) -> list[str]:
+    """What the card says the model cannot do."""
+    weakest = min((g for g in groups if g != "all" and accs[g]["n"] >= 30), key=lambda g: accs[g]["model"],
+                  default=None)
+    limits = [f"Out-of-fold accuracy {accs['all']['model']:.2%} (95 % interval {accs['all']['lo']:.2%}–"
+              f"{accs['all']['hi']:.2%}) on {n} training faces; the competition's test faces are unlabelled."]
+    if weakest:
+        limits.append(f"Weakest group: {weakest}, {accs[weakest]['model']:.2%} on {accs[weakest]['n']} faces "
+                      f"({accs['all']['model'] - accs[weakest]['model']:.1%} below the whole set).")
+    limits.append(f"{report['doubtful_fraction']:.1%} of the faces fall in the doubtful band {band[0]}–{band[1]}; "
+                  f"expected calibration error {ece:.3f}.")
+    limits.append("Labels are binary (0 = male, 1 = female) as given by the competition; the model says nothing "
+                  "about gender identity.")
+    return limits
+
+
+def _source_rows(clf) -> list[list]:
+    """One table row per source: kind, network, layer, pooling, input size, normalisation, weights."""
+    rows = []
+    for r in clf.recipes_:
+        shas = ", ".join(s[:12] for s in r["checkpoint_sha256"])
+        rows.append([r["source"], r["kind"], r["backbone"], r["layer"], r["pooling"], r["img_size"],
+                     ", ".join(f"{v:.3g}" for v in r["mean"]) + " / " + ", ".join(f"{v:.3g}" for v in r["std"]),
+                     shas])
+    return rows
+
+
+def _speed_html(speed: dict | None, speed_chart: str | Path | None) -> str:
+    html_ = (_table(["measure", "value"], [[k, v] for k, v in speed.items()]) if speed else
+             "<p class='muted'>Not measured for this model (bench/run.py measures its best model).</p>")
+    if speed_chart is not None and Path(speed_chart).is_file():
+        png = base64.b64encode(Path(speed_chart).read_bytes()).decode()
+        html_ += (f"<p>Candidate models, CV accuracy against predict speed:</p><p class='plots'>"
+                  f"<img alt='accuracy against speed' src='data:image/png;base64,{png}'></p>")
+    return html_
+
+
 def write_card(head_dir: str | Path, workdir: str | Path, speed: dict | None = None, n_gallery: int = 12,
                speed_chart: str | Path | None = None, name: str | None = None, data_note: str | None = None) -> Path:
     """Write <head_dir>/card.html from the head's report, CV probabilities and saved model; speed: img/s figures
@@ -216,54 +273,20 @@ def write_card(head_dir: str | Path, workdir: str | Path, speed: dict | None = N
     heads = set(report.get("heads", []))
     singles = [k for k, r in rows.items() if r["method"].split(" ")[0] not in heads | {"vote", "weighted-vote"}]
     single_key = max(singles, key=lambda k: rows[k]["accuracy"]) if singles else None
-
-    def acc(k, m):
-        return float(((cv[k][m] >= 0.5) == y[m]).mean()) if k and m.any() else math.nan
-
-    groups = ["all"] + ordered_groups([g for g in masks if g != "all"])
-    accs = {}
-    for g in groups:
-        m = masks[g]
-        ok = int(((p[m] >= 0.5) == y[m]).sum())
-        lo, hi = wilson(ok, int(m.sum()))
-        accs[g] = {"model": acc(key, m), "lo": lo, "hi": hi, "n": int(m.sum()), "vote": acc(vote_key, m),
-                   "source": acc(single_key, m)}
+    groups, accs = _group_accuracies(cv, y, p, masks, (key, vote_key, single_key))
     band = tuple(report["doubtful_band"])
     calib, ece = calibration(y, p)
-    curve = coverage_curve(y, p)
-    plots = _plots(y, p, band, groups, accs, calib, curve)
+    plots = _plots(y, p, band, groups, accs, calib, coverage_curve(y, p))
     errors = np.flatnonzero((p >= 0.5) != y)
     confident = errors[np.argsort(-np.abs(p[errors] - 0.5))][:n_gallery]
     doubtful = np.flatnonzero((p >= band[0]) & (p <= band[1]))
     doubtful = doubtful[np.argsort(np.abs(p[doubtful] - 0.5))][:n_gallery]
     folder = data.train.folder if data is not None else None
-    weakest = min((g for g in groups if g != "all" and accs[g]["n"] >= 30), key=lambda g: accs[g]["model"],
-                  default=None)
-
-    src_rows = []
-    for r in clf.recipes_:
-        shas = ", ".join(s[:12] for s in r["checkpoint_sha256"])
-        src_rows.append([r["source"], r["kind"], r["backbone"], r["layer"], r["pooling"], r["img_size"],
-                         ", ".join(f"{v:.3g}" for v in r["mean"]) + " / " + ", ".join(f"{v:.3g}" for v in r["std"]),
-                         shas])
     group_rows = [[g, accs[g]["n"], _f(accs[g]["model"]), f"{_f(accs[g]['lo'])}–{_f(accs[g]['hi'])}",
                    _f(accs[g]["vote"]), _f(accs[g]["source"])] for g in groups]
     group_attrs = [f"data-group='{html.escape(g)}' data-accuracy='{accs[g]['model']:.6f}'" for g in groups]
-    limits = [f"Out-of-fold accuracy {accs['all']['model']:.2%} (95 % interval {accs['all']['lo']:.2%}–"
-              f"{accs['all']['hi']:.2%}) on {len(y)} training faces; the competition's test faces are unlabelled."]
-    if weakest:
-        limits.append(f"Weakest group: {weakest}, {accs[weakest]['model']:.2%} on {accs[weakest]['n']} faces "
-                      f"({accs['all']['model'] - accs[weakest]['model']:.1%} below the whole set).")
-    limits.append(f"{report['doubtful_fraction']:.1%} of the faces fall in the doubtful band {band[0]}–{band[1]}; "
-                  f"expected calibration error {ece:.3f}.")
-    limits.append("Labels are binary (0 = male, 1 = female) as given by the competition; the model says nothing "
-                  "about gender identity.")
-    speed_html = (_table(["measure", "value"], [[k, v] for k, v in speed.items()]) if speed else
-                  "<p class='muted'>Not measured for this model (bench/run.py measures its best model).</p>")
-    if speed_chart is not None and Path(speed_chart).is_file():
-        png = base64.b64encode(Path(speed_chart).read_bytes()).decode()
-        speed_html += (f"<p>Candidate models, CV accuracy against predict speed:</p><p class='plots'>"
-                       f"<img alt='accuracy against speed' src='data:image/png;base64,{png}'></p>")
+    limits = _limits(report, len(y), groups, accs, band, ece)
+    speed_html = _speed_html(speed, speed_chart)
     versions = ", ".join(f"{k} {v}" for k, v in library_versions().items())
     n_fem = int(y.sum())
     data_html = f"<h2>Training data and licence</h2>\n<p>{html.escape(data_note)}</p>\n" if data_note else ""
@@ -279,7 +302,7 @@ def write_card(head_dir: str | Path, workdir: str | Path, speed: dict | None = N
 <p>Head <b>{html.escape(clf.head)}</b>, protocol <b>{html.escape(clf.protocol)}</b>{_second_stage(clf)}, over {len(clf.recipes_)} source(s),
 {clf.k_} folds. Trained on <b>{len(y)}</b> faces: {len(y) - n_fem} male, {n_fem} female ({n_fem / len(y):.1%}).</p>
 {_cascade(report)}
-{_table(["source", "kind", "network", "layer", "pooling", "input px", "mean / std", "weights sha256"], src_rows)}
+{_table(["source", "kind", "network", "layer", "pooling", "input px", "mean / std", "weights sha256"], _source_rows(clf))}
 <h2>Out-of-fold accuracy</h2>
 <p>Every figure is on rows that neither the backbones nor the head trained on. This model:
 <b id="cv-accuracy">{report['best_cv_accuracy']:.4f}</b>; weighted vote {_f(rows[vote_key]['accuracy'] if vote_key else math.nan)};

@@ -3,41 +3,47 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 
-from genderfusion.files.atomic import atomic_dir, write_json
-
-from genderfusion.files.json_files import read_json
 from genderfusion.extract.cache import format as fc
+from genderfusion.extract.data.exclusion import exclusion_mask, read_ids
 from genderfusion.extract.data.workspace import Workspace
 from genderfusion.extract.errors import DataError, WorkspaceError
+from genderfusion.files.atomic import atomic_dir, write_json
+from genderfusion.files.json_files import read_json
+from genderfusion.heads.second_stage import DEFAULT_BAND
+from genderfusion.option_errors import option_error
 
-from genderfusion.fusion.training.card import write_card
-from genderfusion.fusion.model.classifier import FusionClassifier, head_factory
-from genderfusion.extract.data.exclusion import exclusion_mask, read_ids
-from genderfusion.fusion.model.features import load_sources
-from genderfusion.fusion.model.model_file import FILE_NAME as MODEL_FILE
 from genderfusion.fusion.model.cascade import DEFAULT_TOLERANCE
+from genderfusion.fusion.model.classifier import FusionClassifier, head_factory
+from genderfusion.fusion.model.features import FusionData, descriptors, load_sources
+from genderfusion.fusion.model.model_file import FILE_NAME as MODEL_FILE
 from genderfusion.fusion.model.protocol import DEFAULT_PROTOCOLS, PROTOCOLS, Result, evaluate
+from genderfusion.fusion.training.card import write_card
 from genderfusion.fusion.training.report import write_report
-from genderfusion.fusion.model.features import descriptors
 from genderfusion.fusion.training.second_stage_cv import band_report, second_stage_cv
 
+LOG = logging.getLogger("genderfusion").info  # progress lines, unless the caller passes its own `log`
 
-def _fingerprint(workdir: Path, features: list[str], heads: list[str], protocols: tuple[str, ...], band,
-                 excluded: list[str], second_stage: bool, cascade: dict | None) -> str:
+
+def _fingerprint(workdir: Path, training: "HeadTraining", excluded: list[str]) -> str:
     """Identifies the inputs of a train-head run from the caches' attributes alone (no features read)."""
     h = hashlib.sha256()
     ws = Workspace(workdir)
-    for name in features:
+    for name in training.features:
         a = fc.read_attrs(ws.features_path(name))
         h.update(json.dumps([name, a.get("recipe"), a.get("plan"), a.get("complete")], sort_keys=True).encode())
-    h.update(json.dumps([heads, list(protocols), list(band), 1] + ([sorted(set(excluded))] if excluded else [])
-                        + (["second stage"] if second_stage else [])
+    cascade = {"sources": list(training.cascade), "tolerance": training.cascade_tolerance,
+               "speed_n": training.cascade_speed_n} if training.cascade else None
+    h.update(json.dumps([list(training.heads), list(training.protocols), list(training.band), 1]
+                        + ([sorted(set(excluded))] if excluded else [])
+                        + (["second stage"] if training.second_stage else [])
                         + ([cascade] if cascade else [])).encode())  # unchanged without these
     return h.hexdigest()[:16]
 
@@ -78,102 +84,152 @@ def refuse_stale_caches(workdir: Path, features: list[str]) -> None:
                             "to retrain)")
 
 
-def train_head(workdir: str | Path, features: list[str], heads: list[str], protocols: tuple[str, ...] = DEFAULT_PROTOCOLS,
-               name: str = "fusion", band: tuple[float, float] = (0.45, 0.55), refit: bool = False,
-               exclude: str | Path | None = None, second_stage: bool = False, cascade: list[str] | None = None,
-               cascade_tolerance: float = DEFAULT_TOLERANCE, cascade_speed_n: int = 256,
-               log: Callable[[str], None] = print) -> dict:
-    """Evaluate every source alone, both votes and each head, then fit and save the best head by CV.
-    exclude: a file of training ids no head trains on (every row is still evaluated, on its given label).
-    second_stage: re-examine the best head's predictions inside `band` by a kNN vote of the nearest training faces
-    (measured on out-of-fold rows; fitted into the saved model when it raises the out-of-fold accuracy).
-    cascade: sources of a cheap first stage (fit_cascade), reported out of fold and, on `cascade_speed_n` test
-    images of the workspace's data folder, in measured img/s."""
+@dataclass(frozen=True)
+class HeadTraining:
+    """What one train-head run fits, and how. features: the sources to fuse; heads: the heads to compare;
+    protocols: the stacking protocols; name: the saved model's name under <workdir>/heads/; band: the doubtful band;
+    refit: recompute even when cached results match; exclude: a file of training ids no head trains on (every row
+    is still evaluated, on its given label); second_stage: re-examine the best head's predictions inside `band` by a
+    kNN vote of the nearest training faces (measured on out-of-fold rows; kept when it raises the out-of-fold
+    accuracy); cascade: sources of a cheap first stage (fit_cascade), losing at most cascade_tolerance accuracy out of
+    fold, its speed measured on cascade_speed_n test images of the workspace's data folder."""
+    features: Sequence[str]
+    heads: Sequence[str]
+    protocols: tuple[str, ...] = DEFAULT_PROTOCOLS
+    name: str = "fusion"
+    band: tuple[float, float] = DEFAULT_BAND
+    refit: bool = False
+    exclude: str | Path | None = None
+    second_stage: bool = False
+    cascade: Sequence[str] | None = None
+    cascade_tolerance: float = DEFAULT_TOLERANCE
+    cascade_speed_n: int = 256
+
+    def check(self) -> None:
+        """Refuse, before any work, what cannot be trained."""
+        for p in self.protocols:
+            if p not in PROTOCOLS:
+                raise ValueError(f"unknown protocol {p!r}; choose from {PROTOCOLS}")
+        for h in self.heads:
+            head_factory(h)  # unknown heads fail before any work
+        if not self.band[0] <= self.band[1]:
+            raise ValueError(f"band {self.band}: expected LO <= HI")
+        cascade, features = list(self.cascade or []), list(self.features)
+        unknown = [c for c in cascade if c not in features]
+        if unknown:
+            raise option_error(ValueError, "cascade", f"{','.join(cascade)}: {unknown[0]} is not one of the features "
+                                                      f"{','.join(features)}")
+        if cascade and set(cascade) >= set(features):
+            raise option_error(ValueError, "cascade", f"{','.join(cascade)}: a cheap first stage leaves out some of the "
+                                                      f"features {','.join(features)} (the ones it saves running)")
+        if cascade and not 0 <= self.cascade_tolerance < 1:
+            raise ValueError(f"cascade tolerance {self.cascade_tolerance}: a number in [0, 1)")
+
+
+def train_head(workdir: str | Path, training: HeadTraining, log: Callable[[str], None] = LOG) -> dict:
+    """Evaluate every source alone, both votes and each head, then fit and save the best head by CV (and what
+    `training` adds: the second stage, the cascade); return the report."""
     t0 = time.time()
+    training.check()
     workdir = Path(workdir)
-    for p in protocols:
-        if p not in PROTOCOLS:
-            raise ValueError(f"unknown protocol {p!r}; choose from {PROTOCOLS}")
-    for h in heads:
-        head_factory(h)  # unknown heads fail before any work
-    if not band[0] <= band[1]:
-        raise ValueError(f"band {band}: expected LO <= HI")
-    unknown = [c for c in cascade or [] if c not in features]
-    if unknown:
-        raise ValueError(f"--cascade {','.join(cascade)}: {unknown[0]} is not one of --features {','.join(features)}")
-    if cascade and set(cascade) >= set(features):
-        raise ValueError(f"--cascade {','.join(cascade)}: a cheap first stage leaves out some of --features "
-                         f"{','.join(features)} (the ones it saves running)")
-    if cascade and not 0 <= cascade_tolerance < 1:
-        raise ValueError(f"cascade tolerance {cascade_tolerance}: a number in [0, 1)")
-    out_dir = Workspace(workdir).head_dir(name)
+    features = list(training.features)
+    out_dir = Workspace(workdir).head_dir(training.name)
     refuse_stale_caches(workdir, features)
-    excluded = read_ids(exclude) if exclude is not None else []
-    casc_args = {"sources": cascade, "tolerance": cascade_tolerance, "speed_n": cascade_speed_n} if cascade else None
-    fp = _fingerprint(workdir, features, heads, protocols, band, excluded, second_stage, casc_args)
-    if not refit and (out_dir / "results.json").exists() and (out_dir / MODEL_FILE).exists():
-        cached = read_json(out_dir / "results.json")
-        if cached.get("fingerprint") == fp:
-            log(f"cached results for these caches and heads ({out_dir}); --refit recomputes")
-            report = read_json(out_dir / "report.json")
-            report["seconds_total"] = round(time.time() - t0, 2)
-            report["cached"] = True
-            return report
-    data = load_sources(workdir, features)
-    if exclude is not None:
-        data.excluded = exclusion_mask(data.ids, data.y, excluded, f"--exclude {exclude}")
-        log(f"{int(data.excluded.sum())} row(s) of {exclude} left out of head training (still evaluated)")
-    log(f"{len(data.y)} training rows, {data.k} folds, sources: "
-        + ", ".join(f"{s.name} ({s.kind}, {s.width}-d)" for s in data.sources)
-        + (f"; {len(data.skipped_ids)} row(s) skipped at extraction left out (ids {list(data.skipped_ids[:5])})"
-           if len(data.skipped_ids) else ""))
-    results = evaluate(data, {h: head_factory(h) for h in heads}, protocols, probe=head_factory("logistic"), log=log)
-    head_results = [r for r in results if r.method in heads]
-    best = max(head_results, key=lambda r: r.accuracy(data.y))
-    clf = FusionClassifier(features, best.method, best.protocol, workdir=workdir, band=band).fit(data)
+    excluded = read_ids(training.exclude) if training.exclude is not None else []
+    fp = _fingerprint(workdir, training, excluded)
+    report = None if training.refit else _cached_report(out_dir, fp)
+    if report is not None:
+        log(f"cached results for these caches and heads ({out_dir}); refitting recomputes them")
+        return {**report, "seconds_total": round(time.time() - t0, 2), "cached": True}
+    data = _training_rows(workdir, training, excluded, log)
+    heads = list(training.heads)
+    results = evaluate(data, {h: head_factory(h) for h in heads}, training.protocols, probe=head_factory("logistic"),
+                       log=log)
+    best = max((r for r in results if r.method in heads), key=lambda r: r.accuracy(data.y))
+    clf = FusionClassifier(features, best.method, best.protocol, workdir=workdir, band=training.band).fit(data)
     coverage = {f"{best.method} [{best.protocol}]": best.probs}
     chosen, stage2 = best, {}
-    if second_stage:
-        X, blocks = descriptors(data)
-        final = second_stage_cv(X, blocks, data.y, data.fold, best.probs, band, data.trainable)
-        stage2 = band_report(data.y, best.probs, final, band)
-        stage2["kept"] = stage2["accuracy_second"] > stage2["accuracy_first"]
-        log(f"  second stage in the band {band}: {stage2['rows_in_band']} rows, accuracy "
-            f"{stage2['band_accuracy_first']:.4f} -> {stage2['band_accuracy_second']:.4f}; overall "
-            f"{stage2['accuracy_first']:.4f} -> {stage2['accuracy_second']:.4f}"
-            + ("" if stage2["kept"] else "; not kept in the model (it does not raise the out-of-fold accuracy)"))
-        results.append(Result(f"{best.method} + second stage", best.protocol, final, 0.0))
-        coverage[f"{best.method} [{best.protocol}] + second stage"] = final
-        if stage2["kept"]:  # like the head itself, chosen by out-of-fold accuracy
-            chosen = results[-1]
-            clf.fit_second_stage(data, best.probs)
-    casc = fit_cascade(clf, data, chosen.probs, cascade, heads, cascade_tolerance, cascade_speed_n, workdir, log) \
-        if cascade else None
-    if casc:
-        results.append(Result(f"cascade: {' + '.join(cascade)} ({casc['head']})", "global", casc.pop("probs"), 0.0))
+    if training.second_stage:
+        chosen, stage2 = _second_stage(clf, data, best, results, coverage, training.band, log)
+    casc = None
+    if training.cascade:
+        casc = fit_cascade(clf, data, chosen.probs, list(training.cascade), heads, training.cascade_tolerance,
+                           training.cascade_speed_n, workdir, log)
+        results.append(Result(f"cascade: {' + '.join(training.cascade)} ({casc['head']})", "global",
+                              casc.pop("probs"), 0.0))
         coverage[results[-1].method] = results[-1].probs
     try:  # the sources' features of the probe image, checked wherever the model is loaded (fusion.model.probe)
         clf.fit_probe()
     except (WorkspaceError, OSError, ValueError) as exc:  # caches without the networks that made them
         log(f"no probe features stored: the sources cannot be built here ({exc})")
-    with atomic_dir(out_dir) as tmp_dir:  # the model, its report and card replace the old ones as a whole
+    extra = {"features": features, "heads": heads, "second_stage": stage2 or None, "cascade": casc,
+             "fingerprint": fp}
+    return _save(out_dir, workdir, clf, data, results, chosen, extra, coverage, t0)
+
+
+def _cached_report(out_dir: Path, fp: str) -> dict | None:
+    """The saved report of an earlier run with the same inputs, if there is one."""
+    if not ((out_dir / "results.json").exists() and (out_dir / MODEL_FILE).exists()):
+        return None
+    return read_json(out_dir / "report.json") if read_json(out_dir / "results.json").get("fingerprint") == fp \
+        else None
+
+
+def _training_rows(workdir: Path, training: HeadTraining, excluded: list[str], log: Callable[[str], None]
+                   ) -> FusionData:
+    """The sources' cached features, with the excluded rows marked."""
+    data = load_sources(workdir, list(training.features))
+    if training.exclude is not None:
+        data.excluded = exclusion_mask(data.ids, data.y, excluded, f"the exclude file {training.exclude}")
+        log(f"{int(data.excluded.sum())} row(s) of {training.exclude} left out of head training (still evaluated)")
+    log(f"{len(data.y)} training rows, {data.k} folds, sources: "
+        + ", ".join(f"{s.name} ({s.kind}, {s.width}-d)" for s in data.sources)
+        + (f"; {len(data.skipped_ids)} row(s) skipped at extraction left out (ids {list(data.skipped_ids[:5])})"
+           if len(data.skipped_ids) else ""))
+    return data
+
+
+def _second_stage(clf: FusionClassifier, data: FusionData, best: Result, results: list[Result], coverage: dict,
+                  band: tuple[float, float], log: Callable[[str], None]) -> tuple[Result, dict]:
+    """Measure the second stage out of fold after the best head; fit it into the model when it raises the
+    out-of-fold accuracy. Returns the result the model now stands for, and the second stage's report."""
+    X, blocks = descriptors(data)
+    final = second_stage_cv(X, blocks, data.y, data.fold, best.probs, band, data.trainable)
+    stage2 = band_report(data.y, best.probs, final, band)
+    stage2["kept"] = stage2["accuracy_second"] > stage2["accuracy_first"]
+    log(f"  second stage in the band {band}: {stage2['rows_in_band']} rows, accuracy "
+        f"{stage2['band_accuracy_first']:.4f} -> {stage2['band_accuracy_second']:.4f}; overall "
+        f"{stage2['accuracy_first']:.4f} -> {stage2['accuracy_second']:.4f}"
+        + ("" if stage2["kept"] else "; not kept in the model (it does not raise the out-of-fold accuracy)"))
+    results.append(Result(f"{best.method} + second stage", best.protocol, final, 0.0))
+    coverage[f"{best.method} [{best.protocol}] + second stage"] = final
+    if not stage2["kept"]:
+        return best, stage2
+    clf.fit_second_stage(data, best.probs)  # like the head itself, chosen by out-of-fold accuracy
+    return results[-1], stage2
+
+
+def _save(out_dir: Path, workdir: Path, clf: FusionClassifier, data: FusionData, results: list[Result],
+          chosen: Result, extra: dict, coverage: dict, t0: float) -> dict:
+    """The model, its report, CV probabilities and card, replacing the old ones as a whole; returns the report."""
+    with atomic_dir(out_dir) as tmp_dir:
         clf.save(tmp_dir / MODEL_FILE)
         ages, races = train_meta(workdir, data.ids)
         wv = next((r for r in results if r.method == "weighted-vote"), None)
-        extra = {"features": features, "heads": heads, "best_method": f"{chosen.method} [{chosen.protocol}]",
+        extra = {**extra, "best_method": f"{chosen.method} [{chosen.protocol}]",
                  "best_cv_accuracy": chosen.accuracy(data.y),
                  "weighted_vote_cv_accuracy": wv.accuracy(data.y) if wv else None,
                  "gain_over_weighted_vote": chosen.accuracy(data.y) - wv.accuracy(data.y) if wv else None,
-                 "excluded_from_training": int(data.excluded.sum()) if data.excluded is not None else 0,
-                 "second_stage": stage2 or None, "cascade": casc, "fingerprint": fp}
-        report = write_report(tmp_dir, results, chosen, data.y, ages, races, band,
-                              title=f"Fusion of {', '.join(features)}", extra=extra, coverage=coverage)
+                 "excluded_from_training": int(data.excluded.sum()) if data.excluded is not None else 0}
+        report = write_report(tmp_dir, results, chosen, data.y, ages, races, clf.band,
+                              title=f"Fusion of {', '.join(extra['features'])}", extra=extra, coverage=coverage)
         np.savez_compressed(tmp_dir / "cv_probs.npz", ids=data.ids.astype(str), y=data.y,
                             **{f"{r.method} [{r.protocol}]": r.probs for r in results})
         write_card(tmp_dir, workdir, name=out_dir.name)
         report["seconds_total"] = round(time.time() - t0, 2)
         report["cached"] = False
-        write_json(tmp_dir / "results.json", {"fingerprint": fp, "seconds_total": report["seconds_total"]})
+        write_json(tmp_dir / "results.json", {"fingerprint": extra["fingerprint"],
+                                              "seconds_total": report["seconds_total"]})
     return report
 
 
@@ -194,8 +250,8 @@ def fit_cascade(clf: FusionClassifier, data, p_full: np.ndarray, sources: list[s
         if best is None or key > best_key:
             best, best_key, best_acc = c, key, acc
     if not best_key[0]:
-        log(f"  warning: out of fold the cascade loses {full_acc - best_acc:.4f} accuracy, more than "
-            f"--cascade-tolerance {tolerance}; the band chosen on all training rows does not hold on held-out folds")
+        log(f"  warning: out of fold the cascade loses {full_acc - best_acc:.4f} accuracy, more than its "
+            f"tolerance {tolerance}; the band chosen on all training rows does not hold on held-out folds")
     clf.cascade_ = best
     cheap_acc = float(((best.oof_ >= 0.5) == y).mean())
     out = {"sources": list(sources), "head": best.head, "tolerance": tolerance, "band": [float(b) for b in best.band_],

@@ -17,7 +17,7 @@ def train_head_main(argv: list[str] | None = None) -> None:
                    help="per-fold, global, pooled, or a comma list of them")
     p.add_argument("--workdir", default="data")
     p.add_argument("--out", type=model_name, default="fusion", help="name of the saved model under <workdir>/heads/")
-    p.add_argument("--band", type=band, default=(0.45, 0.55), help="doubtful band LO,HI of P(female)")
+    p.add_argument("--band", type=band, default=None, help="doubtful band LO,HI of P(female) (default 0.45,0.55)")
     p.add_argument("--refit", action="store_true", help="recompute even when cached results match")
     p.add_argument("--exclude", default=None, metavar="FILE",
                    help="training ids no head trains on (a CSV with an id column, e.g. audit/suspects.csv, or one id "
@@ -40,13 +40,14 @@ def train_head_main(argv: list[str] | None = None) -> None:
     def body():
         from genderfusion.extract.data.workspace import Workspace
 
-        from genderfusion.fusion.training.train_head import train_head
+        from genderfusion.fusion.training.train_head import HeadTraining, train_head
+        from genderfusion.heads.second_stage import DEFAULT_BAND
 
         heads = ["logistic", "mlp", "knn"] if args.head == "all" else args.head.split(",")
-        report = train_head(args.workdir, args.features, heads, tuple(args.protocol.split(",")),
-                            args.out, args.band, args.refit, args.exclude, args.second_stage,
-                            args.cascade, args.cascade_tolerance,
-                            args.cascade_speed)
+        training = HeadTraining(args.features, heads, tuple(args.protocol.split(",")), args.out,
+                                args.band or DEFAULT_BAND, args.refit, args.exclude, args.second_stage, args.cascade,
+                                args.cascade_tolerance, args.cascade_speed)
+        report = train_head(args.workdir, training, log=print)
         out = Workspace(args.workdir).head_dir(args.out)
         print((out / "report.md").read_text())
         c = report.get("cascade")
@@ -107,7 +108,7 @@ def audit_labels_main(argv: list[str] | None = None) -> None:
         from genderfusion.fusion.audit.labels import audit_labels
 
         counts = audit_labels(args.workdir, args.data, args.model, args.descriptor, args.confidence, args.threshold,
-                              args.top, args.skip_bad)
+                              args.top, args.skip_bad, log=print)
         print(json.dumps(counts, indent=2))
 
     run_cli(body, "interrupted; each file in audit/ is the old one or a complete new one")

@@ -6,12 +6,7 @@ import tempfile
 from pathlib import Path
 from typing import Iterable
 
-
-def _refused(kind: type, out: Path, why: str) -> Exception:
-    """An error about the output file: `option` and `detail` let a CLI name it by its flag."""
-    exc = kind(f"output {out}{why}")
-    exc.option, exc.detail = "out", f"{out}{why}"
-    return exc
+from genderfusion.option_errors import option_error
 
 
 def check_output(out: str | os.PathLike, suffixes: tuple[str, ...], inputs: Iterable[str | os.PathLike] = ()) -> Path:
@@ -19,18 +14,21 @@ def check_output(out: str | os.PathLike, suffixes: tuple[str, ...], inputs: Iter
     or whose folder does not exist or cannot be written."""
     out = Path(out)
     if out.suffix.lower() not in suffixes:
-        raise _refused(ValueError, out, f": write a {' or '.join(suffixes)} file (the suffix says which)")
+        raise option_error(ValueError, "out", f"{out}: write a {' or '.join(suffixes)} file (the suffix says which)",
+                           "output")
     real = os.path.realpath(out)
     if any(os.path.realpath(p) == real for p in inputs):
-        raise _refused(ValueError, out, " is one of the inputs; name another file")
+        raise option_error(ValueError, "out", f"{out} is one of the inputs; name another file", "output")
     folder = out.parent
     if not folder.is_dir():
-        raise _refused(FileNotFoundError, out, f": the folder {folder} does not exist")
+        raise option_error(FileNotFoundError, "out", f"{out}: the folder {folder} does not exist",
+                           "output")
     if out.is_dir():
-        raise _refused(IsADirectoryError, out, ": a folder; name a file")
+        raise option_error(IsADirectoryError, "out", f"{out}: a folder; name a file", "output")
     try:  # the rename that finishes the real write needs a file created in that folder
         with tempfile.NamedTemporaryFile(dir=folder, prefix=f".{out.name}.{os.getpid()}.", suffix=".tmp"):
             pass
     except OSError as exc:
-        raise _refused(PermissionError, out, f": cannot write in {folder} ({exc.strerror})") from None
+        raise option_error(PermissionError, "out", f"{out}: cannot write in {folder} ({exc.strerror})",
+                           "output") from None
     return out
