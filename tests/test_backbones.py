@@ -80,7 +80,7 @@ def test_pretrained_without_network_fails_fast_and_points_to_weights(monkeypatch
 
     monkeypatch.setattr(socket, "getaddrinfo", no_network)
     monkeypatch.setenv("TORCH_HOME", "/nonexistent-torch-home")
-    with pytest.raises(WeightsError, match="--weights PATH"):
+    with pytest.raises(WeightsError, match="weights=PATH"):
         create("resnet18", 32, pretrained=True)
 
 

@@ -48,7 +48,7 @@ def test_skip_bad_works_end_to_end(synth, tmp_path):
     (synth / "train/100007.jpg").write_bytes(b"\xff\xd8 truncated")
     (synth / "test/200005.jpg").write_bytes(b"")
     ws = tmp_path / "ws"
-    with pytest.raises(DataError, match=r"100007.jpg.*--skip-bad"):
+    with pytest.raises(DataError, match=r"100007.jpg.*skip_bad=True"):
         train_backbone(synth, CFG, ws, k=2, progress=False)
     train_backbone(synth, CFG, ws, k=2, skip_bad=True, progress=False)
     extract_features(synth, "cnn-small", ws, skip_bad=True, progress=False)
@@ -157,7 +157,7 @@ def test_a_corrupt_image_in_the_parallel_decode_is_named(synth, tmp_path):
         shutil.copy(synth / "train" / f"{100000 + n % 60}.jpg", p)
         paths.append(p)
     paths[77].write_bytes(paths[77].read_bytes()[:100])
-    with pytest.raises(BadImageError, match=r"77.jpg: cannot decode image .*--skip-bad"):
+    with pytest.raises(BadImageError, match=r"77.jpg: cannot decode image .*skip_bad=True"):
         decode_many(paths, 16, workers=2, progress=False)
     arr, bad = decode_many(paths, 16, workers=2, skip_bad=True, progress=False)
     assert bad == [77] and arr[77].max() == 0 and arr[76].max() > 0

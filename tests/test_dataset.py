@@ -97,7 +97,7 @@ def test_corrupt_image_is_named_or_skipped(synth):
     bad = synth / "train" / "100007.jpg"
     bad.write_bytes(bad.read_bytes()[:200])  # truncated JPEG
     paths = [synth / "train" / f"{100000 + i}.jpg" for i in range(10)]
-    with pytest.raises(BadImageError, match=r"100007.jpg.*--skip-bad"):
+    with pytest.raises(BadImageError, match=r"100007.jpg.*skip_bad=True"):
         decode_many(paths, 16, progress=False, workers=1)
     arr, badidx = decode_many(paths, 16, skip_bad=True, progress=False, workers=1)
     assert badidx == [7] and arr.shape == (10, 16, 16, 3) and arr[7].max() == 0 and arr[6].max() > 0

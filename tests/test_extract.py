@@ -103,7 +103,7 @@ def test_invalidation_rules(work):
     out = extract_features(data, "cnn-small", ws, pool="avg", progress=False, dtype="float32")
     assert out.status == "computed" and "checkpoint_sha256" in out.reason
     assert extract_features(data, "cnn-small", ws, pool="avg", dtype="float32", force=True,
-                            progress=False).reason == "--force"
+                            progress=False).reason == "force=True"
 
 
 def test_new_test_ids_are_appended(work):
@@ -130,7 +130,7 @@ def test_checkpoints_of_other_folds_are_refused(work):
 
 def test_missing_checkpoints_name_the_training_command(work):
     data, ws = work
-    with pytest.raises(WorkspaceError, match="train-backbone --backbone cnn-deep"):
+    with pytest.raises(WorkspaceError, match="cnn-deep has no finished checkpoint .*train-backbone"):
         extract_features(data, "cnn-deep", ws, progress=False)
 
 

@@ -145,7 +145,7 @@ def test_chip_cache_parallel_equals_serial_is_reused_and_names_a_corrupt_image(s
     bad_path = data.train.paths[70]
     bad_path.write_bytes(b"\xff\xd8 truncated")
     data = CompetitionData.load(synth)  # the image's size changed: the cache is stale
-    with pytest.raises(BadImageError, match=f"{bad_path.name}.*--skip-bad"):
+    with pytest.raises(BadImageError, match=f"{bad_path.name}.*skip_bad=True"):
         chip_cache.cached_chips(Workspace(tmp_path / "b"), data, "train", 40, 0.25, workers=2, **args)
     chips, bad, _ = chip_cache.cached_chips(Workspace(tmp_path / "b"), data, "train", 40, 0.25, workers=2,
                                             skip_bad=True, **args)

@@ -31,7 +31,7 @@ def test_saved_folds_are_reused_and_other_k_refused(synth, tmp_path):
     data, ws = CompetitionData.load(synth), Workspace(tmp_path / "ws")
     f1 = ensure_folds(ws, data, 3, 0)
     assert (ensure_folds(ws, data).fold == f1.fold).all()
-    with pytest.raises(WorkspaceError, match="k=3 seed=0.*--new-folds"):
+    with pytest.raises(WorkspaceError, match="k=3 seed=0.*new_folds=True"):
         ensure_folds(ws, data, 4, 0)
     f2 = ensure_folds(ws, data, 4, 0, new=True)
     assert f2.k == 4 and f2.fingerprint != f1.fingerprint

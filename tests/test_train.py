@@ -135,7 +135,7 @@ def test_a_weight_average_longer_than_the_run_is_warned_about(synth, tmp_path, c
 
     with caplog.at_level(logging.WARNING):
         train_backbone(synth, _cfg(epochs=1, ema=0.9), tmp_path / "a", k=2, fold=0, progress=False)
-    assert any("(--ema 0.9) has a time constant of 10 steps and this run 2" in r.message for r in caplog.records)
+    assert any("(decay 0.9) has a time constant of 10 steps and this run 2" in r.message for r in caplog.records)
     caplog.clear()
     with caplog.at_level(logging.WARNING):  # 2 steps against 1 / (1 - 0.4)
         train_backbone(synth, _cfg(epochs=1, ema=0.4), tmp_path / "b", k=2, fold=0, progress=False)

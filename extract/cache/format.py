@@ -118,7 +118,7 @@ def opened(path: str | os.PathLike):
 
     path = Path(path)
     if not path.exists():
-        raise CacheError(f"{path}: no feature cache; run `extract --backbone …` first (cache names: "
+        raise CacheError(f"{path}: no feature cache; extract the source first (cache names: "
                          f"{', '.join(sorted(p.stem for p in path.parent.glob('*.h5'))) or 'none yet'})")
     verify(path)
     try:

@@ -11,9 +11,9 @@ from typing import Callable
 
 import numpy as np
 
+from genderfusion.files.atomic import atomic_path
 from genderfusion.extract.locks import exclusive_lock
 
-from genderfusion.files.atomic import atomic_path
 from ..sources.base import FINETUNED, FeatureSource, Input, library_versions
 from . import format as fc
 
@@ -119,7 +119,7 @@ def plan_update(path: Path, recipe: dict, rows: Rows, dtype: str = "float16", fo
     """Compare a cache with the recipe and rows wanted (no source is built, no image decoded, no torch)."""
     none_kept = Update(None, np.full(len(rows.train_ids), -1), np.full(len(rows.test_ids), -1), "")
     if force:
-        none_kept.reason = "--force"
+        none_kept.reason = "force=True"
         return none_kept
     if not path.exists():
         none_kept.reason = "no cache yet"

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
+from genderfusion.option_errors import option_error
+
 from ..errors import DataError
 
 
@@ -14,12 +16,13 @@ def read_ids(path: str | os.PathLike) -> list[str]:
     """Ids from a CSV with an `id` column (audit-labels' suspects.csv) or a text file of one id per line."""
     path = Path(path)
     if not path.exists():
-        raise DataError(f"--exclude {path}: no such file")
+        raise option_error(DataError, "exclude", f"{path}: no such file", "exclude file")
     lines = [line.strip() for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")]
     if lines and "," in lines[0]:
         rows = list(csv.DictReader(lines))
         if "id" not in (rows[0].keys() if rows else lines[0].split(",")):
-            raise DataError(f"--exclude {path}: a CSV needs an `id` column; its columns are {lines[0]!r}")
+            raise option_error(DataError, "exclude", f"{path}: a CSV needs an `id` column; its columns are "
+                                                     f"{lines[0]!r}", "exclude file")
         return [r["id"].strip() for r in rows]
     return lines[1:] if lines and lines[0] == "id" else lines
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from genderfusion.files.atomic import atomic_path
+
 from ..errors import WorkspaceError
 from .dataset import CompetitionData
 from .groups import age_bucket
@@ -82,7 +83,7 @@ class Folds:
         pos = {i: n for n, i in enumerate(self.ids)}
         missing = [i for i in ids if i not in pos]
         if missing:
-            raise WorkspaceError(f"{len(missing)} training id(s) have no fold, e.g. {missing[:5]}; rerun with --new-folds")
+            raise WorkspaceError(f"{len(missing)} training id(s) have no fold, e.g. {missing[:5]}; rerun with new_folds=True")
         return self.fold[[pos[i] for i in ids]]
 
 
@@ -99,7 +100,7 @@ def duplicate_groups(path: Path, ids: list[str]) -> np.ndarray | None:
             unknown = [i for i in members if i not in pos]
             if unknown:
                 raise WorkspaceError(f"{path}: ids {unknown[:5]} are not training rows of this dataset; rerun "
-                                     "audit-labels or pass --no-group-duplicates")
+                                     "audit-labels or pass group_duplicates=False")
             rows = [pos[i] for i in members]
             if rows:
                 groups[rows] = min(rows)
@@ -115,7 +116,7 @@ def ensure_folds(ws: Workspace, data: CompetitionData, k: int | None = None, see
         if (k is not None and k != folds.k) or (seed is not None and seed != folds.seed):
             raise WorkspaceError(
                 f"{ws.folds_path} holds k={folds.k} seed={folds.seed}, but k={k} seed={seed} was asked for; "
-                f"pass --new-folds to replace them (checkpoints of the old folds become unusable)"
+                f"pass new_folds=True to replace them (checkpoints of the old folds become unusable)"
             )
         folds.for_ids(data.train.ids)
         return folds

@@ -9,8 +9,8 @@ from typing import Callable
 import numpy as np
 
 from genderfusion.files.atomic import atomic_path, write_json
-
 from genderfusion.files.json_files import read_json
+
 from ..errors import BadImageError
 from .dataset import CompetitionData
 from .images import decode_many
@@ -29,7 +29,7 @@ def cached_array(path: Path, key: dict, paths: list, build: Callable[[], tuple[n
         meta = read_json(meta_path)
         if all(meta.get(k) == v for k, v in key.items()):
             if meta["bad"] and not skip_bad:
-                raise BadImageError(paths[meta["bad"][0]], f"recorded as corrupt in the {what}; rerun with --skip-bad")
+                raise BadImageError(paths[meta["bad"][0]], f"recorded as corrupt in the {what}; rerun with skip_bad=True")
             return np.load(path, mmap_mode="r"), meta
         changed = ", ".join(f"{k}: {meta.get(k)!r} -> {v!r}" for k, v in key.items() if meta.get(k) != v)
         log.info("%s %s is stale (%s); rebuilding", what, path, changed)

@@ -114,7 +114,7 @@ def _collect(results, out: np.ndarray, bad: list[int], skip_bad: bool, bar) -> N
     for n, (arr, err) in enumerate(results):
         if err is not None:
             if not skip_bad:
-                raise BadImageError(err.path, f"{err.reason}; rerun with --skip-bad to exclude it")
+                raise BadImageError(err.path, f"{err.reason}; rerun with skip_bad=True to exclude it")
             bad.append(n)
         else:
             out[n] = arr

@@ -21,12 +21,12 @@ def _own_files(out: Path, overwrite: bool) -> set[str]:
         return set()
     if not overwrite:
         raise FileExistsError(f"{out}: not empty ({len(present)} files, e.g. {sorted(present)[0]}); make-synthetic "
-                              "writes into a new or empty folder, or with --overwrite over a folder it wrote itself")
+                              "writes into a new or empty folder, or with overwrite=True over a folder it wrote itself")
     own = set((out / MARKER).read_text().split()) if (out / MARKER).is_file() else set()
     foreign = sorted(present - own)
     if foreign:
         raise FileExistsError(f"{out}: holds {len(foreign)} file(s) make-synthetic did not write (e.g. {foreign[0]}); "
-                              "--overwrite replaces only its own files: choose another folder")
+                              "overwrite=True replaces only its own files: choose another folder")
     return own
 
 

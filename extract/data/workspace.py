@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from genderfusion.files.atomic import write_json
-
 from genderfusion.files.json_files import read_json
+
 from ..errors import WorkspaceError
 from .dataset import CompetitionData
 
@@ -102,7 +102,7 @@ class Workspace:
             raise WorkspaceError(
                 f"workspace {self.root} was made for another training set "
                 f"(fingerprint {theirs or info.get('dataset_fingerprint')}, data {info.get('data')}); "
-                f"{data.root} has fingerprint {ids}. Use another --workdir.")
+                f"{data.root} has fingerprint {ids}. Use another workspace.")
         content = data.fingerprint(("train",), content=True)
         # what the fold models are checked against in this process
         self._bound = {"dataset_fingerprint": fp, "content_fingerprint": content}

@@ -42,7 +42,7 @@ def cached_chips(ws: Workspace, data: CompetitionData, split: str, size: int, pa
                 fallbacks += len(fell)
                 for i, reason in errors:
                     if not skip_bad:
-                        raise BadImageError(paths[start + i], f"{reason}; rerun with --skip-bad to exclude it")
+                        raise BadImageError(paths[start + i], f"{reason}; rerun with skip_bad=True to exclude it")
                     chips[start + i] = 0
                     bad.append(start + i)
                 bar.update(len(c))

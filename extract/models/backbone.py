@@ -84,7 +84,7 @@ def _fetch(what: str, build: Callable[[], nn.Module]) -> nn.Module:
         if isinstance(exc, (OSError, ConnectionError)) or "connect" in str(exc).lower() or "resolve" in str(exc).lower():
             raise WeightsError(
                 f"cannot download pretrained weights for {what} (no network: {type(exc).__name__}: {exc}); "
-                "download them on a machine that is online and pass --weights PATH"
+                "download them on a machine that is online and pass weights=PATH"
             ) from exc
         raise
     finally:

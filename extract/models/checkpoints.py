@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 from genderfusion.files.digests import sha256_file
-
 from genderfusion.files.json_files import read_json
+
 from ..data.workspace import Workspace
 from ..errors import WorkspaceError
 
@@ -37,8 +37,8 @@ def fold_checkpoints(ws: Workspace, backbone: str, k: int, folds_fingerprint: st
         files = ws.fold_files(backbone, f)
         if not files.done.exists() or not files.best.exists():
             raise WorkspaceError(
-                f"{backbone} has no finished checkpoint for fold {f} in {files.root}; run "
-                f"`train-backbone --backbone {backbone} --folds {k}` first (or `--frozen` for pretrained features)")
+                f"{backbone} has no finished checkpoint for fold {f} in {files.root}; fine-tune it first "
+                f"(train-backbone, {k} folds), or take its pretrained features (frozen=True)")
         meta = read_json(files.done)
         actual = sha256_file(files.best)
         if actual != meta["sha256"]:
@@ -57,6 +57,6 @@ def fold_checkpoints(ws: Workspace, backbone: str, k: int, folds_fingerprint: st
         raise WorkspaceError(
             f"{backbone}: fold model(s) {stale} were trained on other training labels or images than the data "
             "folder has now; "
-            f"retrain them with `train-backbone --backbone {backbone} --folds {k}` (finished folds whose data "
-            "did not change are kept)")
+            f"fine-tune {backbone} again (train-backbone, {k} folds; finished folds whose data did not change are "
+            "kept)")
     return done

@@ -7,6 +7,8 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
+from genderfusion.option_errors import option_error
+
 from .augment import normalize, to_float
 from .backbone import Backbone
 from .registry import POOLS
@@ -19,9 +21,10 @@ def resolve_device(device: str = "auto") -> torch.device:
     try:
         dev = torch.device(device)
     except RuntimeError as exc:
-        raise ValueError(f"--device {device!r}: not a device ({exc}); use auto, cpu, cuda or cuda:N") from None
+        raise option_error(ValueError, "device", f"{device!r}: not a device ({exc}); use auto, cpu, cuda or "
+                                                 "cuda:N") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {device}: no CUDA device is available here; use --device auto or cpu")
+        raise option_error(ValueError, "device", f"{device}: no CUDA device is available here; use auto or cpu")
     return dev
 
 

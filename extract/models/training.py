@@ -15,10 +15,10 @@ import torch
 import torch.nn.functional as F
 
 from genderfusion.files.atomic import atomic_path, write_json, write_text
-
 from genderfusion.files.digests import sha256_file
-
 from genderfusion.files.json_files import read_json
+from genderfusion.option_errors import option_error
+
 from ..data.dataset import CompetitionData
 from ..data.exclusion import exclusion_mask, read_ids
 from ..data.folds import ensure_folds
@@ -302,8 +302,8 @@ def train_fold(paths: FoldFiles, feed: ImageFeed | TrunkFeed, labels: np.ndarray
     fit_idx, val_idx = inner_split(np.flatnonzero(usable), labels, cfg.val_fraction, cfg.seed + k)
     steps = cfg.epochs * -(-len(fit_idx) // cfg.batch_size)
     if average is not None and steps < 1 / (1 - cfg.ema):
-        log.warning("fold %d of %s: the weight average (--ema %g) has a time constant of %d steps and this run %d, "
-                    "so the saved model stays near its initial weights; pass a smaller --ema or 0",
+        log.warning("fold %d of %s: the weight average (decay %g) has a time constant of %d steps and this run %d, "
+                    "so the saved model stays near its initial weights; choose a smaller decay, or 0 (none)",
                     k, cfg.backbone, cfg.ema, round(1 / (1 - cfg.ema)), steps)
     state = _resume(paths, identity, (model, average, opt, sched), cfg.backbone)
     write_json(paths.config, {"config": cfg.as_dict(), **provenance, "fold": k, "device": str(dev),
@@ -399,7 +399,7 @@ def train_backbone(data_dir: str | Path, cfg: TrainConfig, workdir: str | Path =
     excluded = None
     if exclude is not None:
         ids = read_ids(exclude)
-        excluded = exclusion_mask(data.train.ids, data.train.labels, ids, f"--exclude {exclude}")
+        excluded = exclusion_mask(data.train.ids, data.train.labels, ids, f"the exclude file {exclude}")
         cfg.exclude_fingerprint = hashlib.sha256("\n".join(sorted(set(ids))).encode()).hexdigest()[:16]
         log.info("%d training row(s) of %s are never trained on (still predicted out of fold)", int(excluded.sum()),
                  exclude)
@@ -407,7 +407,7 @@ def train_backbone(data_dir: str | Path, cfg: TrainConfig, workdir: str | Path =
     fold_of[bad] = -1  # corrupt images: never trained on, never predicted
     todo = range(folds.k) if fold is None else [fold]
     if fold is not None and not 0 <= fold < folds.k:
-        raise ValueError(f"--fold {fold} is outside 0..{folds.k - 1}")
+        raise option_error(ValueError, "fold", f"{fold} is outside 0..{folds.k - 1}")
     provenance = {"dataset_fingerprint": dataset_fp, "folds_fingerprint": folds.fingerprint, "k": folds.k}
     for f in todo:
         train_fold(ws.fold_files(cfg.backbone, f), feed, data.train.labels, data.train.ids, fold_of, cfg,

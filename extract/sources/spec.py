@@ -91,7 +91,7 @@ def _finetuned_recipe(spec: dict, ws: Workspace, k: int, folds_fp: str) -> dict:
             raise WorkspaceError(
                 f"{backbone}: fold {f} was trained with another config than fold 0 ({list(differs)}: "
                 f"{[v[0] for v in differs.values()]} vs {[v[1] for v in differs.values()]}); retrain fold {f} "
-                f"with train-backbone --fold {f}, so that every fold model shares one feature recipe")
+                f"(train-backbone, fold {f}), so that every fold model shares one feature recipe")
     entry, extra = lookup(backbone), {}
     if entry.chip_padding is not None:
         extra = {"chip_padding": entry.chip_padding, "alignment": "dlib 5-point landmarks",

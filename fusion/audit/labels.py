@@ -12,14 +12,13 @@ from typing import Callable
 import numpy as np
 
 from genderfusion.files.atomic import write_json, write_text
-
 from genderfusion.files.json_files import read_json
+from genderfusion.option_errors import option_error
 from genderfusion.extract.cache import format as fc
 from genderfusion.extract.data.dataset import CompetitionData
 from genderfusion.extract.data.pixel_hashes import cached_pixel_hashes
 from genderfusion.extract.data.workspace import Workspace
 from genderfusion.extract.errors import WorkspaceError
-from genderfusion.option_errors import option_error
 
 from genderfusion.fusion.audit.contact_sheet import contact_sheet
 from genderfusion.fusion.audit.duplicates import Duplicates, find_duplicates, members

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import numpy as np
 
+from genderfusion.option_errors import option_error
 from genderfusion.extract.cache import format as fc
 from genderfusion.extract.data.workspace import Workspace, safe_name
 from genderfusion.extract.sources.base import FINETUNED, FROZEN
-from genderfusion.option_errors import option_error
 
 
 class FeatureMismatchError(ValueError):

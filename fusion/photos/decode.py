@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
+from genderfusion.files.paths import special_kind
 from genderfusion.extract.data.images import load_rgb, to_rgb
 from genderfusion.extract.errors import BadImageError
-from genderfusion.files.paths import special_kind
 
 
 MAX_SIDE = 1024  # a photo file is reduced to this (long side) as it is decoded: memory per photo stays bounded

@@ -5,8 +5,8 @@ import math
 import os
 from typing import Callable, Sequence
 
-from genderfusion.extract.errors import BadImageError
 from genderfusion.files.paths import printable
+from genderfusion.extract.errors import BadImageError
 
 from genderfusion.fusion.photos.decode import as_items
 from genderfusion.fusion.photos.faces import NO_FACE

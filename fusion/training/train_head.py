@@ -11,14 +11,14 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from genderfusion.files.atomic import atomic_dir, write_json
+from genderfusion.files.json_files import read_json
+from genderfusion.option_errors import option_error
 from genderfusion.extract.cache import format as fc
 from genderfusion.extract.data.exclusion import exclusion_mask, read_ids
 from genderfusion.extract.data.workspace import Workspace
 from genderfusion.extract.errors import DataError, WorkspaceError
-from genderfusion.files.atomic import atomic_dir, write_json
-from genderfusion.files.json_files import read_json
 from genderfusion.heads.second_stage import DEFAULT_BAND
-from genderfusion.option_errors import option_error
 
 from genderfusion.fusion.model.cascade import DEFAULT_TOLERANCE
 from genderfusion.fusion.model.classifier import FusionClassifier, head_factory

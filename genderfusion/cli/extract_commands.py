@@ -6,7 +6,7 @@ import json
 
 from genderfusion.cli.arguments import (below_one, degrees, device, fold_count, image_size, non_negative_float, non_negative_int,
                         number, positive_float, positive_int, probability, views)
-from genderfusion.cli.running import make_parser, run_cli
+from genderfusion.cli.running import flags, make_parser, run_cli
 
 def shard_arg(text: str) -> str:
     """--shard I/N with 0 <= I < N (checked by the library's parser)."""
@@ -209,7 +209,7 @@ def extract_main(argv: list[str] | None = None) -> None:
                                skip_bad=args.skip_bad, progress=not args.no_progress, **kw)
         rate = f", {out.images_per_s:.1f} img/s" if out.images_per_s else ""
         size = out.path.stat().st_size / 2**20
-        print(f"{out.path}: {out.status} ({out.reason}); {out.computed_rows} row(s) computed in "
+        print(f"{out.path}: {out.status} ({flags(out.reason)}); {out.computed_rows} row(s) computed in "
               f"{out.seconds:.1f} s{rate}; {size:.1f} MiB")
 
     run_cli(body, "interrupted; finished parts are saved and a re-run resumes from them")

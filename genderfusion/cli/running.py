@@ -6,17 +6,31 @@ import argparse
 import logging
 import sys
 
-from genderfusion.extract.errors import DataError, UnknownBackboneError, WeightsError, WorkspaceError
 from genderfusion.files.paths import printable
+from genderfusion.extract.errors import DataError, UnknownBackboneError, WeightsError, WorkspaceError
 
 QUIET_LOGGERS = ("faiss", "matplotlib", "PIL", "h5py")
 USER_ERRORS = (ImportError, DataError, WorkspaceError, WeightsError, UnknownBackboneError, ValueError, OSError)
 
 
+# how library messages name a parameter (`skip_bad=True`), and the console scripts' flag for it
+FLAGS = {"skip_bad=True": "--skip-bad", "new_folds=True": "--new-folds", "overwrite=True": "--overwrite",
+         "group_duplicates=False": "--no-group-duplicates", "force=True": "--force", "frozen=True": "--frozen",
+         "weights=": "--weights "}
+
+
+def flags(text: str) -> str:
+    """A library message with the parameters it names given as the console scripts' flags."""
+    for phrase, flag in FLAGS.items():
+        text = text.replace(phrase, flag)
+    return text
+
+
 def message(exc: BaseException) -> str:
-    """An error's message; one about an option's value (its `option` and `detail`) names the option by its flag."""
+    """An error's message for the console: one about an option's value (its `option` and `detail`) names the option
+    by its flag, and so do the parameters it names."""
     option = getattr(exc, "option", None)
-    return f"--{option.replace('_', '-')} {exc.detail}" if option else str(exc)
+    return flags(f"--{option.replace('_', '-')} {exc.detail}" if option else str(exc))
 
 
 def run_cli(main, interrupted: str) -> None:
