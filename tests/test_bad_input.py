@@ -80,7 +80,7 @@ def test_a_corrected_label_is_never_trained_on_silently(pipeline):
     from genderfusion.extract.errors import WorkspaceError
 
     with pytest.raises(WorkspaceError, match=r"cnn-small: fold model\(s\) \[0, 1\] were trained on other training "
-                                             r"labels or images.*train-backbone --backbone cnn-small"):
+                                             r"labels or images.*fine-tune cnn-small again \(train-backbone"):
         extract_features(data, "cnn-small", ws, progress=False)
     train_backbone(data, CFG, ws, k=2, progress=False)
     assert extract_features(data, "cnn-small", ws, progress=False).status == "computed"  # new checkpoints
@@ -103,7 +103,7 @@ def test_a_cache_of_another_dataset_is_refused(pipeline, tmp_path):
 @pytest.mark.parametrize("case,error,match", [
     ("utf16", DataError, r"train.csv: not UTF-8 text"),
     ("resnet19", None, r"unknown backbone 'resnet19'; known: .*resnet18"),
-    ("cuda", ValueError, r"--device cuda: no CUDA device is available here; use --device auto or cpu"),
+    ("cuda", ValueError, r"device cuda: no CUDA device is available here; use auto or cpu"),
 ])
 def test_one_line_errors(synth, tmp_path, case, error, match):
     import torch

@@ -125,3 +125,17 @@ def test_a_text_file_lists_photos_and_parquet_needs_pyarrow(model, tmp_path):
     else:
         predict_images(clf, PhotoJob.plan([listing], tmp_path / "p.parquet"), progress=False)
         assert len(pd.read_parquet(tmp_path / "p.parquet")) == 4
+
+
+def test_the_doubtful_band_is_the_models_unless_one_is_given(model):
+    """One options object (PhotoOptions): its band defaults to the model's, as in predict_details."""
+    ws, photos, files = model
+    clf = FusionClassifier.load(ws / "heads/mine/model.safetensors")
+    clf.band = (0.0, 1.0)  # every P(female) is inside the model's band
+    assert PhotoOptions("whole").band_of(clf) == (0.0, 1.0)
+    frame = clf.predict_frame(files[:4], faces="whole")
+    assert frame["doubtful"].all()
+    p = frame["p_female"].to_numpy()
+    narrow = clf.predict_frame(files[:4], faces="whole", band=(0.0, 0.0))["doubtful"].to_numpy()
+    assert (narrow == (p <= 0.0)).all() and not narrow.all()
+    assert (clf.predict_details(files[:4])["doubtful"] == frame["doubtful"].to_numpy()).all()
