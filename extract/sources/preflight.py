@@ -2,6 +2,7 @@
 fetched then, and anything still missing or corrupt stops the run at once with the command that fixes it."""
 from __future__ import annotations
 
+import logging
 from typing import Callable, Iterable
 
 from ..errors import WeightsError
@@ -9,6 +10,8 @@ from ..faces import faceres
 from ..faces.face_files import checked_sha256
 from ..models.registry import lookup, weights_identity
 from .spec import FROZEN_FACE, source_name
+
+LOG = logging.getLogger("genderfusion").info  # progress lines, unless the caller passes its own `log`
 
 
 def face_nets(spec: dict) -> set[str]:
@@ -28,7 +31,7 @@ def check_spec(spec: dict) -> None:
         checked_sha256("dlib-face")  # its chips are aligned with dlib's landmark model
 
 
-def ensure_model_files(specs: Iterable[dict], fetch: bool = True, log: Callable[[str], None] = print) -> None:
+def ensure_model_files(specs: Iterable[dict], fetch: bool = True, log: Callable[[str], None] = LOG) -> None:
     """Check every spec's model files; fetch FaceRes's when missing (unless fetch=False); raise WeightsError with one
     line listing every problem and its fix."""
     specs = list(specs)

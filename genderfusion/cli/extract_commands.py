@@ -145,7 +145,7 @@ def fetch_faceres_main(argv: list[str] | None = None) -> None:
     p.add_argument("--dest", default=None, help=f"folder (default {faceres.model_dir()}; extraction looks there, or "
                                                 "in $GENDERFUSION_FACERES_DIR)")
     args = p.parse_args(argv)
-    run_cli(lambda: print(f"FaceRes models in {faceres.fetch(args.dest)}"),
+    run_cli(lambda: print(f"FaceRes models in {faceres.fetch(args.dest, log=print)}"),
             "interrupted; no partial model file was written")
 
 
