@@ -9,7 +9,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 NS = "genderfusion"  # the import namespace; the folders extract/, heads/, fusion/ are mapped under it
 PACKAGES = ("extract", "heads", "fusion")
-SHARED = f"{NS}.files"  # helpers every package may import (atomic writes, JSON, digests, paths); it imports none
+SHARED = (f"{NS}.files", f"{NS}.option_errors")  # what every package may import; they import none
 CLI = f"{NS}.cli"  # the console scripts: they may import anything, and nothing imports them
 
 
