@@ -164,12 +164,16 @@ def test_06_predict_images_follows_symbolic_links_and_names_broken_ones(pipe, tm
     assert len(rows) == 1 + 12 + 1
     os.symlink(tmp_path / "gone.jpg", photos / "broken.jpg")
     line = fails(predict_main, ["--model", "fusion", "--workdir", str(ws), "--images", str(photos), "--out",
-                                str(tmp_path / "q.csv"), "--no-progress", "--faces", "whole"], capsys)
-    assert f"{photos / 'broken.jpg'} not found (a broken symbolic link)" in line
-    predict_main(["--model", "fusion", "--workdir", str(ws), "--images", str(photos), "--out", str(out),
-                  "--no-progress", "--skip-bad", "--faces", "whole"])
-    broken = [r for r in out.read_text().splitlines() if r.startswith(str(photos / "broken.jpg"))]
-    assert len(broken) == 1 and "broken symbolic link" in broken[0]
+                                str(tmp_path / "q.csv"), "--no-progress", "--faces", "whole", "--strict"], capsys)
+    assert f"{photos / 'broken.jpg'} not found (a broken symbolic link)" in line and not (tmp_path / "q.csv").exists()
+    for extra in ([], ["--skip-bad"]):  # by default (--skip-bad: the same) every row is written, and the exit says 3
+        out.unlink()
+        line = fails(predict_main, ["--model", "fusion", "--workdir", str(ws), "--images", str(photos), "--out",
+                                    str(out), "--no-progress", "--faces", "whole", *extra], capsys, code=3)
+        assert "1 of 15 input(s) could not be read" in line
+        rows = out.read_text().splitlines()[1:]
+        broken = [r for r in rows if r.startswith(str(photos / "broken.jpg"))]
+        assert len(rows) == 15 and len(broken) == 1 and "broken symbolic link" in broken[0]
 
 
 def test_07_one_rule_for_alpha(pipe):
@@ -350,11 +354,11 @@ def test_18_predict_frame_with_skip_bad_writes_error_rows(pipe, tmp_path):
     data, _, _ = pipe
     clf = _model(pipe)
     frame = clf.predict_frame([data / "test/200000.jpg", 42], skip_bad=True)
-    assert frame["label"].tolist()[1] == -1 and "image 1: unsupported type int" in frame["error"][1]
+    assert frame["label"].isna()[1] and "image 1: unsupported type int" in frame["error"][1]
     raw = (data / "test/200001.jpg").read_bytes()
     lazy = Image.open(io.BytesIO(raw[:len(raw) // 2]))  # opened lazily: decoding fails only when used
     frame = clf.predict_frame([data / "test/200000.jpg", lazy], skip_bad=True)
-    assert frame["label"].tolist()[1] == -1 and frame["error"][1].startswith("<image 1>: cannot decode image")
+    assert frame["label"].isna()[1] and frame["error"][1].startswith("<image 1>: cannot decode image")
     from genderfusion.extract.errors import BadImageError
 
     with pytest.raises(BadImageError, match=r"<image 1>: cannot decode image"):

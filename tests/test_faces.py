@@ -1,6 +1,7 @@
 """Faces found in whole photos: the detector against dlib's own output, the crop geometry against a numpy formula,
 the auto rules, one row per face, drawing, the shipped default model, and predict --images under torchrun."""
 import csv
+import json
 import importlib.util
 import subprocess
 import sys
@@ -84,7 +85,8 @@ def test_auto_rules(astronaut):
 def test_drawn_photo_has_the_box_in_the_label_colour(astronaut):
     from genderfusion.fusion.photos.drawing import COLOURS, draw_faces
 
-    row = {"left": 100, "top": 100, "right": 300, "bottom": 300, "p_female": 0.9, "label": 1, "doubtful": False, "error": ""}
+    row = {"face": 0, "left": 100, "top": 100, "right": 300, "bottom": 300, "p_female": 0.9, "label": 1,
+           "doubtful": False, "error": ""}
     out = np.asarray(draw_faces(astronaut, [row]))
     assert tuple(out[200, 100]) == COLOURS[1] and tuple(out[299, 200]) == COLOURS[1]
     assert (out[150:250, 150:250] == astronaut[150:250, 150:250]).all()  # inside the box: untouched
@@ -136,19 +138,20 @@ def test_predict_images_without_a_model_uses_the_default_and_draws(astronaut, tm
     assert drawn.shape == astronaut.shape and np.abs(drawn.astype(int) - astronaut).mean() > 0.1
 
 
-def test_a_photo_without_a_face_stops_the_run_or_is_a_row(tmp_path):
+def test_a_photo_without_a_face_is_a_row_without_a_box_or_a_label(tmp_path):
+    """Not an error (with or without skip_bad): one row, rule `no face`, every value it lacks None."""
     from genderfusion.fusion.predict.options import PhotoOptions
-    from genderfusion.fusion.predict.rows import NoFaceError, PhotoPredictor
+    from genderfusion.fusion.predict.rows import PhotoPredictor
 
-    class Never:  # never reached: the photo has no face
-        threshold = 0.5
+    class Never:  # never asked for a prediction: the photo has no face
+        threshold, band = 0.5, (0.45, 0.55)
 
     blank = np.full((480, 640, 3), 90, np.uint8)
-    with pytest.raises(NoFaceError, match="<image 0>: no face found.*skip_bad"):
-        PhotoPredictor(Never(), PhotoOptions("detect", band=(0.45, 0.55))).rows([blank], ["<image 0>"])
-    (row,) = PhotoPredictor(Never(), PhotoOptions("detect", band=(0.45, 0.55), skip_bad=True)).rows([blank],
-                                                                                                    ["<image 0>"])
-    assert row["error"] == "no face found" and row["face"] == -1 and row["label"] == -1
+    for skip_bad in (False, True):
+        (row,) = PhotoPredictor(Never(), PhotoOptions("detect", skip_bad=skip_bad)).rows([blank], ["<image 0>"])
+        assert row["rule"] == "no face" and row["error"] == "" and row["path"] == "<image 0>"
+        assert all(row[c] is None for c in ("face", "left", "top", "right", "bottom", "p_female", "label",
+                                            "doubtful", "stage"))
 
 
 @pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="torch")
@@ -227,3 +230,54 @@ def test_boxes_of_a_photo_reduced_as_decoded_are_in_its_own_pixels(astronaut, tm
     Image.fromarray(astronaut).resize((2048, 2048), Image.BILINEAR).save(small)
     (a,), (b,) = (found.faces for found in FaceFinder("detect").find([str(big), str(small)], False))
     assert a.box == tuple(round(v * 1.5) for v in b.box) and a.pixels.shape == b.pixels.shape
+
+
+@needs_default
+def test_a_photo_folder_with_landscapes_and_a_corrupt_file(astronaut, tmp_path, capsys):
+    """3 photos with faces, 2 landscapes, 1 corrupt file: every row written, NA (empty) where a value is missing, exit
+    status 3 and the counts; --strict: one line, no file; predict_frame agrees, and label.mean() counts faces only."""
+    import pandas as pd
+
+    from genderfusion import FusionClassifier
+    from genderfusion.cli.predict_command import UNREADABLE, predict_main
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    Image.fromarray(astronaut).save(folder / "a.png")
+    Image.fromarray(astronaut[:, ::-1]).save(folder / "b.png")
+    Image.fromarray(astronaut[40:400, 60:420]).resize((720, 720)).save(folder / "c.png")
+    ramp = np.linspace(0, 255, 640, dtype=np.uint8)
+    for name, sky in (("d.jpg", (90, 140, 230)), ("e.jpg", (200, 120, 60))):
+        land = np.stack([np.outer(np.linspace(1, 0.3, 480), np.full(640, v)) + ramp / 8 for v in sky], axis=2)
+        Image.fromarray(land.clip(0, 255).astype(np.uint8)).save(folder / name)
+    (folder / "f.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+    out = tmp_path / "p.csv"
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as done:
+        predict_main(["--images", str(folder), "--out", str(out), "--no-progress"])
+    captured = capsys.readouterr()
+    assert done.value.code == UNREADABLE == 3
+    assert f"1 of 6 input(s) could not be read: their rows in {out} carry the error; exit status 3" in captured.err
+    summary = json.loads(captured.out[captured.out.index("{"):])
+    rows = list(csv.DictReader(open(out)))
+    by = {name: [r for r in rows if r["path"].endswith(name)] for name in ("a.png", "b.png", "c.png", "d.jpg",
+                                                                           "e.jpg", "f.jpg")}
+    assert all(len(by[n]) >= 1 and all(r["rule"] != "no face" and r["label"] in "01" for r in by[n])
+               for n in ("a.png", "b.png", "c.png"))
+    for n, rule in (("d.jpg", "no face"), ("e.jpg", "no face"), ("f.jpg", "")):
+        (r,) = by[n]
+        assert r["rule"] == rule and all(r[c] == "" for c in ("face", "left", "top", "right", "bottom", "p_female",
+                                                              "label", "doubtful", "stage"))
+    assert "f.jpg: cannot decode image" in by["f.jpg"][0]["error"] and by["d.jpg"][0]["error"] == ""
+    faces = [r for r in rows if r["face"] != ""]
+    assert summary["images"] == 6 and summary["faces"] == len(faces) and summary["no_face"] == 2
+    assert summary["unreadable"] == 1 and summary["female"] == sum(r["label"] == "1" for r in faces)
+    out.unlink()
+    with pytest.raises(SystemExit) as done:
+        predict_main(["--images", str(folder), "--out", str(out), "--no-progress", "--strict"])
+    err = [line for line in capsys.readouterr().err.splitlines() if not line.startswith("WARNING")]
+    assert done.value.code == 2 and len(err) == 1 and "f.jpg: cannot decode image" in err[0] and not out.exists()
+    df = FusionClassifier.default().predict_frame(folder)
+    assert len(df) == len(rows) and df["label"].isna().sum() == 3 and str(df["label"].dtype) == "Int64"
+    assert df["label"].mean() == pd.Series([int(r["label"]) for r in faces]).mean()
+    assert df["rule"].tolist() == [r["rule"] for r in rows]

@@ -62,15 +62,16 @@ def test_a_bad_photo_stops_the_run_or_is_written_with_its_error(model, tmp_path)
     (bad / "zz_broken.jpg").write_bytes(b"not a jpeg")
     clf = FusionClassifier.load(ws / "heads/mine/model.safetensors")
     with pytest.raises(Exception, match="zz_broken.jpg"):
-        predict_images(clf, PhotoJob.plan([bad], tmp_path / "out.csv"), PhotoOptions("whole", batch_size=5),
-                       progress=False)
+        predict_images(clf, PhotoJob.plan([bad], tmp_path / "out.csv"),
+                       PhotoOptions("whole", batch_size=5, skip_bad=False), progress=False)
     assert not (tmp_path / "out.csv").exists() and not list(tmp_path.glob(".out.csv*"))  # nothing half-written
     out = predict_images(clf, PhotoJob.plan([bad], tmp_path / "out.csv"),
                          PhotoOptions("whole", batch_size=5, skip_bad=True), progress=False)
     rows = _read(tmp_path / "out.csv")
-    assert out["errors"] == 1 and len(rows) == 13
+    assert out["unreadable"] == 1 and out["no_face"] == 0 and out["faces"] == 12 and len(rows) == 13
     broken = [r for r in rows if r["path"].endswith("zz_broken.jpg")][0]
-    assert broken["p_female"] == "" and broken["label"] == "-1" and "zz_broken.jpg" in broken["error"]
+    assert all(broken[c] == "" for c in ("face", "left", "top", "right", "bottom", "p_female", "label", "doubtful",
+                                         "stage", "rule")) and "zz_broken.jpg" in broken["error"]  # empty, no -1
     assert all(r["error"] == "" and r["p_female"] for r in rows if r is not broken)
 
 
@@ -85,7 +86,10 @@ def test_predict_frame_has_the_same_rows(model):
     assert np.allclose(frame["p_female"], clf.predict_proba([str(files[0]), *arrays])[:, 1], atol=1e-6)
     assert np.isclose(frame["p_female"][0], frame["p_female"][1], atol=1e-6)  # the same photo, as path and array
     bad = clf.predict_frame([str(files[0]), "/no/such.jpg"], skip_bad=True, faces="whole")
-    assert bad["label"].tolist()[1] == -1 and "no/such.jpg" in bad["error"][1] and np.isnan(bad["p_female"][1])
+    assert bad["label"].isna().tolist() == [False, True] and "no/such.jpg" in bad["error"][1]
+    assert bad["p_female"].isna()[1] and bad["face"].isna()[1] and bad["doubtful"].isna()[1]
+    assert str(bad["label"].dtype) == "Int64" and str(bad["doubtful"].dtype) == "boolean"
+    assert bad["label"].mean() == bad["label"][0]  # the unreadable row is not counted as data
 
 
 @pytest.mark.parametrize("args,message", [

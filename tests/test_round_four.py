@@ -92,7 +92,8 @@ def test_04_14_a_model_that_is_not_a_regular_file_is_refused_unread(tmp_path, ca
 def test_04_25_09_special_files_and_empty_paths_among_the_photos(tmp_path, capsys):
     os.mkfifo(tmp_path / "x.jpg")
     out = tmp_path / "p.csv"
-    line = fails(predict_main, ["--images", str(tmp_path / "x.jpg"), "--out", str(out), "--no-progress"], capsys)
+    line = fails(predict_main, ["--images", str(tmp_path / "x.jpg"), "--out", str(out), "--no-progress", "--strict"],
+                 capsys)
     assert "x.jpg: cannot decode image (a named pipe (FIFO), not an image file; not read)" in line
     line = fails(predict_main, ["--images", "/dev/zero", "--out", str(out)], capsys)
     assert line == "error: /dev/zero: a character device, not an image file or a folder; not read"

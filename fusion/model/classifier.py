@@ -324,13 +324,15 @@ class FusionClassifier(Stateful):
         return (self.predict_proba(images, **kw)[:, 1] >= self.threshold).astype(np.int64)
 
     def predict_frame(self, images, faces: str = "auto", detector: str = "hog", min_face: int = MIN_FACE,
-                      band: tuple[float, float] | None = None, skip_bad: bool = False, batch_size: int = 256,
+                      band: tuple[float, float] | None = None, skip_bad: bool = True, batch_size: int = 256,
                       device: str = "auto", cascade: bool = True, workers: int = 1):
         """A pandas DataFrame, one row per face: path ('<image i>' for one in memory), face (0, 1, ... in the
-        photo; -1 on an error row), left, top, right, bottom (its box in the photo), p_female, label (-1 on an
-        error row), doubtful (P(female) before the second stage inside `band`, default the model's), stage (which
-        of the model's stages decided: see stage_names(); 0: none), rule (which rule chose the face:
-        fusion.photos.faces) and error (with skip_bad: why the photo gave no face).
+        photo), left, top, right, bottom (its box in the photo), p_female, label, doubtful (P(female) before the
+        second stage inside `band`, default the model's), stage (which of the model's stages decided: see
+        stage_names()), rule (which rule chose the face: fusion.photos.faces) and error. A photo in which no face is
+        found is one row with rule `no face`; an unreadable one is one row with its error (skip_bad=False: an error
+        at the first one). Their missing values are NA (nullable columns), so that `label.mean()` counts faces only.
+        images: paths, folders of photos, PIL images, arrays or tensors, or a list of them.
 
         faces: `detect` classifies every face the detector (`hog` or `cnn`) finds at least min_face pixels wide;
         `whole` takes each image as one face; `auto` detects, and takes an image as one face where its one face

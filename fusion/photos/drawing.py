@@ -24,7 +24,7 @@ def draw_faces(image: np.ndarray, rows: list[dict], scale: float = 1.0) -> Image
     width = max(2, round(max(out.size) / 400))
     font = ImageFont.load_default(size=max(12, round(max(out.size) / 45)))
     for r in rows:
-        if r["error"]:
+        if r["face"] is None:  # a photo without a face, or unreadable
             continue
         box = tuple(round(v / scale) for v in (r["left"], r["top"], r["right"] - 1, r["bottom"] - 1))
         colour = DOUBTFUL if r["doubtful"] else COLOURS[r["label"]]

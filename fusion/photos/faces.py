@@ -20,7 +20,7 @@ CROP_LIKE_SIDE, CROP_LIKE_ASPECT = 400, 1.25  # auto: no side above this many pi
 # CROP_LIKE_MIN_STD (not a uniform square), and a window of the permissive HOG pass (FaceDetector.best_score) scoring
 # CROP_LIKE_SCORE or more. Chosen on 6,000 training crops (bench/crop_like.py): see its results.
 CROP_LIKE_MIN_SIDE, CROP_LIKE_MIN_STD, CROP_LIKE_SCORE = 48, 8.0, -0.8
-NO_FACE = "no face found"
+NO_FACE = "no face"  # the rule of a photo in which no face was found: its one row has no box and no label
 
 
 @dataclass(frozen=True)

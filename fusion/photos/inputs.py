@@ -12,7 +12,7 @@ from genderfusion.files.paths import special_kind
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")
 
 
-def _walk(folder: Path) -> list[Path]:
+def walk(folder: Path) -> list[Path]:
     """Image files under a folder, sorted, following symbolic links to files and folders (each real folder once:
     a link cycle ends); a broken link with an image suffix is kept, so that it is reported, not dropped."""
     found, seen = [], set()
@@ -54,7 +54,7 @@ def expand_paths(items: Sequence[str | os.PathLike]) -> list[Path]:
         if kind not in (None, "a folder") and path.suffix.lower() not in IMAGE_SUFFIXES:
             raise ValueError(f"{text}: {kind}, not an image file or a folder; not read")
         if path.is_dir():
-            found = _walk(path)
+            found = walk(path)
             if not found:
                 raise FileNotFoundError(f"{path}: no images in this folder (looked for {', '.join(IMAGE_SUFFIXES)})")
             out += found

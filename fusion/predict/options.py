@@ -19,8 +19,8 @@ def _positive(name: str, value) -> None:
 class PhotoOptions:
     """faces auto|detect|whole, the detector, min_face pixels; band, the doubtful band of P(female) (None: the
     model's); batch_size, faces classified at once (and photo files read per step); device; cascade (False: every
-    source on every face); skip_bad, an unreadable photo (or one without a face) is a row with its error instead of
-    stopping the run; workers, processes that decode photo files and find their faces."""
+    source on every face); skip_bad, an unreadable photo is a row with its error (False: an error that stops the
+    run); workers, processes that decode photo files and find their faces."""
     faces: str = "auto"
     detector: str = "hog"
     min_face: int = MIN_FACE
@@ -28,7 +28,7 @@ class PhotoOptions:
     batch_size: int = 256
     device: str = "auto"
     cascade: bool = True
-    skip_bad: bool = False
+    skip_bad: bool = True
     workers: int = 1
 
     def __post_init__(self):

@@ -1,8 +1,10 @@
-"""One row per face of each photo: path, face, box, P(female), label, doubtful, stage, rule, error."""
+"""One row per face of each photo: path, face, box, P(female), label, doubtful, stage, rule, error. A photo in which
+no face is found is one row with rule `no face`, and an unreadable one (with skip_bad) one row with its error; their
+missing values are None (empty in CSV, null in Parquet and JSON, NA in a DataFrame), never a number."""
 from __future__ import annotations
 
-import math
 import os
+from pathlib import Path
 from typing import Callable, Sequence
 
 from genderfusion.files.paths import printable
@@ -10,35 +12,31 @@ from genderfusion.extract.errors import BadImageError
 
 from genderfusion.fusion.photos.decode import as_items
 from genderfusion.fusion.photos.faces import NO_FACE
+from genderfusion.fusion.photos.inputs import walk
 from genderfusion.fusion.predict.options import PhotoOptions
 
 BOX = ("left", "top", "right", "bottom")
 COLUMNS = ("path", "face", *BOX, "p_female", "label", "doubtful", "stage", "rule", "error")
 INTS = ("face", *BOX, "label", "stage")
+FRAME_TYPES = {**dict.fromkeys(INTS, "Int64"), "p_female": "Float64", "doubtful": "boolean"}
 
 
-class NoFaceError(ValueError):
-    """A photo in which no face was found (without skip_bad)."""
-
-    def __init__(self, name: str, detector: str, min_face: int):
-        super().__init__(f"{name}: {NO_FACE} (detector {detector}, faces of {min_face} px or more); skip_bad keeps "
-                         "such photos as a row with this error, faces='whole' classifies the whole photo")
-        self.name, self.detector, self.min_face = name, detector, min_face
-
-    def __reduce__(self):
-        return type(self), (self.name, self.detector, self.min_face)
+def _faceless_row(index: int, name: str, rule: str, error: str = "") -> dict:
+    """The one row of a photo without a face (rule NO_FACE) or of an unreadable one (its error)."""
+    return {"image": index, "path": name, **dict.fromkeys(("face", *BOX, "p_female", "label", "doubtful", "stage")),
+            "rule": rule, "error": error}
 
 
-def _error_row(index: int, name: str, error: str) -> dict:
-    return {"image": index, "path": name, "face": -1, **dict.fromkeys(BOX, -1), "p_female": math.nan, "label": -1,
-            "doubtful": True, "stage": 0, "rule": "", "error": error}
+def is_face(row: dict) -> bool:
+    return row["face"] is not None
 
 
 def csv_cells(row: dict) -> list[str]:
     """A row as the cells of the CSV output (and of the table the CLI prints)."""
-    return [printable(row["path"]), str(row["face"]), *(str(row[c]) for c in BOX),
-            "" if math.isnan(row["p_female"]) else f"{row['p_female']:.6f}", str(row["label"]),
-            str(int(row["doubtful"])), str(row["stage"]), row["rule"], printable(row["error"])]
+    if not is_face(row):
+        return [printable(row["path"]), *[""] * (len(COLUMNS) - 3), row["rule"], printable(row["error"])]
+    return [printable(row["path"]), str(row["face"]), *(str(row[c]) for c in BOX), f"{row['p_female']:.6f}",
+            str(row["label"]), str(int(row["doubtful"])), str(row["stage"]), row["rule"], ""]
 
 
 Draw = Callable[[str, object, list, float], None]  # (name, photo as decoded, its rows, how much larger the photo is)
@@ -55,8 +53,9 @@ class PhotoPredictor:
         self.finder = self.options.finder()
 
     def rows(self, items: Sequence, names: Sequence[str], draw: Draw | None = None) -> list[dict]:
-        """One row per face, photo by photo in order (`image`: the item's index). An unreadable photo (or one without
-        a face) is an error naming it, or (skip_bad) a row with the error. draw sees each readable photo."""
+        """One row per face, photo by photo in order (`image`: the item's index); a photo without a face is one row
+        with rule `no face`. An unreadable photo is an error naming it, or (skip_bad) a row with the error. draw sees
+        each readable photo."""
         o = self.options
         crops, rows, photos = [], [], []
         for i, (name, got) in enumerate(zip(names, self.finder.find(items, draw is not None))):
@@ -64,13 +63,11 @@ class PhotoPredictor:
                 if not o.skip_bad:
                     raise got
                 # an undecodable input is named as the caller names it (an upload by its name, not its index)
-                rows.append(_error_row(i, name, str(BadImageError(name, got.reason)
-                                                    if isinstance(got, BadImageError) else got)))
+                rows.append(_faceless_row(i, name, "", str(BadImageError(name, got.reason)
+                                                           if isinstance(got, BadImageError) else got)))
                 continue
             if not got.faces:
-                if not o.skip_bad:
-                    raise NoFaceError(name, o.detector, o.min_face)
-                rows.append(_error_row(i, name, NO_FACE))
+                rows.append(_faceless_row(i, name, NO_FACE))
             for k, face in enumerate(got.faces):
                 crops.append(face.pixels)
                 rows.append({"image": i, "path": name, "face": k, **dict(zip(BOX, face.box)), "rule": face.rule,
@@ -81,7 +78,7 @@ class PhotoPredictor:
                                      cascade=o.cascade) if crops else None
         n = -1
         for row in rows:
-            if not row["error"]:
+            if is_face(row):
                 n += 1
                 q = float(d["p_female"][n])
                 row.update(p_female=q, label=int(q >= self.clf.threshold), doubtful=bool(d["doubtful"][n]),
@@ -102,12 +99,14 @@ class PhotoPredictor:
 
 
 def predict_frame(clf, images, options: PhotoOptions | None = None):
-    """A pandas DataFrame with COLUMNS, one row per face (paths, PIL images, arrays or tensors; an in-memory
-    image's path is '<image i>')."""
+    """A pandas DataFrame with COLUMNS, one row per face of each input (paths, folders of photos, PIL images, arrays
+    or tensors; an in-memory image's path is '<image i>'); missing values are NA (nullable Int64, Float64 and
+    boolean columns)."""
     import pandas as pd
 
-    items = as_items(images)
+    items = [p for x in as_items(images) for p in (walk(Path(x)) if isinstance(x, (str, os.PathLike))
+                                                    and Path(x).is_dir() else [x])]
     names = [str(x) if isinstance(x, (str, os.PathLike)) else f"<image {i}>" for i, x in enumerate(items)]
     with PhotoPredictor(clf, options) as predictor:
         rows = predictor.rows(items, names)
-    return pd.DataFrame(rows, columns=list(COLUMNS)).astype({c: "int64" for c in INTS})
+    return pd.DataFrame(rows, columns=list(COLUMNS)).astype(FRAME_TYPES)

@@ -16,11 +16,12 @@ from genderfusion.files.paths import printable
 from genderfusion.fusion.photos.drawing import Drawer
 from genderfusion.fusion.photos.inputs import expand_paths
 from genderfusion.fusion.predict.options import PhotoOptions
-from genderfusion.fusion.predict.rows import COLUMNS, INTS, PhotoPredictor, csv_cells
+from genderfusion.fusion.photos.faces import NO_FACE
+from genderfusion.fusion.predict.rows import COLUMNS, INTS, PhotoPredictor, csv_cells, is_face
 
 TABLES = (".csv", ".parquet")
 TABLE_ROWS = 20  # a run with at most this many rows keeps them for the table the CLI prints
-COUNTS = ("images", "faces", "errors", "female", "doubtful")
+COUNTS = ("images", "faces", "no_face", "unreadable", "female", "doubtful")
 
 
 def check_table(out: str | os.PathLike, inputs: Sequence[str | os.PathLike]) -> Path:
@@ -97,10 +98,11 @@ def _chunks(paths: list[Path], n: int) -> Iterator[list[Path]]:
 
 
 def predict_images(clf, job: PhotoJob, options: PhotoOptions | None = None, progress: bool = True) -> dict:
-    """Predict every face of every photo of `job` into its output, batch by batch: memory holds one batch. Without
-    skip_bad, the first unreadable file (or photo without a face) stops the run, naming it, and no output is left;
-    with it, the file's row carries the error. Returns the counts; `rows` holds the rows when there are at most
-    TABLE_ROWS."""
+    """Predict every face of every photo of `job` into its output, batch by batch: memory holds one batch. A photo
+    without a face is a row with rule `no face`. Without skip_bad, the first unreadable file stops the run, naming
+    it, and no output is left; with it, the file's row carries the error and the run goes on. Returns the counts
+    (images, faces, no_face: photos without a face, unreadable, female, doubtful); `rows` holds the rows when there
+    are at most TABLE_ROWS."""
     from tqdm.auto import tqdm
 
     options = options or PhotoOptions()
@@ -115,10 +117,11 @@ def predict_images(clf, job: PhotoJob, options: PhotoOptions | None = None, prog
                 for chunk in _chunks(job.paths, options.batch_size):
                     rows = predictor.rows(chunk, [str(p) for p in chunk], job.drawer)
                     writer.write(rows)
-                    faces = [r for r in rows if not r["error"]]
+                    faces = [r for r in rows if is_face(r)]
                     counts["images"] += len(chunk)
-                    counts["errors"] += len(rows) - len(faces)
                     counts["faces"] += len(faces)
+                    counts["no_face"] += sum(r["rule"] == NO_FACE for r in rows)
+                    counts["unreadable"] += sum(bool(r["error"]) for r in rows)
                     counts["female"] += sum(r["label"] == 1 for r in faces)
                     counts["doubtful"] += sum(bool(r["doubtful"]) for r in faces)
                     kept = (kept + rows)[:TABLE_ROWS + 1]

@@ -8,7 +8,6 @@ entry of its image, never a failure of the process."""
 import dataclasses
 import hmac
 import logging
-import math
 import os
 import time
 from importlib.resources import files
@@ -36,8 +35,8 @@ def allowed_hosts(host: str, extra: tuple[str, ...] = ()) -> list[str]:
 
 
 def rows_json(rows: list[dict]) -> list[dict]:
-    """Rows with the upload's index and the columns of `predict --images`, NaN as null."""
-    return [{c: (None if isinstance(r[c], float) and math.isnan(r[c]) else r[c]) for c in ROW_COLUMNS} for r in rows]
+    """Rows with the upload's index and the columns of `predict --images` (a missing value is null)."""
+    return [{c: r[c] for c in ROW_COLUMNS} for r in rows]
 
 
 def health(clf, name: str) -> dict:

@@ -4,11 +4,16 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 
 from genderfusion.cli.arguments import add_face_arguments, band, capped_workers, device, positive_int
 from genderfusion.cli.running import make_parser, run_cli
 
 log = logging.getLogger("genderfusion")
+UNREADABLE = 3  # exit status of a --images run that wrote every row but some inputs could not be read
+EPILOG = (f"exit status: 0 all done; 2 an error (one line says which; no output written); {UNREADABLE} --images "
+          "wrote every row, but some inputs could not be read (their rows carry the error; --strict stops instead); "
+          "130 interrupted")
 
 
 def _default_output(default: str, overwrite: bool, *beside: str) -> str:
@@ -35,14 +40,10 @@ def _plan(images: list[str], out: str, draw: str | None, overwrite: bool):
                                 "draw into another folder, or pass --overwrite to replace such files") from None
 
 
-def _no_face(exc) -> ValueError:
-    return ValueError(f"{exc.name}: no face found (detector {exc.detector}, faces of {exc.min_face} px or more); "
-                      "--skip-bad keeps such photos as a row with this error, --faces whole classifies the whole photo")
-
-
 def predict_main(argv: list[str] | None = None) -> None:
     p = make_parser("predict", "Predict with a trained fusion model: a competition's test rows (--data) or any photos "
                                "(--images).")
+    p.epilog = EPILOG
     p.add_argument("--model", default=None, help="default (the model shipped with the package), a name under "
                                                  "<workdir>/heads/, or a model file (model.safetensors, or an exported "
                                                  ".gfm; its workspace: --workdir when given, else the one it was saved "
@@ -63,8 +64,12 @@ def predict_main(argv: list[str] | None = None) -> None:
                                                             "(never an input)")
     p.add_argument("--band", type=band, default=None, help="doubtful band LO,HI of P(female) (default: the model's)")
     p.add_argument("--batch-size", type=positive_int, default=256, help="--images: photos held in memory at once")
-    p.add_argument("--skip-bad", action="store_true", help="--images: write unreadable files with an error column "
-                                                           "instead of stopping")
+    bad = p.add_mutually_exclusive_group()
+    bad.add_argument("--strict", action="store_true", help="--images: stop at the first file that cannot be read, "
+                                                           "writing nothing (by default its row carries the error, every "
+                                                           f"other row is written, and the exit status is {UNREADABLE})")
+    bad.add_argument("--skip-bad", action="store_true", help="--images: the default (an unreadable file is a row with "
+                                                             "its error); kept for scripts that pass it")
     p.add_argument("--device", type=device, default="auto", help="auto (CUDA if present), cpu, cuda …")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--no-cascade", action="store_true", help="run every source on every image even when the model "
@@ -89,7 +94,6 @@ def predict_main(argv: list[str] | None = None) -> None:
         from genderfusion.extract.distributed import world
         from genderfusion.fusion.photos.inputs import example_photo
         from genderfusion.fusion.predict.options import PhotoOptions
-        from genderfusion.fusion.predict.rows import NoFaceError
         from genderfusion.fusion.predict.table import faces_table, predict_images
 
         out = args.out or _default_output("predictions.csv", args.overwrite)
@@ -97,23 +101,24 @@ def predict_main(argv: list[str] | None = None) -> None:
             args.images, args.draw = [str(example_photo())], args.draw or "drawn"
         job = _plan(args.images, out, args.draw, args.overwrite)
         options = PhotoOptions(args.faces, args.detector, args.min_face, args.band, args.batch_size, args.device,
-                               not args.no_cascade, args.skip_bad, capped_workers(args.workers))
-        try:
-            if world():  # under torchrun: a shard a rank, merged in input order by rank 0
-                from genderfusion.fusion.predict.ranks import predict_images_ranks
+                               not args.no_cascade, not args.strict, capped_workers(args.workers))
+        if world():  # under torchrun: a shard a rank, merged in input order by rank 0
+            from genderfusion.fusion.predict.ranks import predict_images_ranks
 
-                summary = predict_images_ranks(lambda: FusionClassifier.load(args.model, args.workdir), job, options,
-                                               not args.no_progress)
-                if summary is None:  # not rank 0: rank 0 reports for all
-                    return
-            else:
-                summary = predict_images(FusionClassifier.load(args.model, args.workdir), job, options,
-                                         not args.no_progress)
-        except NoFaceError as exc:
-            raise _no_face(exc) from None
+            summary = predict_images_ranks(lambda: FusionClassifier.load(args.model, args.workdir), job, options,
+                                           not args.no_progress)
+            if summary is None:  # not rank 0: rank 0 reports for all
+                return
+        else:
+            summary = predict_images(FusionClassifier.load(args.model, args.workdir), job, options,
+                                     not args.no_progress)
         rows = summary.pop("rows")
         if rows is not None and job.out.suffix.lower() == ".csv":
             print(faces_table(rows))
         print(json.dumps(summary, indent=2))
+        if summary["unreadable"]:
+            print(f"{summary['unreadable']} of {summary['images']} input(s) could not be read: their rows in "
+                  f"{summary['out']} carry the error; exit status {UNREADABLE}", file=sys.stderr)
+            sys.exit(UNREADABLE)
 
     run_cli(body, interrupted="interrupted; no output file was written (nothing else changed)")
