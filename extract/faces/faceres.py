@@ -9,6 +9,7 @@ its sha512 and each file's sha256, and puts them there.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import tarfile
@@ -37,6 +38,8 @@ DEFAULT_LAYER = "feats"
 SIZE = 224
 BGR_MEANS = (103.939, 116.779, 123.68)  # HSE's preprocessing: BGR minus these means (not the npm library's RGB)
 GENDER_NODE = LAYERS["gender"][0]
+PACKAGED_NET = "faceres-deep"  # the net the package holds (bench/package_faceres.py), with its licence
+LICENCE = "FaceRes-LICENSE.txt"
 
 
 def cache_root() -> Path:
@@ -102,6 +105,40 @@ def onnx_model(net: str, sha256: str) -> bytes:
 
 
 _UNWRITABLE: set[Path] = set()  # cache folders warned about once
+
+
+def packaged_dir() -> Path:
+    """Where the package keeps its copy of PACKAGED_NET (genderfusion/default/)."""
+    from importlib.resources import files
+
+    return Path(str(files("genderfusion"))) / "default"
+
+
+def unpack(net: str, dest: Path | None = None) -> bool:
+    """Write the package's copy of `net` into dest (default model_dir()) as the published files: the graph as it is,
+    the .bin rebuilt byte for byte from the safetensors tensors; each checked against its published sha256. False
+    when the package holds no copy of `net`."""
+    from safetensors.numpy import load_file
+
+    graph, weights = packaged_dir() / f"{net}.json", packaged_dir() / f"{net}.safetensors"
+    if not (graph.is_file() and weights.is_file()):
+        return False
+    dest = Path(dest) if dest else model_dir()
+    tensors = load_file(weights)
+    model = json.loads(graph.read_text())
+    order = [w["name"] for group in model["weightsManifest"] for w in group["weights"]]
+    files = {f"{net}.json": graph.read_bytes(),
+             f"{net}.bin": b"".join(tensors[name].astype(tensors[name].dtype.newbyteorder("<")).tobytes()
+                                    for name in order)}
+    for name, data in files.items():
+        got = hashlib.sha256(data).hexdigest()
+        if got != FILES[name]:
+            raise ValueError(f"{graph.parent}: the packaged {name} has sha256 {got}, not the published {FILES[name]}; "
+                             "reinstall genderfusion, or rebuild it with `python bench/package_faceres.py`")
+    for name, data in files.items():
+        with atomic_path(dest / name) as out:
+            out.write_bytes(data)
+    return True
 
 
 def fetch(dest: Path | None = None, log: Callable[[str], None] = log.info, progress: bool = True,

