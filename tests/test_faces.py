@@ -304,3 +304,11 @@ def test_a_photo_folder_with_landscapes_and_a_corrupt_file(astronaut, tmp_path, 
     assert len(df) == len(rows) and df["label"].isna().sum() == 3 and str(df["label"].dtype) == "Int64"
     assert df["label"].mean() == pd.Series([int(r["label"]) for r in faces]).mean()
     assert df["rule"].tolist() == [r["rule"] for r in rows]
+    pytest.importorskip("pyarrow")
+    with pytest.raises(SystemExit) as done:  # Parquet: nulls, read back as NA in nullable columns
+        predict_main(["--images", str(folder), "--out", str(tmp_path / "p.parquet"), "--no-progress"])
+    table = pd.read_parquet(tmp_path / "p.parquet")
+    assert done.value.code == 3 and table["rule"].tolist() == df["rule"].tolist()
+    assert {str(table[c].dtype) for c in ("face", "left", "label", "stage")} == {"Int64"}
+    assert str(table["doubtful"].dtype) == "boolean" and table["label"].isna().sum() == 3
+    assert table["label"].mean() == df["label"].mean()

@@ -17,7 +17,7 @@ from genderfusion.fusion.photos.drawing import Drawer
 from genderfusion.fusion.photos.inputs import expand_paths
 from genderfusion.fusion.predict.options import PhotoOptions
 from genderfusion.fusion.photos.faces import NO_FACE
-from genderfusion.fusion.predict.rows import COLUMNS, INTS, PhotoPredictor, csv_cells, is_face
+from genderfusion.fusion.predict.rows import COLUMNS, FRAME_TYPES, INTS, PhotoPredictor, csv_cells, is_face
 
 TABLES = (".csv", ".parquet")
 TABLE_ROWS = 20  # a run with at most this many rows keeps them for the table the CLI prints
@@ -74,12 +74,15 @@ class _Writer:
         if not self.parquet:
             self._csv.writerows(csv_cells(r) for r in rows)
             return
+        import pandas as pd
         import pyarrow as pa
         import pyarrow.parquet as pq
 
         rows = [{**r, "path": printable(r["path"]), "error": printable(r["error"])} for r in rows]
         types = {"p_female": pa.float64(), "doubtful": pa.bool_(), **dict.fromkeys(INTS, pa.int64())}
-        table = pa.Table.from_pylist(rows, schema=pa.schema([(c, types.get(c, pa.string())) for c in COLUMNS]))
+        frame = pd.DataFrame(rows, columns=list(COLUMNS)).astype(FRAME_TYPES)  # nulls stay nulls, read back as NA
+        table = pa.Table.from_pandas(frame, schema=pa.schema([(c, types.get(c, pa.string())) for c in COLUMNS]),
+                                     preserve_index=False)
         if self._pq is None:
             self._pq = pq.ParquetWriter(self.tmp, table.schema)
         self._pq.write_table(table)
