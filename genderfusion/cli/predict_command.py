@@ -2,14 +2,12 @@
 from __future__ import annotations
 
 import json
-import logging
 import os
 import sys
 
 from genderfusion.cli.arguments import add_face_arguments, band, capped_workers, device, positive_int
 from genderfusion.cli.running import make_parser, run_cli
 
-log = logging.getLogger("genderfusion")
 UNREADABLE = 3  # exit status of a --images run that wrote every row but some inputs could not be read
 EPILOG = (f"exit status: 0 all done; 2 an error (one line says which; no output written); {UNREADABLE} --images "
           "wrote every row, but some inputs could not be read (their rows carry the error; --strict stops instead); "
