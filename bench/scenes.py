@@ -222,15 +222,15 @@ def photo_cost(clf, data: Path, repeats: int = 3) -> dict:
     return out
 
 
-def calibrate(data: Path, n: int) -> dict:
+def calibrate(data: Path, n: int, kinds: tuple[str, ...]) -> dict:
     """Median place of each detector's box in the training crops (detect.FRAMES)."""
     from genderfusion.extract.faces.detect import FaceDetector
     from genderfusion.fusion.photos.decode import decode_one
 
     ids = [r["id"] for r in csv.DictReader(open(data / "train.csv"))][:n]
     out = {}
-    for kind in ("hog", "cnn"):
-        det, rows = FaceDetector(kind), []  # as predict runs it (min_face 72: no upsampling)
+    for kind in kinds:
+        det, rows = FaceDetector(kind, 72), []  # dlib: as predict ran it (min_face 72: no upsampling)
         for i in ids:
             im = decode_one(str(data / "train" / f"{i}.jpg"), 0)
             boxes = det.detect(im)
@@ -292,7 +292,7 @@ def main(argv=None) -> dict:
         print(json.dumps(result.get("cost_by_photo_size"), indent=2))
         return result
     if args.calibrate:  # into frames.json beside the --json results
-        result = {"calibration": calibrate(data, 300)}
+        result = {"calibration": calibrate(data, 300, ("hog", "cnn", "mtcnn", "blazeface"))}
         args.json = str(Path(args.json).with_name("frames.json"))
     else:
         from genderfusion import FusionClassifier

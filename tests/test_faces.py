@@ -17,7 +17,7 @@ pytest.importorskip("dlib")
 skimage_data = pytest.importorskip("skimage.data")
 
 from genderfusion.extract.faces import faceres  # noqa: E402
-from genderfusion.extract.faces.detect import CROP_SIZE, FRAMES, Box, FaceDetector  # noqa: E402
+from genderfusion.extract.faces.detect import CROP_SIZE, FRAMES, Box, FaceDetector, upsample  # noqa: E402
 from genderfusion.fusion.photos.faces import CROP_LIKE, DETECTED, FILLS, WHOLE, faces_of  # noqa: E402
 
 HAS_FACERES = not faceres.missing_files("faceres-deep")
@@ -48,8 +48,7 @@ def test_hog_boxes_are_dlibs_own(astronaut):
     assert len(ref) == len(got) == 1
     assert (got[0].left, got[0].top, got[0].right, got[0].bottom) == (ref[0].left(), ref[0].top(),
                                                                        ref[0].right() + 1, ref[0].bottom() + 1)
-    assert FaceDetector("hog", 40).upsample == 1 and FaceDetector("hog", 72).upsample == 0
-    assert FaceDetector("hog", 20).upsample == 2
+    assert upsample(40) == 1 and upsample(72) == 0 and upsample(20) == 2
     assert FaceDetector("hog", 300).detect(astronaut) == []  # narrower than min_face: skipped
 
 
@@ -243,15 +242,16 @@ def test_the_example_runs_with_no_network_no_node_and_an_empty_cache(tmp_path):
     assert "fetching" not in r.stderr and row["path"] in r.stdout
 
 
-def test_boxes_of_a_photo_reduced_as_decoded_are_in_its_own_pixels(astronaut, tmp_path):
-    """A 3072 px photo is decoded at 2048 px; its face box is reported in the photo's pixels (1.5x)."""
-    from genderfusion.fusion.photos.finder import FaceFinder
+def test_boxes_of_a_photo_reduced_as_decoded_are_in_its_own_pixels(astronaut, tmp_path, monkeypatch):
+    """With photos decoded at most 2048 px, a 3072 px photo's face box is reported in its own pixels (1.5x)."""
+    from genderfusion.fusion.photos import finder
 
+    monkeypatch.setattr(finder, "DETECT_SIDE", 2048)
     big = tmp_path / "big.png"
     Image.fromarray(astronaut).resize((3072, 3072), Image.BILINEAR).save(big)
     small = tmp_path / "small.png"
     Image.fromarray(astronaut).resize((2048, 2048), Image.BILINEAR).save(small)
-    (a,), (b,) = (found.faces for found in FaceFinder("detect").find([str(big), str(small)], False))
+    (a,), (b,) = (found.faces for found in finder.FaceFinder("detect", "hog").find([str(big), str(small)], False))
     assert a.box == tuple(round(v * 1.5) for v in b.box) and a.pixels.shape == b.pixels.shape
 
 

@@ -32,6 +32,9 @@ FILES = {  # published sha256 of the package's files
     "faceres-deep.bin": "b0ea2cc4805891a0f22dc57b06b57806b967831305c40818400fda40aec341f4",
     "faceres.json": "5b83d49c0385d2e68a05122441b94226313677cae9fcc40b9587ad50079eb4df",
     "faceres.bin": "2c7d2d62b76c97528b736527aa09d310ea71743c9e3e79fb6c62d4b2d73af79b",
+    # the graph that the packaged BlazeFace weights were read from (detector_weights); its test compares them
+    "facemesh-detection-short.json": "39a0a802cee9aeacd430e35b819f3a77f1440ca94747388a4147185a0bda7a03",
+    "facemesh-detection-short.bin": "e9b69ee1c1f8cd33c58120bcd75bf8c56bfba20c880f447e9d293ec102059d4b",
 }
 # layer name -> (graph node, width); "gender" is the logit of P(male) (gender_pred/Sigmoid's input)
 LAYERS = {"feats": ("feats/Relu", 256), "pooling": ("global_pooling/Mean", 1024), "gender": ("gender_pred/BiasAdd", 1)}

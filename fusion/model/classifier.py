@@ -8,7 +8,7 @@ from typing import Sequence
 import numpy as np
 
 from genderfusion.extract.errors import WorkspaceError
-from genderfusion.extract.faces.detect import MIN_FACE
+from genderfusion.extract.faces.detect import DEFAULT_DETECTOR, MIN_FACE
 from genderfusion.extract.sources.base import FINETUNED, FROZEN, FeatureSource
 from genderfusion.heads import HEADS
 from genderfusion.heads.second_stage import DEFAULT_BAND, KnnSecondStage, in_band
@@ -323,7 +323,7 @@ class FusionClassifier(Stateful):
         predict_frame)."""
         return (self.predict_proba(images, **kw)[:, 1] >= self.threshold).astype(np.int64)
 
-    def predict_frame(self, images, faces: str = "auto", detector: str = "hog", min_face: int = MIN_FACE,
+    def predict_frame(self, images, faces: str = "auto", detector: str = DEFAULT_DETECTOR, min_face: int = MIN_FACE,
                       band: tuple[float, float] | None = None, skip_bad: bool = True, batch_size: int = 256,
                       device: str = "auto", cascade: bool = True, workers: int = 1):
         """A pandas DataFrame, one row per face: path ('<image i>' for one in memory), face (0, 1, ... in the
@@ -334,7 +334,8 @@ class FusionClassifier(Stateful):
         at the first one). Their missing values are NA (nullable columns), so that `label.mean()` counts faces only.
         images: paths, folders of photos, PIL images, arrays or tensors, or a list of them.
 
-        faces: `detect` classifies every face the detector (`hog` or `cnn`) finds at least min_face pixels wide;
+        faces: `detect` classifies every face the detector (mtcnn, blazeface, hog or cnn: extract.faces.detect)
+        finds at least min_face pixels wide;
         `whole` takes each image as one face; `auto` detects, and takes an image as one face where its one face
         fills it or no face is found in an image that looks like a face crop. workers: processes that decode photo
         files and find their faces. The options are fusion.predict.options.PhotoOptions."""

@@ -14,7 +14,8 @@ from genderfusion.extract.errors import BadImageError
 
 
 MAX_SIDE = 1024  # a photo file is reduced to this (long side) as it is decoded: memory per photo stays bounded
-DETECT_SIDE = 2048  # the same where faces are found in the photo: a face of 80 px in a 4000 px photo stays 40 px
+DETECT_SIDE = 6144  # the same where faces are found in the photo: the detectors reduce it themselves as they need,
+# and faces are cut from it (a 24-px face in a 4000x3000 photo stays 24 px)
 KINDS = "a path, the bytes of an image file, a PIL image, an HWC uint8 array or a tensor"
 BYTES = (bytes, bytearray, memoryview)
 

@@ -17,9 +17,15 @@ CROP_LIKE = "crop-like"  # auto: no face found, but the photo is small and squar
 FILL_SHARE = 0.6  # auto: a face whose frame covers this share of the photo (intersection over union) fills it
 CROP_LIKE_SIDE, CROP_LIKE_ASPECT = 400, 1.25  # auto: no side above this many pixels, long/short side at most this
 # ... and it must look like a face: sides of at least CROP_LIKE_MIN_SIDE, grey levels spread by at least
-# CROP_LIKE_MIN_STD (not a uniform square), and a window of the permissive HOG pass (FaceDetector.best_score) scoring
-# CROP_LIKE_SCORE or more. Chosen on 6,000 training crops (bench/crop_like.py): see its results.
-CROP_LIKE_MIN_SIDE, CROP_LIKE_MIN_STD, CROP_LIKE_SCORE = 48, 8.0, -0.8
+# CROP_LIKE_MIN_STD (not a uniform square), and the detector's permissive pass (FaceDetector.best_score: HOG's best
+# window, in HOG's units; the CNNs' face probability of the whole image) scoring CROP_LIKE_SCORE or more. Chosen on
+# training crops (bench/crop_like.py, --detector): see its results.
+CROP_LIKE_MIN_SIDE, CROP_LIKE_MIN_STD = 48, 8.0
+CROP_LIKE_SCORE = {"hog": -0.8, "cnn": -0.8, "mtcnn": 0.5, "blazeface": 0.5}
+# a found face narrower than this many pixels is reported `doubtful` whatever its P(female): below it the face
+# networks agree with their label for the competition's crop of the same face less often (bench/results/
+# scenes_hard.md, accuracy by size)
+SMALL_FACE = 32
 NO_FACE = "no face"  # the rule of a photo in which no face was found: its one row has no box and no label
 
 
@@ -30,6 +36,11 @@ class Face:
     box: tuple[int, int, int, int]
     pixels: np.ndarray
     rule: str
+
+    @property
+    def small(self) -> bool:
+        """A found face too narrow for the face networks to be reliable (SMALL_FACE)."""
+        return self.rule == DETECTED and self.box[2] - self.box[0] < SMALL_FACE
 
 
 def check_face_options(faces: str, detector: str, min_face: int) -> None:
@@ -49,8 +60,9 @@ def looks_like_face(image: np.ndarray, detector: FaceDetector) -> bool:
     grey = image[..., :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
     if grey.std() < CROP_LIKE_MIN_STD:
         return False
-    score = detector.best_score(image, CROP_LIKE_SCORE)
-    return score is not None and score >= CROP_LIKE_SCORE
+    floor = CROP_LIKE_SCORE[detector.kind]
+    score = detector.best_score(image, floor)
+    return score is not None and score >= floor
 
 
 def faces_of(image: np.ndarray, faces: str, detector: FaceDetector | None) -> list[Face]:

@@ -10,7 +10,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from genderfusion.extract.errors import BadImageError
-from genderfusion.extract.faces.detect import MIN_FACE
+from genderfusion.extract.faces.detect import DEFAULT_DETECTOR, MIN_FACE
 
 from genderfusion.fusion.photos.decode import DETECT_SIDE, MAX_SIDE, decode_one
 from genderfusion.fusion.photos.faces import WHOLE, Face, check_face_options, faces_of
@@ -26,14 +26,17 @@ class Found:
 
 
 class FaceFinder:
-    """Decodes photos and finds their faces: faces auto|detect|whole, the detector, min_face pixels, and the worker
-    processes that do it for photo files (1: in this process). close() ends the workers."""
+    """Decodes photos and finds their faces: faces auto|detect|whole, the detector, min_face pixels, the device
+    the CNN detectors run on, and the worker processes that do it for photo files (1: in this process; several:
+    each on the CPU with one thread). close() ends the workers."""
 
-    def __init__(self, faces: str = "auto", detector: str = "hog", min_face: int = MIN_FACE, workers: int = 1):
+    def __init__(self, faces: str = "auto", detector: str = DEFAULT_DETECTOR, min_face: int = MIN_FACE,
+                 workers: int = 1, device: str = "cpu"):
         check_face_options(faces, detector, min_face)
         if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
             raise ValueError(f"workers {workers!r}: a positive integer")
         self.faces, self.detector, self.min_face, self.workers = faces, detector, int(min_face), workers
+        self.device = device
         self._detector = self._pool = None
 
     @property
@@ -45,14 +48,14 @@ class FaceFinder:
         if self.faces != WHOLE and self._detector is None:
             from genderfusion.extract.faces.detect import FaceDetector
 
-            self._detector = FaceDetector(self.detector, self.min_face)
+            self._detector = FaceDetector(self.detector, self.min_face, self.device)
         return faces_of(image, self.faces, self._detector)
 
     def find(self, items: Sequence, keep_images: bool) -> Iterator[Found | Exception]:
         """Per item, in order: what it holds (Found), or the exception that decoding it raised. Photo files go to
         the worker processes when there are several."""
         jobs = [(item, i, keep_images) for i, item in enumerate(items)]
-        key = (self.faces, self.detector, self.min_face)
+        key = (self.faces, self.detector, self.min_face, 1, "cpu")  # how a worker process finds faces
         if self.workers > 1 and self.faces != WHOLE and len(items) > 1 \
                 and all(isinstance(x, (str, os.PathLike)) for x in items):
             if self._pool is None:
@@ -74,6 +77,10 @@ _WORKER_FINDERS: dict[tuple, FaceFinder] = {}
 def _find_one(key: tuple, job: tuple, finder: FaceFinder | None = None) -> Found | Exception:
     """Decode one input and find its faces (in a worker process: with that process's finder for `key`)."""
     if finder is None:
+        if not _WORKER_FINDERS:  # a worker process: one thread, as many processes as cores
+            import torch
+
+            torch.set_num_threads(1)
         finder = _WORKER_FINDERS.get(key) or _WORKER_FINDERS.setdefault(key, FaceFinder(*key))
     item, index, keep_image = job
     try:

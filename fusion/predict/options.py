@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from genderfusion.extract.faces.detect import MIN_FACE
+from genderfusion.extract.faces.detect import DEFAULT_DETECTOR, MIN_FACE
 from genderfusion.heads.schema import band_spec
 
 from genderfusion.fusion.photos.faces import check_face_options
@@ -22,7 +22,7 @@ class PhotoOptions:
     source on every face); skip_bad, an unreadable photo is a row with its error (False: an error that stops the
     run); workers, processes that decode photo files and find their faces."""
     faces: str = "auto"
-    detector: str = "hog"
+    detector: str = DEFAULT_DETECTOR
     min_face: int = MIN_FACE
     band: tuple[float, float] | None = None
     batch_size: int = 256
@@ -47,4 +47,4 @@ class PhotoOptions:
 
     def finder(self) -> FaceFinder:
         """A face finder with these options (its workers live until its close())."""
-        return FaceFinder(self.faces, self.detector, self.min_face, self.workers)
+        return FaceFinder(self.faces, self.detector, self.min_face, self.workers, self.device)

@@ -71,7 +71,7 @@ class PhotoPredictor:
             for k, face in enumerate(got.faces):
                 crops.append(face.pixels)
                 rows.append({"image": i, "path": name, "face": k, **dict(zip(BOX, face.box)), "rule": face.rule,
-                             "error": ""})
+                             "error": "", "small": face.small})
             if draw is not None:
                 photos.append((name, got.image, len(rows) - max(1, len(got.faces)), len(rows), got.scale))
         d = self.clf.predict_details(crops, batch_size=o.batch_size, device=o.device, band=self.band,
@@ -81,8 +81,8 @@ class PhotoPredictor:
             if is_face(row):
                 n += 1
                 q = float(d["p_female"][n])
-                row.update(p_female=q, label=int(q >= self.clf.threshold), doubtful=bool(d["doubtful"][n]),
-                           stage=int(d["stage"][n]))
+                row.update(p_female=q, label=int(q >= self.clf.threshold),
+                           doubtful=bool(d["doubtful"][n]) or row.pop("small"), stage=int(d["stage"][n]))
         if draw is not None:
             for name, image, start, stop, scale in photos:
                 draw(name, image, rows[start:stop], scale)

@@ -75,17 +75,19 @@ def band(text: str) -> tuple[float, float]:
 
 def add_face_arguments(p: argparse.ArgumentParser) -> None:
     """--faces, --detector, --min-face: how the faces of a photo are found (predict --images, serve)."""
-    from genderfusion.extract.faces.detect import DETECTORS, MIN_FACE
+    from genderfusion.extract.faces.detect import DEFAULT_DETECTOR, DETECTORS, MIN_FACE
     from genderfusion.fusion.photos.faces import FACE_MODES
 
     p.add_argument("--faces", choices=FACE_MODES, default="auto",
                    help="detect (every face a detector finds), whole (each image is one face), auto (detect; an "
                         "image whose one face fills it, or a small square one without a face found, is one face; the "
                         "rule column says which)")
-    p.add_argument("--detector", choices=DETECTORS, default="hog", help="dlib's HOG (fast) or CNN (mmod) face detector")
+    p.add_argument("--detector", choices=DETECTORS, default=DEFAULT_DETECTOR,
+                   help=f"face detector (default {DEFAULT_DETECTOR}): mtcnn or blazeface (CNNs, run on --device, "
+                        "turned faces straightened by their eyes), or dlib's hog or cnn (mmod)")
     p.add_argument("--min-face", type=positive_int, default=MIN_FACE, metavar="PX",
-                   help=f"skip faces narrower than this (default {MIN_FACE}: the smallest the detectors see in the "
-                        "photo as it is); below it the photo is upsampled, 4x slower per halving")
+                   help=f"skip faces narrower than this (default {MIN_FACE}); the time to find faces grows as the "
+                        "square of 1/PX")
 
 
 def capped_workers(workers: int) -> int:
