@@ -60,7 +60,7 @@ def main(argv=None) -> dict:
                 for name, im in no_face_pictures().items()}
     picture_scores = {name: (None if min(im.shape[:2]) < 2 else round(detector.best_score(im, -2.0) or -2.0, 3))
                       for name, im in no_face_pictures().items()}
-    out = {"training_crops": args.n, "missed_by_hog": len(missed), "kept_as_crop_like": kept,
+    out = {"training_crops": args.n, f"missed_by_{args.detector}": len(missed), "kept_as_crop_like": kept,
            "refused_as_no_face": len(missed) - kept, "score_floor": CROP_LIKE_SCORE[args.detector],
            "scores_of_missed": sorted(s["score"] for s in scores if s["score"] is not None),
            "pictures_without_a_face": pictures, "their_scores": picture_scores, "seconds": round(time.time() - t, 1),

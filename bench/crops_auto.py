@@ -31,7 +31,7 @@ def main(argv=None) -> dict:
     t = time.time()
     auto = clf.predict_frame(paths, faces="auto", workers=2, skip_bad=True)
     t_auto = time.time() - t
-    first = auto[auto["face"] <= 0].set_index("path")  # a photo's first face (or its error row)
+    first = auto[(auto["face"] <= 0).fillna(True)].set_index("path")  # a photo's first face, or its one row
     labels = first["label"].reindex(whole["path"]).to_numpy()
     same = labels == whole["label"].to_numpy()
     rules = first["rule"].replace("", "no face").value_counts().to_dict()

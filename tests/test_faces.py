@@ -312,3 +312,18 @@ def test_a_photo_folder_with_landscapes_and_a_corrupt_file(astronaut, tmp_path, 
     assert {str(table[c].dtype) for c in ("face", "left", "label", "stage")} == {"Int64"}
     assert str(table["doubtful"].dtype) == "boolean" and table["label"].isna().sum() == 3
     assert table["label"].mean() == df["label"].mean()
+
+
+def test_a_large_photo_is_kept_for_drawing_at_draw_side_with_its_boxes_on_its_faces(astronaut, tmp_path):
+    """A 4096 px photo: faces found at full size, the copy kept for drawing reduced to DRAW_SIDE, and the scale
+    that maps the photo's boxes onto it."""
+    from genderfusion.fusion.photos.finder import DRAW_SIDE, FaceFinder
+
+    big = tmp_path / "big.png"
+    Image.fromarray(astronaut).resize((4096, 4096), Image.BILINEAR).save(big)
+    (found,) = FaceFinder("detect", "hog").find([str(big)], True)
+    (face,) = found.faces
+    assert max(found.image.shape[:2]) == DRAW_SIDE and found.scale == pytest.approx(4096 / DRAW_SIDE)
+    assert face.box[2] - face.box[0] > 1000  # in the photo's own pixels
+    (small,) = FaceDetector("hog", 72).detect(found.image)  # the same face, where the scale puts it
+    assert abs(small.left - face.box[0] / found.scale) <= 16 and abs(small.top - face.box[1] / found.scale) <= 16

@@ -286,7 +286,7 @@ def test_10_pictures_without_a_face_get_no_face_not_a_label():
 def test_15_a_min_face_below_what_the_detector_serves_is_refused(tmp_path, capsys):
     line = fails(predict_main, ["--images", str(_photo(tmp_path / "a.jpg")), "--min-face", "1", "--out",
                                 str(tmp_path / "p.csv")], capsys)
-    assert "min_face 1: below 18 px" in line
+    assert "min_face 1: below 12 px" in line
 
 
 def test_16_serve_checks_its_port_before_loading_the_model(capsys):

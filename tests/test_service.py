@@ -163,12 +163,19 @@ def test_the_page_in_a_browser_labels_both_faces_of_a_scene(tmp_path):
             page.set_input_files("#pick", str(photo))
             page.wait_for_selector("tr.face-row >> nth=1", timeout=60_000)
             labels = page.eval_on_selector_all("tr.face-row", "rows => rows.map(r => r.dataset.label)")
+            # each face enlarged beside its row: 72 px, drawn from the photo (not blank)
+            spreads = page.eval_on_selector_all("tr.face-row canvas.thumb", """cs => cs.map(c => {
+                const d = c.getContext("2d").getImageData(0, 0, 72, 72).data;
+                let lo = 255, hi = 0;
+                for (let i = 0; i < d.length; i += 4) { lo = Math.min(lo, d[i]); hi = Math.max(hi, d[i]); }
+                return hi - lo; })""")
             page.screenshot(path=str(tmp_path / "page.png"), full_page=True)
             browser.close()
     finally:
         server.should_exit = True
         thread.join(timeout=10)
     assert labels == expected
+    assert len(spreads) == 2 and min(spreads) > 50, spreads
     assert (tmp_path / "page.png").stat().st_size > 10_000
 
 

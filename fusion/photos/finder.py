@@ -11,9 +11,13 @@ import numpy as np
 
 from genderfusion.extract.errors import BadImageError
 from genderfusion.extract.faces.detect import DEFAULT_DETECTOR, MIN_FACE
+from genderfusion.extract.faces.pyramid import resized
 
 from genderfusion.fusion.photos.decode import DETECT_SIDE, MAX_SIDE, decode_one
 from genderfusion.fusion.photos.faces import WHOLE, Face, check_face_options, faces_of
+
+
+DRAW_SIDE = 2048  # a photo kept for drawing is reduced to this long side (faces are found at up to DETECT_SIDE)
 
 
 @dataclass(frozen=True)
@@ -92,7 +96,12 @@ def _find_one(key: tuple, job: tuple, finder: FaceFinder | None = None) -> Found
     scale = max(1.0, _long_side(item) / long) if long >= finder.max_side else 1.0  # reduced ones reach max_side
     if scale > 1:
         found = [dataclasses.replace(f, box=tuple(round(v * scale) for v in f.box)) for f in found]
-    return Found(image if keep_image else None, found, scale)
+    if not keep_image:
+        return Found(None, found, scale)
+    if long > DRAW_SIDE:  # the copy kept for drawing: a step's photos stay within memory
+        image = resized(image, DRAW_SIDE / long)
+        scale *= long / max(image.shape[:2])
+    return Found(image, found, scale)
 
 
 def _long_side(item) -> int:
