@@ -30,10 +30,12 @@ DEFAULT_RUN = "mtcnn, min-face 24, 2 processes"  # the default detector's run in
 def tune_markdown(tune: dict) -> str:
     """bench/tune_detectors.py's sweep: recall and false detections per photo at each final threshold."""
     lines = [f"`python bench/tune_detectors.py --data ../shared/data/faces` (`tune_detectors.json`): {tune['scenes']} "
-             f"hard scenes of seed {tune['seed']} (not the reported ones), min-face {tune['min_face']}, one process. "
-             "Recall / false detections per photo at each final score threshold:\n"]
+             f"hard scenes of seed {tune['seed']} (not the reported ones), min-face {tune['min_face']}, one process, "
+             f"and {tune['pictures']} pictures of scikit-image's (with their mirror images). Recall / false "
+             "detections per scene / false detections in the pictures, at each final score threshold:\n"]
     for name, run in tune["runs"].items():
-        cells = ", ".join(f"{t}: {v['recall']:.1%} / {v['false_per_photo']}" for t, v in run["by_threshold"].items())
+        cells = ", ".join(f"{t}: {v['recall']:.1%} / {v['false_per_photo']} / {run['false_in_pictures'][t]}"
+                          for t, v in run["by_threshold"].items())
         lines.append(f"- {name} ({run['detect_s_per_photo']} s a photo to detect): {cells}")
     return "\n".join(lines) + "\n"
 

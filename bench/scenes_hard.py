@@ -236,6 +236,7 @@ def main(argv=None) -> dict:
     p.add_argument("--slow-n", type=int, default=50, help="scenes for the slow runs (blazeface, hog at 24 px)")
     p.add_argument("--no-peer", action="store_true")
     p.add_argument("--add", action="store_true", help="add the --runs to the results in --json (same scenes)")
+    p.add_argument("--straightening", action="store_true", help="with --add: measure straightening again")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--scenes-dir", default=None, help="default data/scenes_hard_<seed>")
     p.add_argument("--report", action="store_true", help="only write the tables (.md) from the --json results")
@@ -283,7 +284,7 @@ def main(argv=None) -> dict:
                                                                                      seconds)}
     from genderfusion.extract.faces.detect import DEFAULT_DETECTOR, MIN_FACE
 
-    if not args.add:
+    if not args.add or args.straightening:
         result["straightening"] = straightening(clf, scenes, paths, crop_label, DEFAULT_DETECTOR, MIN_FACE)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")

@@ -25,7 +25,7 @@ CROP_LIKE_MIN_SIDE, CROP_LIKE_MIN_STD = 48, 8.0
 CROP_LIKE_SCORE = {"hog": -0.8, "cnn": -0.8, "mtcnn": 0.5, "blazeface": 0.5}
 # a found face narrower than this many pixels is reported `doubtful` whatever its P(female): below it the face
 # networks agree with their label for the competition's crop of the same face less than 95 % of the time (hard
-# scenes, default detector: 85.2 % at 20-31 px, 91.8 % at 32-47, 97.2 % at 48-71; bench/results/scenes_hard.md)
+# scenes, default detector: 84.9 % at 20-31 px, 91.7 % at 32-47, 97.2 % at 48-71; bench/results/scenes_hard.md)
 SMALL_FACE = 48
 NO_FACE = "no face"  # the rule of a photo in which no face was found: its one row has no box and no label
 
