@@ -33,7 +33,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
-from scenes import iou  # noqa: E402
+from scenes import match  # noqa: E402
 
 OUT = ROOT / "data" / "real_photos"
 CSV = ROOT / "bench" / "real_photos.csv"
@@ -110,17 +110,10 @@ def evaluate(truth: dict[str, list[dict]], found: dict[str, list]) -> dict:
     """Faces found (recall), false detections, and accuracy of found faces against the hand labels, by size."""
     pairs, false, detections = [], 0, 0
     for photo, faces in truth.items():
-        dets = found[photo]
-        detections += len(dets)
-        order = sorted(((iou(t["box"], d[0]), ti, di) for ti, t in enumerate(faces) for di, d in enumerate(dets)),
-                       reverse=True)
-        used_t, used_d, got = set(), set(), {}
-        for v, ti, di in order:
-            if v >= IOU and ti not in used_t and di not in used_d:
-                used_t.add(ti), used_d.add(di)
-                got[ti] = dets[di][1]
-        false += len(dets) - len(got)
-        pairs += [(t, got.get(ti)) for ti, t in enumerate(faces) if t["label"] is not None]
+        matched = match(faces, found[photo], IOU)
+        detections += len(found[photo])
+        false += len(found[photo]) - sum(lab is not None for _, lab in matched)  # left-out faces match too
+        pairs += [(t, lab) for t, lab in matched if t["label"] is not None]
 
     def part(ps):
         hit = [(t, lab) for t, lab in ps if lab is not None]

@@ -111,13 +111,13 @@ def iou(a, b) -> float:
     return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
 
 
-def match(truth: list[dict], found: list[tuple[list[float], int]]) -> list[tuple[dict, int | None]]:
-    """Each pasted face with the label of the detection matched to it (greedy by IoU >= 0.4), or None."""
+def match(truth: list[dict], found: list[tuple[list[float], int]], least: float = IOU) -> list[tuple[dict, int | None]]:
+    """Each face with the label of the detection matched to it (greedy by IoU >= least), or None."""
     pairs = sorted(((iou(t["box"], f[0]), ti, fi) for ti, t in enumerate(truth) for fi, f in enumerate(found)),
                    reverse=True)
     used_t, used_f, got = set(), set(), {}
     for v, ti, fi in pairs:
-        if v >= IOU and ti not in used_t and fi not in used_f:
+        if v >= least and ti not in used_t and fi not in used_f:
             used_t.add(ti), used_f.add(fi)
             got[ti] = found[fi][1]
     return [(t, got.get(ti)) for ti, t in enumerate(truth)]

@@ -9,7 +9,7 @@ A scene: a textured canvas of 1280x960 to 4000x3000 with 1-12 competition test c
 log-uniform from 20 to 300 px (the face box as HOG frames it in a crop: detect.FRAMES["hog"]), 40 % of them turned
 by up to 30 degrees; a photo in six is darkened, one brightened, one blurred, one grey. A quarter of the files are
 stored sideways (pixels turned, EXIF Orientation 6 or 8), as phones write them; the truth is the photo as shown.
-A detection matches a face at IoU >= 0.4 with its face box. A found face's label is compared with this model's
+A detection matches a face at IoU >= 0.4 with its face box (scenes.match). A found face's label is compared with this model's
 label for the same test crop (`--faces whole`): "accuracy" below; no training row is used anywhere.
 
 Thresholds and NMS overlaps of the detectors are chosen on scenes of seed 1 (`--seed 1`); the reported run uses
@@ -30,11 +30,10 @@ from PIL import Image, ImageEnhance, ImageFilter
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
-from scenes import _background, iou, run_peer  # noqa: E402
+from scenes import _background, match, run_peer  # noqa: E402
 
 SIZES = [(1280, 960), (1600, 1200), (2048, 1536), (2592, 1944), (3264, 2448), (4000, 3000)]
 BINS = [(20, 32), (32, 48), (48, 72), (72, 120), (120, 10**6)]
-IOU = 0.4
 HOG_SIDE = 1.117  # a crop's side in HOG face-box widths (detect.FRAMES["hog"])
 CONDITIONS = ("dark", "bright", "blur", "grey")
 
@@ -114,18 +113,6 @@ def make_scenes(data: Path, out: Path, n: int, seed: int) -> list[dict]:
                        "exif": sideways})
     index.write_text(json.dumps(scenes))
     return scenes
-
-
-def match(truth: list[dict], found: list[tuple[list[float], int]]) -> list[tuple[dict, int | None]]:
-    """Each face with the label of the detection matched to it (greedy by IoU >= 0.4), or None."""
-    pairs = sorted(((iou(t["box"], f[0]), ti, fi) for ti, t in enumerate(truth) for fi, f in enumerate(found)),
-                   reverse=True)
-    used_t, used_f, got = set(), set(), {}
-    for v, ti, fi in pairs:
-        if v >= IOU and ti not in used_t and fi not in used_f:
-            used_t.add(ti), used_f.add(fi)
-            got[ti] = found[fi][1]
-    return [(t, got.get(ti)) for ti, t in enumerate(truth)]
 
 
 def score(scenes: list[dict], found: list[list], crop_label: dict[str, int], seconds: float) -> dict:

@@ -16,7 +16,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
-from scenes_hard import make_scenes, match  # noqa: E402
+from scenes import match  # noqa: E402
+from scenes_hard import make_scenes  # noqa: E402
 
 THRESHOLDS = {"blazeface": (0.4, 0.5, 0.6, 0.7, 0.8, 0.9), "mtcnn": (0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95)}
 # MTCNN: (pyramid step, P-Net's and R-Net's thresholds): the paper's, a sparser pyramid, and laxer first stages
