@@ -195,3 +195,18 @@ def test_no_cuda_is_a_clear_error_when_cuda_is_named():
         pytest.skip("this machine has CUDA")
     with pytest.raises(ValueError, match="no CUDA device"):
         FaceDetector("mtcnn", 24, device="cuda").detect(np.zeros((64, 64, 3), np.uint8))
+
+
+def test_pnet_run_tile_by_tile_is_pnet_run_at_once():
+    """The tiled P-Net map against P-Net on the whole level: the same on every window that lies inside it (the
+    whole run also scores windows that its ceil-mode pooling lets hang over the edge; the tiled one leaves them)."""
+    net = detector_weights.load_net("mtcnn", torch.device("cpu"))
+    torch.manual_seed(0)
+    for h, w in ((300, 517), (257, 263), (12, 12), (40, 600)):
+        x = torch.randn(1, 3, h, w)
+        with torch.no_grad():
+            prob, reg = net._pnet_map(x)
+            whole_prob, whole_reg = net.pnet(x)
+        assert prob.shape == ((h - 12) // 2 + 1, (w - 12) // 2 + 1)
+        torch.testing.assert_close(prob, whole_prob[0, :prob.shape[0], :prob.shape[1]], atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(reg, whole_reg[0, :, :prob.shape[0], :prob.shape[1]], atol=1e-5, rtol=1e-4)
