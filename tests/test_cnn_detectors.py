@@ -210,3 +210,24 @@ def test_pnet_run_tile_by_tile_is_pnet_run_at_once():
         assert prob.shape == ((h - 12) // 2 + 1, (w - 12) // 2 + 1)
         torch.testing.assert_close(prob, whole_prob[0, :prob.shape[0], :prob.shape[1]], atol=1e-5, rtol=1e-4)
         torch.testing.assert_close(reg, whole_reg[0, :, :prob.shape[0], :prob.shape[1]], atol=1e-5, rtol=1e-4)
+
+
+def test_a_face_narrower_than_small_face_is_doubtful(astronaut):
+    """Face.small by the numbers, and a row of predict_frame: the same face pasted small is doubtful, large not."""
+    from genderfusion.fusion.photos.faces import DETECTED, SMALL_FACE, WHOLE, Face
+
+    pixels = np.zeros((CROP_SIZE, CROP_SIZE, 3), np.uint8)
+    assert Face((10, 10, 10 + SMALL_FACE - 1, 60), pixels, DETECTED).small
+    assert not Face((10, 10, 10 + SMALL_FACE, 60), pixels, DETECTED).small
+    assert not Face((0, 0, 20, 20), pixels, WHOLE).small  # a whole image is never "small": the user chose it
+    if faceres.missing_files("faceres-deep") and not faceres.packaged_dir().joinpath("faceres-deep.json").is_file():
+        pytest.skip("the default model needs FaceRes")
+    from genderfusion import FusionClassifier
+
+    face = _face_crop(astronaut)
+    photo = _canvas(face, 90, at=(200, 300)).copy()  # her face about 40 px wide
+    photo[100:400, 700:1000] = np.asarray(Image.fromarray(face).resize((300, 300)))  # about 130 px
+    frame = FusionClassifier.default().predict_frame(photo, faces="detect")
+    widths = (frame["right"] - frame["left"]).tolist()
+    assert len(widths) == 2 and min(widths) < SMALL_FACE <= max(widths), widths
+    assert frame["doubtful"].tolist() == [w < SMALL_FACE for w in widths]
