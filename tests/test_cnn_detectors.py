@@ -64,7 +64,7 @@ def test_mtcnn_matches_facenet_pytorchs_own_cascade(astronaut):
             assert np.abs(np.array(p) - np.array(rp)).max() <= 0.04 * width, (p, rp)
 
 
-def test_blazeface_matches_the_graph_its_weights_come_from():
+def test_blazeface_matches_the_graph_its_weights_come_from(tmp_path):
     """The packaged weights in this project's network against the published TF.js graph run by onnxruntime (the
     graph's four heads, on a real face resized to 128 px)."""
     import json
@@ -79,8 +79,7 @@ def test_blazeface_matches_the_graph_its_weights_come_from():
     tmp["modelTopology"]["node"] = [n for n in tmp["modelTopology"]["node"]
                                     if n["op"] not in ("Shape", "StridedSlice", "Pack", "Reshape", "ConcatV2",
                                                        "Identity")]
-    work = faceres.cache_root() / "test-blazeface"
-    work.mkdir(parents=True, exist_ok=True)
+    work = tmp_path
     (work / graph.name).write_text(json.dumps(tmp))
     shutil.copy(graph.with_suffix(".bin"), work / graph.with_suffix(".bin").name)
     heads = [f"StatefulPartitionedCall/model/{k}_{s}/BiasAdd" for s in (8, 16) for k in ("classificator", "regressor")]
