@@ -130,11 +130,12 @@ class FaceDetector:
         return sorted((b for b in boxes if b.width >= self.min_face), key=lambda b: (b.left, b.top))
 
     def _dlib_boxes(self, net, image: np.ndarray) -> list[Box]:
-        """dlib's boxes, found in the photo reduced to DLIB_SIDE (and upsampled for small faces)."""
+        """dlib's boxes, found in the photo reduced to DLIB_SIDE and upsampled for small faces, at most
+        MAX_UPSAMPLE times (faces that the reduction leaves under SMALLEST_FACE are not found)."""
         h, w = image.shape[:2]
         scale = min(1.0, DLIB_SIDE / max(h, w))
         small = np.ascontiguousarray(resized(image, scale))
-        found = net(small, upsample(self.min_face * scale))
+        found = net(small, min(MAX_UPSAMPLE, upsample(self.min_face * scale)))
         if self.kind == "hog":
             rects, scores = found, [1.0] * len(found)
         else:
