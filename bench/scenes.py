@@ -66,13 +66,21 @@ def face_box(left: int, top: int, side: int) -> list[float]:
     return [cx - w / 2, cy - w / 2, cx + w / 2, cy + w / 2]
 
 
-def make_scenes(data: Path, out: Path, n: int, seed: int = 0) -> list[dict]:
-    """n scenes (reproducible from seed) written as JPEG into out; their pasted faces in out/scenes.json."""
-    index = out / "scenes.json"
+def cached_scenes(index: Path, n: int, seed: int) -> list[dict] | None:
+    """The first n scenes of an index written before from the same seed, or None."""
     if index.is_file():
         scenes = json.loads(index.read_text())
         if len(scenes) >= n and scenes[0].get("seed") == seed:
             return scenes[:n]
+    return None
+
+
+def make_scenes(data: Path, out: Path, n: int, seed: int = 0) -> list[dict]:
+    """n scenes (reproducible from seed) written as JPEG into out; their pasted faces in out/scenes.json."""
+    index = out / "scenes.json"
+    cached = cached_scenes(index, n, seed)
+    if cached is not None:
+        return cached
     rng = np.random.default_rng(seed)
     ids = [r["id"] for r in csv.DictReader(open(data / "test.csv"))]
     out.mkdir(parents=True, exist_ok=True)

@@ -30,7 +30,8 @@ from PIL import Image, ImageEnhance, ImageFilter
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
-from scenes import _background, match, run_peer  # noqa: E402
+from _report import write_tables  # noqa: E402
+from scenes import _background, cached_scenes, match, run_peer  # noqa: E402
 
 SIZES = [(1280, 960), (1600, 1200), (2048, 1536), (2592, 1944), (3264, 2448), (4000, 3000)]
 BINS = [(20, 32), (32, 48), (48, 72), (72, 120), (120, 10**6)]
@@ -70,10 +71,9 @@ def _condition(canvas: Image.Image, kind: str | None) -> Image.Image:
 def make_scenes(data: Path, out: Path, n: int, seed: int) -> list[dict]:
     """n scenes (reproducible from seed) written as JPEG into out; their faces in out/scenes.json."""
     index = out / "scenes.json"
-    if index.is_file():
-        scenes = json.loads(index.read_text())
-        if len(scenes) >= n and scenes[0].get("seed") == seed:
-            return scenes[:n]
+    cached = cached_scenes(index, n, seed)
+    if cached is not None:
+        return cached
     rng = np.random.default_rng(seed)
     ids = [r["id"] for r in csv.DictReader(open(data / "test.csv"))]
     out.mkdir(parents=True, exist_ok=True)
@@ -274,10 +274,7 @@ def main(argv=None) -> dict:
     if not args.add or args.straightening:
         result["straightening"] = straightening(clf, scenes, paths, crop_label, DEFAULT_DETECTOR, MIN_FACE)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    out.with_suffix(".md").write_text(markdown(result))
-    print(markdown(result))
-    return result
+    return write_tables(result, out, markdown)
 
 
 if __name__ == "__main__":

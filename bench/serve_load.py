@@ -23,6 +23,8 @@ from collections import Counter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.append(str(ROOT))  # for `bench`; genderfusion comes from the install
+from bench._report import write_tables  # noqa: E402
 KINDS = ("good", "good", "corrupt", "oversized", "empty", "nested", "foreign-host", "slow", "vanishing")
 NESTED = b'{"images": ' + b"[" * 50_000 + b"]" * 50_000 + b"}"
 
@@ -210,10 +212,7 @@ def main(argv=None) -> dict:
               "command": "python bench/serve_load.py " + " ".join(argv if argv is not None else sys.argv[1:]),
               "runs": [run(int(w), photos, expected, args.seconds, args.clients, args.max_mb, args.max_requests)
                        for w in args.workers.split(",")]}
-    Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
-    Path(args.json).with_suffix(".md").write_text(markdown(result))
-    print(markdown(result))
-    return result
+    return write_tables(result, args.json, markdown)
 
 
 if __name__ == "__main__":
