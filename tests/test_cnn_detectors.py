@@ -12,6 +12,7 @@ from PIL import Image
 from genderfusion.extract.faces import detector_weights, faceres
 from genderfusion.extract.faces.boxes import nms, square
 from genderfusion.extract.faces.detect import CROP_SIZE, SMALLEST_FACE, Box, FaceDetector, check_detector
+from genderfusion.extract.faces.mtcnn import pool2
 
 skimage_data = pytest.importorskip("skimage.data")
 
@@ -173,6 +174,10 @@ def test_nms_and_square_against_numpy():
             order = rest
         got = nms(torch.tensor(boxes), torch.tensor(scores), 0.4, smaller=smaller).tolist()
         assert got == keep
+    from torchvision.ops import nms as torchvision_nms  # the library's own IoU suppression
+
+    assert nms(torch.tensor(boxes), torch.tensor(scores), 0.5).tolist() == \
+        torchvision_nms(torch.tensor(boxes), torch.tensor(scores), 0.5).tolist()
     sq = square(torch.tensor(boxes)).numpy()
     side = np.maximum(wh[:, 0], wh[:, 1])
     np.testing.assert_allclose(sq[:, 2] - sq[:, 0], side)
@@ -209,6 +214,13 @@ def test_pnet_run_tile_by_tile_is_pnet_run_at_once():
         assert prob.shape == ((h - 12) // 2 + 1, (w - 12) // 2 + 1)
         torch.testing.assert_close(prob, whole_prob[0, :prob.shape[0], :prob.shape[1]], atol=1e-5, rtol=1e-4)
         torch.testing.assert_close(reg, whole_reg[0, :, :prob.shape[0], :prob.shape[1]], atol=1e-5, rtol=1e-4)
+
+
+def test_pnet_pooling_is_max_pool2d_with_ceil_mode():
+    torch.manual_seed(0)
+    for h, w in ((8, 8), (7, 9), (1, 5), (254, 131)):
+        x = torch.randn(2, 10, h, w)
+        torch.testing.assert_close(pool2(x), torch.nn.functional.max_pool2d(x, 2, 2, ceil_mode=True), atol=0, rtol=0)
 
 
 def test_a_face_narrower_than_small_face_is_doubtful(astronaut):

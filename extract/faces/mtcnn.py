@@ -40,15 +40,28 @@ class PNet(nn.Module):
     def __init__(self):
         super().__init__()
         self.conv1, self.prelu1 = nn.Conv2d(3, 10, 3), nn.PReLU(10)
-        self.pool1 = nn.MaxPool2d(2, 2, ceil_mode=True)
         self.conv2, self.prelu2 = nn.Conv2d(10, 16, 3), nn.PReLU(16)
         self.conv3, self.prelu3 = nn.Conv2d(16, 32, 3), nn.PReLU(32)
         self.conv4_1, self.conv4_2 = nn.Conv2d(32, 2, 1), nn.Conv2d(32, 4, 1)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = self.pool1(self.prelu1(self.conv1(x)))
+        """(n, 3, h, w) in NCHW memory (PReLU is 4x slower on channels-last tensors of 10 channels)."""
+        x = pool2(self.prelu1(self.conv1(x)))
         x = self.prelu3(self.conv3(self.prelu2(self.conv2(x))))
-        return F.softmax(self.conv4_1(x), dim=1)[:, 1], self.conv4_2(x)
+        y = F.conv2d(x, torch.cat([self.conv4_1.weight, self.conv4_2.weight]),
+                     torch.cat([self.conv4_1.bias, self.conv4_2.bias]))  # both heads in one pass
+        return torch.sigmoid(y[:, 1] - y[:, 0]), y[:, 2:]  # the sigmoid: softmax over two classes
+
+
+def pool2(x: torch.Tensor) -> torch.Tensor:
+    """Max over 2x2 cells, stride 2, a last odd row or column pooled alone (max_pool2d's ceil_mode): as two
+    strided maxima, 4-10x faster than max_pool2d on this CPU."""
+    if x.shape[-2] % 2:
+        x = torch.cat([x, x[..., -1:, :]], -2)
+    if x.shape[-1] % 2:
+        x = torch.cat([x, x[..., -1:]], -1)
+    x = torch.maximum(x[..., ::2, :], x[..., 1::2, :])
+    return torch.maximum(x[..., ::2], x[..., 1::2])
 
 
 class RNet(nn.Module):
@@ -133,7 +146,7 @@ class MTCNN(nn.Module):
         """P-Net over the pyramid: rows of (x1, y1, x2, y2, score) in the photo's pixels, boxes regressed."""
         found = []
         for level, s in self._levels(photo, min_face):
-            prob, reg = self._pnet_map(normalise(as_tensor(level, device)))
+            prob, reg = self._pnet_map(normalise(as_tensor(level, device, channels_last=False)))
             ys, xs = torch.nonzero(prob >= THRESHOLDS[0], as_tuple=True)
             if not len(ys):
                 continue

@@ -29,8 +29,9 @@ def as_pil(image: np.ndarray) -> Image.Image:
     return Image.frombuffer("RGB", (image.shape[1], image.shape[0]), image, "raw", "RGB", 0, 1)
 
 
-def as_tensor(image: np.ndarray, device: torch.device | str) -> torch.Tensor:
+def as_tensor(image: np.ndarray, device: torch.device | str, channels_last: bool = True) -> torch.Tensor:
     """An HWC uint8 RGB photo as a float (1, 3, H, W) tensor of 0-255 values, in channels-last memory (faster
-    convolutions on CPUs)."""
+    convolutions on CPUs for networks of many channels) or NCHW."""
     t = torch.from_numpy(np.array(image, copy=not image.flags.writeable)).to(device)
-    return t.permute(2, 0, 1)[None].to(torch.float32, memory_format=torch.channels_last)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    return t.permute(2, 0, 1)[None].to(torch.float32, memory_format=fmt)
