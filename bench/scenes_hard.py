@@ -180,6 +180,65 @@ def straightening(clf, scenes: list[dict], paths: list[Path], crop_label: dict, 
     return out
 
 
+def true_boxes(clf, scenes: list[dict], paths: list[Path], crop_label: dict) -> dict:
+    """Accuracy by face size when each face is cut from the scene exactly where it was pasted (its square, turned
+    back upright): what resolution, the photo's condition and JPEG cost without any detector's error, the bound
+    for the accuracy of found faces at that size."""
+    from genderfusion.fusion.photos.decode import DETECT_SIDE, decode_one
+
+    widths, crops = [], []
+    for s, p in zip(scenes, paths):
+        photo = Image.fromarray(decode_one(str(p), 0, DETECT_SIDE))
+        for f in s["faces"]:
+            side = max(4, round(f["width"] * HOG_SIDE))
+            turn = math.radians(f["turn"])
+            span = side * (abs(math.cos(turn)) + abs(math.sin(turn)))
+            cx, cy = (f["box"][0] + f["box"][2]) / 2, (f["box"][1] + f["box"][3]) / 2
+            square = photo.crop((round(cx - span / 2), round(cy - span / 2), round(cx + span / 2),
+                                 round(cy + span / 2))).rotate(-f["turn"], Image.BILINEAR)
+            inner = (square.width - side) / 2
+            face = square.crop((round(inner), round(inner), round(inner) + side, round(inner) + side))
+            crops.append(np.asarray(face.resize((200, 200), Image.BILINEAR)))
+            widths.append((f["width"], crop_label[f["id"]]))
+    right = [(w, lab == want) for (w, want), lab in zip(widths, clf.predict(crops))]
+    part = {bin_name(lo, hi): [ok for w, ok in right if lo <= w < hi] for lo, hi in BINS}
+    return {"accuracy": round(float(np.mean([ok for _, ok in right])), 4),
+            "by_size": {b: round(float(np.mean(v)), 4) for b, v in part.items()}}
+
+
+def stages(clf, paths: list[Path], detector: str, min_face: int) -> dict:
+    """CPU seconds per photo of each step, in this process with one torch thread: decoding, finding the faces,
+    cutting them out, and the model on them (all of a run's faces at once)."""
+    import torch
+
+    from genderfusion.extract.faces.detect import FaceDetector
+    from genderfusion.fusion.photos.decode import DETECT_SIDE, decode_one
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    det = FaceDetector(detector, min_face, "cpu")
+    det.detect(np.zeros((64, 64, 3), np.uint8))  # loaded before the clock starts
+    spent = dict.fromkeys(("decode", "detect", "crop", "classify"), 0.0)
+    crops = []
+    for p in paths:
+        t0 = time.process_time()
+        image = decode_one(str(p), 0, DETECT_SIDE)
+        t1 = time.process_time()
+        boxes = det.detect(image)
+        t2 = time.process_time()
+        crops += [det.crop(image, b) for b in boxes]
+        t3 = time.process_time()
+        for step, took in zip(("decode", "detect", "crop"), (t1 - t0, t2 - t1, t3 - t2)):
+            spent[step] += took
+    t = time.process_time()
+    clf.predict(crops)
+    spent["classify"] = time.process_time() - t
+    torch.set_num_threads(threads)
+    out = {k: round(v / len(paths), 4) for k, v in spent.items()}
+    return {"photos": len(paths), "faces": len(crops), "run": f"{detector}, min-face {min_face}",
+            "per_photo_s": out, "total_s": round(sum(out.values()), 4)}
+
+
 def _pct(x) -> str:
     return "-" if x is None else f"{100 * x:.1f} %"
 
@@ -204,6 +263,16 @@ def markdown(result: dict) -> str:
         st = result["straightening"]
         text += ("\nTurned faces (10-30 degrees) found by the default detector, cropped "
                  + ", ".join(f"{k}: accuracy {_pct(v['accuracy'])} of {v['faces']}" for k, v in st.items()) + ".\n")
+    if "true_boxes" in result:
+        tb = result["true_boxes"]
+        text += ("\nEach face cut from the scene where it was pasted (no detector; what size, the photo's condition "
+                 f"and JPEG cost): accuracy {_pct(tb['accuracy'])}; by size "
+                 + ", ".join(f"{b} {_pct(v)}" for b, v in tb["by_size"].items()) + ".\n")
+    if "stages" in result:
+        st = result["stages"]
+        text += (f"\nCPU seconds per photo, one process with one thread ({st['run']}, {st['photos']} photos, "
+                 f"{st['faces']} faces): " + ", ".join(f"{k} {v:.3f}" for k, v in st["per_photo_s"].items())
+                 + f"; {st['total_s']:.3f} in all, so at most {2 / st['total_s']:.2f} photos/s on 2 cores.\n")
     return text
 
 
@@ -226,6 +295,9 @@ def main(argv=None) -> dict:
     p.add_argument("--straightening", action="store_true", help="with --add: measure straightening again")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--scenes-dir", default=None, help="default data/scenes_hard_<seed>")
+    p.add_argument("--true-boxes", action="store_true", help="with --add: measure faces cut by their true boxes")
+    p.add_argument("--stages", type=int, default=0, metavar="N",
+                   help="with --add: measure each step's CPU time on the first N scenes (0: not again)")
     p.add_argument("--report", action="store_true", help="only write the tables (.md) from the --json results")
     p.add_argument("--json", default=str(ROOT / "bench" / "results" / "scenes_hard.json"))
     args = p.parse_args(argv)
@@ -253,7 +325,7 @@ def main(argv=None) -> dict:
     import torch
 
     threads = torch.get_num_threads()
-    for key in args.runs.split(","):
+    for key in [k for k in args.runs.split(",") if k]:
         label, detector, min_face, workers = RUNS[key]
         name = f"{label}, {workers} process{'es' if workers > 1 else ''}"
         torch.set_num_threads(1 if key.endswith("thread") else threads)
@@ -273,6 +345,10 @@ def main(argv=None) -> dict:
 
     if not args.add or args.straightening:
         result["straightening"] = straightening(clf, scenes, paths, crop_label, DEFAULT_DETECTOR, MIN_FACE)
+    if not args.add or args.true_boxes:
+        result["true_boxes"] = true_boxes(clf, scenes, paths, crop_label)
+    if not args.add or args.stages:
+        result["stages"] = stages(clf, paths[:args.stages or 50], DEFAULT_DETECTOR, MIN_FACE)
     out.parent.mkdir(parents=True, exist_ok=True)
     return write_tables(result, out, markdown)
 

@@ -21,7 +21,8 @@ from scenes_hard import make_scenes  # noqa: E402
 
 THRESHOLDS = {"blazeface": (0.4, 0.5, 0.6, 0.7, 0.8, 0.9), "mtcnn": (0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95)}
 # MTCNN: (pyramid step, P-Net's and R-Net's thresholds): the paper's, a sparser pyramid, and laxer first stages
-MTCNN_CONFIGS = ((0.709, 0.6, 0.7), (0.6, 0.6, 0.7), (0.6, 0.5, 0.5), (0.6, 0.4, 0.4))
+MTCNN_CONFIGS = ((0.709, 0.6, 0.7), (0.6, 0.6, 0.7), (0.6, 0.5, 0.5), (0.6, 0.4, 0.4), (0.5, 0.4, 0.4),
+                 (0.4, 0.4, 0.4))
 
 
 PICTURES = ("astronaut", "camera", "brick", "chelsea", "coffee", "coins", "colorwheel", "grass", "gravel", "horse",
