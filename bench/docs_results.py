@@ -37,6 +37,12 @@ def tune_markdown(tune: dict) -> str:
         cells = ", ".join(f"{t}: {v['recall']:.1%} / {v['false_per_photo']} / {run['false_in_pictures'][t]}"
                           for t, v in run["by_threshold"].items())
         lines.append(f"- {name} ({run['detect_s_per_photo']} s a photo to detect): {cells}")
+    if "pyramid_steps" in tune:
+        st = tune["pyramid_steps"]
+        lines.append(f"\nMTCNN's pyramid step, the whole pipeline on {st['scenes']} scenes of seed 1 (`--steps "
+                     f"{st['scenes']}`, one process): " + "; ".join(
+                         f"{k}: recall {v['recall']:.1%}, accuracy {v['accuracy']:.1%}, {v['false_per_photo']} false "
+                         f"a photo, {v['photos_per_s']} photos/s" for k, v in st.items() if isinstance(v, dict)))
     return "\n".join(lines) + "\n"
 
 

@@ -5,6 +5,8 @@ detections are also counted on the pictures scikit-image ships and their mirror 
 synthetic scenes lack; in the astronaut and the cameraman, anything but their own face).
 
     python bench/tune_detectors.py --data ../shared/data/faces      # 40 scenes -> bench/results/tune_detectors.json
+    python bench/tune_detectors.py --data ../shared/data/faces --steps 100   # MTCNN's pyramid steps: recall and
+                                              # accuracy of the whole pipeline on 100 scenes (-> the same .json)
 """
 from __future__ import annotations
 
@@ -65,6 +67,36 @@ def sweep(scenes: list[dict], found: list[list], thresholds) -> dict:
     return out
 
 
+STEPS = (0.6, 0.5)  # MTCNN pyramid steps compared by --steps
+
+
+def pyramid_steps(data: Path, n: int, min_face: int) -> dict:
+    """For each of STEPS: recall and accuracy of found faces (the model in this process, as scenes_hard measures
+    them) on the first n scenes of seed 1. Recall alone does not show how well a step's boxes frame the faces."""
+    from scenes_hard import run_ours, score
+
+    from genderfusion import FusionClassifier
+    from genderfusion.extract.faces import mtcnn
+
+    scenes_dir = ROOT / "data" / "scenes_hard_1"
+    scenes = make_scenes(data, scenes_dir, n, seed=1)
+    paths = [scenes_dir / s["file"] for s in scenes]
+    clf = FusionClassifier.load("default")
+    ids = sorted({f["id"] for s in scenes for f in s["faces"]})
+    crop_label = dict(zip(ids, clf.predict([str(data / "test" / f"{i}.jpg") for i in ids]).tolist()))
+    out, kept = {"scenes": n, "min_face": min_face}, mtcnn.FACTOR
+    try:
+        for step in STEPS:
+            mtcnn.FACTOR = step
+            found, seconds = run_ours(clf, paths, "mtcnn", min_face, 1)  # one process: the step set here holds
+            r = score(scenes, found, crop_label, seconds)
+            out[str(step)] = {k: r[k] for k in ("photos_per_s", "recall", "false_per_photo", "accuracy")}
+            print(step, json.dumps(out[str(step)]), flush=True)
+    finally:
+        mtcnn.FACTOR = kept
+    return out
+
+
 def main(argv=None) -> dict:
     import torch
 
@@ -77,8 +109,15 @@ def main(argv=None) -> dict:
     p.add_argument("--n", type=int, default=40)
     p.add_argument("--min-face", type=int, default=24)
     p.add_argument("--skip-blazeface", action="store_true", help="keep BlazeFace's results from the --json file")
+    p.add_argument("--steps", type=int, default=0, metavar="N",
+                   help="only compare MTCNN's pyramid steps on N scenes, into the results in --json")
     p.add_argument("--json", default=str(ROOT / "bench" / "results" / "tune_detectors.json"))
     args = p.parse_args(argv)
+    if args.steps:
+        out = json.loads(Path(args.json).read_text())
+        out["pyramid_steps"] = pyramid_steps(Path(args.data), args.steps, args.min_face)
+        Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
+        return out
     torch.set_num_threads(1)
     scenes_dir = ROOT / "data" / "scenes_hard_1"
     scenes = make_scenes(Path(args.data), scenes_dir, args.n, seed=1)
