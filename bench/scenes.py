@@ -75,6 +75,13 @@ def cached_scenes(index: Path, n: int, seed: int) -> list[dict] | None:
     return None
 
 
+def crop_labels(clf, scenes: list[dict], data: Path) -> dict[str, int]:
+    """The model's label for each test crop pasted in the scenes, taken whole: what a found face's label is
+    compared with."""
+    ids = sorted({f["id"] for s in scenes for f in s["faces"]})
+    return dict(zip(ids, clf.predict([str(data / "test" / f"{i}.jpg") for i in ids]).tolist()))
+
+
 def make_scenes(data: Path, out: Path, n: int, seed: int = 0) -> list[dict]:
     """n scenes (reproducible from seed) written as JPEG into out; their pasted faces in out/scenes.json."""
     index = out / "scenes.json"
@@ -308,11 +315,9 @@ def main(argv=None) -> dict:
         clf = FusionClassifier.load(args.model)
         scenes = make_scenes(data, Path(args.scenes_dir), args.n, args.seed)
         paths = [Path(args.scenes_dir) / s["file"] for s in scenes]
-        ids = sorted({f["id"] for s in scenes for f in s["faces"]})
         t = time.time()
-        labels = clf.predict([str(data / "test" / f"{i}.jpg") for i in ids])
-        crop_label = dict(zip(ids, labels.tolist()))
-        result = {"scenes": len(scenes), "faces": sum(len(s["faces"]) for s in scenes), "crops": len(ids),
+        crop_label = crop_labels(clf, scenes, data)
+        result = {"scenes": len(scenes), "faces": sum(len(s["faces"]) for s in scenes), "crops": len(crop_label),
                   "crop_predict_s": round(time.time() - t, 1), "model": args.model, "runs": {}}
         for name, detector, min_face, workers, n in (
                 ("hog, min-face 72 (default), 2 workers", "hog", 72, 2, len(scenes)),

@@ -31,7 +31,7 @@ from PIL import Image, ImageEnhance, ImageFilter
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 from _report import write_tables  # noqa: E402
-from scenes import _background, cached_scenes, match, run_peer  # noqa: E402
+from scenes import _background, cached_scenes, crop_labels, match, run_peer  # noqa: E402
 
 SIZES = [(1280, 960), (1600, 1200), (2048, 1536), (2592, 1944), (3264, 2448), (4000, 3000)]
 BINS = [(20, 32), (32, 48), (48, 72), (72, 120), (120, 10**6)]
@@ -313,8 +313,7 @@ def main(argv=None) -> dict:
     clf = FusionClassifier.load(args.model)
     scenes = make_scenes(data, scenes_dir, args.n, args.seed)
     paths = [scenes_dir / s["file"] for s in scenes]
-    ids = sorted({f["id"] for s in scenes for f in s["faces"]})
-    crop_label = dict(zip(ids, clf.predict([str(data / "test" / f"{i}.jpg") for i in ids]).tolist()))
+    crop_label = crop_labels(clf, scenes, data)
     result = {"scenes": len(scenes), "faces": sum(len(s["faces"]) for s in scenes), "seed": args.seed,
               "model": args.model, "date": time.strftime("%Y-%m-%d"), "runs": {}}
     if args.add:  # into the results already there: same scenes, other runs

@@ -18,9 +18,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
-from scenes import match  # noqa: E402
+from scenes import crop_labels, match  # noqa: E402
 from scenes_hard import make_scenes  # noqa: E402
 
+SCENES_DIR = ROOT / "data" / "scenes_hard_1"  # the tuning scenes (seed 1)
 THRESHOLDS = {"blazeface": (0.4, 0.5, 0.6, 0.7, 0.8, 0.9), "mtcnn": (0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95)}
 # MTCNN: (pyramid step, P-Net's and R-Net's thresholds): the paper's, a sparser pyramid, and laxer first stages
 MTCNN_CONFIGS = ((0.709, 0.6, 0.7), (0.6, 0.6, 0.7), (0.6, 0.5, 0.5), (0.6, 0.4, 0.4), (0.5, 0.4, 0.4),
@@ -78,12 +79,10 @@ def pyramid_steps(data: Path, n: int, min_face: int) -> dict:
     from genderfusion import FusionClassifier
     from genderfusion.extract.faces import mtcnn
 
-    scenes_dir = ROOT / "data" / "scenes_hard_1"
-    scenes = make_scenes(data, scenes_dir, n, seed=1)
-    paths = [scenes_dir / s["file"] for s in scenes]
+    scenes = make_scenes(data, SCENES_DIR, n, seed=1)
+    paths = [SCENES_DIR / s["file"] for s in scenes]
     clf = FusionClassifier.load("default")
-    ids = sorted({f["id"] for s in scenes for f in s["faces"]})
-    crop_label = dict(zip(ids, clf.predict([str(data / "test" / f"{i}.jpg") for i in ids]).tolist()))
+    crop_label = crop_labels(clf, scenes, data)
     out, kept = {"scenes": n, "min_face": min_face}, mtcnn.FACTOR
     try:
         for step in STEPS:
@@ -119,9 +118,8 @@ def main(argv=None) -> dict:
         Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
         return out
     torch.set_num_threads(1)
-    scenes_dir = ROOT / "data" / "scenes_hard_1"
-    scenes = make_scenes(Path(args.data), scenes_dir, args.n, seed=1)
-    photos = [decode_one(str(scenes_dir / s["file"]), 0, DETECT_SIDE) for s in scenes]
+    scenes = make_scenes(Path(args.data), SCENES_DIR, args.n, seed=1)
+    photos = [decode_one(str(SCENES_DIR / s["file"]), 0, DETECT_SIDE) for s in scenes]
     out = {"scenes": len(scenes), "seed": 1, "min_face": args.min_face, "processes": 1, "pictures": 2 * len(PICTURES),
            "runs": {}}
     if args.skip_blazeface:
